@@ -1,0 +1,358 @@
+"""The config schema: the one place every knob is defined, typed and checked.
+
+A YAML file plus `key.path=value` overrides becomes a frozen tree of dataclasses.
+Every bad value is reported as one line naming its key path, the value and what is allowed,
+before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+MOVING_MNIST_URL = "http://www.cs.toronto.edu/~nitish/unsupervised_video/mnist_test_seq.npy"
+
+
+class ConfigError(ValueError):
+    """A bad config file, key or value; the message is one line naming the key path."""
+
+
+def _knob(default, *, min=None, max=None, help=""):
+    """A dataclass field with bounds the validator enforces."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"min": min, "max": max, "help": help})
+    return field(default=default, metadata={"min": min, "max": max, "help": help})
+
+
+# --------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class SplitConfig:
+    """Fractions (summing to 1) or clip counts of each split."""
+
+    train: float = _knob(0.8, min=0)
+    val: float = _knob(0.1, min=0)
+    test: float = _knob(0.1, min=0)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: Literal["generate", "download"] = "generate"
+    # download: any fsspec URL (http(s)://, gs://, file://, local path) of mnist_test_seq.npy
+    url: str = MOVING_MNIST_URL
+    sha256: Optional[str] = None  # None: use the built-in table for known URLs, else unverified
+    size_bytes: Optional[int] = _knob(None, min=1)
+    allowed_schemes: list[str] = _knob(["http", "https", "gs", "file"])
+    cache_dir: str = "~/.cache/nfp"
+    # generate: OpenSTL's Moving MNIST recipe
+    digit_bank: Literal["sklearn", "mnist"] = "sklearn"
+    num_clips: int = _knob(10000, min=1, help="clips to generate, or to take from the download")
+    frames: int = _knob(20, min=2)
+    image_size: int = _knob(64, min=8)
+    digit_size: int = _knob(28, min=2)
+    digits_per_clip: int = _knob(2, min=1)
+    step_length: float = _knob(0.1, min=0)
+    seed: int = _knob(0, min=0)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    # shards (local dir or gs://bucket/prefix)
+    dir: str = "data/moving_mnist"
+    num_shards: int = _knob(0, min=0, help="shards of the train split; 0 = from shard_mb and num_workers")
+    shard_mb: float = _knob(100.0, min=0.001)
+    num_workers: int = _knob(1, min=1, help="reading hosts the shards must feed (>= 10 shards each)")
+    compression: Literal["none", "gzip"] = "none"
+    stage: bool = False  # copy gs:// shards to stage_dir through gcsfs before reading
+    stage_dir: str = "~/.cache/nfp/staged"
+    # pipeline
+    protocol: Literal["shift", "context"] = "shift"  # shift: 0..T-2 -> 1..T-1; context: k -> next n
+    context_frames: int = _knob(10, min=1)
+    predict_frames: int = _knob(10, min=1)
+    shuffle_buffer: int = _knob(256, min=0)
+    cache: bool = False
+    service_address: Optional[str] = None  # tf.data service dispatcher, e.g. grpc://host:5050
+
+
+# --------------------------------------------------------------------------- model
+@dataclass(frozen=True)
+class ModelConfig:
+    preset: Literal["tiny", "keras_io", "large", "custom"] = "tiny"
+    # custom stack (used when preset is custom)
+    filters: list[int] = _knob([8, 8])
+    kernel_sizes: list[int] = _knob([3, 3])
+    activation: str = "tanh"
+    norm: Literal["batch", "layer", "none"] = "batch"
+    dropout: float = _knob(0.0, min=0, max=0.99)
+    output_activation: Literal["sigmoid", "linear"] = "sigmoid"
+
+
+# --------------------------------------------------------------------------- train
+@dataclass(frozen=True)
+class ScheduleConfig:
+    name: Literal["constant", "step", "cosine", "plateau"] = "constant"
+    warmup_epochs: int = _knob(0, min=0)
+    step_epochs: int = _knob(10, min=1, help="step: decay every this many epochs")
+    gamma: float = _knob(0.5, min=0, max=1)
+    min_lr: float = _knob(0.0, min=0)
+    patience: int = _knob(3, min=1, help="plateau: epochs without improvement")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    save_best: bool = True
+    save_last: bool = True
+    monitor: str = "val_loss"
+
+
+@dataclass(frozen=True)
+class EarlyStoppingConfig:
+    enabled: bool = False
+    patience: int = _knob(5, min=1)
+    monitor: str = "val_loss"
+
+
+@dataclass(frozen=True)
+class ImagesConfig:
+    every_n_epochs: int = _knob(1, min=0, help="0 disables prediction strips")
+    num_clips: int = _knob(3, min=1)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = _knob(10, min=1)
+    batch_size: int = _knob(8, min=1, help="per replica")
+    steps_per_epoch: Optional[int] = _knob(None, min=1)
+    validation_steps: Optional[int] = _knob(None, min=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    learning_rate: float = _knob(1e-3, min=0)
+    scale_lr: bool = False  # linear scaling by replicas (use with schedule.warmup_epochs)
+    loss: Literal["bce", "mse"] = "bce"
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    backup: bool = True  # BackupAndRestore: resume after preemption
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    terminate_on_nan: bool = True
+    csv_log: bool = True
+    images: ImagesConfig = field(default_factory=ImagesConfig)
+    mixed_precision: bool = False
+    jit_compile: Literal["auto", "on", "off"] = "auto"  # auto: on for GPU, off for CPU
+    steps_per_execution: int = _knob(1, min=1)
+    output_dir: str = "outputs/run"
+    seed: int = _knob(0, min=0)
+    verbose: int = _knob(1, min=0, max=2)
+
+
+# --------------------------------------------------------------------------- distribute / tracking / evaluate
+@dataclass(frozen=True)
+class DistributeConfig:
+    strategy: Literal["auto", "default", "mirrored", "multi_worker"] = "auto"
+    devices: list[str] = _knob([], help="mirrored: device names; empty = all GPUs")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    enabled: bool = True
+    experiment: str = "nfp"
+    run_name: Optional[str] = None
+    log_model: bool = True
+    register_as: Optional[str] = None
+    log_checkpoints: bool = True
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    protocol: Literal["rollout", "one_step"] = "rollout"
+    context_frames: int = _knob(10, min=1)
+    predict_frames: int = _knob(10, min=1)
+    split: Literal["train", "val", "test"] = "test"
+    max_clips: Optional[int] = _knob(None, min=1)
+    batch_size: int = _knob(16, min=1)
+    every_n_epochs: int = _knob(0, min=0, help="during training on val; 0 = never")
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distribute: DistributeConfig = field(default_factory=DistributeConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """`{"data.frames": 20, ...}`: the resolved config as MLflow params."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, node: dict) -> None:
+            for key, value in node.items():
+                if isinstance(value, dict):
+                    walk(f"{prefix}{key}.", value)
+                else:
+                    out[prefix + key] = value
+
+        walk("", self.to_dict())
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- loading
+def load_config(path: str | Path | None = None, overrides: list[str] | str | None = ()) -> Config:
+    """Read a YAML config, apply `key.path=value` overrides, return a validated Config."""
+    raw: dict = {}
+    if path is not None:
+        raw = _read_yaml(Path(path))
+    for item in _split_overrides(overrides):
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected key.path=value")
+        _set_path(raw, key.strip(), _parse_value(text))
+    cfg = _build(Config, raw, "")
+    _check_consistency(cfg)
+    return cfg
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file {path}: not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {path}: not valid YAML{where}") from None
+    if raw is None:
+        raise ConfigError(f"config file {path}: empty, expected a mapping of sections")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def _split_overrides(overrides) -> list[str]:
+    """Accept a list of `k=v` or one string of them separated by spaces (MLproject -P overrides)."""
+    if not overrides:
+        return []
+    if isinstance(overrides, str):
+        return overrides.split()
+    return [part for item in overrides for part in item.split()]
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        return text
+
+
+def _set_path(raw: dict, dotted: str, value: Any) -> None:
+    node = raw
+    parts = dotted.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parts[: i + 1])}: is a value, cannot set {dotted}")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls, raw: Any, path: str):
+    where = path or "config"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        key = f"{path}.{unknown[0]}" if path else str(unknown[0])
+        raise ConfigError(f"{key}: unknown key; allowed: {', '.join(fields)}")
+    values = {}
+    for name, f in fields.items():
+        if name not in raw:
+            continue
+        key = f"{path}.{name}" if path else name
+        values[name] = _coerce(hints[name], raw[name], key, f.metadata)
+    return cls(**values)
+
+
+def _coerce(hint, value, key: str, meta) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, key, meta)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: got {value!r}, expected one of {', '.join(map(str, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: got {value!r}, expected a list of {args[0].__name__}")
+        return [_coerce(args[0], item, f"{key}[{i}]", meta) for i, item in enumerate(value)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: got {value!r}, expected true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: got {value!r}, expected an integer")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: got {value!r}, expected a number")
+        value = float(value)
+    elif hint is str:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key}: got {value!r}, expected a non-empty string")
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and value < lo:
+        raise ConfigError(f"{key}: got {value!r}, expected >= {lo}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{key}: got {value!r}, expected <= {hi}")
+    return value
+
+
+def _check_consistency(cfg: Config) -> None:
+    """Rules that span several keys."""
+    d, m, e = cfg.data, cfg.model, cfg.evaluate
+    fractions = [d.split.train, d.split.val, d.split.test]
+    if all(f <= 1 for f in fractions) and abs(sum(fractions) - 1) > 1e-6:
+        raise ConfigError(f"data.split: fractions sum to {sum(fractions):g}, expected 1 (or give clip counts > 1)")
+    if any(f > 1 for f in fractions) and not all(float(f).is_integer() for f in fractions):
+        raise ConfigError("data.split: mixes counts and fractions, expected all counts or all fractions")
+    if d.split.train <= 0:
+        raise ConfigError("data.split.train: got 0, expected training clips")
+    if d.digit_size > d.image_size:
+        raise ConfigError(f"data.digit_size: got {d.digit_size}, expected <= data.image_size ({d.image_size})")
+    if d.protocol == "context" and d.context_frames + d.predict_frames > d.frames:
+        raise ConfigError(
+            f"data.context_frames + data.predict_frames: got {d.context_frames}+{d.predict_frames}, "
+            f"expected <= data.frames ({d.frames})"
+        )
+    if e.context_frames >= d.frames:
+        raise ConfigError(f"evaluate.context_frames: got {e.context_frames}, expected < data.frames ({d.frames})")
+    if e.protocol == "rollout" and e.context_frames + e.predict_frames > d.frames:
+        raise ConfigError(
+            f"evaluate.context_frames + evaluate.predict_frames: got {e.context_frames}+{e.predict_frames}, "
+            f"expected <= data.frames ({d.frames})"
+        )
+    if m.preset == "custom" and len(m.filters) != len(m.kernel_sizes):
+        raise ConfigError(
+            f"model.kernel_sizes: got {len(m.kernel_sizes)} sizes for {len(m.filters)} filters, expected one per layer"
+        )
+    if m.preset == "custom" and not m.filters:
+        raise ConfigError("model.filters: empty, expected at least one ConvLSTM layer")
+    bad_scheme = [s for s in d.allowed_schemes if s not in ("http", "https", "gs", "file")]
+    if bad_scheme:
+        raise ConfigError(f"data.allowed_schemes: got {bad_scheme[0]!r}, expected http, https, gs or file")
