@@ -16,11 +16,9 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from nfp.errors import ConfigError
+
 MOVING_MNIST_URL = "http://www.cs.toronto.edu/~nitish/unsupervised_video/mnist_test_seq.npy"
-
-
-class ConfigError(ValueError):
-    """A bad config file, key or value; the message is one line naming the key path."""
 
 
 def _knob(default, *, min=None, max=None, help=""):

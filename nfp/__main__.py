@@ -1,0 +1,5 @@
+import sys
+
+from nfp.cli import main
+
+sys.exit(main())

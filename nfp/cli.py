@@ -1,0 +1,114 @@
+"""The `nfp` command: prepare, train, evaluate, predict — each `--config PATH` plus `key.path=value` overrides."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from nfp.errors import NfpError
+
+_OVERRIDES_HELP = "config overrides as key.path=value (e.g. train.epochs=2 model.preset=tiny)"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nfp", description="Next-frame video prediction with ConvLSTM, tracked in MLflow.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.add_argument("--config", "-c", default=None, help="YAML config file (configs/*.yaml); defaults apply without one")
+        sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+        return sub
+
+    command("prepare", "Build sharded TFRecords + manifest.json from Moving MNIST (download or generate).")
+    command("train", "Train a ConvLSTM (prepares the data first if its manifest is missing); logs to MLflow.")
+    command("config", "Print the resolved config (after overrides) as YAML and exit.")
+
+    ev = command("evaluate", "Evaluate a model on a split with the OpenSTL metrics, next to copy-last/mean-frame baselines.")
+    ev.add_argument("--model", required=True, help="checkpoint .keras path, MLflow run id, runs:/… or models:/… URI")
+    ev.add_argument("--split", default=None, help="train | val | test (default: evaluate.split)")
+    ev.add_argument("--out", default=None, help="report directory (default: <train.output_dir>/eval)")
+    ev.add_argument("--run-id", default=None, help="MLflow run to log into (default: the model's run, else a new one)")
+
+    pr = command("predict", "Predict frames from a model and write a PNG strip, a side-by-side GIF and optionally .npy.")
+    pr.add_argument("--model", required=True, help="checkpoint .keras path, MLflow run id, runs:/… or models:/… URI")
+    pr.add_argument(
+        "--input",
+        default="split:test:0",
+        help="clips: a .npy in the real layout (time, clips, H, W) uint8 [path or path:INDEX], "
+        "split:NAME:INDEX from the manifest, or generate:SEED",
+    )
+    pr.add_argument("--context", type=int, default=None, help="context frames (default: evaluate.context_frames)")
+    pr.add_argument("--horizon", type=int, default=None, help="frames to predict (default: evaluate.predict_frames)")
+    pr.add_argument("--out", default=None, help="output directory (default: <train.output_dir>/predict)")
+    pr.add_argument("--save-npy", action="store_true", help="also write the predicted frames as .npy")
+
+    tf = commands.add_parser("tf-config", help="Print the TF_CONFIG for this node (from SkyPilot env vars or --hosts).")
+    tf.add_argument("--hosts", default=None, help="comma-separated host[:port] list, worker 0 first")
+    tf.add_argument("--index", type=int, default=None, help="this node's index in --hosts")
+    tf.add_argument("--port", type=int, default=None, help="port for hosts given without one")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except NfpError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "tf-config":
+        from nfp.distribute import tf_config
+
+        print(json.dumps(tf_config.resolve(os.environ, hosts=args.hosts, index=args.index, port=args.port)))
+        return 0
+
+    from nfp.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if args.command == "config":
+        print(cfg.to_yaml(), end="")
+    elif args.command == "prepare":
+        from nfp.data.prepare import prepare
+
+        manifest = prepare(cfg.data)
+        print(f"prepared {cfg.data.dir}: " + ", ".join(f"{k}={v['count']}" for k, v in manifest["splits"].items()))
+    elif args.command == "train":
+        from nfp.train import train
+
+        train(cfg, config_path=args.config)
+    elif args.command == "evaluate":
+        from nfp.evaluate import run_evaluate
+
+        report = run_evaluate(cfg, model_uri=args.model, split=args.split, out_dir=args.out, run_id=args.run_id)
+        print(json.dumps(report["summary"], indent=2))
+    elif args.command == "predict":
+        from nfp.predict import run_predict
+
+        paths = run_predict(
+            cfg,
+            model_uri=args.model,
+            inputs=args.input,
+            context_frames=args.context,
+            horizon=args.horizon,
+            out_dir=args.out,
+            save_npy=args.save_npy,
+        )
+        for name, path in paths.items():
+            print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Pictures people look at: prediction strips, side-by-side GIFs, loss/LR curves.
+
+Frames come in as (time, H, W) or (time, H, W, 1) arrays in [0, 1] (float) or uint8.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+_GAP = 2  # pixels between frames and rows
+
+
+def to_uint8(frames) -> np.ndarray:
+    """(time, H, W[, 1]) float in [0, 1] or uint8 → (time, H, W) uint8."""
+    arr = np.asarray(frames)
+    if arr.ndim == 4:
+        arr = arr[..., 0]
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return arr
+
+
+def _row(frames: np.ndarray, width_frames: int) -> np.ndarray:
+    t, h, w = frames.shape
+    row = np.full((h, width_frames * (w + _GAP) - _GAP), 0, np.uint8)
+    for i in range(t):
+        row[:, i * (w + _GAP) : i * (w + _GAP) + w] = frames[i]
+    return row
+
+
+def prediction_strip(context, truth, prediction) -> np.ndarray:
+    """One clip as three rows — context | ground truth | prediction — as an (H', W') uint8 image.
+
+    context: (k, H, W) frames seen; truth and prediction: (n, H, W) the frames after them.
+    The context row holds the k context frames; the other two rows are aligned under it,
+    starting at the column after the last context frame.
+    """
+    context, truth, prediction = to_uint8(context), to_uint8(truth), to_uint8(prediction)
+    k, n = len(context), len(truth)
+    width = k + n
+    blank = np.zeros((k,) + context.shape[1:], np.uint8)
+    rows = [
+        _row(np.concatenate([context, np.zeros((n,) + context.shape[1:], np.uint8)]), width),
+        _row(np.concatenate([blank, truth]), width),
+        _row(np.concatenate([blank, prediction]), width),
+    ]
+    sep = np.full((_GAP, rows[0].shape[1]), 64, np.uint8)
+    return np.concatenate([rows[0], sep, rows[1], sep, rows[2]], axis=0)
+
+
+def strips_grid(strips: list[np.ndarray]) -> np.ndarray:
+    """Stack several clips' strips vertically with a gap, as one (H, W, 3) uint8 RGB image."""
+    width = max(s.shape[1] for s in strips)
+    padded = [np.pad(s, ((0, 3 * _GAP), (0, width - s.shape[1])), constant_values=255) for s in strips]
+    gray = np.concatenate(padded, axis=0)[: -3 * _GAP]
+    return np.repeat(gray[..., None], 3, axis=-1)
+
+
+def side_by_side_frames(truth, prediction) -> np.ndarray:
+    """(time, H, 2W+gap) uint8: ground truth left, prediction right, frame by frame."""
+    truth, prediction = to_uint8(truth), to_uint8(prediction)
+    gap = np.full(truth.shape[:2] + (_GAP,), 128, np.uint8)
+    return np.concatenate([truth, gap, prediction], axis=2)
+
+
+def write_gif(frames, path: str | Path, *, fps: float = 4.0, scale: int = 2) -> Path:
+    """Write (time, H, W) frames as a looping GIF (each frame scaled up `scale`×)."""
+    from PIL import Image
+
+    frames = to_uint8(frames)
+    if scale > 1:
+        frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
+    images = [Image.fromarray(f, mode="L") for f in frames]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.gif")
+    images[0].save(tmp, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    tmp.replace(path)
+    return path
+
+
+def write_png(image: np.ndarray, path: str | Path, *, scale: int = 2) -> Path:
+    """Write an (H, W) or (H, W, 3) uint8 image as PNG, scaled up `scale`×."""
+    from PIL import Image
+
+    if scale > 1:
+        image = image.repeat(scale, axis=0).repeat(scale, axis=1)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    Image.fromarray(image).save(tmp, format="PNG")
+    tmp.replace(path)
+    return path
+
+
+def history_figure(history: dict[str, list[float]]):
+    """Loss curves (train/val, log scale) and the learning rate per epoch, as a matplotlib Figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), dpi=100)
+    ax_loss, ax_lr = fig.subplots(1, 2)
+    for key in sorted(history):
+        if key.endswith("loss"):
+            values = history[key]
+            ax_loss.plot(range(1, len(values) + 1), values, marker="o", label=key)
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    if any(min(v) > 0 for k, v in history.items() if k.endswith("loss") and v):
+        ax_loss.set_yscale("log")
+    ax_loss.legend()
+    lr_key = next((k for k in ("learning_rate", "lr") if k in history), None)
+    if lr_key:
+        ax_lr.plot(range(1, len(history[lr_key]) + 1), history[lr_key], marker="o", color="tab:green")
+    ax_lr.set(xlabel="epoch", ylabel="learning rate", title="learning rate")
+    fig.tight_layout()
+    return fig
+
+
+def figure_png_bytes(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()

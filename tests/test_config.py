@@ -1,0 +1,72 @@
+"""Config: files load, overrides apply, every kind of bad value is one line naming its key path."""
+
+import pytest
+
+from nfp.config import Config, load_config
+from nfp.errors import ConfigError
+
+
+def test_shipped_configs_load():
+    for name in ("quickstart", "multi_gpu", "multi_node"):
+        cfg = load_config(f"configs/{name}.yaml")
+        assert isinstance(cfg, Config)
+
+
+def test_overrides_apply_with_yaml_types():
+    cfg = load_config(None, ["train.epochs=3", "model.filters=[4, 4]", "data.stage=true", "tracking.run_name=abc"])
+    assert cfg.train.epochs == 3
+    assert cfg.model.filters == [4, 4]
+    assert cfg.data.stage is True
+    assert cfg.tracking.run_name == "abc"
+
+
+def test_overrides_as_one_string_like_mlproject_passes_them():
+    cfg = load_config(None, "train.epochs=4 train.batch_size=2")
+    assert (cfg.train.epochs, cfg.train.batch_size) == (4, 2)
+
+
+def test_flat_params_use_dotted_key_paths():
+    flat = load_config(None, ["train.epochs=5"]).flat()
+    assert flat["train.epochs"] == 5
+    assert flat["train.schedule.name"] == "constant"
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.epochs=x", "train.epochs: got 'x', expected an integer"),
+        ("train.bogus=1", "train.bogus: unknown key"),
+        ("bogus.key=1", "bogus: unknown key"),
+        ("train.batch_size=0", "train.batch_size: got 0, expected >= 1"),
+        ("model.preset=huge", "model.preset: got 'huge', expected one of tiny, keras_io, large, custom"),
+        ("data.stage=maybe", "data.stage: got 'maybe', expected true or false"),
+        ("data.split.train=0.5", "data.split: fractions sum to 0.7"),
+        ("model.dropout=1.5", "model.dropout: got 1.5, expected <= 0.99"),
+        ("train.epochs", "override 'train.epochs': expected key.path=value"),
+        ("train=3", "train: expected a mapping"),
+    ],
+)
+def test_bad_value_is_one_line_naming_the_key(override, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    message = str(info.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_contradictory_context_length_is_refused():
+    with pytest.raises(ConfigError, match=r"evaluate.context_frames: got 20, expected < data.frames \(20\)"):
+        load_config(None, ["evaluate.context_frames=20"])
+
+
+def test_empty_and_non_yaml_files(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="empty"):
+        load_config(empty)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
