@@ -8,6 +8,7 @@ before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import types
 import typing
 from dataclasses import dataclass, field
@@ -234,12 +235,12 @@ def _read_yaml(path: Path) -> dict:
 
 
 def _split_overrides(overrides) -> list[str]:
-    """Accept a list of `k=v` or one string of them separated by spaces (MLproject -P overrides)."""
+    """Accept a list of `k=v` or one shell-quoted string of them (MLproject's -P overrides="a=1 b='[1, 2]'")."""
     if not overrides:
         return []
     if isinstance(overrides, str):
-        return overrides.split()
-    return [part for item in overrides for part in item.split()]
+        return shlex.split(overrides)
+    return list(overrides)
 
 
 def _parse_value(text: str) -> Any:
