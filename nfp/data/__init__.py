@@ -1,0 +1,1 @@
+"""Data: Moving MNIST sources → sharded TFRecords + manifest → tf.data pipelines."""
