@@ -1,0 +1,285 @@
+"""MLflow glue: one run per training job, logged from the chief only, resumable, never fatal mid-training.
+
+- The run is the one `mlflow run` created (MLFLOW_RUN_ID), else the one saved in the job's state
+  dir by an earlier attempt (resume after preemption), else a new one; its id is saved there.
+- Metric steps are epochs counted from 1; a step already in the run is not logged again, so a
+  resumed job never duplicates an epoch.
+- Once the tracking server fails mid-training, logging goes offline: training goes on, a warning
+  is printed, and what was not logged is appended to `<state_dir>/tracking_backlog.jsonl`,
+  replayed into the run when the job is resumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from nfp.errors import TrackingError
+
+log = logging.getLogger(__name__)
+
+RUN_ID_FILE = "mlflow_run_id"
+BACKLOG_FILE = "tracking_backlog.jsonl"
+_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def redact(uri: str) -> str:
+    """`https://user:secret@host/…` → `https://***@host/…`: tracking URIs never carry credentials into logs."""
+    return _CREDENTIALS.sub("***@", uri)
+
+
+@contextlib.contextmanager
+def _fail_fast_http() -> Iterator[None]:
+    """MLflow retries HTTP for ~4 minutes by default; a start-up check should answer in seconds."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def check_reachable(experiment_id: str | None = None) -> None:
+    """Raise TrackingError (one line) if the tracking store, or a given experiment id, cannot be used."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    try:
+        with _fail_fast_http():
+            client = mlflow.MlflowClient()
+            client.search_experiments(max_results=1)
+            experiment_id = experiment_id or os.environ.get("MLFLOW_EXPERIMENT_ID")
+            if experiment_id:
+                client.get_experiment(experiment_id)
+    except Exception as err:  # noqa: BLE001 - any failure here means "cannot track"
+        detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        what = f"experiment id {experiment_id}" if experiment_id and "experiment" in detail.lower() else "tracking server"
+        raise TrackingError(f"MLflow {what} at {redact(uri)} is not usable: {detail}") from None
+
+
+def check_register_name(name: str | None) -> None:
+    """Registered model names cannot be empty or contain '/' or ':' (MLflow's own rule), checked before training."""
+    if name is not None and (not name.strip() or "/" in name or ":" in name):
+        raise TrackingError(f"tracking.register_as: got {name!r}, expected a name without '/' or ':'")
+
+
+class RunLogger:
+    """Logs into one MLflow run; every call is a no-op when inactive (non-chief, tracking off)."""
+
+    def __init__(self, run_id: str | None = None, state_dir: str | Path | None = None, logged_steps=()):
+        self.run_id = run_id
+        self.active = run_id is not None
+        self._backlog = _backlog_path(state_dir, run_id) if state_dir and self.active else None
+        self._logged_steps = set(logged_steps)
+        self._offline = False
+
+    # -- resilience: a failing server costs a warning, not the training run
+    def _call(self, what: str, fn, *args, record: dict | None = None, **kwargs) -> Any:
+        if not self.active:
+            return None
+        if not self._offline:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - tracking must not kill training
+                self._offline = True
+                warnings.warn(
+                    f"MLflow logging failed ({what}: {str(err).splitlines()[0][:160] if str(err) else type(err).__name__}); "
+                    f"training continues, unlogged records go to {self._backlog}",
+                    stacklevel=3,
+                )
+        if record is not None and self._backlog is not None:
+            self._backlog.parent.mkdir(parents=True, exist_ok=True)
+            with self._backlog.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        return None
+
+    def log_params(self, params: dict) -> None:
+        """Params are immutable in MLflow: on resume, ones already logged are skipped, changed ones warned about."""
+        import mlflow
+
+        clean = {k: _param_value(v) for k, v in params.items()}
+        existing = self._call("params", lambda: mlflow.get_run(self.run_id).data.params) or {}
+        changed = sorted(k for k in clean if k in existing and existing[k] != clean[k])
+        if changed:
+            warnings.warn(f"resumed run {self.run_id} keeps its original params; changed now: {', '.join(changed)}", stacklevel=2)
+        new = {k: v for k, v in clean.items() if k not in existing}
+        if new:
+            self._call("params", mlflow.log_params, new, record={"params": new})
+
+    def set_tags(self, tags: dict) -> None:
+        import mlflow
+
+        clean = {k: str(v) for k, v in tags.items()}
+        self._call("tags", mlflow.set_tags, clean, record={"tags": clean})
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        """Scalars at `step` (epoch, from 1); a step already logged in this run is skipped."""
+        import mlflow
+
+        if step in self._logged_steps:
+            return
+        clean = {k: float(v) for k, v in metrics.items() if _is_scalar(v)}
+        self._call("metrics", mlflow.log_metrics, clean, step=step, record={"metrics": clean, "step": step})
+        self._logged_steps.add(step)
+
+    def log_artifact(self, local_path, artifact_path: str | None = None) -> None:
+        import mlflow
+
+        local_path = str(local_path)
+        log_fn = mlflow.log_artifacts if Path(local_path).is_dir() else mlflow.log_artifact
+        self._call("artifact", log_fn, local_path, artifact_path, record={"artifact": local_path, "path": artifact_path})
+
+    def log_image(self, image: np.ndarray, key: str, step: int) -> None:
+        """A stepped image series (mlflow.log_image with key/step) — the UI shows it with a step slider."""
+        import mlflow
+
+        self._call("image", mlflow.log_image, np.asarray(image, np.uint8), key=key, step=step)
+
+    def log_figure(self, fig, artifact_file: str) -> None:
+        import mlflow
+
+        self._call("figure", mlflow.log_figure, fig, artifact_file)
+
+    def log_model(self, model, input_example: np.ndarray, register_as: str | None = None) -> None:
+        """Log the Keras model with a signature and input example (loadable with mlflow.pyfunc.load_model)."""
+        import mlflow
+        from mlflow.models import infer_signature
+
+        def _log():
+            signature = infer_signature(input_example, np.asarray(model.predict(input_example, verbose=0)))
+            return mlflow.keras.log_model(
+                model,
+                name="model",
+                signature=signature,
+                input_example=input_example,
+                registered_model_name=register_as,
+            )
+
+        self._call("model", _log)
+
+    def keras_callback(self):
+        """A Keras callback logging each epoch's scalar logs (loss, val_loss, learning_rate, …) at step epoch+1."""
+        import keras
+
+        logger = self
+
+        class EpochMetricsToMlflow(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                logger.log_metrics(dict(logs or {}), step=epoch + 1)
+
+        return EpochMetricsToMlflow()
+
+
+def _is_scalar(value) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return np.ndim(value) == 0
+
+
+def _param_value(value) -> str:
+    text = value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return redact(text)[:6000]
+
+
+@contextlib.contextmanager
+def start_run(cfg, *, is_chief: bool, state_dir) -> Iterator[RunLogger]:
+    """One MLflow run for this job: resumed (MLFLOW_RUN_ID, or the id saved in state_dir) or new.
+
+    Ends FINISHED on success; FAILED with the error as the `error` tag on an exception. A
+    KeyboardInterrupt/SystemExit (SIGTERM on preemption) ends it KILLED so a restart resumes it.
+    """
+    if not (is_chief and cfg.tracking.enabled):
+        yield RunLogger()
+        return
+    import mlflow
+
+    state_dir = str(state_dir)
+    run_id = os.environ.get("MLFLOW_RUN_ID") or _saved_run_id(state_dir)
+    if run_id:
+        run = mlflow.start_run(run_id=run_id)
+    else:
+        experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
+        if not experiment_id:
+            experiment = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+            experiment_id = experiment.experiment_id if experiment else mlflow.create_experiment(cfg.tracking.experiment)
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=cfg.tracking.run_name)
+    run_id = run.info.run_id
+    _save_run_id(state_dir, run_id)
+    logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "loss")}
+    logger = RunLogger(run_id, state_dir, logged_steps=logged)
+    _replay_backlog(logger, state_dir)
+    try:
+        yield logger
+    except (KeyboardInterrupt, SystemExit):
+        _end(mlflow, "KILLED")
+        raise
+    except BaseException as err:
+        with contextlib.suppress(Exception):
+            mlflow.set_tag("error", f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:5000])
+        _end(mlflow, "FAILED")
+        raise
+    _end(mlflow, "FINISHED")
+
+
+def _end(mlflow, status: str) -> None:
+    try:
+        mlflow.end_run(status=status)
+    except Exception as err:  # noqa: BLE001 - the server may be gone; the run id is saved for later
+        warnings.warn(f"MLflow run could not be marked {status}: {str(err).splitlines()[0][:160]}", stacklevel=2)
+
+
+def _saved_run_id(state_dir: str) -> str | None:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(f"{state_dir}/{RUN_ID_FILE}")
+    return fs.cat_file(path).decode().strip() or None if fs.isfile(path) else None
+
+
+def _save_run_id(state_dir: str, run_id: str) -> None:
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(state_dir)
+    fs.makedirs(root, exist_ok=True)
+    fs.pipe_file(f"{root}/.{RUN_ID_FILE}.tmp", run_id.encode())
+    fs.mv(f"{root}/.{RUN_ID_FILE}.tmp", f"{root}/{RUN_ID_FILE}")
+
+
+def _backlog_path(state_dir, run_id: str) -> Path:
+    """Kept on local disk: `<state_dir>/…` when local, else under ~/.cache/nfp (appends need a local file)."""
+    if "://" in str(state_dir) and not str(state_dir).startswith("file://"):
+        return Path("~/.cache/nfp/tracking").expanduser() / f"{run_id}.jsonl"
+    return Path(str(state_dir).removeprefix("file://")) / BACKLOG_FILE
+
+
+def _replay_backlog(logger: RunLogger, state_dir: str) -> None:
+    """Log what an earlier attempt could not (server down), then set the backlog aside."""
+    path = _backlog_path(state_dir, logger.run_id)
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    path.replace(path.with_suffix(".jsonl.replayed"))
+    for line in lines:
+        record = json.loads(line)
+        if "metrics" in record:
+            logger.log_metrics(record["metrics"], step=record["step"])
+        elif "params" in record:
+            logger.log_params(record["params"])
+        elif "tags" in record:
+            logger.set_tags(record["tags"])
+        elif "artifact" in record and Path(record["artifact"]).exists():
+            logger.log_artifact(record["artifact"], record["path"])
+    log.info("replayed %d tracking records from %s", len(lines), path)

@@ -1,0 +1,126 @@
+"""Tracking: one run per job, resumable, FAILED on errors, never fatal when the server dies."""
+
+import time
+
+import mlflow
+import numpy as np
+import pytest
+from conftest import MlflowServer, free_port
+
+from nfp import tracking
+from nfp.config import load_config
+from nfp.errors import TrackingError
+
+
+@pytest.fixture
+def cfg():
+    return load_config(None, ["tracking.experiment=t-exp"])
+
+
+def _runs(experiment="t-exp"):
+    exp = mlflow.get_experiment_by_name(experiment)
+    return mlflow.search_runs([exp.experiment_id], output_format="list") if exp else []
+
+
+def test_new_run_finishes_and_saves_its_id(cfg, tmp_path):
+    with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path) as run:
+        assert run.active
+        run.log_metrics({"loss": 1.0}, step=1)
+    (only,) = _runs()
+    assert only.info.status == "FINISHED"
+    assert (tmp_path / tracking.RUN_ID_FILE).read_text() == only.info.run_id
+
+
+def test_restart_resumes_the_same_run_without_duplicate_steps(cfg, tmp_path):
+    with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path) as run:
+        run.log_params({"a": 1})
+        run.log_metrics({"loss": 1.0}, step=1)
+    with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path) as run:
+        run.log_params({"a": 1, "b": 2})
+        run.log_metrics({"loss": 0.9}, step=1)  # already logged: skipped
+        run.log_metrics({"loss": 0.5}, step=2)
+    (only,) = _runs()
+    history = mlflow.MlflowClient().get_metric_history(only.info.run_id, "loss")
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(1, 1.0), (2, 0.5)]
+    assert only.data.params == {"a": "1", "b": "2"}
+
+
+def test_crash_ends_failed_with_the_error_as_a_tag(cfg, tmp_path):
+    with pytest.raises(RuntimeError):
+        with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path):
+            raise RuntimeError("out of memory on GPU 3")
+    (only,) = _runs()
+    assert only.info.status == "FAILED"
+    assert only.data.tags["error"] == "RuntimeError: out of memory on GPU 3"
+
+
+def test_non_chief_and_disabled_log_nothing(tmp_path):
+    for is_chief, overrides in ((False, []), (True, ["tracking.enabled=false"])):
+        cfg = load_config(None, ["tracking.experiment=t-exp", *overrides])
+        with tracking.start_run(cfg, is_chief=is_chief, state_dir=tmp_path) as run:
+            assert not run.active
+            run.log_metrics({"loss": 1.0}, step=1)
+            run.log_params({"a": 1})
+    assert _runs() == []
+    assert not (tmp_path / tracking.RUN_ID_FILE).exists()
+
+
+def test_keras_callback_logs_epoch_scalars_at_epoch_plus_one(cfg, tmp_path):
+    with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path) as run:
+        callback = run.keras_callback()
+        callback.on_epoch_end(0, {"loss": 0.3, "val_loss": 0.4, "learning_rate": np.float32(1e-3)})
+        callback.on_epoch_end(1, {"loss": 0.2, "val_loss": 0.3, "learning_rate": 5e-4})
+    client = mlflow.MlflowClient()
+    (only,) = _runs()
+    assert [m.step for m in client.get_metric_history(only.info.run_id, "val_loss")] == [1, 2]
+    assert client.get_metric_history(only.info.run_id, "learning_rate")[-1].value == pytest.approx(5e-4)
+
+
+def test_unreachable_server_is_a_one_line_error_within_seconds(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    start = time.monotonic()
+    with pytest.raises(TrackingError, match=r"^MLflow tracking server at http://127.0.0.1:\d+ is not usable") as info:
+        tracking.check_reachable()
+    assert "\n" not in str(info.value)
+    assert time.monotonic() - start < 30
+
+
+def test_unknown_experiment_id_is_refused(monkeypatch):
+    with pytest.raises(TrackingError, match="experiment id 987654"):
+        tracking.check_reachable("987654")
+
+
+def test_bad_register_name_is_refused():
+    with pytest.raises(TrackingError, match="tracking.register_as: got 'a/b'"):
+        tracking.check_register_name("a/b")
+    tracking.check_register_name("moving-mnist-convlstm")
+
+
+def test_credentials_are_redacted():
+    assert tracking.redact("https://alice:s3cret@mlflow.example.com/x") == "https://***@mlflow.example.com/x"
+    assert tracking.redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_server_dying_mid_run_warns_keeps_a_backlog_and_replays_it(cfg, tmp_path, monkeypatch):
+    server = MlflowServer(tmp_path / "srv")
+    (tmp_path / "srv").mkdir()
+    server.start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    state = tmp_path / "state"
+    try:
+        with tracking.start_run(cfg, is_chief=True, state_dir=state) as run:
+            run.log_metrics({"loss": 1.0}, step=1)
+            server.stop()
+            with pytest.warns(UserWarning, match="MLflow logging failed"):
+                run.log_metrics({"loss": 0.5}, step=2)
+            run.log_metrics({"loss": 0.25}, step=3)  # offline now: straight to the backlog
+        assert (state / tracking.BACKLOG_FILE).read_text().count('"step"') == 2
+        server.start()
+        with tracking.start_run(cfg, is_chief=True, state_dir=state) as run:
+            pass
+        history = mlflow.MlflowClient().get_metric_history(run.run_id, "loss")
+        assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 0.5), (3, 0.25)]
+        assert mlflow.get_run(run.run_id).info.status == "FINISHED"
+    finally:
+        server.stop()
