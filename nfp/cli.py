@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 
 from nfp.errors import NfpError
@@ -21,6 +22,10 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
         sub.add_argument("--config", "-c", default=None, help="YAML config file (configs/*.yaml); defaults apply without one")
         sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+        sub.add_argument(
+            "--overrides", dest="overrides_string", default="", metavar="STRING",
+            help="more overrides in one shell-quoted string (how MLproject passes them)",
+        )
         return sub
 
     command("prepare", "Build sharded TFRecords + manifest.json from Moving MNIST (download or generate).")
@@ -76,7 +81,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     from nfp.config import load_config
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, [*args.overrides, *shlex.split(args.overrides_string)])
     if args.command == "config":
         print(cfg.to_yaml(), end="")
     elif args.command == "prepare":

@@ -1,0 +1,33 @@
+# Two commands do all the set-up on a fresh machine with Python 3.11:
+#   make quickstart   creates .venv if missing, installs nfp, trains the offline CPU quickstart under `mlflow run`
+#   make test         creates .venv if missing, installs nfp with test extras, runs the whole test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(abspath $(VENV))/bin
+TF     ?= cpu        # `make install TF=gpu` on a CUDA machine
+
+.PHONY: install quickstart test bench ui clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[$(strip $(TF)),test]"
+	touch $@
+
+quickstart: install
+	PATH="$(BIN):$$PATH" mlflow run . --env-manager local -P config=configs/quickstart.yaml
+	@echo "Done. See the run with: $(BIN)/mlflow ui   (then open http://127.0.0.1:5000)"
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python -m bench
+
+ui: install
+	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf outputs data/quickstart mlruns mlflow.db
