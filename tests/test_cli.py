@@ -1,0 +1,38 @@
+"""The `nfp` command: every subcommand has --help, bad input is one line and exit code 2."""
+
+import subprocess
+import sys
+
+import pytest
+
+from nfp.cli import main
+
+
+@pytest.mark.parametrize("command", ["prepare", "train", "evaluate", "predict", "config", "tf-config"])
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: nfp " + command in capsys.readouterr().out
+
+
+def test_bad_override_is_one_line_exit_2_no_traceback():
+    proc = subprocess.run(
+        [sys.executable, "-m", "nfp", "train", "--config", "configs/quickstart.yaml", "train.epochs=-1"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: train.epochs: got -1, expected >= 1"
+
+
+def test_overrides_string_is_shell_split_like_mlproject_passes_it(capsys):
+    assert main(["config", "--config", "configs/quickstart.yaml", "--overrides", "train.epochs=7 model.filters='[4, 4]'"]) == 0
+    out = capsys.readouterr().out
+    assert "epochs: 7" in out and "- 4\n  - 4" in out
+
+
+def test_debug_shows_the_traceback():
+    from nfp.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        main(["--debug", "config", "train.epochs=0"])

@@ -1,0 +1,42 @@
+"""Pictures: strips line frames up in three rows, GIFs hold every frame, curves render."""
+
+import numpy as np
+from PIL import Image
+
+from nfp import visualize
+
+
+def test_strip_has_context_truth_and_prediction_rows_aligned():
+    context = np.full((3, 8, 8), 0.2, np.float32)
+    truth = np.full((2, 8, 8), 0.6, np.float32)
+    prediction = np.ones((2, 8, 8, 1), np.float32)
+    strip = visualize.prediction_strip(context, truth, prediction)
+    assert strip.dtype == np.uint8
+    assert strip.shape == (3 * 8 + 2 * 2, 5 * 8 + 4 * 2)
+    col = lambda i: slice(i * 10, i * 10 + 8)  # noqa: E731 - frame i's columns
+    assert (strip[0:8, col(2)] == 51).all() and (strip[0:8, col(3)] == 0).all()
+    assert (strip[10:18, col(2)] == 0).all() and (strip[10:18, col(3)] == 153).all()
+    assert (strip[20:28, col(4)] == 255).all()
+
+
+def test_grid_is_rgb_and_stacks_clips():
+    strip = visualize.prediction_strip(np.zeros((2, 4, 4)), np.zeros((2, 4, 4)), np.zeros((2, 4, 4)))
+    grid = visualize.strips_grid([strip, strip, strip])
+    assert grid.shape[2] == 3 and grid.shape[0] > 3 * strip.shape[0]
+
+
+def test_gif_has_one_frame_per_time_step(tmp_path):
+    frames = visualize.side_by_side_frames(np.random.rand(7, 8, 8), np.random.rand(7, 8, 8))
+    path = visualize.write_gif(frames, tmp_path / "clip.gif")
+    with Image.open(path) as gif:
+        assert gif.n_frames == 7
+        assert gif.size == (2 * (8 + 8 + 2), 2 * 8)
+    assert not list(tmp_path.glob("*.tmp.gif"))
+
+
+def test_history_figure_renders_losses_and_lr():
+    fig = visualize.history_figure({"loss": [1.0, 0.5], "val_loss": [1.1, 0.6], "learning_rate": [1e-3, 5e-4]})
+    loss_ax, lr_ax = fig.axes
+    assert {line.get_label() for line in loss_ax.get_lines()} == {"loss", "val_loss"}
+    assert len(lr_ax.get_lines()) == 1
+    assert visualize.figure_png_bytes(fig).startswith(b"\x89PNG")
