@@ -208,9 +208,13 @@ def start_run(cfg, *, is_chief: bool, state_dir) -> Iterator[RunLogger]:
     import mlflow
 
     state_dir = str(state_dir)
-    run_id = os.environ.get("MLFLOW_RUN_ID") or _saved_run_id(state_dir)
+    saved_run_id = _saved_run_id(state_dir)
+    # `mlflow run` makes a new run per launch; resume into the earlier one with `mlflow run --run-id ID`
+    run_id = os.environ.get("MLFLOW_RUN_ID") or saved_run_id
     if run_id:
         run = mlflow.start_run(run_id=run_id)
+        if saved_run_id and saved_run_id != run_id:
+            mlflow.set_tag("nfp.resumed_from_run", saved_run_id)
     else:
         experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
         if not experiment_id:
