@@ -1,0 +1,103 @@
+"""Bad configs and overrides: one line naming the key path and what was expected, exit code 2,
+no traceback, and nothing written — no data, no outputs, no MLflow run."""
+
+import pytest
+
+from nfp.cli import main
+
+BAD_OVERRIDES = [
+    ("bogus=1", "bogus: unknown key; allowed: data, model, train"),
+    ("train.bogus=1", "train.bogus: unknown key"),
+    ("train.schedule.bogus=1", "train.schedule.bogus: unknown key"),
+    ("train.epochs=ten", "train.epochs: got 'ten', expected an integer"),
+    ("train.epochs=2.5", "train.epochs: got 2.5, expected an integer"),
+    ("train.epochs=0", "train.epochs: got 0, expected >= 1"),
+    ("train.batch_size=0", "train.batch_size: got 0, expected >= 1"),
+    ("train.batch_size=-4", "train.batch_size: got -4, expected >= 1"),
+    ("train.learning_rate=-0.1", "train.learning_rate: got -0.1, expected >= 0"),
+    ("train.learning_rate=fast", "train.learning_rate: got 'fast', expected a number"),
+    ("train.steps_per_epoch=0", "train.steps_per_epoch: got 0, expected >= 1"),
+    ("train.verbose=3", "train.verbose: got 3, expected <= 2"),
+    ("train.mixed_precision='yes please'", "train.mixed_precision: got 'yes please', expected true or false"),
+    ("train.backup=1", "train.backup: got 1, expected true or false"),
+    ("train.jit_compile=maybe", "train.jit_compile: got 'maybe', expected one of auto, on, off"),
+    ("train.loss=l1", "train.loss: got 'l1', expected one of bce, mse"),
+    ("train.optimizer=lion", "train.optimizer: got 'lion', expected one of adam, adamw, sgd"),
+    ("train.schedule.name=linear", "train.schedule.name: got 'linear', expected one of constant, step, cosine, plateau"),
+    ("train.schedule.gamma=2", "train.schedule.gamma: got 2.0, expected <= 1"),
+    ("train.images.every_n_epochs=-1", "train.images.every_n_epochs: got -1, expected >= 0"),
+    ("train=3", "train: expected a mapping, got 3"),
+    ("model.preset=resnet", "model.preset: got 'resnet', expected one of tiny, keras_io, large, custom"),
+    ("model.filters=8", "model.filters: got 8, expected a list of int"),
+    ("model.filters='[8, x]'", "model.filters[1]: got 'x', expected an integer"),
+    ("model.dropout=1", "model.dropout: got 1.0, expected <= 0.99"),
+    ("model.norm=group", "model.norm: got 'group', expected one of batch, layer, none"),
+    ("data.source=kaggle", "data.source: got 'kaggle', expected one of generate, download"),
+    ("data.compression=zstd", "data.compression: got 'zstd', expected one of none, gzip"),
+    ("data.frames=1", "data.frames: got 1, expected >= 2"),
+    ("data.num_clips=0", "data.num_clips: got 0, expected >= 1"),
+    ("data.dir=''", "data.dir: got None, expected a non-empty string"),
+    ("data.split.train=0.9", "data.split: fractions sum to 1.1, expected 1"),
+    ("data.split.train=800 data.split.val=0.5", "data.split: mixes counts and fractions"),
+    ("data.digit_size=40", "data.digit_size: got 40, expected <= data.image_size (32)"),
+    ("data.allowed_schemes=[ftp]", "data.allowed_schemes: got 'ftp', expected http, https, gs or file"),
+    ("data.protocol=context data.context_frames=15 data.predict_frames=10",
+     "data.context_frames + data.predict_frames: got 15+10, expected <= data.frames (20)"),
+    ("evaluate.context_frames=20", "evaluate.context_frames: got 20, expected < data.frames (20)"),
+    ("evaluate.predict_frames=11", "evaluate.context_frames + evaluate.predict_frames: got 10+11, expected <= data.frames (20)"),
+    ("evaluate.split=dev", "evaluate.split: got 'dev', expected one of train, val, test"),
+    ("model.preset=custom model.filters=[4,4] model.kernel_sizes=[3]",
+     "model.kernel_sizes: got 1 sizes for 2 filters, expected one per layer"),
+    ("model.preset=custom model.filters=[] model.kernel_sizes=[]", "model.filters: empty, expected at least one ConvLSTM layer"),
+    ("distribute.strategy=horovod", "distribute.strategy: got 'horovod', expected one of auto, default, mirrored, multi_worker"),
+    ("tracking.experiment=''", "tracking.experiment: got None, expected a non-empty string"),
+    ("train.epochs.max=3", "train.epochs: is a value, cannot set train.epochs.max"),
+    ("train.epochs", "override 'train.epochs': expected key.path=value"),
+]
+
+BAD_FILES = [
+    ("", "empty, expected a mapping of sections"),
+    ("train: [1, 2\n", "not valid YAML at line"),
+    ("- train\n- model\n", "expected a mapping of sections, got list"),
+    ("data: {frames: 20}\nmodell: {preset: tiny}\n", "modell: unknown key"),
+    ("train:\n  epochs: 0\n", "train.epochs: got 0, expected >= 1"),
+]
+
+
+@pytest.fixture
+def empty_cwd(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return work
+
+
+def _assert_refused(argv, expected, capsys, empty_cwd, mlflow_db):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert expected in err, err
+    assert "Traceback" not in err
+    assert list(empty_cwd.iterdir()) == [], "nothing may be written on a bad config"
+    assert not mlflow_db.exists(), "no MLflow run on a bad config"
+
+
+@pytest.mark.parametrize("overrides, expected", BAD_OVERRIDES, ids=[o for o, _ in BAD_OVERRIDES])
+def test_bad_override_is_refused_before_any_work(overrides, expected, capsys, empty_cwd, isolated_mlflow):
+    quickstart = str(__import__("pathlib").Path(__file__).parents[1] / "configs/quickstart.yaml")
+    _assert_refused(["train", "--config", quickstart, "--overrides", overrides], expected, capsys, empty_cwd, isolated_mlflow)
+
+
+@pytest.mark.parametrize("text, expected", BAD_FILES, ids=[e for _, e in BAD_FILES])
+def test_bad_config_file_is_refused_before_any_work(text, expected, capsys, empty_cwd, isolated_mlflow, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    _assert_refused(["train", "--config", str(path)], expected, capsys, empty_cwd, isolated_mlflow)
+
+
+def test_missing_config_file_is_named(capsys, empty_cwd, isolated_mlflow):
+    _assert_refused(["train", "--config", "nowhere/cfg.yaml"], "config file nowhere/cfg.yaml: not found", capsys, empty_cwd, isolated_mlflow)
+
+
+def test_at_least_thirty_bad_configs_are_covered():
+    assert len(BAD_OVERRIDES) + len(BAD_FILES) + 1 >= 30
