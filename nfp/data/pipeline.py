@@ -1,0 +1,199 @@
+"""tf.data pipelines over prepared shards: manifest → files → records → batched (inputs, targets).
+
+Shards are verified against the manifest's sha256 before TF reads them, because TF's own CRC
+errors (tf.errors.DataLossError "corrupted record at N") do not name the file. gs:// shards are
+either read by TF directly (production; TF's CRC check still applies) or staged to a local dir
+through gcsfs (data.stage) and verified there.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from nfp.config import DataConfig
+from nfp.data import storage
+from nfp.data.prepare import FEATURE, load_manifest
+from nfp.errors import DataError
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def make_dataset(data_cfg: DataConfig, split: str, global_batch_size: int, *, training: bool, num_workers: int = 1) -> tf.data.Dataset:
+    """(inputs, targets) float32 in [0, 1], each (batch, time, H, W, 1); training: shuffled, repeated, full batches."""
+    manifest, files = _shard_files(data_cfg, split)
+    to_pairs = _pairs_fn(data_cfg, manifest)
+    compression = _compression(manifest)
+    if training:
+        # Same file order on every worker (fixed seed), so FILE auto-sharding hands out disjoint files.
+        ds = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=data_cfg.seed)
+        ds = ds.interleave(
+            lambda f: tf.data.TFRecordDataset(f, compression_type=compression),
+            cycle_length=AUTOTUNE,
+            num_parallel_calls=AUTOTUNE,
+            deterministic=False,
+        )
+    else:
+        ds = tf.data.TFRecordDataset(files, compression_type=compression)  # shard by shard: a fixed order
+    if data_cfg.cache:
+        ds = ds.cache()  # serialized records, before shuffling, so each epoch still reshuffles
+    if training:
+        if data_cfg.shuffle_buffer > 0:
+            ds = ds.shuffle(data_cfg.shuffle_buffer)
+        ds = ds.repeat()
+    # Batch first: tf.io.parse_example on a batch is far cheaper than one parse per record.
+    ds = ds.batch(global_batch_size, drop_remainder=training)
+    ds = ds.map(lambda records: to_pairs(_parse(records, manifest)), num_parallel_calls=AUTOTUNE, deterministic=not training)
+    options = tf.data.Options()
+    policy = tf.data.experimental.AutoShardPolicy
+    options.experimental_distribute.auto_shard_policy = policy.FILE if len(files) >= num_workers else policy.DATA
+    ds = ds.with_options(options)
+    if training and data_cfg.service_address:
+        ds = ds.apply(tf.data.experimental.service.distribute(processing_mode="parallel_epochs", service=data_cfg.service_address))
+    return ds.prefetch(AUTOTUNE)
+
+
+def clip_batches(data_cfg: DataConfig, split: str, batch_size: int, max_clips: int | None = None) -> tf.data.Dataset:
+    """uint8 clips (batch, T, H, W) of a split in manifest order, at most max_clips of them."""
+    manifest, files = _shard_files(data_cfg, split)
+    ds = tf.data.TFRecordDataset(files, compression_type=_compression(manifest))
+    if max_clips is not None:
+        ds = ds.take(max_clips)
+    return ds.batch(batch_size).map(lambda r: _parse(r, manifest), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+
+def read_clips(data_cfg: DataConfig, split: str, count: int) -> np.ndarray:
+    """The first `count` clips of a split (fewer if the split is smaller), uint8 (count, T, H, W)."""
+    manifest = load_manifest(data_cfg.dir)
+    ds = clip_batches(data_cfg, split, batch_size=max(1, min(count, 256)), max_clips=count)
+    try:
+        batches = [b.numpy() for b in ds]
+    except tf.errors.DataLossError as err:
+        raise DataError(f"{data_cfg.dir}: a shard of split {split!r} failed its TFRecord check ({err.message.splitlines()[-1]})") from None
+    return np.concatenate(batches) if batches else np.zeros((0, *manifest["clip_shape"]), np.uint8)
+
+
+def split_size(data_cfg: DataConfig, split: str) -> int:
+    """Clips in a split, from the manifest."""
+    return _split_entry(load_manifest(data_cfg.dir), data_cfg, split)["count"]
+
+
+# --------------------------------------------------------------------------- records
+def _parse(records: tf.Tensor, manifest: dict) -> tf.Tensor:
+    """Serialized Examples (batch,) → uint8 clips (batch, T, H, W)."""
+    features = tf.io.parse_example(records, {FEATURE: tf.io.FixedLenFeature([], tf.string)})
+    return tf.reshape(tf.io.decode_raw(features[FEATURE], tf.uint8), [-1, *manifest["clip_shape"]])
+
+
+def _pairs_fn(data_cfg: DataConfig, manifest: dict):
+    frames = manifest["clip_shape"][0]
+    k, n = data_cfg.context_frames, data_cfg.predict_frames
+    if data_cfg.protocol == "context" and k + n > frames:
+        raise DataError(f"data.context_frames + data.predict_frames: got {k}+{n}, but the clips in {data_cfg.dir} have {frames} frames")
+
+    def to_pairs(clips: tf.Tensor):
+        x = tf.cast(clips, tf.float32)[..., None] / 255.0
+        if data_cfg.protocol == "shift":
+            return x[:, :-1], x[:, 1:]
+        return x[:, :k], x[:, k : k + n]
+
+    return to_pairs
+
+
+def _compression(manifest: dict) -> str | None:
+    return "GZIP" if manifest["compression"] == "gzip" else None
+
+
+# --------------------------------------------------------------------------- files
+def _split_entry(manifest: dict, data_cfg: DataConfig, split: str) -> dict:
+    entry = manifest["splits"].get(split)
+    if entry is None:
+        raise DataError(f"split {split!r}: not in {data_cfg.dir}/manifest.json, expected one of {', '.join(manifest['splits'])}")
+    return entry
+
+
+def _shard_files(data_cfg: DataConfig, split: str) -> tuple[dict, list[str]]:
+    """The manifest and the paths TF reads for a split: verified local/staged files or direct gs:// URLs."""
+    manifest = load_manifest(data_cfg.dir)
+    shards = _split_entry(manifest, data_cfg, split)["shards"]
+    if not shards:
+        raise DataError(f"split {split!r}: no clips in {data_cfg.dir} (data.split.{split} is 0)")
+    remote = not storage.is_local(data_cfg.dir) and storage.scheme(data_cfg.dir) not in storage._TF_ONLY
+    if remote and data_cfg.stage:
+        return manifest, stage(data_cfg, manifest, split)
+    paths = [storage.join(data_cfg.dir, s["name"]) for s in shards]
+    if not remote:  # hashing gs:// shards would read them twice; TF's CRC check covers direct reads
+        for path, shard in zip(paths, shards):
+            _verify(path, shard)
+    return manifest, paths
+
+
+_VERIFIED: set[tuple] = set()
+
+
+def _verify(path: str, shard: dict) -> None:
+    stamp = _stat(path)
+    key = (path, shard["sha256"], stamp)
+    if stamp is not None and key in _VERIFIED:
+        return
+    try:
+        digest, size = storage.sha256(path)
+    except Exception as err:
+        if isinstance(err, FileNotFoundError) or type(err).__name__ == "NotFoundError":
+            raise DataError(f"shard {path}: missing; run `nfp prepare` again") from None
+        raise
+    if digest != shard["sha256"] or size != shard["bytes"]:
+        raise DataError(f"shard {path}: sha256 {digest[:12]}… ({size} bytes), expected {shard['sha256'][:12]}… ({shard['bytes']} bytes) from the manifest; run `nfp prepare` again")
+    if stamp is not None:
+        _VERIFIED.add(key)
+
+
+def _stat(path: str) -> tuple | None:
+    """(size, mtime) of a local file, to hash it once per change; None elsewhere: verify every time."""
+    if not storage.is_local(path):
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def stage(data_cfg: DataConfig, manifest: dict, split: str) -> list[str]:
+    """Copy a split's shards from data.dir (gs://) to data.stage_dir/<manifest id>/ through fsspec, sha256-verified."""
+    root = Path(os.path.expanduser(data_cfg.stage_dir)) / manifest["id"]
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"data.stage_dir: cannot create {root} ({err.strerror or err})") from None
+    paths = []
+    for shard in _split_entry(manifest, data_cfg, split)["shards"]:
+        local, url = root / shard["name"], storage.join(data_cfg.dir, shard["name"])
+        if local.is_file():
+            try:
+                _verify(str(local), shard)
+                paths.append(str(local))
+                continue
+            except DataError:
+                local.unlink()
+        part = root / f".{shard['name']}.part-{uuid.uuid4().hex[:8]}"
+        try:
+            storage.get(url, part)
+            digest, size = storage.sha256(str(part))
+            if digest != shard["sha256"]:
+                raise DataError(f"shard {url}: sha256 {digest[:12]}… ({size} bytes), expected {shard['sha256'][:12]}… from the manifest; run `nfp prepare` again")
+            os.replace(part, local)
+        except DataError:
+            raise
+        except FileNotFoundError:
+            raise DataError(f"shard {url}: missing; run `nfp prepare` again") from None
+        except Exception as err:
+            raise DataError(f"shard {url}: cannot stage to {root} ({type(err).__name__}: {err})") from None
+        finally:
+            part.unlink(missing_ok=True)
+        paths.append(str(local))
+    return paths

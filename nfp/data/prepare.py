@@ -1,0 +1,287 @@
+"""Moving MNIST (generated or downloaded) → train/val/test → sharded TFRecords + manifest.json.
+
+One tf.train.Example per clip, feature "clip" = the raw uint8 bytes of a (T, H, W) clip. Shards are
+named `train-00000-of-00010.tfrecord[.gz]`; the manifest, written last, lists per shard its
+record count, size and sha256, and is the only entry point readers use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import re
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from nfp.config import DataConfig
+from nfp.data import storage
+from nfp.data.moving_mnist import SPLITS
+from nfp.errors import DataError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+FEATURE = "clip"
+SHARD_NAME = re.compile(r"^(train|val|test)-\d{5}-of-\d{5}\.tfrecord(\.gz)?$")
+_CHUNK = 256  # clips rendered/read at a time: bounds memory whatever the shard size
+_MIN_SHARD_MB = 10  # TF guidance: shards of at least 10 MB (ideally 100 MB)
+
+
+# --------------------------------------------------------------------------- manifest
+def load_manifest(data_dir: str) -> dict:
+    """The manifest.json of a prepared data dir (local, gs:// or any TF filesystem)."""
+    url = storage.join(data_dir, MANIFEST)
+    try:
+        manifest = json.loads(storage.read_bytes(url))
+    except FileNotFoundError:
+        raise DataError(f"{url}: not found; run `nfp prepare` with this data.dir first") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DataError(f"{url}: not valid JSON; delete it and run `nfp prepare` again") from None
+    except Exception as err:  # tf.errors.NotFoundError, gcsfs errors, …
+        if "not found" in str(err).lower() or type(err).__name__ == "NotFoundError":
+            raise DataError(f"{url}: not found; run `nfp prepare` with this data.dir first") from None
+        raise DataError(f"{url}: cannot read ({type(err).__name__}: {err})") from err
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if version != FORMAT_VERSION:
+        raise DataError(f"{url}: format_version {version!r}, expected {FORMAT_VERSION}; run `nfp prepare` again")
+    for split, entry in manifest["splits"].items():
+        for shard in entry["shards"]:
+            if split not in SPLITS or not SHARD_NAME.match(str(shard["name"])) or not shard["name"].startswith(split):
+                raise DataError(f"{url}: shard name {shard['name']!r} in split {split!r} is not a plain shard name")
+    return manifest
+
+
+def ensure_prepared(data_cfg: DataConfig) -> dict:
+    """The existing manifest when it was prepared from this config, else prepare() now."""
+    try:
+        manifest = load_manifest(data_cfg.dir)
+    except DataError:
+        return prepare(data_cfg)
+    if manifest.get("config") == content_config(data_cfg):
+        return manifest
+    return prepare(data_cfg)
+
+
+def content_config(data_cfg: DataConfig) -> dict:
+    """The config keys that determine the shards' bytes (compared to reuse a prepared dir)."""
+    keys = ["source", "num_clips", "frames", "image_size", "seed", "num_shards", "shard_mb", "num_workers", "compression"]
+    keys += ["url", "sha256"] if data_cfg.source == "download" else ["digit_bank", "digit_size", "digits_per_clip", "step_length"]
+    out = {k: getattr(data_cfg, k) for k in keys}
+    out["split"] = dataclasses.asdict(data_cfg.split)
+    return out
+
+
+# --------------------------------------------------------------------------- plan
+def split_counts(data_cfg: DataConfig, available: int) -> dict[str, int]:
+    """Clips per split from fractions (rounded, rest to train) or counts (summing to <= available)."""
+    s = data_cfg.split
+    wanted = {"train": s.train, "val": s.val, "test": s.test}
+    if any(v > 1 for v in wanted.values()):
+        counts = {k: int(v) for k, v in wanted.items()}
+        if sum(counts.values()) > available:
+            raise DataError(f"data.split: counts sum to {sum(counts.values())}, but only {available} clips are available")
+        return counts
+    counts = {k: round(available * wanted[k]) for k in ("val", "test")}
+    counts["train"] = available - counts["val"] - counts["test"]
+    if counts["train"] <= 0:
+        raise DataError(f"data.split: leaves no training clips out of {available}")
+    return {k: counts[k] for k in SPLITS}
+
+
+def shard_counts(data_cfg: DataConfig, counts: dict[str, int], clip_bytes: int) -> dict[str, int]:
+    """Shards per split: train from data.num_shards, else from data.shard_mb / num_workers; others proportional."""
+    train = counts["train"]
+    if data_cfg.num_shards > 0:
+        n = data_cfg.num_shards
+        if n > train:
+            raise DataError(f"data.num_shards: got {n} shards for {train} training clips, expected at most one shard per clip")
+    else:
+        mb = train * clip_bytes / 1e6
+        n = max(math.ceil(mb / data_cfg.shard_mb), 10 * data_cfg.num_workers)  # >= 10 files per reading host
+        n = min(n, max(data_cfg.num_workers, math.floor(mb / _MIN_SHARD_MB)))  # but >= 10 MB each where data allows
+        n = max(1, min(n, train))
+    out = {"train": n}
+    for split in SPLITS[1:]:
+        out[split] = min(counts[split], max(1, round(n * counts[split] / train))) if counts[split] else 0
+    return out
+
+
+def shard_name(split: str, index: int, total: int, compression: str) -> str:
+    return f"{split}-{index:05d}-of-{total:05d}.tfrecord" + (".gz" if compression == "gzip" else "")
+
+
+# --------------------------------------------------------------------------- sources
+@dataclasses.dataclass
+class _Source:
+    info: dict  # what the manifest records about where the clips came from
+    counts: dict[str, int]
+    clip_shape: tuple[int, int, int]
+    read: Callable[[str, int, int], np.ndarray]  # (split, start, stop) -> uint8 (n, T, H, W)
+
+
+def _generated(data_cfg: DataConfig) -> _Source:
+    from nfp.data import moving_mnist as mm
+
+    counts = split_counts(data_cfg, data_cfg.num_clips)
+    bank = mm.load_digit_bank(data_cfg.digit_bank, data_cfg.digit_size)
+    streams = mm.split_streams(data_cfg.seed)
+    params = {s: mm.draw_params(streams[s], counts[s], data_cfg.digits_per_clip, len(bank)) for s in SPLITS}
+
+    def read(split: str, start: int, stop: int) -> np.ndarray:
+        kw = dict(frames=data_cfg.frames, image_size=data_cfg.image_size, step_length=data_cfg.step_length)
+        return mm.render(params[split][start:stop], bank, **kw)
+
+    info = {"kind": "generate", "recipe": "openstl", "seed": data_cfg.seed, "digit_bank": data_cfg.digit_bank}
+    return _Source(info, counts, (data_cfg.frames, data_cfg.image_size, data_cfg.image_size), read)
+
+
+def _downloaded(data_cfg: DataConfig, progress: bool) -> _Source:
+    from nfp.data import download
+
+    path = download.fetch(data_cfg, progress=progress)
+    array = download.open_clips(path)  # (time, clips, H, W) uint8, memory-mapped
+    frames, total, h, w = array.shape
+    if data_cfg.frames > frames:
+        raise DataError(f"data.frames: got {data_cfg.frames}, but {path} has {frames} frames per clip")
+    if data_cfg.image_size != h or h != w:
+        raise DataError(f"data.image_size: got {data_cfg.image_size}, but {path} has {h}×{w} frames")
+    available = min(total, data_cfg.num_clips)
+    counts = split_counts(data_cfg, available)
+    order = np.random.default_rng(data_cfg.seed).permutation(available)  # seeded split of the file's clips
+    bounds = np.cumsum([0] + [counts[s] for s in SPLITS])
+    indices = {s: order[bounds[i] : bounds[i + 1]] for i, s in enumerate(SPLITS)}
+
+    def read(split: str, start: int, stop: int) -> np.ndarray:
+        idx = indices[split][start:stop]
+        sort = np.argsort(idx)  # ascending reads from the memory map, then back to split order
+        clips = np.empty((len(idx), data_cfg.frames, h, w), np.uint8)
+        clips[sort] = np.asarray(array[: data_cfg.frames, idx[sort]]).transpose(1, 0, 2, 3)
+        return clips
+
+    info = {"kind": "download", "url": data_cfg.url, "sha256": download.file_sha256(path), "clips_in_file": total, "seed": data_cfg.seed}
+    return _Source(info, counts, (data_cfg.frames, h, w), read)
+
+
+# --------------------------------------------------------------------------- writing
+def prepare(data_cfg: DataConfig, *, progress: bool = True) -> dict:
+    """Write sharded TFRecords + manifest.json to data_cfg.dir; skips shards already written identically."""
+    from tqdm.auto import tqdm
+
+    source = _downloaded(data_cfg, progress) if data_cfg.source == "download" else _generated(data_cfg)
+    clip_bytes = int(np.prod(source.clip_shape))
+    n_shards = shard_counts(data_cfg, source.counts, clip_bytes)
+    config = content_config(data_cfg)
+    try:
+        old = load_manifest(data_cfg.dir)
+    except DataError:
+        old = None
+    _check_writable(data_cfg.dir)
+    if old is not None and old.get("config") != config:
+        storage.remove(storage.join(data_cfg.dir, MANIFEST))  # readers must not pair the old manifest with new shards
+        old = None
+    known = {s["name"]: s for entry in (old or {"splits": {}})["splits"].values() for s in entry["shards"]}
+
+    splits = {}
+    with tempfile.TemporaryDirectory(prefix="nfp-prepare-") as tmp, tqdm(
+        total=sum(source.counts.values()), unit="clip", desc=f"prepare {data_cfg.dir}", disable=not progress
+    ) as bar:
+        # Local shards are finished next to their final name so the rename is atomic.
+        tmp_dir = storage.local_path(data_cfg.dir) if storage.is_local(data_cfg.dir) else Path(tmp)
+        for split in SPLITS:
+            shards = []
+            sizes = [len(a) for a in np.array_split(np.arange(source.counts[split]), n_shards[split])] if n_shards[split] else []
+            start = 0
+            for i, size in enumerate(sizes):
+                name = shard_name(split, i, len(sizes), data_cfg.compression)
+                url = storage.join(data_cfg.dir, name)
+                entry = _reuse(url, known.get(name), size)
+                if entry is None:
+                    chunks = (source.read(split, a, min(a + _CHUNK, start + size)) for a in range(start, start + size, _CHUNK))
+                    entry = _write_shard(url, name, chunks, data_cfg.compression, tmp_dir, bar)
+                else:
+                    bar.update(size)
+                shards.append(entry)
+                start += size
+            splits[split] = {"count": source.counts[split], "shards": shards}
+
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "source": source.info,
+            "config": config,
+            "clip_shape": list(source.clip_shape),
+            "dtype": "uint8",
+            "feature": FEATURE,
+            "compression": data_cfg.compression,
+            "splits": splits,
+        }
+        manifest["id"] = _content_id(manifest)
+        storage.write_bytes(storage.join(data_cfg.dir, MANIFEST), json.dumps(manifest, indent=2).encode(), tmp_dir)
+    _prune(data_cfg.dir, {s["name"] for e in splits.values() for s in e["shards"]})
+    return manifest
+
+
+def _check_writable(data_dir: str) -> None:
+    try:
+        storage.makedirs(data_dir)
+        if storage.is_local(data_dir):
+            probe = storage.local_path(data_dir) / f".write-probe-{uuid.uuid4().hex[:8]}"
+            probe.touch()
+            probe.unlink()
+    except OSError as err:
+        raise DataError(f"data.dir: cannot write to {data_dir} ({err.strerror or err})") from None
+
+
+def _reuse(url: str, entry: dict | None, records: int) -> dict | None:
+    """The old manifest entry when the shard on disk still has its recorded sha256, else None."""
+    if entry is None or entry["records"] != records or not storage.exists(url):
+        return None
+    return entry if storage.sha256(url)[0] == entry["sha256"] else None
+
+
+def _write_shard(url: str, name: str, chunks, compression: str, tmp_dir: Path, bar) -> dict:
+    import tensorflow as tf
+
+    tmp = tmp_dir / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+    records = 0
+    try:
+        with tf.io.TFRecordWriter(str(tmp), options="GZIP" if compression == "gzip" else None) as writer:
+            for clips in chunks:
+                for clip in clips:
+                    writer.write(_example(clip))
+                records += len(clips)
+                bar.update(len(clips))
+        digest, size = storage.sha256(str(tmp))
+        storage.put(tmp, url)
+    except OSError as err:
+        raise DataError(f"data.dir: cannot write shard {url} ({err})") from None
+    except Exception as err:
+        if storage.is_local(url):
+            raise
+        raise DataError(f"data.dir: cannot upload shard {url} ({type(err).__name__}: {err})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"name": name, "records": records, "sha256": digest, "bytes": size}
+
+
+def _example(clip: np.ndarray) -> bytes:
+    import tensorflow as tf
+
+    feature = tf.train.Feature(bytes_list=tf.train.BytesList(value=[clip.tobytes()]))
+    return tf.train.Example(features=tf.train.Features(feature={FEATURE: feature})).SerializeToString()
+
+
+def _content_id(manifest: dict) -> str:
+    content = {k: manifest[k] for k in ("clip_shape", "dtype", "compression", "splits")}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _prune(data_dir: str, keep: set[str]) -> None:
+    """Delete shards of an earlier layout (other counts/compression) so the dir holds one data set."""
+    for name in storage.listdir(data_dir):
+        if SHARD_NAME.match(name) and name not in keep:
+            storage.remove(storage.join(data_dir, name))

@@ -1,0 +1,157 @@
+"""Files under a local path, file://, gs:// (fsspec/gcsfs) or TF-only schemes such as ram:// (tf.io.gfile).
+
+Writes are atomic: local files go to a temporary name then os.replace; a GCS object only appears
+once its upload completes, so it is written under its final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import uuid
+from pathlib import Path
+
+_TF_ONLY = {"ram"}  # TF filesystems fsspec does not know
+_CHUNK = 1 << 20
+
+
+def scheme(url: str) -> str:
+    """"file" for local paths and file://, else the part before "://"."""
+    head, sep, _ = url.partition("://")
+    return head.lower() if sep else "file"
+
+
+def is_local(url: str) -> bool:
+    return scheme(url) == "file"
+
+
+def local_path(url: str) -> Path:
+    """The local path of a local URL (file:// stripped, ~ expanded)."""
+    return Path(os.path.expanduser(url.removeprefix("file://")))
+
+
+def join(base: str, name: str) -> str:
+    return str(local_path(base) / name) if is_local(base) else posixpath.join(base, name)
+
+
+def _fs(url: str):
+    import fsspec
+
+    options = {}
+    if scheme(url) == "gs" and os.environ.get("STORAGE_EMULATOR_HOST"):
+        options["token"] = "anon"  # the emulator takes no credentials
+    fs, path = fsspec.core.url_to_fs(url, **options)
+    return fs, path
+
+
+def _gfile():
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def exists(url: str) -> bool:
+    if is_local(url):
+        return local_path(url).exists()
+    if scheme(url) in _TF_ONLY:
+        return _gfile().exists(url)
+    fs, path = _fs(url)
+    fs.invalidate_cache()  # gcsfs caches listings; another process may have written since
+    return fs.exists(path)
+
+
+def read_bytes(url: str) -> bytes:
+    if is_local(url):
+        return local_path(url).read_bytes()
+    if scheme(url) in _TF_ONLY:
+        with _gfile().GFile(url, "rb") as f:
+            return f.read()
+    fs, path = _fs(url)
+    return fs.cat_file(path)
+
+
+def makedirs(url: str) -> None:
+    if is_local(url):
+        local_path(url).mkdir(parents=True, exist_ok=True)
+    elif scheme(url) in _TF_ONLY:
+        _gfile().makedirs(url)
+    # object stores have no directories
+
+
+def put(local: Path, url: str) -> None:
+    """Move a finished local file to url atomically (the local file is consumed)."""
+    if is_local(url):
+        os.replace(local, local_path(url))
+        return
+    if scheme(url) in _TF_ONLY:
+        tmp = f"{url}.tmp-{uuid.uuid4().hex[:8]}"
+        _gfile().copy(str(local), tmp, overwrite=True)
+        _gfile().rename(tmp, url, overwrite=True)
+    else:
+        fs, path = _fs(url)
+        fs.put_file(str(local), path)
+    os.remove(local)
+
+
+def write_bytes(url: str, data: bytes, tmp_dir: Path) -> None:
+    """Write data to url atomically, through a temporary file in tmp_dir."""
+    tmp = tmp_dir / f".{posixpath.basename(url)}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.write_bytes(data)
+    put(tmp, url)
+
+
+def get(url: str, local: Path) -> None:
+    """Copy url to the local path (not atomic: callers download to a temporary name)."""
+    if scheme(url) in _TF_ONLY:
+        _gfile().copy(url, str(local), overwrite=True)
+    elif is_local(url):
+        import shutil
+
+        shutil.copyfile(local_path(url), local)
+    else:
+        fs, path = _fs(url)
+        fs.get_file(path, str(local))
+
+
+def remove(url: str) -> None:
+    if is_local(url):
+        local_path(url).unlink(missing_ok=True)
+    elif scheme(url) in _TF_ONLY:
+        if _gfile().exists(url):
+            _gfile().remove(url)
+    else:
+        fs, path = _fs(url)
+        fs.rm_file(path)
+
+
+def listdir(url: str) -> list[str]:
+    """Names (not paths) directly under a directory or prefix; [] when it does not exist."""
+    if is_local(url):
+        p = local_path(url)
+        return sorted(x.name for x in p.iterdir()) if p.is_dir() else []
+    if scheme(url) in _TF_ONLY:
+        return sorted(_gfile().listdir(url)) if _gfile().isdir(url) else []
+    fs, path = _fs(url)
+    fs.invalidate_cache()
+    try:
+        return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
+    except FileNotFoundError:
+        return []
+
+
+def sha256(url: str) -> tuple[str, int]:
+    """(hex sha256, size in bytes) of a file, read in 1 MiB chunks."""
+    digest, size = hashlib.sha256(), 0
+    if is_local(url):
+        f = open(local_path(url), "rb")
+    elif scheme(url) in _TF_ONLY:
+        f = _gfile().GFile(url, "rb")
+    else:
+        fs, path = _fs(url)
+        f = fs.open(path, "rb")
+    with f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
