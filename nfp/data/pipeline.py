@@ -86,7 +86,8 @@ def split_size(data_cfg: DataConfig, split: str) -> int:
 def _parse(records: tf.Tensor, manifest: dict) -> tf.Tensor:
     """Serialized Examples (batch,) → uint8 clips (batch, T, H, W)."""
     features = tf.io.parse_example(records, {FEATURE: tf.io.FixedLenFeature([], tf.string)})
-    return tf.reshape(tf.io.decode_raw(features[FEATURE], tf.uint8), [-1, *manifest["clip_shape"]])
+    clips = tf.reshape(tf.io.decode_raw(features[FEATURE], tf.uint8), [-1, *manifest["clip_shape"]])
+    return tf.ensure_shape(clips, records.shape.concatenate(manifest["clip_shape"]))  # keep a static batch size
 
 
 def _pairs_fn(data_cfg: DataConfig, manifest: dict):

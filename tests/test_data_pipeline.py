@@ -1,0 +1,172 @@
+"""tf.data pipeline: manifest → shards → (inputs, targets) float32 in [0, 1], per protocol and mode."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from nfp.config import DataConfig
+from nfp.data import pipeline
+from nfp.data.prepare import prepare
+from nfp.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A tiny prepared data dir (20 train clips in 2 shards, 2 val, 2 test) and its clips."""
+    root = tmp_path_factory.mktemp("pipe")
+    cfg = DataConfig(image_size=16, digit_size=8, frames=6, num_clips=24, num_shards=2, dir=str(root / "data"))
+    prepare(cfg, progress=False)
+    clips = {s: pipeline.read_clips(cfg, s, 100) for s in ("train", "val", "test")}
+    return cfg, clips
+
+
+def as_arrays(ds):
+    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def test_read_clips_gives_the_first_clips_in_a_fixed_order(prepared):
+    cfg, clips = prepared
+    assert clips["train"].shape == (20, 6, 16, 16) and clips["train"].dtype == np.uint8
+    np.testing.assert_array_equal(pipeline.read_clips(cfg, "train", 7), clips["train"][:7])
+    assert pipeline.split_size(cfg, "train") == 20 and pipeline.split_size(cfg, "val") == 2
+
+
+def test_clip_batches_streams_uint8_batches_up_to_max_clips(prepared):
+    cfg, clips = prepared
+    batches = [b.numpy() for b in pipeline.clip_batches(cfg, "train", batch_size=4, max_clips=10)]
+    assert [len(b) for b in batches] == [4, 4, 2] and batches[0].dtype == np.uint8
+    np.testing.assert_array_equal(np.concatenate(batches), clips["train"][:10])
+
+
+def test_shift_protocol_pairs_frame_t_with_frame_t_plus_1(prepared):
+    cfg, clips = prepared
+    x, y = as_arrays(pipeline.make_dataset(cfg, "train", 8, training=False))
+    assert x.shape == (20, 5, 16, 16, 1) and x.dtype == np.float32
+    np.testing.assert_allclose(x[..., 0], clips["train"][:, :-1] / 255.0, atol=1e-7)
+    np.testing.assert_allclose(y[..., 0], clips["train"][:, 1:] / 255.0, atol=1e-7)
+    assert 0.0 <= x.min() and x.max() <= 1.0
+
+
+def test_context_protocol_pairs_k_frames_with_the_next_n(prepared):
+    cfg, clips = prepared
+    cfg = dataclasses.replace(cfg, protocol="context", context_frames=2, predict_frames=3)
+    x, y = as_arrays(pipeline.make_dataset(cfg, "val", 4, training=False))
+    np.testing.assert_allclose(x[..., 0], clips["val"][:, :2] / 255.0, atol=1e-7)
+    np.testing.assert_allclose(y[..., 0], clips["val"][:, 2:5] / 255.0, atol=1e-7)
+
+
+def test_context_longer_than_the_clips_is_an_error(prepared):
+    cfg, _ = prepared
+    cfg = dataclasses.replace(cfg, protocol="context", context_frames=4, predict_frames=3)
+    with pytest.raises(DataError, match="data.context_frames \\+ data.predict_frames: got 4\\+3.*6 frames"):
+        pipeline.make_dataset(cfg, "val", 4, training=False)
+
+
+def test_evaluation_order_is_deterministic_and_one_pass(prepared):
+    cfg, _ = prepared
+    ds = pipeline.make_dataset(cfg, "train", 8, training=False)
+    first, second = as_arrays(ds), as_arrays(ds)
+    np.testing.assert_array_equal(first[0], second[0])
+    assert [int(x.shape[0]) for x, _ in ds] == [8, 8, 4]  # the last batch is kept
+
+
+def test_training_shuffles_repeats_and_keeps_full_batches(prepared):
+    cfg, clips = prepared
+    ds = pipeline.make_dataset(cfg, "train", 8, training=True)
+    assert ds.element_spec[0].shape.as_list() == [8, 5, 16, 16, 1]
+    batches = [x.numpy() for x, _ in ds.take(6)]  # 48 clips: more than two passes over 20
+    seen = np.concatenate(batches)[:20, :, :, :, 0]
+    first_frames = clips["train"][:, 0] / 255.0
+    assert not np.allclose(seen[:, 0], first_frames)  # not in file order
+    matched = {int(np.argmin(np.abs(first_frames - f).sum(axis=(1, 2)))) for f in seen[:, 0]}
+    assert len(matched) >= 15  # a shuffle buffer over the pass, not a few repeated clips
+
+
+def test_auto_shard_policy_is_file_with_enough_shards_else_data(prepared):
+    cfg, _ = prepared
+    policy = tf.data.experimental.AutoShardPolicy
+    two = pipeline.make_dataset(cfg, "train", 4, training=True, num_workers=2)
+    three = pipeline.make_dataset(cfg, "train", 4, training=True, num_workers=3)
+    assert two.options().experimental_distribute.auto_shard_policy == policy.FILE
+    assert three.options().experimental_distribute.auto_shard_policy == policy.DATA
+
+
+def _dataset_kinds(ds) -> set[str]:
+    kinds, todo = set(), [ds]
+    while todo:
+        node = todo.pop()
+        kinds.add(type(node).__name__)
+        todo.extend(node._inputs())
+    return kinds
+
+
+def test_cache_option_caches_the_records(prepared):
+    cfg, _ = prepared
+    assert "CacheDataset" not in _dataset_kinds(pipeline.make_dataset(cfg, "train", 4, training=True))
+    cached = pipeline.make_dataset(dataclasses.replace(cfg, cache=True), "train", 4, training=True)
+    assert "CacheDataset" in _dataset_kinds(cached)
+    assert len(list(cached.take(12))) == 12  # past the first pass: served from the cache
+
+
+def test_tf_data_service_serves_training_batches(prepared):
+    cfg, clips = prepared
+    dispatcher = tf.data.experimental.service.DispatchServer(tf.data.experimental.service.DispatcherConfig(port=0))
+    address = dispatcher.target.split("://")[1]
+    worker = tf.data.experimental.service.WorkerServer(tf.data.experimental.service.WorkerConfig(dispatcher_address=address))
+    ds = pipeline.make_dataset(dataclasses.replace(cfg, service_address=dispatcher.target), "train", 4, training=True)
+    assert "_DataServiceDatasetV2" in _dataset_kinds(ds)  # the input work runs on the service workers
+    x, y = next(iter(ds))
+    assert x.shape == (4, 5, 16, 16, 1)
+    first_frames = clips["train"][:, 0] / 255.0
+    assert min(np.abs(first_frames - x[0, 0, ..., 0].numpy()).sum(axis=(1, 2))) < 1e-4  # a real clip
+    del worker, dispatcher
+
+
+def test_ram_filesystem_shards_read_like_local_ones(prepared):
+    cfg, clips = prepared
+    ram = dataclasses.replace(cfg, dir="ram://nfp-test/data")
+    prepare(ram, progress=False)
+    assert tf.io.gfile.exists("ram://nfp-test/data/manifest.json")
+    np.testing.assert_array_equal(pipeline.read_clips(ram, "train", 20), clips["train"])
+    x, _ = as_arrays(pipeline.make_dataset(ram, "val", 4, training=False))
+    np.testing.assert_allclose(x[..., 0], clips["val"][:, :-1] / 255.0, atol=1e-7)
+
+
+@pytest.fixture
+def copy_of(prepared, tmp_path):
+    import shutil
+
+    cfg, _ = prepared
+    shutil.copytree(cfg.dir, tmp_path / "copy")
+    return dataclasses.replace(cfg, dir=str(tmp_path / "copy"))
+
+
+def test_a_flipped_byte_in_a_shard_is_an_error_naming_it(copy_of):
+    shard = f"{copy_of.dir}/train-00001-of-00002.tfrecord"
+    data = bytearray(open(shard, "rb").read())
+    data[100] ^= 1
+    open(shard, "wb").write(bytes(data))
+    with pytest.raises(DataError, match="train-00001-of-00002.tfrecord: sha256 .* expected .* from the manifest"):
+        pipeline.make_dataset(copy_of, "train", 4, training=True)
+    with pytest.raises(DataError, match="train-00001-of-00002.tfrecord"):
+        pipeline.read_clips(copy_of, "train", 4)
+
+
+def test_a_missing_shard_is_an_error_naming_it(copy_of):
+    import os
+
+    os.remove(f"{copy_of.dir}/val-00000-of-00001.tfrecord")
+    with pytest.raises(DataError, match="val-00000-of-00001.tfrecord: missing"):
+        pipeline.make_dataset(copy_of, "val", 4, training=False)
+
+
+def test_an_empty_split_is_an_error(tmp_path):
+    from nfp.config import SplitConfig
+
+    cfg = DataConfig(image_size=16, digit_size=8, frames=6, num_clips=12, num_shards=1, dir=str(tmp_path / "d"), split=SplitConfig(train=1.0, val=0.0, test=0.0))
+    prepare(cfg, progress=False)
+    with pytest.raises(DataError, match="split 'val': no clips"):
+        pipeline.make_dataset(cfg, "val", 4, training=False)
