@@ -19,3 +19,7 @@ class ModelError(NfpError):
 
 class TrackingError(NfpError):
     """MLflow tracking cannot be used as configured (unreachable server, bad experiment or name)."""
+
+
+class TrainingError(NfpError):
+    """Training cannot go on (loss became NaN/Inf, nothing to train on); the message says what is kept."""
