@@ -1,0 +1,235 @@
+"""What every benchmark shares: the Section it returns, machine/version facts, timing, markdown.
+
+A benchmark module exposes `NAME`, `TITLE` and `run(quick: bool, workdir: Path) -> Section`.
+Sections are rendered between `<!-- bench:NAME -->` markers so one can be re-run (`--only`)
+and replaced in BENCHMARKS.md without touching the others.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Check:
+    """One ratio against its target, with the absolute values it came from."""
+
+    label: str  # e.g. "TFRecord plain / in-memory (clips/s)"
+    value: float | None  # None: not measured (e.g. no GPU)
+    target: str  # e.g. "≥ 0.8×"
+    passed: bool | None  # None: no target or not measured
+    detail: str = ""  # the absolute values, e.g. "412 / 455 clips/s"
+
+
+@dataclass
+class Section:
+    name: str
+    title: str
+    setup: str  # shapes, sizes, what is compared — one paragraph
+    columns: list[str]
+    rows: list[list]
+    checks: list[Check] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    quick: bool = False
+
+    def markdown(self) -> str:
+        """The section as markdown between its bench markers."""
+        out = [f"<!-- bench:{self.name} -->", f"## {self.title}", ""]
+        if self.quick:
+            out += ["_`--quick`: tiny sizes that prove the benchmark runs; these figures are not measurements._", ""]
+        out += [self.setup, "", table(self.columns, self.rows), ""]
+        if self.checks:
+            out.append("**Result**")
+            out.append("")
+            for c in self.checks:
+                value = "not measured" if c.value is None else f"**{c.value:.2f}×**"
+                verdict = {True: "PASS", False: "FAIL", None: "—"}[c.passed]
+                detail = f" ({c.detail})" if c.detail else ""
+                out.append(f"- {c.label}: {value}{detail}; target {c.target}: {verdict}")
+            out.append("")
+        out += [f"- {n}" for n in self.notes]
+        if self.notes:
+            out.append("")
+        out += [f"_Ran in {self.seconds:.0f} s on {stamp()}._", f"<!-- /bench:{self.name} -->"]
+        return "\n".join(out)
+
+
+def table(columns: list[str], rows: list[list]) -> str:
+    """A markdown table; floats formatted by fmt()."""
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(v) if isinstance(v, float) else str(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def fmt(v: float) -> str:
+    """1,234 for large numbers, 3 significant digits below 100."""
+    if v != v or abs(v) == float("inf"):
+        return str(v)
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
+def ratio_check(label: str, num: float, den: float, target: float, unit: str, *, higher_is_better: bool = True) -> Check:
+    """Check num/den against `≥ target` (or `≤ target` when lower is better)."""
+    value = num / den if den else float("nan")
+    passed = value >= target if higher_is_better else value <= target
+    sign = "≥" if higher_is_better else "≤"
+    return Check(label, value, f"{sign} {target:g}×", bool(passed), f"{fmt(num)} / {fmt(den)} {unit}")
+
+
+def nfp_config(overrides: list[str], path: str | Path | None = None):
+    """nfp's Config from a YAML + overrides; clips shorter than 20 frames get a k → k protocol to fit."""
+    from nfp.config import load_config
+
+    frames = next((int(o.split("=", 1)[1]) for o in overrides if o.startswith("data.frames=")), 20)
+    if frames < 20:
+        k = frames // 2
+        overrides = [*(f"{s}.{w}_frames={k}" for s in ("data", "evaluate") for w in ("context", "predict")), *overrides]
+    return load_config(path, overrides)
+
+
+# --------------------------------------------------------------------------- facts
+def stamp() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def machine() -> dict:
+    """CPU model, cores usable by this process, RAM, OS, GPUs (names only if TF is already imported)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    except (ValueError, OSError):
+        mem_gb = float("nan")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": cpu, "cores": cores, "logical_cpus": os.cpu_count(), "memory_gb": round(mem_gb, 1), "os": platform.platform()}
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("tensorflow", "keras", "mlflow", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+        out["nfp commit"] = commit + (" (modified)" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        out["nfp commit"] = "unknown"
+    return out
+
+
+def header(quick: bool) -> str:
+    m, v = machine(), versions()
+    lines = [
+        "# nfp benchmarks",
+        "",
+        "Generated by `python -m bench`" + (" --quick (tiny sizes, not measurements)" if quick else "") + f" on {stamp()}.",
+        "Each figure is a side-by-side comparison measured in one process run; re-run one with `python -m bench --only NAME`.",
+        "",
+        f"- **Machine**: {m['cpu']}, {m['cores']} cores usable ({m['logical_cpus']} logical CPUs), {m['memory_gb']} GB RAM, {m['os']}",
+        "- **Versions**: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- timing
+def median_rate(fn, units: float, *, repeats: int) -> tuple[float, list[float]]:
+    """Run fn() `repeats` times; (median units/s, the per-repeat seconds)."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return units / statistics.median(times), times
+
+
+def run_child(module: str, args: dict, *, timeout: float, env: dict | None = None) -> tuple[dict, float]:
+    """Run `python -m module JSON` in a fresh process; (the JSON it prints last, its peak RSS in MB).
+
+    Peak RSS is the child's ru_maxrss from os.wait4: what getrusage(RUSAGE_CHILDREN) reports in a
+    parent with no other children, so earlier benchmarks' children never leak into the figure.
+    """
+    import tempfile
+    import threading
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, json.dumps(args)],
+            cwd=REPO,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+            stdout=out,
+            stderr=err,
+        )
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode != 0:
+        tail = "\n".join(stderr.strip().splitlines()[-15:])
+        why = f"killed after {timeout:.0f} s" if proc.returncode == -9 else f"exited with {proc.returncode}"
+        raise RuntimeError(f"{module} {why}:\n{tail}")
+    lines = [ln for ln in stdout.strip().splitlines() if ln.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"{module}: printed no JSON result")
+    return json.loads(lines[-1]), usage.ru_maxrss / 1024  # Linux reports KiB
+
+
+def child_main(fn) -> None:
+    """Entry point of a child module: fn(args dict) -> dict, printed as one JSON line."""
+    result = fn(json.loads(sys.argv[1]))
+    print(json.dumps(result), flush=True)
+
+
+# --------------------------------------------------------------------------- the file
+_SECTION = re.compile(r"<!-- bench:(?P<name>[\w-]+) -->.*?<!-- /bench:(?P=name) -->", re.S)
+
+
+def sections_of(text: str) -> dict[str, str]:
+    """{name: section markdown} of a BENCHMARKS.md, in file order."""
+    return {m["name"]: m.group(0) for m in _SECTION.finditer(text)}
+
+
+def merge(old_text: str | None, new: dict[str, str], order: list[str]) -> dict[str, str]:
+    """Sections of the old file with those in `new` replaced, in benchmark order (unknown names last)."""
+    merged = sections_of(old_text or "")
+    merged.update(new)
+    rank = {name: i for i, name in enumerate(order)}
+    return dict(sorted(merged.items(), key=lambda kv: rank.get(kv[0], len(order))))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
