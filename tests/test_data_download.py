@@ -1,0 +1,186 @@
+"""Download of mnist_test_seq.npy over HTTP from a local server: verify, cache, and fail cleanly."""
+
+import hashlib
+import http.server
+import io
+import threading
+
+import numpy as np
+import pytest
+
+from nfp.config import DataConfig, SplitConfig
+from nfp.data import download
+from nfp.data.pipeline import read_clips
+from nfp.data.prepare import prepare
+from nfp.errors import DataError
+
+CLIPS = 12
+
+
+def npy_bytes(array) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def real_layout():
+    """A small file in the exact real layout: (20 frames, clips, 64, 64) uint8, each clip its own value."""
+    array = np.zeros((20, CLIPS, 64, 64), np.uint8)
+    for i in range(CLIPS):
+        array[:, i] = np.arange(20, dtype=np.uint8)[:, None, None] + 10 * i
+    return array
+
+
+@pytest.fixture(scope="module")
+def server(real_layout):
+    """http://127.0.0.1:PORT serving files from a dict; /truncated.npy announces the full size, sends half."""
+    good = npy_bytes(real_layout)
+    files = {
+        "/mnist_test_seq.npy": good,
+        "/garbage.npy": b"not a numpy file at all" * 100,
+        "/float.npy": npy_bytes(real_layout[:, :2].astype(np.float32)),
+        "/truncated.npy": good,
+    }
+    hits = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            body = files.get(self.path)
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.path == "/truncated.npy":
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield {"url": f"http://127.0.0.1:{httpd.server_port}", "hits": hits, "sha256": hashlib.sha256(good).hexdigest(), "size": len(good)}
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def cfg_for(tmp_path, url, **kw) -> DataConfig:
+    base = dict(source="download", url=url, cache_dir=str(tmp_path / "cache"), dir=str(tmp_path / "data"), num_shards=2, seed=0)
+    return DataConfig(**{**base, **kw})
+
+
+def cached_files(tmp_path) -> list[str]:
+    return sorted(p.name for p in (tmp_path / "cache").rglob("*") if p.is_file())
+
+
+def test_download_verifies_and_reuses_the_cache(tmp_path, server, real_layout):
+    cfg = cfg_for(tmp_path, server["url"] + "/mnist_test_seq.npy", sha256=server["sha256"], size_bytes=server["size"])
+    path = download.fetch(cfg, progress=False)
+    assert path.parent.parent.parent == tmp_path / "cache" and path.name == "mnist_test_seq.npy"
+    np.testing.assert_array_equal(download.open_clips(path), real_layout)
+    hits = len(server["hits"])
+    assert download.fetch(cfg, progress=False) == path
+    assert len(server["hits"]) == hits  # served from the verified cache
+
+
+def test_progress_bar_counts_bytes(tmp_path, server, capsys):
+    download.fetch(cfg_for(tmp_path, server["url"] + "/mnist_test_seq.npy"), progress=True)
+    assert "983k/983k" in capsys.readouterr().err  # bytes, scaled
+
+
+def test_prepare_from_the_download_splits_its_clips_with_a_seed(tmp_path, server, real_layout):
+    cfg = cfg_for(tmp_path, server["url"] + "/mnist_test_seq.npy", split=SplitConfig(train=8, val=2, test=2))
+    manifest = prepare(cfg, progress=False)
+    assert manifest["source"]["kind"] == "download" and manifest["source"]["sha256"] == server["sha256"]
+    assert manifest["clip_shape"] == [20, 64, 64]
+    got = np.concatenate([read_clips(cfg, s, 12) for s in ("train", "val", "test")])
+    ids = sorted(int(clip[0, 0, 0]) // 10 for clip in got)
+    assert ids == list(range(CLIPS))  # every clip exactly once
+    np.testing.assert_array_equal(got[0], real_layout[:, int(got[0, 0, 0, 0]) // 10])
+    assert [int(c[0, 0, 0]) // 10 for c in got[:8]] != list(range(8))  # shuffled by the seed
+
+
+def test_num_clips_caps_and_frames_cut_the_download(tmp_path, server):
+    cfg = cfg_for(tmp_path, server["url"] + "/mnist_test_seq.npy", num_clips=6, frames=10, num_shards=1)
+    manifest = prepare(cfg, progress=False)
+    assert sum(e["count"] for e in manifest["splits"].values()) == 6 and manifest["clip_shape"] == [10, 64, 64]
+    assert all(int(c[0, 0, 0]) // 10 < 6 for c in read_clips(cfg, "train", 6))
+
+
+def test_local_path_and_file_url_are_read_in_place(tmp_path, real_layout):
+    path = tmp_path / "seq.npy"
+    np.save(path, real_layout)
+    assert download.fetch(cfg_for(tmp_path, str(path)), progress=False) == path
+    assert download.fetch(cfg_for(tmp_path, f"file://{path}"), progress=False) == path
+
+
+def test_sha256_mismatch_is_an_error_and_nothing_is_kept(tmp_path, server):
+    cfg = cfg_for(tmp_path, server["url"] + "/mnist_test_seq.npy", sha256="0" * 64)
+    with pytest.raises(DataError, match="mnist_test_seq.npy has sha256 .*, expected 0000.* \\(data.sha256\\)"):
+        download.fetch(cfg, progress=False)
+    assert cached_files(tmp_path) == []
+
+
+def test_wrong_size_is_an_error_and_nothing_is_kept(tmp_path, server):
+    cfg = cfg_for(tmp_path, server["url"] + "/mnist_test_seq.npy", size_bytes=server["size"] + 1)
+    with pytest.raises(DataError, match=f"is {server['size']} bytes, expected {server['size'] + 1}"):
+        download.fetch(cfg, progress=False)
+    assert cached_files(tmp_path) == []
+
+
+def test_404_is_an_error(tmp_path, server):
+    with pytest.raises(DataError, match="data.url: .*/missing.npy not found \\(404\\)"):
+        download.fetch(cfg_for(tmp_path, server["url"] + "/missing.npy"), progress=False)
+    assert cached_files(tmp_path) == []
+
+
+def test_a_transfer_cut_short_is_an_error_and_nothing_is_kept(tmp_path, server):
+    with pytest.raises(DataError, match="data.url: cannot download .*/truncated.npy \\(ClientPayloadError"):
+        download.fetch(cfg_for(tmp_path, server["url"] + "/truncated.npy"), progress=False)
+    assert cached_files(tmp_path) == []
+
+
+def test_a_file_that_is_not_npy_is_an_error_naming_it(tmp_path, server):
+    with pytest.raises(DataError, match="garbage.npy.*: not a complete .npy file"):
+        download.fetch(cfg_for(tmp_path, server["url"] + "/garbage.npy"), progress=False)
+    assert cached_files(tmp_path) == []
+
+
+def test_wrong_dtype_is_an_error_naming_the_file(tmp_path, server):
+    with pytest.raises(DataError, match="float.npy: got shape \\(20, 2, 64, 64\\) dtype float32, expected .* uint8"):
+        download.fetch(cfg_for(tmp_path, server["url"] + "/float.npy"), progress=False)
+
+
+def test_a_truncated_local_file_is_an_error_naming_it(tmp_path, real_layout):
+    path = tmp_path / "cut.npy"
+    path.write_bytes(npy_bytes(real_layout)[:5000])
+    with pytest.raises(DataError, match="cut.npy: not a complete .npy file"):
+        download.fetch(cfg_for(tmp_path, str(path)), progress=False)
+
+
+def test_unreachable_host_is_an_error(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(DataError, match=f"data.url: cannot download http://127.0.0.1:{port}/x.npy"):
+        download.fetch(cfg_for(tmp_path, f"http://127.0.0.1:{port}/x.npy"), progress=False)
+
+
+@pytest.mark.parametrize("url", ["ftp://example.org/mnist_test_seq.npy", "gs://bucket/mnist_test_seq.npy"])
+def test_schemes_outside_allowed_schemes_are_refused(tmp_path, url):
+    with pytest.raises(DataError, match="data.url: scheme '(ftp|gs)' .* is not allowed; data.allowed_schemes: http, https"):
+        download.fetch(cfg_for(tmp_path, url, allowed_schemes=["http", "https"]), progress=False)
+
+
+def test_the_toronto_url_has_a_known_size():
+    assert download.KNOWN[DataConfig().url]["size_bytes"] == 20 * 10000 * 64 * 64 + 96
