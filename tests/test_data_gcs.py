@@ -1,0 +1,109 @@
+"""gs:// through gcsfs against gcp-storage-emulator: prepare writes shards + manifest, staging reads them back."""
+
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from nfp.cli import main
+from nfp.config import load_config
+from nfp.data import pipeline, prepare as prep
+from nfp.errors import DataError
+
+BUCKET = "nfp-test"
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    """One gcp-storage-emulator on 127.0.0.1 for the module, with STORAGE_EMULATOR_HOST pointing at it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator")
+    root = tmp_path_factory.mktemp("gcs")
+    proc = subprocess.Popen(
+        [exe, "-d", str(root), "start", "--host", "127.0.0.1", "--port", str(port), "--default-bucket", BUCKET],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    host = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{host}/storage/v1/b/{BUCKET}", timeout=1)
+            break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("gcp-storage-emulator did not start")
+            time.sleep(0.2)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STORAGE_EMULATOR_HOST", host)
+        yield host
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def gcs():
+    import gcsfs
+
+    return gcsfs.GCSFileSystem(token="anon")
+
+
+def configs(tiny_overrides, tmp_path, prefix):
+    local = load_config(None, tiny_overrides).data
+    remote = load_config(None, tiny_overrides + [f"data.dir=gs://{BUCKET}/{prefix}", "data.stage=true", f"data.stage_dir={tmp_path}/staged"]).data
+    return local, remote
+
+
+def test_nfp_prepare_writes_shards_and_manifest_to_gcs(emulator, gcs, tiny_overrides, tmp_path, capsys):
+    assert main(["prepare", *tiny_overrides, f"data.dir=gs://{BUCKET}/cli"]) == 0
+    gcs.invalidate_cache()
+    names = sorted(p.rsplit("/", 1)[1] for p in gcs.ls(f"{BUCKET}/cli"))
+    assert names == ["manifest.json", "test-00000-of-00001.tfrecord", "train-00000-of-00002.tfrecord",
+                     "train-00001-of-00002.tfrecord", "val-00000-of-00001.tfrecord"]
+    assert "prepared gs://nfp-test/cli: train=20, val=2, test=2" in capsys.readouterr().out
+
+
+def test_staged_gcs_shards_yield_the_same_arrays_as_a_local_dir(emulator, tiny_overrides, tmp_path):
+    local, remote = configs(tiny_overrides, tmp_path, "stage")
+    manifest = prep.prepare(remote, progress=False)
+    assert prep.prepare(local, progress=False)["id"] == manifest["id"]  # same bytes, wherever they live
+    for split in ("train", "val"):
+        a = [x.numpy() for x, _ in pipeline.make_dataset(local, split, 4, training=False)]
+        b = [x.numpy() for x, _ in pipeline.make_dataset(remote, split, 4, training=False)]
+        np.testing.assert_array_equal(np.concatenate(a), np.concatenate(b))
+    staged = sorted(os.listdir(tmp_path / "staged" / manifest["id"]))
+    assert staged == ["train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord", "val-00000-of-00001.tfrecord"]
+    np.testing.assert_array_equal(pipeline.read_clips(remote, "test", 2), pipeline.read_clips(local, "test", 2))
+    assert prep.ensure_prepared(remote) == manifest
+
+
+def test_rerun_on_gcs_skips_verified_shards(emulator, tiny_overrides, tmp_path, monkeypatch):
+    _, remote = configs(tiny_overrides, tmp_path, "rerun")
+    first = prep.prepare(remote, progress=False)
+    monkeypatch.setattr(prep, "_write_shard", lambda *a: pytest.fail("rewrote a verified shard"))
+    assert prep.prepare(remote, progress=False) == first
+
+
+def test_a_corrupted_gcs_shard_fails_staging_naming_it(emulator, gcs, tiny_overrides, tmp_path):
+    _, remote = configs(tiny_overrides, tmp_path, "corrupt")
+    prep.prepare(remote, progress=False)
+    path = f"{BUCKET}/corrupt/val-00000-of-00001.tfrecord"
+    data = bytearray(gcs.cat_file(path))
+    data[40] ^= 1
+    gcs.pipe_file(path, bytes(data))
+    with pytest.raises(DataError, match="shard gs://nfp-test/corrupt/val-00000-of-00001.tfrecord: sha256 .* from the manifest"):
+        pipeline.make_dataset(remote, "val", 2, training=False)
+    assert not [n for n in os.listdir(next((tmp_path / "staged").iterdir())) if n.startswith("val")]  # nothing kept
+
+
+def test_a_missing_gcs_manifest_is_an_error(emulator, tmp_path):
+    with pytest.raises(DataError, match="gs://nfp-test/nowhere/manifest.json: not found"):
+        prep.load_manifest(f"gs://{BUCKET}/nowhere")
