@@ -1,0 +1,307 @@
+"""Cloud launch, offline: SkyPilot task YAMLs (keys, shell, SkyPilot's own parser) and the GCE launcher's dry run."""
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nfp.config import load_config
+from nfp.distribute import tf_config
+
+REPO = Path(__file__).resolve().parents[1]
+SKY = REPO / "launch" / "skypilot"
+TASKS = sorted(SKY.glob("*.yaml"))
+# Top-level keys of a SkyPilot task (sky/utils/schemas.py get_task_schema, SkyPilot 0.14).
+SKY_TASK_KEYS = {"name", "workdir", "event_callback", "num_nodes", "resources", "file_mounts", "service", "setup", "run", "envs", "secrets", "volumes", "config"}
+REQUIRED_ENVS = {"NFP_BUCKET", "MLFLOW_TRACKING_URI"}  # null in the YAML: `sky launch` refuses to start without --env
+
+
+def task(name: str) -> dict:
+    return yaml.safe_load((SKY / name).read_text())
+
+
+def env_header(cfg: dict, **extra) -> str:
+    """What SkyPilot exports before setup/run: the task's envs and its own per-node variables."""
+    envs = {**{k: v or "x" for k, v in cfg["envs"].items()}, "SKYPILOT_NODE_RANK": "0", "SKYPILOT_NUM_NODES": "1", "SKYPILOT_NODE_IPS": "10.0.0.1", **extra}
+    return "".join(f"export {k}={shlex.quote(str(v))}\n" for k, v in envs.items())
+
+
+# --------------------------------------------------------------------------- SkyPilot
+def test_there_are_single_vm_multi_node_and_managed_job_tasks():
+    assert {p.name for p in TASKS} == {"single_vm.yaml", "multi_node.yaml", "managed_job.yaml"}
+
+
+@pytest.mark.parametrize("path", TASKS, ids=lambda p: p.name)
+def test_task_yaml_holds_what_skypilot_needs(path):
+    cfg = yaml.safe_load(path.read_text())
+    assert set(cfg) <= SKY_TASK_KEYS, set(cfg) - SKY_TASK_KEYS
+    assert re.fullmatch(r"[A-Z0-9a-z-]+:\d+", cfg["resources"]["accelerators"])
+    assert isinstance(cfg["resources"]["use_spot"], bool)
+    assert cfg["workdir"] == "."
+    assert isinstance(cfg["setup"], str) and 'pip install --quiet -e ".[gpu]"' in cfg["setup"]
+    assert isinstance(cfg["run"], str) and cfg["run"].startswith("set -euo pipefail")
+    assert {k for k, v in cfg["envs"].items() if v is None} == REQUIRED_ENVS
+    assert all(isinstance(v, str) for k, v in cfg["envs"].items() if v is not None)
+    assert (REPO / cfg["envs"]["NFP_CONFIG"]).is_file()
+    assert "$NFP_BUCKET/runs/$NFP_RUN_NAME" in cfg["run"]  # checkpoints and backups outlive the VM
+
+
+def test_single_vm_task_runs_the_mlproject_on_all_gpus():
+    cfg = task("single_vm.yaml")
+    assert cfg["envs"]["NFP_CONFIG"] == "configs/multi_gpu.yaml"
+    assert 'mlflow run . --env-manager local -P config="$NFP_CONFIG"' in cfg["run"]
+    assert cfg.get("num_nodes", 1) == 1
+
+
+def test_multi_node_task_builds_tf_config_with_nfp_on_every_node():
+    cfg = task("multi_node.yaml")
+    assert cfg["num_nodes"] >= 2 and cfg["envs"]["NFP_CONFIG"] == "configs/multi_node.yaml"
+    assert 'TF_CONFIG="$(nfp tf-config)"' in cfg["run"] and "export TF_CONFIG" in cfg["run"]
+    assert "nfp train" in cfg["run"] and "mlflow run" not in cfg["run"]  # one MLflow run, from the chief
+
+
+def test_managed_job_is_spot_with_recovery_and_resumes_from_the_bucket():
+    cfg = task("managed_job.yaml")
+    assert cfg["resources"]["use_spot"] is True
+    assert cfg["resources"]["job_recovery"]["strategy"] == "FAILOVER"
+    assert "train.backup=true" in cfg["run"]
+    assert "mlflow run" not in cfg["run"]  # a new MLflow run per recovery otherwise
+
+
+def _run_with_fake(tmp_path, cfg: dict, fake: str, **env) -> list[str]:
+    """Run a task's `run` the way SkyPilot does, with `fake` (mlflow / nfp) recording its argv."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "activate").write_text(f'PATH="{venv}/bin:$PATH"\n')
+    record = tmp_path / "argv.json"
+    tool = venv / "bin" / fake
+    tool.write_text(f"#!{sys.executable}\nimport json, sys\njson.dump(sys.argv[1:], open({str(record)!r}, 'w'))\n")
+    tool.chmod(0o755)
+    script = env_header(cfg, NFP_VENV=venv, NFP_BUCKET="gs://b/x", **env) + cfg["run"]
+    subprocess.run(["bash", "-c", script], check=True, cwd=REPO, env={"PATH": os.environ["PATH"]})
+    return json.loads(record.read_text())
+
+
+def test_single_vm_run_hands_bucket_paths_and_overrides_to_mlflow_run(tmp_path):
+    argv = _run_with_fake(tmp_path, task("single_vm.yaml"), "mlflow", NFP_OVERRIDES="train.epochs=3 model.filters=[4,4]")
+    assert argv[:6] == ["run", ".", "--env-manager", "local", "-P", "config=configs/multi_gpu.yaml"]
+    assert argv[6] == "-P" and argv[7].startswith("overrides=")
+    cfg = load_config(REPO / "configs/multi_gpu.yaml", argv[7].removeprefix("overrides="))
+    assert (cfg.data.dir, cfg.train.output_dir) == ("gs://b/x/data/moving_mnist", "gs://b/x/runs/single-vm")
+    assert (cfg.train.epochs, cfg.model.filters) == (3, [4, 4])
+
+
+def test_managed_job_run_trains_into_the_bucket(tmp_path):
+    argv = _run_with_fake(tmp_path, task("managed_job.yaml"), "nfp", NFP_OVERRIDES="train.epochs=3")
+    assert argv[:3] == ["train", "--config", "configs/multi_gpu.yaml"]
+    i = argv.index("--overrides")
+    cfg = load_config(REPO / argv[2], [*argv[3:i], *shlex.split(argv[i + 1])])
+    assert (cfg.train.output_dir, cfg.train.backup, cfg.train.epochs) == ("gs://b/x/runs/spot", True, 3)
+
+
+def test_task_shell_is_shellcheck_clean():
+    if not shutil.which("shellcheck"):
+        pytest.skip("shellcheck not installed (apt-get install -y shellcheck)")
+    for path in TASKS:
+        cfg = yaml.safe_load(path.read_text())
+        for key in ("setup", "run"):
+            out = subprocess.run(["shellcheck", "--shell=bash", "-"], input=env_header(cfg) + cfg[key], capture_output=True, text=True)
+            assert out.returncode == 0, f"{path.name} {key}:\n{out.stdout}"
+
+
+_SKY_CHECK = """
+import json, sys, yaml, sky
+out = {}
+for path in sys.argv[1:]:
+    cfg = yaml.safe_load(open(path))
+    try:
+        sky.Task.from_yaml(path)
+        missing = None
+    except ValueError as err:
+        missing = str(err)
+    t = sky.Task.from_yaml_config(cfg, env_overrides=[("NFP_BUCKET", "gs://b"), ("MLFLOW_TRACKING_URI", "http://m:5000")])
+    (r,) = t.resources
+    out[path.rsplit("/", 1)[1]] = {"num_nodes": t.num_nodes, "accelerators": r.accelerators, "use_spot": r.use_spot,
+        "cloud": str(r.cloud), "job_recovery": r.job_recovery, "missing_env_error": missing, "envs": t.envs}
+print(json.dumps(out))
+"""
+
+
+def test_tasks_load_with_skypilots_own_parser():
+    """SkyPilot is not a project dependency: point NFP_SKYPILOT_PYTHON at a venv with `pip install skypilot`."""
+    python = os.environ.get("NFP_SKYPILOT_PYTHON")
+    if not python:
+        try:
+            import sky  # noqa: F401
+
+            python = sys.executable
+        except ImportError:
+            pytest.skip("skypilot not importable; set NFP_SKYPILOT_PYTHON=/path/to/venv-with-skypilot/bin/python")
+    out = subprocess.run([python, "-c", _SKY_CHECK, *map(str, TASKS)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    tasks = json.loads(out.stdout.strip().splitlines()[-1])
+    for name, t in tasks.items():
+        assert t["accelerators"] == {"H100": 8} and t["cloud"] == "GCP", name
+        assert "is None" in t["missing_env_error"], name  # launching without --env NFP_BUCKET=… is refused
+        assert t["envs"]["NFP_BUCKET"] == "gs://b"
+    assert tasks["multi_node.yaml"]["num_nodes"] == 2 and tasks["single_vm.yaml"]["num_nodes"] == 1
+    assert tasks["managed_job.yaml"]["use_spot"] and tasks["managed_job.yaml"]["job_recovery"]["strategy"] == "FAILOVER"
+    assert not tasks["single_vm.yaml"]["use_spot"]
+
+
+# --------------------------------------------------------------------------- GCE
+GCE = [sys.executable, str(REPO / "launch" / "gce" / "launch.py")]
+BASE = ["--project", "my-proj", "--zone", "us-central1-a"]
+
+
+def launch(*argv, check=True, env=None):
+    out = subprocess.run([*GCE, *argv], capture_output=True, text=True, cwd=REPO, env=env)
+    if check:
+        assert out.returncode == 0, out.stderr
+    return out
+
+
+def parse_dry_run(stdout: str) -> tuple[dict[str, str], list[list[str]]]:
+    """Startup scripts by path, and the commands, from --dry-run output."""
+    scripts = dict(re.findall(r"^# ---- startup script (\S+)\n(.*?)^# ---- end of \1\n", stdout, flags=re.S | re.M))
+    rest = re.sub(r"^# ---- startup script (\S+)\n.*?^# ---- end of \1\n", "", stdout, flags=re.S | re.M)
+    return scripts, [shlex.split(line) for line in rest.splitlines() if line.strip()]
+
+
+def create_dry_run(tmp_path, *extra):
+    out = launch("create", *BASE, "--bucket", "gs://bkt/nfp", "--tracking-uri", "http://10.0.0.5:5000", "--script-dir", str(tmp_path), "--dry-run", *extra)
+    return parse_dry_run(out.stdout)
+
+
+def flags(cmd: list[str]) -> dict[str, str]:
+    return dict(a[2:].split("=", 1) if "=" in a else (a[2:], "") for a in cmd if a.startswith("--"))
+
+
+def train_config(script: str):
+    """The nfp config the startup script's `nfp train` line resolves to (parsed with nfp's own loader)."""
+    (line,) = [ln for ln in script.splitlines() if ln.startswith("nfp train")]
+    argv = shlex.split(line)
+    assert argv[2] == "--config"
+    return load_config(REPO / argv[3], argv[4:])
+
+
+def test_gce_dry_run_one_vm(tmp_path):
+    scripts, commands = create_dry_run(tmp_path, "train.epochs=7")
+    git, upload, create = commands
+    assert git[:2] == ["git", "-C"] and "archive" in git and git[-1] == "HEAD"
+    assert upload[:3] == ["gcloud", "storage", "cp"] and re.fullmatch(r"gs://bkt/nfp/nfp/src/[0-9a-f]{40}\.tar\.gz", upload[4])
+
+    assert create[:5] == ["gcloud", "compute", "instances", "create", "nfp-0"]
+    f = flags(create)
+    assert f["project"] == "my-proj" and f["zone"] == "us-central1-a" and f["machine-type"] == "a3-highgpu-8g"
+    assert f["maintenance-policy"] == "TERMINATE" and f["metadata"] == "install-nvidia-driver=True"
+    assert f["image-project"] == "deeplearning-platform-release" and f["image-family"].startswith("common-cu12")
+    assert "accelerator" not in f  # A3 has its 8 H100s built in
+    assert "provisioning-model" not in f
+    assert f["metadata-from-file"] == f"startup-script={tmp_path}/nfp-0.startup.sh"
+
+    script = scripts[f"{tmp_path}/nfp-0.startup.sh"]
+    assert "TF_CONFIG" not in script
+    assert f"gcloud storage cp {upload[4]} " in script
+    assert "export MLFLOW_TRACKING_URI=http://10.0.0.5:5000" in script
+    cfg = train_config(script)
+    assert cfg.distribute.strategy == "mirrored" and cfg.train.epochs == 7
+    assert (cfg.data.dir, cfg.train.output_dir) == ("gs://bkt/nfp/data/moving_mnist", "gs://bkt/nfp/runs/nfp")
+    assert not list(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_gce_dry_run_three_spot_vms_each_with_its_tf_config(tmp_path):
+    scripts, commands = create_dry_run(tmp_path, "--num-vms", "3", "--spot", "--name", "mm", "--source", "gs://bkt/src.tar.gz")
+    assert len(commands) == 3  # --source: nothing to upload
+    hosts = [f"mm-{i}.us-central1-a.c.my-proj.internal:2222" for i in range(3)]
+    for i, cmd in enumerate(commands):
+        assert cmd[4] == f"mm-{i}"
+        f = flags(cmd)
+        assert f["provisioning-model"] == "SPOT" and f["instance-termination-action"] == "STOP"
+        script = scripts[f["metadata-from-file"].removeprefix("startup-script=")]
+        (line,) = [ln for ln in script.splitlines() if ln.startswith("export TF_CONFIG=")]
+        config = tf_config.parse(shlex.split(line.removeprefix("export "))[0].removeprefix("TF_CONFIG="))
+        assert config == {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}}
+        assert tf_config.is_chief(config) == (i == 0)
+        cfg = train_config(script)
+        assert cfg.distribute.strategy == "multi_worker" and cfg.data.num_workers == 3
+        assert cfg.train.output_dir == "gs://bkt/nfp/runs/mm"  # the same for every worker and every restart
+
+
+def test_gce_n1_machines_get_the_accelerator_flag(tmp_path):
+    _, commands = create_dry_run(tmp_path, "--machine-type", "n1-standard-16", "--accelerator-type", "nvidia-tesla-t4", "--accelerator-count", "2")
+    assert flags(commands[-1])["accelerator"] == "type=nvidia-tesla-t4,count=2"
+
+
+def test_gce_start_and_delete_name_every_vm():
+    for verb in ("start", "delete"):
+        (cmd,) = parse_dry_run(launch(verb, *BASE, "--num-vms", "3", "--dry-run").stdout)[1]
+        assert cmd[:7] == ["gcloud", "compute", "instances", verb, "nfp-0", "nfp-1", "nfp-2"]
+    assert "--quiet" in cmd
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--bucket", "my-bucket"], "--bucket: got 'my-bucket', expected gs://BUCKET"),
+        (["--tracking-uri", "sqlite:///mlflow.db"], "--tracking-uri: got 'sqlite:///mlflow.db', expected a tracking server URL"),
+        (["--name", "NFP_job"], "--name: got 'NFP_job'"),
+        (["--num-vms", "0"], "--num-vms: got 0, expected >= 1"),
+        (["--config", "configs/nope.yaml"], "--config: configs/nope.yaml not found"),
+        (["--port", "0"], "--port: got 0, expected 1..65535"),
+        (["train.epochs"], "override 'train.epochs': expected key.path=value"),
+    ],
+)
+def test_gce_bad_arguments_are_one_line_errors(argv, message):
+    base = {"--bucket": "gs://b", "--tracking-uri": "http://m:5000"}
+    for key in argv[::2]:
+        base.pop(key, None)
+    out = launch("create", *BASE, *[x for kv in base.items() for x in kv], "--dry-run", *argv, check=False)
+    assert out.returncode == 2 and out.stderr.startswith(f"error: {message}") and out.stderr.count("\n") == 1, out.stderr
+
+
+def test_gce_startup_scripts_are_shellcheck_clean(tmp_path):
+    if not shutil.which("shellcheck"):
+        pytest.skip("shellcheck not installed (apt-get install -y shellcheck)")
+    scripts, _ = create_dry_run(tmp_path, "--num-vms", "2", "--spot")
+    for path, text in scripts.items():
+        out = subprocess.run(["shellcheck", "-"], input=text, capture_output=True, text=True)
+        assert out.returncode == 0, f"{path}:\n{out.stdout}"
+
+
+def test_gce_create_writes_the_scripts_then_runs_gcloud(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "gcloud.log"
+    fake = bin_dir / "gcloud"
+    fake.write_text(f"#!/bin/sh\necho \"$*\" >> {log}\n")
+    fake.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    argv = ["create", *BASE, "--bucket", "gs://b", "--tracking-uri", "http://m:5000", "--num-vms", "2", "--source", "gs://b/s.tgz"]
+    launch(*argv, "--script-dir", str(tmp_path / "s"), env=env)
+    scripts, _ = parse_dry_run(launch(*argv, "--script-dir", str(tmp_path / "s"), "--dry-run").stdout)
+    for path, text in scripts.items():
+        assert Path(path).read_text() == text
+    calls = log.read_text().splitlines()
+    assert [c.split()[:4] for c in calls] == [["compute", "instances", "create", "nfp-0"], ["compute", "instances", "create", "nfp-1"]]
+
+
+def test_gcloud_accepts_every_flag_the_launcher_builds(tmp_path):
+    """Real gcloud, no account: parsing passes (exit 1, 'no active account') unless a flag is wrong (exit 2)."""
+    if not shutil.which("gcloud"):
+        pytest.skip("gcloud not installed")
+    _, commands = create_dry_run(tmp_path, "--num-vms", "2", "--spot", "--max-run-duration", "8h", "--network", "default")
+    _, n1 = create_dry_run(tmp_path, "--machine-type", "n1-standard-8", "--accelerator-type", "nvidia-tesla-t4", "--accelerator-count", "1")
+    delete = parse_dry_run(launch("delete", *BASE, "--num-vms", "2", "--dry-run").stdout)[1]
+    env = dict(os.environ, CLOUDSDK_CONFIG=str(tmp_path / "gcloud-config"), CLOUDSDK_CORE_DISABLE_PROMPTS="1")
+    upload, create_spot = commands[1], commands[2]  # commands[0] is git archive
+    for cmd in (upload, create_spot, n1[-1], *delete):
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+        assert out.returncode == 1 and "active account" in out.stderr, f"{shlex.join(cmd)}\n{out.stderr}"
