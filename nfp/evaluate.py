@@ -36,7 +36,6 @@ def load_model(model_uri: str):
 
 def resolve_model(model_uri: str):
     """(model, id of the MLflow run it came from or None), for the sources load_model accepts."""
-    _register_custom_objects()
     if model_uri.startswith("runs:/"):
         run_id, _, path = model_uri.removeprefix("runs:/").partition("/")
         _get_run(run_id)
@@ -49,14 +48,6 @@ def resolve_model(model_uri: str):
     if _RUN_ID.match(model_uri) and not os.path.exists(model_uri):
         return _load_from_run(model_uri), model_uri
     return _load_checkpoint(model_uri), None
-
-
-def _register_custom_objects() -> None:
-    """nfp's own layers register themselves with Keras when nfp.model is imported."""
-    try:
-        import nfp.model  # noqa: F401
-    except ImportError:
-        pass
 
 
 def _load_checkpoint(path: str):
@@ -179,19 +170,6 @@ def to_frames(clips):
     return x[..., None] if x.shape.rank == 4 else x
 
 
-def rollout(model, context, steps: int):
-    """Autoregressive rollout: context (batch, k, H, W, C) float → (batch, steps, H, W, C), predictions fed back."""
-    import tensorflow as tf
-
-    seq = tf.convert_to_tensor(context, tf.float32)
-    predicted = []
-    for _ in range(steps):
-        nxt = tf.cast(model(seq, training=False)[:, -1:], tf.float32)  # output t predicts frame t+1
-        predicted.append(nxt)
-        seq = tf.concat([seq, nxt], axis=1)
-    return tf.concat(predicted, axis=1)
-
-
 def baselines(inputs, steps: int | None):
     """{"copy_last", "mean_frame"} predictions from input frames (batch, k, H, W, C).
 
@@ -218,6 +196,7 @@ def evaluate_model(model, clip_batches_ds, *, protocol: str, context_frames: int
     import tensorflow as tf
 
     from nfp.metrics import FrameMetrics
+    from nfp.model import rollout
 
     if protocol not in PROTOCOLS:
         raise ConfigError(f"evaluate.protocol: got {protocol!r}, expected one of {', '.join(PROTOCOLS)}")
@@ -318,7 +297,7 @@ def run_evaluate(cfg, *, model_uri: str, split: str | None = None, out_dir: str 
         if track:
             report["mlflow_run_id"] = _log_to_mlflow(cfg, report, files, run_id=run_id, model_run=model_run)
             _write_json(report, files["report"])  # now with the run it was logged to
-        _publish(Path(tmp), out_dir)
+        publish(Path(tmp), out_dir)
     report["files"] = {name: f"{out_dir.rstrip('/')}/{path.name}" for name, path in files.items()}
     return report
 
@@ -370,7 +349,7 @@ def _per_frame_figure(report: dict):
     return fig
 
 
-def _publish(local_dir: Path, out_dir: str) -> None:
+def publish(local_dir: Path, out_dir: str) -> None:
     """Copy finished files into out_dir (local or any fsspec URL), each under a temporary name first."""
     import fsspec
 

@@ -1,13 +1,15 @@
 """Protocols, baselines and errors of evaluation; `run_evaluate` end to end on a tiny trained model."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from nfp.errors import ConfigError, DataError, ModelError
-from nfp.evaluate import evaluate_model, flat_metrics, load_model, rollout
+from nfp.evaluate import evaluate_model, flat_metrics, load_model
+from nfp.model import rollout  # the rollout evaluation and predict use
 
 SIZE = 16
 
@@ -42,7 +44,7 @@ def affine(x, training=False):
 # --------------------------------------------------------------------------- rollout
 def test_rollout_feeds_each_prediction_back_as_the_next_input():
     context = tf.fill((1, 3, 8, 8, 1), 0.6)
-    predicted = rollout(affine, context, 3).numpy()[0, :, 0, 0, 0]
+    predicted = np.asarray(rollout(affine, context, 3))[0, :, 0, 0, 0]
     np.testing.assert_allclose(predicted, [0.4, 0.3, 0.25], rtol=1e-6)  # 0.5·0.6+0.1, then f(0.4), f(0.3)
 
 
@@ -60,7 +62,7 @@ def test_rollout_never_sees_ground_truth_after_the_context():
     other_future[:, 3:] = rng.random((1, 3, SIZE, SIZE, 1))
     a = rollout(model, clip[:, :3], 3)
     b = rollout(model, other_future[:, :3], 3)
-    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    np.testing.assert_array_equal(a, b)
 
 
 # --------------------------------------------------------------------------- baselines
@@ -157,3 +159,112 @@ def test_model_loads_from_checkpoint_run_id_and_models_uri(tmp_path):
     assert source == run.info.run_id
     np.testing.assert_allclose(loaded(x).numpy(), expected, atol=1e-6)
     assert resolve_model(run.info.run_id)[1] == run.info.run_id
+
+
+# --------------------------------------------------------------------------- run_evaluate end to end
+@pytest.fixture
+def trained(tiny_overrides, tmp_path):
+    """(cfg, checkpoint path): tiny prepared data and a model fit for a few steps on it."""
+    from nfp.config import load_config
+    from nfp.data.pipeline import make_dataset
+    from nfp.data.prepare import prepare
+    from nfp.model import build_model
+
+    cfg = load_config(None, tiny_overrides)
+    prepare(cfg.data, progress=False)
+    model = build_model(cfg.model, image_size=cfg.data.image_size)
+    model.compile("adam", "binary_crossentropy")
+    model.fit(make_dataset(cfg.data, "train", 4, training=True), steps_per_epoch=3, epochs=1, verbose=0)
+    path = tmp_path / "tiny.keras"
+    model.save(path)
+    return cfg, str(path)
+
+
+def test_nfp_evaluate_writes_report_csv_and_plot(trained, tiny_overrides, tmp_path, capsys):
+    from nfp.cli import main
+
+    cfg, checkpoint = trained
+    out = tmp_path / "report"
+    assert main(["evaluate", "--model", checkpoint, "--out", str(out), *tiny_overrides]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["protocol"] == "rollout" and summary["split"] == "test"
+    report = json.loads((out / "report.json").read_text())
+    assert report["summary"] == summary
+    assert report["frames"] == [3, 4, 5] and report["clips"] == summary["clips"] > 0
+    assert 0 < summary["test_ssim"] <= 1 and summary["test_mse"] > 0 and "test_baseline_copy_last_mse" in summary
+    rows = (out / "per_frame.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("frame,step,model_mse,model_mae,model_ssim,model_psnr,copy_last_mse")
+    assert len(rows) == 1 + 3
+    assert (out / "per_frame.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in out.iterdir()) == ["per_frame.csv", "per_frame.png", "report.json"]  # no temp files
+
+
+def test_evaluate_logs_metrics_report_and_plot_to_a_new_run_tagged_with_the_model(trained):
+    from mlflow import MlflowClient
+
+    from nfp.evaluate import run_evaluate
+
+    cfg, checkpoint = trained
+    report = run_evaluate(cfg, model_uri=checkpoint)
+    client = MlflowClient()
+    run = client.get_run(report["mlflow_run_id"])
+    assert run.data.tags["nfp.model_uri"] == checkpoint
+    assert run.data.tags["nfp.eval.test.protocol"] == "rollout"
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["test_mse"] == pytest.approx(report["summary"]["test_mse"])
+    assert run.data.metrics["test_baseline_mean_frame_ssim"] == pytest.approx(report["summary"]["test_baseline_mean_frame_ssim"])
+    history = client.get_metric_history(run.info.run_id, "test_mse_by_frame")
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2, 3]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval/test")}
+    assert artifacts == {"eval/test/report.json", "eval/test/per_frame.csv", "eval/test/per_frame.png"}
+    assert (Path(cfg.train.output_dir) / "eval" / "report.json").is_file()  # default out_dir
+
+
+def test_evaluate_of_a_run_logs_into_that_run_with_the_one_step_protocol(trained, tiny_overrides):
+    import mlflow
+
+    from nfp.config import load_config
+    from nfp.evaluate import run_evaluate
+
+    _, checkpoint = trained
+    with mlflow.start_run() as run:
+        mlflow.log_artifact(checkpoint, "checkpoints")
+    cfg = load_config(None, tiny_overrides + ["evaluate.protocol=one_step"])
+    report = run_evaluate(cfg, model_uri=run.info.run_id, split="val")
+    assert report["mlflow_run_id"] == run.info.run_id
+    assert report["protocol"] == "one_step" and report["frames"] == [1, 2, 3, 4, 5]
+    metrics = mlflow.MlflowClient().get_run(run.info.run_id).data.metrics
+    assert metrics["val_mse"] == pytest.approx(report["summary"]["val_mse"])
+    assert "val_baseline_copy_last_psnr" in metrics
+
+
+def test_evaluate_errors_are_one_line(trained, tiny_overrides, tmp_path):
+    from nfp.config import load_config
+    from nfp.evaluate import run_evaluate
+    from nfp.model import build_model
+
+    cfg, checkpoint = trained
+    wrong_size = tmp_path / "eight.keras"
+    build_model(cfg.model, image_size=8).save(wrong_size)
+    with pytest.raises(ModelError, match="8×8×1, the clips are 16×16×1"):
+        run_evaluate(cfg, model_uri=str(wrong_size))
+    long_clips = load_config(None, tiny_overrides + ["data.frames=20", "evaluate.context_frames=10", "evaluate.predict_frames=10"])
+    with pytest.raises(ConfigError, match="evaluate.context_frames: got 10, expected < the clip length 6"):
+        run_evaluate(long_clips, model_uri=checkpoint)
+    with pytest.raises(ModelError, match="not found"):
+        run_evaluate(cfg, model_uri=str(tmp_path / "missing.keras"))
+    with pytest.raises(DataError, match="manifest.json: not found"):
+        run_evaluate(load_config(None, tiny_overrides + [f"data.dir={tmp_path}/nodata"]), model_uri=checkpoint)
+
+
+def test_evaluate_of_an_empty_split_is_a_data_error(tiny_overrides, tmp_path):
+    from nfp.config import load_config
+    from nfp.data.prepare import prepare
+    from nfp.evaluate import run_evaluate
+
+    cfg = load_config(None, tiny_overrides + ["data.split.train=20", "data.split.val=4", "data.split.test=0"])
+    prepare(cfg.data, progress=False)
+    path = tmp_path / "m.keras"
+    tiny_model().save(path)
+    with pytest.raises(DataError, match="split 'test' of .* has no clips"):
+        run_evaluate(cfg, model_uri=str(path))

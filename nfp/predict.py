@@ -1,0 +1,128 @@
+"""`nfp predict`: roll a model out from a clip's first frames; write a PNG strip, a side-by-side GIF, optionally .npy.
+
+Inputs: a .npy in mnist_test_seq.npy's layout (time, clips, H, W) uint8 as `PATH` or `PATH:INDEX`,
+a prepared split's clip as `split:NAME:INDEX`, or a freshly generated clip as `generate:SEED`
+(Moving MNIST with the cfg.data recipe). Frames past the clip's end have no ground truth: they
+are shown black in the truth row/pane.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from nfp.errors import ConfigError, DataError
+
+
+def run_predict(cfg, *, model_uri, inputs, context_frames=None, horizon=None, out_dir=None, save_npy=False) -> dict[str, Path]:
+    """Predict `horizon` frames from the first `context_frames` of one clip; → {"strip", "gif"[, "npy"]} paths."""
+    from nfp import visualize
+    from nfp.evaluate import check_compatible, load_model, publish
+    from nfp.model import rollout
+
+    k = cfg.evaluate.context_frames if context_frames is None else context_frames
+    n = cfg.evaluate.predict_frames if horizon is None else horizon
+    if k < 1:
+        raise ConfigError(f"--context: got {k}, expected >= 1")
+    if n < 1:
+        raise ConfigError(f"--horizon: got {n}, expected >= 1")
+    clip, tag = load_input(cfg, inputs)
+    if k >= len(clip):
+        raise ConfigError(f"--context: got {k}, expected < the clip length {len(clip)} of {inputs}")
+    model = load_model(model_uri)
+    check_compatible(model, clip.shape[1:] + (1,))
+
+    context = clip[None, :k, :, :, None].astype(np.float32) / 255.0
+    predicted = visualize.to_uint8(rollout(model, context, n)[0])  # (n, H, W)
+    truth = np.zeros_like(predicted)
+    known = clip[k : k + n]
+    truth[: len(known)] = known
+
+    out_dir = str(out_dir or f"{cfg.train.output_dir.rstrip('/')}/predict")
+    with tempfile.TemporaryDirectory(prefix="nfp-predict-") as tmp:
+        tmp = Path(tmp)
+        visualize.write_png(visualize.prediction_strip(clip[:k], truth, predicted), tmp / f"{tag}.png")
+        # the context plays in both panes, then truth (left) vs. prediction (right)
+        both = visualize.side_by_side_frames(np.concatenate([clip[:k], truth]), np.concatenate([clip[:k], predicted]))
+        visualize.write_gif(both, tmp / f"{tag}.gif")
+        names = {"strip": f"{tag}.png", "gif": f"{tag}.gif"}
+        if save_npy:  # mnist_test_seq.npy's layout, so it can be fed back to `nfp predict`
+            np.save(tmp / f"{tag}.npy", predicted[:, None])
+            names["npy"] = f"{tag}.npy"
+        publish(tmp, out_dir)
+    return {key: _out_path(out_dir, name) for key, name in names.items()}
+
+
+def _out_path(out_dir: str, name: str):
+    """A Path for local output; the URL string for remote (Path would mangle `gs://`)."""
+    if "://" in out_dir and not out_dir.startswith("file://"):
+        return f"{out_dir.rstrip('/')}/{name}"
+    return Path(out_dir.removeprefix("file://")) / name
+
+
+def load_input(cfg, spec: str) -> tuple[np.ndarray, str]:
+    """(one clip (T, H, W) uint8, a file-name tag) from `split:NAME:INDEX`, `generate:SEED` or `PATH[:INDEX]`."""
+    if spec.startswith("split:"):
+        return _split_clip(cfg, spec)
+    if spec.startswith("generate:"):
+        return _generated_clip(cfg, spec)
+    return _npy_clip(spec)
+
+
+def _int(text: str, spec: str, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"--input {spec}: {what} {text!r} is not an integer") from None
+    if value < 0:
+        raise ConfigError(f"--input {spec}: {what} {value} is negative")
+    return value
+
+
+def _split_clip(cfg, spec: str) -> tuple[np.ndarray, str]:
+    from nfp.data.pipeline import read_clips, split_size
+
+    parts = spec.split(":")
+    if len(parts) != 3:
+        raise ConfigError(f"--input {spec}: expected split:NAME:INDEX, e.g. split:test:0")
+    name, index = parts[1], _int(parts[2], spec, "index")
+    count = split_size(cfg.data, name)
+    if index >= count:
+        raise DataError(f"--input {spec}: index {index} out of range, split {name!r} of {cfg.data.dir} has {count} clips")
+    return read_clips(cfg.data, name, index + 1)[index], f"{name}_{index}"
+
+
+def _generated_clip(cfg, spec: str) -> tuple[np.ndarray, str]:
+    from nfp.data import moving_mnist
+
+    seed = _int(spec.removeprefix("generate:"), spec, "seed")
+    d = cfg.data
+    bank = moving_mnist.load_digit_bank(d.digit_bank, d.digit_size)
+    clips = moving_mnist.generate(
+        1, seed=seed, split="test", bank=bank, frames=d.frames, image_size=d.image_size,
+        digits_per_clip=d.digits_per_clip, step_length=d.step_length,
+    )  # fmt: skip
+    return clips[0], f"generated_{seed}"
+
+
+def _npy_clip(spec: str) -> tuple[np.ndarray, str]:
+    path, index = spec, 0
+    head, sep, tail = spec.rpartition(":")
+    if sep and head and tail.isdigit():
+        path, index = head, int(tail)
+    if not os.path.isfile(path):
+        raise DataError(f"--input {path}: not found (expected a .npy, split:NAME:INDEX or generate:SEED)")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)  # mnist_test_seq.npy is 819 MB: map, don't read
+    except (ValueError, OSError) as err:
+        raise DataError(f"--input {path}: not a .npy array ({err})") from None
+    if array.ndim != 4 or array.dtype != np.uint8:
+        raise DataError(
+            f"--input {path}: got {array.dtype} {tuple(array.shape)}, expected uint8 (time, clips, H, W) like mnist_test_seq.npy"
+        )
+    if index >= array.shape[1]:
+        raise DataError(f"--input {spec}: index {index} out of range, {path} has {array.shape[1]} clips")
+    return np.ascontiguousarray(array[:, index]), f"{Path(path).stem}_{index}"
