@@ -1,0 +1,132 @@
+"""`nfp predict`: inputs from .npy / split / generator, PNG strip + GIF + .npy outputs, one-line errors."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nfp.errors import ConfigError, DataError
+from nfp.predict import load_input, run_predict
+
+
+@pytest.fixture
+def cfg(tiny_overrides):
+    from nfp.config import load_config
+
+    return load_config(None, tiny_overrides + ["tracking.enabled=false"])
+
+
+@pytest.fixture
+def checkpoint(cfg, tmp_path):
+    """A tiny model fit for a few steps on tiny prepared data, saved as .keras."""
+    from nfp.data.pipeline import make_dataset
+    from nfp.data.prepare import prepare
+    from nfp.model import build_model
+
+    prepare(cfg.data, progress=False)
+    model = build_model(cfg.model, image_size=cfg.data.image_size)
+    model.compile("adam", "binary_crossentropy")
+    model.fit(make_dataset(cfg.data, "train", 4, training=True), steps_per_epoch=3, epochs=1, verbose=0)
+    path = tmp_path / "tiny.keras"
+    model.save(path)
+    return str(path)
+
+
+def _noise_npy(path, clips=3, frames=6, size=16, dtype=np.uint8):
+    """Random clips in mnist_test_seq.npy's layout (time, clips, H, W): every frame differs."""
+    array = np.random.default_rng(0).integers(0, 256, (frames, clips, size, size)).astype(dtype)
+    np.save(path, array)
+    return array
+
+
+def test_predict_from_npy_writes_strip_gif_and_npy_of_the_rollout(cfg, checkpoint, tmp_path):
+    import keras
+
+    from nfp.model import rollout
+
+    clips = _noise_npy(tmp_path / "clips.npy")
+    out = tmp_path / "pred"
+    paths = run_predict(cfg, model_uri=checkpoint, inputs=f"{tmp_path}/clips.npy:2", context_frames=2, horizon=4, out_dir=out, save_npy=True)
+    assert set(paths) == {"strip", "gif", "npy"}
+    assert paths["strip"] == out / "clips_2.png"
+    with Image.open(paths["gif"]) as gif:
+        assert gif.n_frames == 2 + 4  # context, then truth vs. prediction
+        assert gif.size == ((16 * 2 + 2) * 2, 16 * 2)  # two panes and a gap, scaled 2×
+    with Image.open(paths["strip"]) as strip:
+        assert strip.size == ((6 * 18 - 2) * 2, (3 * 16 + 2 * 2) * 2)  # 3 rows of 2+4 frames
+    predicted = np.load(paths["npy"])
+    assert predicted.dtype == np.uint8 and predicted.shape == (4, 1, 16, 16)  # the input layout again
+    context = clips[:2, 2][None, ..., None].astype(np.float32) / 255.0
+    expected = rollout(keras.saving.load_model(checkpoint), context, 4)[0, ..., 0]
+    np.testing.assert_allclose(predicted[:, 0] / 255.0, expected, atol=1 / 255)
+    assert sorted(p.name for p in out.iterdir()) == ["clips_2.gif", "clips_2.npy", "clips_2.png"]
+
+
+def test_predict_from_a_split_with_defaults_and_from_the_generator_with_one_context_frame(cfg, checkpoint):
+    paths = run_predict(cfg, model_uri=checkpoint, inputs="split:test:0")
+    assert paths["gif"].parent.name == "predict" and paths["strip"].is_file()  # default <train.output_dir>/predict
+    with Image.open(paths["gif"]) as gif:
+        assert gif.n_frames > 1  # exact count only on noise clips: Pillow merges identical consecutive frames
+    paths = run_predict(cfg, model_uri=checkpoint, inputs="generate:7", context_frames=1, horizon=8, save_npy=True)
+    assert paths["gif"].name == "generated_7.gif"
+    assert np.load(paths["npy"]).shape == (8, 1, 16, 16)  # past the clip's 6 frames: prediction only
+
+
+def test_inputs_resolve_to_one_uint8_clip(cfg, tmp_path):
+    from nfp.data.pipeline import read_clips
+    from nfp.data.prepare import prepare
+
+    clips = _noise_npy(tmp_path / "c.npy")
+    clip, tag = load_input(cfg, str(tmp_path / "c.npy"))
+    np.testing.assert_array_equal(clip, clips[:, 0])
+    assert tag == "c_0"
+    prepare(cfg.data, progress=False)
+    clip, tag = load_input(cfg, "split:val:1")
+    np.testing.assert_array_equal(clip, read_clips(cfg.data, "val", 2)[1])
+    assert tag == "val_1"
+    a, _ = load_input(cfg, "generate:3")
+    b, _ = load_input(cfg, "generate:3")
+    assert a.dtype == np.uint8 and a.shape == (6, 16, 16) and a.max() > 0
+    np.testing.assert_array_equal(a, b)  # a seed is a clip
+
+
+@pytest.mark.parametrize(
+    "make, spec, error, message",
+    [
+        (lambda p: _noise_npy(p, dtype=np.float32), "{p}", DataError, r"got float32 .*expected uint8 \(time, clips, H, W\)"),
+        (lambda p: np.save(p, np.zeros((6, 16, 16), np.uint8)), "{p}", DataError, r"got uint8 \(6, 16, 16\), expected"),
+        (lambda p: _noise_npy(p), "{p}:3", DataError, "index 3 out of range, .* has 3 clips"),
+        (lambda p: p.write_text("not numpy"), "{p}", DataError, "not a .npy array"),
+        (lambda p: None, "{p}", DataError, "not found"),
+        (lambda p: None, "split:test", ConfigError, "expected split:NAME:INDEX"),
+        (lambda p: None, "generate:x", ConfigError, "seed 'x' is not an integer"),
+    ],
+)
+def test_bad_inputs_are_one_line_errors(cfg, tmp_path, make, spec, error, message):
+    path = tmp_path / "in.npy"
+    make(path)
+    with pytest.raises(error, match=message) as info:
+        run_predict(cfg, model_uri="unused.keras", inputs=spec.format(p=path))
+    assert "\n" not in str(info.value)
+
+
+def test_split_index_out_of_range_and_context_too_long_are_errors(cfg, tmp_path):
+    from nfp.data.prepare import prepare
+
+    prepare(cfg.data, progress=False)
+    with pytest.raises(DataError, match="index 99 out of range, split 'test' of .* has \\d+ clips"):
+        run_predict(cfg, model_uri="unused.keras", inputs="split:test:99")
+    _noise_npy(tmp_path / "c.npy")
+    with pytest.raises(ConfigError, match="--context: got 6, expected < the clip length 6"):
+        run_predict(cfg, model_uri="unused.keras", inputs=str(tmp_path / "c.npy"), context_frames=6)
+    with pytest.raises(ConfigError, match="--horizon: got 0"):
+        run_predict(cfg, model_uri="unused.keras", inputs=str(tmp_path / "c.npy"), horizon=0)
+
+
+def test_nfp_predict_cli_prints_the_paths(tiny_overrides, checkpoint, tmp_path, capsys):
+    from nfp.cli import main
+
+    _noise_npy(tmp_path / "c.npy")
+    args = ["predict", "--model", checkpoint, "--input", f"{tmp_path}/c.npy:1", "--context", "3", "--horizon", "3"]
+    assert main([*args, "--out", str(tmp_path / "o"), *tiny_overrides]) == 0
+    printed = capsys.readouterr().out
+    assert f"gif: {tmp_path}/o/c_1.gif" in printed and "npy" not in printed
