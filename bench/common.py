@@ -55,7 +55,7 @@ class Section:
             out.append("**Result**")
             out.append("")
             for c in self.checks:
-                value = "not measured" if c.value is None else f"**{c.value:.2f}×**"
+                value = "not measured" if c.value is None else f"**{c.value:.3g}×**"
                 verdict = {True: "PASS", False: "FAIL", None: "—"}[c.passed]
                 detail = f" ({c.detail})" if c.detail else ""
                 out.append(f"- {c.label}: {value}{detail}; target {c.target}: {verdict}")
@@ -82,9 +82,11 @@ def fmt(v: float) -> str:
     return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
 
 
-def ratio_check(label: str, num: float, den: float, target: float, unit: str, *, higher_is_better: bool = True) -> Check:
-    """Check num/den against `≥ target` (or `≤ target` when lower is better)."""
+def ratio_check(label: str, num: float, den: float, target: float | None, unit: str, *, higher_is_better: bool = True) -> Check:
+    """num/den against `≥ target` (`≤ target` when lower is better); target None: reported, not judged."""
     value = num / den if den else float("nan")
+    if target is None:
+        return Check(label, value, "none (for reference)", None, f"{fmt(num)} / {fmt(den)} {unit}")
     passed = value >= target if higher_is_better else value <= target
     sign = "≥" if higher_is_better else "≤"
     return Check(label, value, f"{sign} {target:g}×", bool(passed), f"{fmt(num)} / {fmt(den)} {unit}")
