@@ -1,0 +1,286 @@
+"""Training callbacks from `cfg.train`: stock Keras wherever Keras has it.
+
+Order matters: callbacks that add to the epoch logs (learning rate, throughput) come before
+those that record them (CSV, MLflow), and the backup comes last, so an epoch counts as done
+only once everything about it is written. Only the chief writes to `output_dir`; the other
+workers still run the saving callbacks (saving can need collective ops under
+MultiWorkerMirroredStrategy) but into a scratch dir, and restore from the chief's backup.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+import time
+from typing import Callable
+
+import keras
+import numpy as np
+
+from nfp import visualize
+
+BACKUP_METADATA = "training_metadata.json"  # written by keras.callbacks.BackupAndRestore
+
+
+def paths(output_dir: str) -> dict[str, str]:
+    """Where training writes under `output_dir` (local or gs://)."""
+    join = os.path.join if "://" not in output_dir else lambda *p: "/".join(s.rstrip("/") for s in p)
+    return {
+        "checkpoints": join(output_dir, "checkpoints"),
+        "best": join(output_dir, "checkpoints", "best.keras"),
+        "last": join(output_dir, "checkpoints", "last.keras"),
+        "backup": join(output_dir, "backup"),
+        "csv": join(output_dir, "history.csv"),
+        "images": join(output_dir, "images"),
+    }
+
+
+# --------------------------------------------------------------------------- learning rate
+def base_learning_rate(train_cfg, replicas: int) -> float:
+    """train.learning_rate, times the replica count when train.scale_lr (linear scaling rule)."""
+    return train_cfg.learning_rate * (replicas if train_cfg.scale_lr else 1)
+
+
+def learning_rate_at(epoch: int, train_cfg, replicas: int) -> float:
+    """The scheduled learning rate of 0-based `epoch` (plateau: warm-up only, then ReduceLROnPlateau decides)."""
+    s = train_cfg.schedule
+    base = base_learning_rate(train_cfg, replicas)
+    if epoch < s.warmup_epochs:
+        return base * (epoch + 1) / s.warmup_epochs
+    done = epoch - s.warmup_epochs
+    if s.name == "step":
+        return base * s.gamma ** (done // s.step_epochs)
+    if s.name == "cosine":
+        span = max(1, train_cfg.epochs - s.warmup_epochs)
+        return s.min_lr + (base - s.min_lr) * 0.5 * (1 + math.cos(math.pi * min(done, span) / span))
+    return base
+
+
+# --------------------------------------------------------------------------- resume helpers
+def resume_epoch(backup_dir: str) -> int:
+    """Epochs completed according to the BackupAndRestore metadata in `backup_dir` (0 without a backup)."""
+    import tensorflow as tf
+
+    path = f"{backup_dir.rstrip('/')}/{BACKUP_METADATA}"
+    if not tf.io.gfile.exists(path):
+        return 0
+    with tf.io.gfile.GFile(path) as f:
+        return int(json.loads(f.read())["epoch"])
+
+
+def trim_csv(path: str, keep_below: int) -> None:
+    """Drop CSV rows of epochs >= `keep_below` (and a torn last line): a resumed run writes each epoch once."""
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(path):
+        return
+    with tf.io.gfile.GFile(path) as f:
+        lines = f.read().splitlines(keepends=True)
+    kept = lines[:1] + [
+        line for line in lines[1:] if line.endswith("\n") and line.split(",", 1)[0].isdigit() and int(line.split(",", 1)[0]) < keep_below
+    ]
+    if kept != lines:
+        _write_bytes(path, "".join(kept).encode())
+
+
+def read_csv_history(path: str) -> dict[str, list[float]]:
+    """history.csv → {"loss": [...], ...}, one value per epoch in order."""
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(path):
+        return {}
+    with tf.io.gfile.GFile(path) as f:
+        rows = list(csv.DictReader(io.StringIO(f.read())))
+    out: dict[str, list[float]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key != "epoch":
+                out.setdefault(key, []).append(float(value) if value not in ("", "NA") else float("nan"))
+    return out
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    """Write to a temporary name, then rename: readers never see half a file."""
+    import tensorflow as tf
+
+    tmp = f"{path}.tmp"
+    with tf.io.gfile.GFile(tmp, "wb") as f:
+        f.write(data)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+# --------------------------------------------------------------------------- callbacks Keras lacks
+class EpochStats(keras.callbacks.Callback):
+    """Adds `epoch_time` (s, whole epoch), `clips_per_sec` (training part only) and `learning_rate` to the epoch logs."""
+
+    def __init__(self, clips_per_epoch: int):
+        super().__init__()
+        self.clips_per_epoch = clips_per_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+        self._start = time.perf_counter()
+        self._train_end = None
+
+    def on_test_begin(self, logs=None):  # fit runs validation between the last batch and on_epoch_end
+        if getattr(self, "_start", None) is not None and self._train_end is None:
+            self._train_end = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        now = time.perf_counter()
+        train_time = (self._train_end or now) - self._start
+        logs["epoch_time"] = now - self._start
+        logs["clips_per_sec"] = self.clips_per_epoch / max(train_time, 1e-9)
+        if "learning_rate" not in logs:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        self._start = None
+
+
+class PredictionImages(keras.callbacks.Callback):
+    """Every `every` epochs: context / truth / rollout-prediction strips of fixed clips → PNG + sink(image, key, step)."""
+
+    def __init__(self, clips: np.ndarray, *, every: int, context_frames: int, predict_frames: int, images_dir: str,
+                 sink: Callable | None = None, key: str = "predictions"):
+        super().__init__()
+        self.clips = np.asarray(clips)  # (N, T, H, W) uint8
+        t = self.clips.shape[1]
+        self.context = max(1, min(context_frames, t - 1))
+        self.horizon = max(1, min(predict_frames, t - self.context))
+        self.every, self.images_dir, self.sink, self.key = every, images_dir, sink, key
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every == 0:
+            self.render(epoch + 1)
+
+    def render(self, step: int) -> np.ndarray:
+        """Draw the strips grid (H, W, 3) uint8 for `step` (1-based epoch), write it and hand it to the sink."""
+        from nfp.model import rollout
+
+        frames = self.clips.astype(np.float32)[..., None] / 255.0
+        k, n = self.context, self.horizon
+        pred = rollout(self.model, frames[:, :k], n)
+        image = visualize.strips_grid(
+            [visualize.prediction_strip(c[:k], c[k : k + n], p) for c, p in zip(frames, pred)]
+        )
+        dest = f"{self.images_dir.rstrip('/')}/epoch_{step:03d}.png"
+        if "://" in dest:
+            with tempfile.TemporaryDirectory() as tmp:
+                local = visualize.write_png(image, os.path.join(tmp, "x.png"))
+                _write_bytes(dest, local.read_bytes())
+        else:
+            visualize.write_png(image, dest)
+        if self.sink is not None:
+            self.sink(image, self.key, step)
+        return image
+
+
+class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
+    """ModelCheckpoint that saves to a temporary name and renames: a kill mid-save never leaves a partial .keras."""
+
+    def __init__(self, filepath: str, **kwargs):
+        self.final_path = filepath
+        super().__init__(filepath[: -len(".keras")] + ".tmp.keras", **kwargs)
+
+    def on_train_begin(self, logs=None):
+        import tensorflow as tf
+
+        if tf.io.gfile.exists(self.filepath):  # left by a killed run: never promote it
+            tf.io.gfile.remove(self.filepath)
+
+    def on_epoch_end(self, epoch, logs=None):
+        import tensorflow as tf
+
+        super().on_epoch_end(epoch, logs)
+        if tf.io.gfile.exists(self.filepath):
+            tf.io.gfile.rename(self.filepath, self.final_path, overwrite=True)
+
+
+class Backup(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore that writes atomically, keeps the backup after training, and saves to `save_dir`
+    (a scratch dir off the chief) while restoring from `backup_dir` (the chief's)."""
+
+    def __init__(self, backup_dir: str, *, save_dir: str | None = None):
+        super().__init__(backup_dir, delete_checkpoint=False)
+        self.save_dir = (save_dir or backup_dir).rstrip("/")
+
+    def _save_model(self):
+        import tensorflow as tf
+
+        tf.io.gfile.makedirs(self.save_dir)
+        weights = f"{self.save_dir}/latest.weights.h5"
+        self.model.save_weights(f"{self.save_dir}/latest.tmp.weights.h5", overwrite=True)
+        tf.io.gfile.rename(f"{self.save_dir}/latest.tmp.weights.h5", weights, overwrite=True)
+        # Metadata last: a kill between the two renames redoes one epoch, never skips one.
+        meta = {"epoch": self._current_epoch, "batch": self._last_batch_seen}
+        _write_bytes(f"{self.save_dir}/{BACKUP_METADATA}", json.dumps(meta).encode())
+
+
+# --------------------------------------------------------------------------- from config
+def build_callbacks(cfg, *, output_dir: str, is_chief: bool, replicas: int, clips_per_epoch: int,
+                    scratch_dir: str | None = None, has_validation: bool = True, val_clips: np.ndarray | None = None,
+                    image_sink: Callable | None = None, tracking_callback=None) -> list:
+    """The callbacks `cfg.train` enables, in the order they must run; `tracking_callback` goes after every log writer.
+
+    Off the chief, files go to `scratch_dir` (default: a new temporary dir) instead of `output_dir`.
+    """
+    t = cfg.train
+    where = paths(output_dir)
+    scratch = where if is_chief else paths(scratch_dir or tempfile.mkdtemp(prefix="nfp-worker-"))
+    callbacks: list = []
+
+    schedule = keras.callbacks.LearningRateScheduler(
+        lambda epoch, lr: lr if t.schedule.name == "plateau" and epoch >= t.schedule.warmup_epochs else learning_rate_at(epoch, t, replicas)
+    )
+    callbacks.append(schedule)
+    if t.schedule.name == "plateau":
+        monitor = _monitor(t.checkpoint.monitor, has_validation)
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=t.schedule.gamma, patience=t.schedule.patience, min_lr=t.schedule.min_lr)
+        )
+    callbacks.append(EpochStats(clips_per_epoch))
+    if t.terminate_on_nan:
+        # raise, not stop: a graceful stop would still checkpoint and back up the NaN weights.
+        callbacks.append(keras.callbacks.TerminateOnNaN(raise_error=True))
+    if t.checkpoint.save_best:
+        monitor = _monitor(t.checkpoint.monitor, has_validation)
+        callbacks.append(
+            AtomicCheckpoint(scratch["best"], monitor=monitor, save_best_only=True,
+                             initial_value_threshold=_best_so_far(where["csv"], monitor))
+        )
+    if t.checkpoint.save_last:
+        callbacks.append(AtomicCheckpoint(scratch["last"]))
+    if t.images.every_n_epochs and is_chief and val_clips is not None and len(val_clips):
+        callbacks.append(
+            PredictionImages(val_clips, every=t.images.every_n_epochs, context_frames=cfg.evaluate.context_frames,
+                             predict_frames=cfg.evaluate.predict_frames, images_dir=where["images"], sink=image_sink)
+        )
+    if t.csv_log:
+        callbacks.append(keras.callbacks.CSVLogger(scratch["csv"], append=True))
+    if t.early_stopping.enabled:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(monitor=_monitor(t.early_stopping.monitor, has_validation), patience=t.early_stopping.patience)
+        )
+    if tracking_callback is not None:
+        callbacks.append(tracking_callback)
+    if t.backup:
+        callbacks.append(Backup(where["backup"], save_dir=scratch["backup"]))
+    return callbacks
+
+
+def _monitor(name: str, has_validation: bool) -> str:
+    """Without validation data val_* never appears in the logs: watch the training metric instead."""
+    return name if has_validation or not name.startswith("val_") else name[len("val_") :]
+
+
+def _best_so_far(csv_path: str, monitor: str) -> float | None:
+    """The best `monitor` value in earlier epochs (a resumed run must not overwrite a better best.keras)."""
+    values = [v for v in read_csv_history(csv_path).get(monitor, []) if not math.isnan(v)]
+    if not values:
+        return None
+    return max(values) if any(s in monitor for s in ("acc", "auc")) else min(values)
