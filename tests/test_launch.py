@@ -305,3 +305,50 @@ def test_gcloud_accepts_every_flag_the_launcher_builds(tmp_path):
     for cmd in (upload, create_spot, n1[-1], *delete):
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
         assert out.returncode == 1 and "active account" in out.stderr, f"{shlex.join(cmd)}\n{out.stderr}"
+
+
+# --------------------------------------------------------------------------- multi-node, end to end
+@pytest.mark.slow
+def test_multi_node_task_trains_two_workers_on_one_machine_into_one_mlflow_run(tmp_path, tiny_overrides):
+    """Two processes run multi_node.yaml's `run` as SkyPilot runs it on two nodes (here: one host, two ports)."""
+    import mlflow
+
+    from conftest import free_port
+
+    mlflow.MlflowClient().search_experiments()  # create the sqlite schema once, as a tracking server would have
+    cfg = task("multi_node.yaml")
+    bucket = tmp_path / "bucket"
+    overrides = [o for o in tiny_overrides if not o.startswith(("data.dir=", "train.output_dir="))]  # the task's gs:// layout
+    ips = "\n".join(f"127.0.0.1:{free_port()}" for _ in range(2))
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, **{k: v for k, v in cfg["envs"].items() if v is not None})
+        env.update(
+            NFP_VENV=str(Path(sys.executable).parent.parent), NFP_BUCKET=str(bucket),
+            NFP_OVERRIDES=" ".join([*overrides, "tracking.experiment=mn-e2e"]),
+            SKYPILOT_NODE_IPS=ips, SKYPILOT_NODE_RANK=str(rank), SKYPILOT_NUM_NODES="2",
+        )
+        log = open(tmp_path / f"node{rank}.log", "w")
+        procs.append((subprocess.Popen(["bash", "-c", cfg["run"]], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    for proc, log in procs:
+        try:
+            proc.wait(timeout=400)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            log.close()
+    logs = [(tmp_path / f"node{rank}.log").read_text() for rank in range(2)]
+    for rank, (proc, _) in enumerate(procs):
+        assert proc.returncode == 0, logs[rank][-4000:]
+        assert f'node {rank} of 2: TF_CONFIG={{"cluster": {{"worker": ["{ips.splitlines()[0]}", "{ips.splitlines()[1]}"]}}' in logs[rank]
+
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1, "only the chief logs, into one run"
+    (run,) = runs
+    assert run.info.status == "FINISHED"
+    assert (run.data.params["num_workers"], run.data.params["replicas"]) == ("2", "2")
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
+    out = bucket / "runs" / "multi-node"  # the chief writes into the task's $NFP_BUCKET/runs/$NFP_RUN_NAME
+    assert (out / "mlflow_run_id").read_text().strip() == run.info.run_id
+    assert len((out / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs
