@@ -269,6 +269,10 @@ def run_evaluate(cfg, *, model_uri: str, split: str | None = None, out_dir: str 
 
         check_reachable()
     model, model_run = resolve_model(model_uri)
+    # log into --run-id, else the `mlflow run` entry point's run, else the model's run, else a new run
+    log_into = (run_id or os.environ.get("MLFLOW_RUN_ID") or model_run) if track else None
+    if log_into:
+        _existing_run(log_into)  # before any work, not after it
     manifest = load_manifest(cfg.data.dir)
     if split_size(cfg.data, split) == 0:
         raise DataError(f"split {split!r} of {cfg.data.dir}: has no clips (see data.split)")
@@ -295,7 +299,7 @@ def run_evaluate(cfg, *, model_uri: str, split: str | None = None, out_dir: str 
     with tempfile.TemporaryDirectory(prefix="nfp-eval-") as tmp:
         files = _write_report(report, Path(tmp))
         if track:
-            report["mlflow_run_id"] = _log_to_mlflow(cfg, report, files, run_id=run_id, model_run=model_run)
+            report["mlflow_run_id"] = _log_to_mlflow(cfg, report, files, run_id=log_into, model_run=model_run)
             _write_json(report, files["report"])  # now with the run it was logged to
         publish(Path(tmp), out_dir)
     report["files"] = {name: f"{out_dir.rstrip('/')}/{path.name}" for name, path in files.items()}
@@ -360,8 +364,17 @@ def publish(local_dir: Path, out_dir: str) -> None:
         fs.mv(f"{root}/.{path.name}.tmp", f"{root}/{path.name}")
 
 
+def _existing_run(run_id: str) -> None:
+    import mlflow
+
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except Exception as err:  # noqa: BLE001 - MlflowException for unknown ids
+        raise TrackingError(f"MLflow run {run_id} to log the evaluation into: not found at {mlflow.get_tracking_uri()} ({_first_line(err)})") from None
+
+
 def _log_to_mlflow(cfg, report: dict, files: dict[str, Path], *, run_id: str | None, model_run: str | None) -> str:
-    """Log into run_id, else the `mlflow run` entry point's run, else the model's run, else a new run."""
+    """Log metrics (scalars + per-frame curves as steps), tags and files into run_id, or a new run; → its id."""
     import time
 
     import mlflow
@@ -369,18 +382,11 @@ def _log_to_mlflow(cfg, report: dict, files: dict[str, Path], *, run_id: str | N
 
     client = mlflow.MlflowClient()
     split = report["split"]
-    target = run_id or os.environ.get("MLFLOW_RUN_ID") or model_run
-    created = False
-    if target:
-        try:
-            client.get_run(target)
-        except Exception as err:  # noqa: BLE001
-            raise TrackingError(f"--run-id {target}: no such MLflow run at {mlflow.get_tracking_uri()} ({_first_line(err)})") from None
-    else:
+    target, created = run_id, run_id is None
+    if created:
         experiment = mlflow.get_experiment_by_name(cfg.tracking.experiment)
         experiment_id = experiment.experiment_id if experiment else mlflow.create_experiment(cfg.tracking.experiment)
         target = client.create_run(experiment_id, run_name=f"evaluate-{split}").info.run_id
-        created = True
     now = int(time.time() * 1000)
     scalars = {k: v for k, v in report["summary"].items() if k.startswith(f"{split}_")}
     metrics = [Metric(k, float(v), now, 0) for k, v in scalars.items() if _loggable(v)]

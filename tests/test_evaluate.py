@@ -1,5 +1,6 @@
 """Protocols, baselines and errors of evaluation; `run_evaluate` end to end on a tiny trained model."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nfp.errors import ConfigError, DataError, ModelError
+from nfp.errors import ConfigError, DataError, ModelError, TrackingError
 from nfp.evaluate import evaluate_model, flat_metrics, load_model
 from nfp.model import rollout  # the rollout evaluation and predict use
 
@@ -218,6 +219,8 @@ def test_evaluate_logs_metrics_report_and_plot_to_a_new_run_tagged_with_the_mode
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval/test")}
     assert artifacts == {"eval/test/report.json", "eval/test/per_frame.csv", "eval/test/per_frame.png"}
     assert (Path(cfg.train.output_dir) / "eval" / "report.json").is_file()  # default out_dir
+    with pytest.raises(TrackingError, match=f"MLflow run {'f' * 32} to log the evaluation into: not found"):
+        run_evaluate(cfg, model_uri=checkpoint, run_id="f" * 32)
 
 
 def test_evaluate_of_a_run_logs_into_that_run_with_the_one_step_protocol(trained, tiny_overrides):
@@ -244,17 +247,18 @@ def test_evaluate_errors_are_one_line(trained, tiny_overrides, tmp_path):
     from nfp.model import build_model
 
     cfg, checkpoint = trained
+    cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, enabled=False))  # errors come before MLflow
     wrong_size = tmp_path / "eight.keras"
     build_model(cfg.model, image_size=8).save(wrong_size)
     with pytest.raises(ModelError, match="8×8×1, the clips are 16×16×1"):
         run_evaluate(cfg, model_uri=str(wrong_size))
-    long_clips = load_config(None, tiny_overrides + ["data.frames=20", "evaluate.context_frames=10", "evaluate.predict_frames=10"])
+    long_clips = load_config(None, tiny_overrides + ["tracking.enabled=false", "data.frames=20", "evaluate.context_frames=10", "evaluate.predict_frames=10"])
     with pytest.raises(ConfigError, match="evaluate.context_frames: got 10, expected < the clip length 6"):
         run_evaluate(long_clips, model_uri=checkpoint)
     with pytest.raises(ModelError, match="not found"):
         run_evaluate(cfg, model_uri=str(tmp_path / "missing.keras"))
     with pytest.raises(DataError, match="manifest.json: not found"):
-        run_evaluate(load_config(None, tiny_overrides + [f"data.dir={tmp_path}/nodata"]), model_uri=checkpoint)
+        run_evaluate(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir=f"{tmp_path}/nodata")), model_uri=checkpoint)
 
 
 def test_evaluate_of_an_empty_split_is_a_data_error(tiny_overrides, tmp_path):
@@ -262,7 +266,7 @@ def test_evaluate_of_an_empty_split_is_a_data_error(tiny_overrides, tmp_path):
     from nfp.data.prepare import prepare
     from nfp.evaluate import run_evaluate
 
-    cfg = load_config(None, tiny_overrides + ["data.split.train=20", "data.split.val=4", "data.split.test=0"])
+    cfg = load_config(None, tiny_overrides + ["tracking.enabled=false", "data.split.train=20", "data.split.val=4", "data.split.test=0"])
     prepare(cfg.data, progress=False)
     path = tmp_path / "m.keras"
     tiny_model().save(path)
