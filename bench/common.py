@@ -42,6 +42,7 @@ class Section:
     rows: list[list]
     checks: list[Check] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    tables: list[tuple[str, list[str], list[list]]] = field(default_factory=list)  # (caption, columns, rows) after the main one
     seconds: float = 0.0
     quick: bool = False
 
@@ -51,6 +52,8 @@ class Section:
         if self.quick:
             out += ["_`--quick`: tiny sizes that prove the benchmark runs; these figures are not measurements._", ""]
         out += [self.setup, "", table(self.columns, self.rows), ""]
+        for caption, columns, rows in self.tables:
+            out += [caption, "", table(columns, rows), ""]
         if self.checks:
             out.append("**Result**")
             out.append("")
