@@ -19,7 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 SKY = REPO / "launch" / "skypilot"
 TASKS = sorted(SKY.glob("*.yaml"))
 # Top-level keys of a SkyPilot task (sky/utils/schemas.py get_task_schema, SkyPilot 0.14).
-SKY_TASK_KEYS = {"name", "workdir", "event_callback", "num_nodes", "resources", "file_mounts", "service", "setup", "run", "envs", "secrets", "volumes", "config"}
+SKY_TASK_KEYS = {
+    "name", "workdir", "num_nodes", "resources", "file_mounts", "setup", "run", "envs", "secrets",
+    "service", "volumes", "config", "event_callback", "inputs", "outputs", "pool",
+}
 REQUIRED_ENVS = {"NFP_BUCKET", "MLFLOW_TRACKING_URI"}  # null in the YAML: `sky launch` refuses to start without --env
 
 
@@ -29,7 +32,8 @@ def task(name: str) -> dict:
 
 def env_header(cfg: dict, **extra) -> str:
     """What SkyPilot exports before setup/run: the task's envs and its own per-node variables."""
-    envs = {**{k: v or "x" for k, v in cfg["envs"].items()}, "SKYPILOT_NODE_RANK": "0", "SKYPILOT_NUM_NODES": "1", "SKYPILOT_NODE_IPS": "10.0.0.1", **extra}
+    envs = {k: v or "x" for k, v in cfg["envs"].items()}
+    envs.update(SKYPILOT_NODE_RANK="0", SKYPILOT_NUM_NODES="1", SKYPILOT_NODE_IPS="10.0.0.1", **extra)
     return "".join(f"export {k}={shlex.quote(str(v))}\n" for k, v in envs.items())
 
 
@@ -176,7 +180,8 @@ def parse_dry_run(stdout: str) -> tuple[dict[str, str], list[list[str]]]:
 
 
 def create_dry_run(tmp_path, *extra):
-    out = launch("create", *BASE, "--bucket", "gs://bkt/nfp", "--tracking-uri", "http://10.0.0.5:5000", "--script-dir", str(tmp_path), "--dry-run", *extra)
+    server = ["--bucket", "gs://bkt/nfp", "--tracking-uri", "http://10.0.0.5:5000"]
+    out = launch("create", *BASE, *server, "--script-dir", str(tmp_path), "--dry-run", *extra)
     return parse_dry_run(out.stdout)
 
 
@@ -307,6 +312,18 @@ def test_gcloud_accepts_every_flag_the_launcher_builds(tmp_path):
         assert out.returncode == 1 and "active account" in out.stderr, f"{shlex.join(cmd)}\n{out.stderr}"
 
 
+def test_gce_stops_at_the_first_failing_gcloud_call(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "gcloud").write_text(f"#!/bin/sh\necho \"$*\" >> {tmp_path}/calls\nexit 1\n")
+    (bin_dir / "gcloud").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    argv = ["create", *BASE, "--bucket", "gs://b", "--tracking-uri", "http://m:5000", "--num-vms", "2", "--source", "gs://b/s.tgz"]
+    out = launch(*argv, "--script-dir", str(tmp_path / "s"), env=env, check=False)
+    assert out.returncode == 1 and "`delete` removes them" in out.stderr
+    assert len((tmp_path / "calls").read_text().splitlines()) == 1  # nfp-1 is not created after nfp-0 failed
+
+
 # --------------------------------------------------------------------------- multi-node, end to end
 @pytest.mark.slow
 def test_multi_node_task_trains_two_workers_on_one_machine_into_one_mlflow_run(tmp_path, tiny_overrides):
@@ -352,3 +369,4 @@ def test_multi_node_task_trains_two_workers_on_one_machine_into_one_mlflow_run(t
     out = bucket / "runs" / "multi-node"  # the chief writes into the task's $NFP_BUCKET/runs/$NFP_RUN_NAME
     assert (out / "mlflow_run_id").read_text().strip() == run.info.run_id
     assert len((out / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs
+

@@ -78,7 +78,8 @@ def plan_delete(args: argparse.Namespace) -> Plan:
     """The command that deletes the VMs NAME-0 … NAME-(N-1) (their boot disks go with them)."""
     _check_name(args.name, args.num_vms)
     names = vm_names(args.name, args.num_vms)
-    return Plan(commands=[["gcloud", "compute", "instances", "delete", *names, f"--project={args.project}", f"--zone={args.zone}", "--quiet"]])
+    where = [f"--project={args.project}", f"--zone={args.zone}"]
+    return Plan(commands=[["gcloud", "compute", "instances", "delete", *names, *where, "--quiet"]])
 
 
 def plan_start(args: argparse.Namespace) -> Plan:
@@ -173,7 +174,9 @@ def _check(args: argparse.Namespace) -> None:
     if not args.bucket.startswith("gs://") or len(args.bucket) <= len("gs://"):
         raise ConfigError(f"--bucket: got {args.bucket!r}, expected gs://BUCKET[/prefix] (data and checkpoints every VM can reach)")
     if not args.tracking_uri.startswith(("http://", "https://", "databricks")):
-        raise ConfigError(f"--tracking-uri: got {args.tracking_uri!r}, expected a tracking server URL (http(s)://…), not a store on the VM's disk")
+        raise ConfigError(
+            f"--tracking-uri: got {args.tracking_uri!r}, expected a tracking server URL (http(s)://…), not a store on the VM's disk"
+        )
     if args.source is not None and not args.source.startswith("gs://"):
         raise ConfigError(f"--source: got {args.source!r}, expected a gs:// URL of a project tarball")
     if args.config and not (REPO / args.config).is_file():
@@ -259,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     for cmd in plan.commands:
         print("+ " + shlex.join(cmd), file=sys.stderr)
         if subprocess.run(cmd).returncode != 0:
-            print(f"error: {cmd[0]} {cmd[1]} … failed (see above); VMs created so far keep running — `delete` removes them", file=sys.stderr)
+            print(f"error: {shlex.join(cmd[:4])} … failed (see above); VMs created so far keep running: `delete` removes them", file=sys.stderr)
             return 1
     return 0
 
