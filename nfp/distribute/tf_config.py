@@ -22,7 +22,7 @@ def resolve(environ: Mapping[str, str], *, hosts: str | None = None, index: int 
         if index is None:
             raise ConfigError("--index: missing, expected this node's position in --hosts (0 = chief)")
         return from_hosts(hosts, index, port=_port(environ, port, required=False))
-    if environ.get("TF_CONFIG"):
+    if environ.get("TF_CONFIG"):  # set on purpose (Vertex AI, a user): kept, as ensure_tf_config keeps it
         return parse(environ["TF_CONFIG"])
     if environ.get("SKYPILOT_NODE_IPS"):
         return from_skypilot(environ, port=port)
