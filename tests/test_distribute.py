@@ -1,0 +1,111 @@
+"""Strategy choice, cluster roles, and MirroredStrategy on two logical CPUs matching one device."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from nfp.config import load_config
+from nfp.distribute import cluster_info, global_batch_size, make_strategy
+from nfp.errors import ConfigError
+
+
+def _dist(*overrides):
+    return load_config(None, list(overrides)).distribute
+
+
+def _tf_config(monkeypatch, n, index, chief=False):
+    cluster = {"worker": [f"127.0.0.1:{20000 + i}" for i in range(n)]}
+    task = {"type": "worker", "index": index}
+    if chief:
+        cluster["chief"] = ["127.0.0.1:19999"]
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": task}))
+
+
+def test_auto_on_a_cpu_machine_is_the_default_strategy():
+    import tensorflow as tf
+
+    strategy = make_strategy(_dist("distribute.strategy=auto"))
+    assert strategy is tf.distribute.get_strategy()
+    assert global_batch_size(8, strategy) == 8
+
+
+def test_auto_with_several_tasks_in_tf_config_is_multi_worker(monkeypatch):
+    import tensorflow as tf
+
+    from nfp.distribute import multiworker
+
+    made, patched = [], []
+
+    class FakeMultiWorker:
+        num_replicas_in_sync = 2
+
+        def __init__(self):
+            made.append(self)
+
+    monkeypatch.setattr(tf.distribute, "MultiWorkerMirroredStrategy", FakeMultiWorker)
+    monkeypatch.setattr(multiworker, "apply", patched.append)
+    _tf_config(monkeypatch, 2, 0)
+    strategy = make_strategy(_dist("distribute.strategy=auto"))
+    assert made == [strategy] and patched == [strategy]  # the Keras workaround goes with it
+    assert global_batch_size(8, strategy) == 16
+
+
+def test_multiworker_workaround_only_patches_for_multi_worker_strategies():
+    import tensorflow as tf
+
+    from nfp.distribute import multiworker
+
+    assert multiworker.apply(tf.distribute.get_strategy()) is False
+
+
+def test_cluster_info_worker_zero_is_chief_unless_a_chief_task_exists(monkeypatch):
+    assert cluster_info() == cluster_info().__class__(is_chief=True, task_index=0, num_workers=1)
+    _tf_config(monkeypatch, 3, 0)
+    assert (cluster_info().is_chief, cluster_info().num_workers) == (True, 3)
+    _tf_config(monkeypatch, 3, 2)
+    assert (cluster_info().is_chief, cluster_info().task_index) == (False, 2)
+    _tf_config(monkeypatch, 2, 0, chief=True)  # Vertex AI: a "chief" task, workers are not chiefs
+    assert (cluster_info().is_chief, cluster_info().num_workers) == (False, 3)
+
+
+def test_unknown_mirrored_device_names_its_config_key():
+    with pytest.raises(ConfigError, match=r"distribute.devices\[1\]: got '/gpu:7'"):
+        make_strategy(_dist("distribute.strategy=mirrored", "distribute.devices=['/cpu:0', '/gpu:7']"))
+
+
+_MIRRORED = textwrap.dedent(
+    """
+    import json, numpy as np, tensorflow as tf, keras
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from nfp.config import load_config
+    from nfp.distribute import make_strategy
+    from nfp.model import build_model
+
+    x = np.random.default_rng(0).random((16, 5, 16, 16, 1), dtype=np.float32)
+    ds = tf.data.Dataset.from_tensor_slices((x[:, :-1], x[:, 1:])).batch(8)
+    out = {}
+    for name, devices in (("default", "[]"), ("mirrored", "['/cpu:0', '/cpu:1']")):
+        cfg = load_config(None, [f"distribute.strategy={name}", f"distribute.devices={devices}", "model.preset=custom",
+                                 "model.filters=[4]", "model.kernel_sizes=[3]", "model.norm=layer"])
+        strategy = make_strategy(cfg.distribute)
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            model = build_model(cfg.model, image_size=16)
+            model.compile(keras.optimizers.SGD(0.05), "bce")
+        out[name] = {"replicas": strategy.num_replicas_in_sync, "loss": model.fit(ds, epochs=3, verbose=0).history["loss"]}
+    print(json.dumps(out))
+    """
+)
+
+
+def test_mirrored_on_two_logical_cpus_matches_one_device():
+    proc = subprocess.run([sys.executable, "-c", _MIRRORED], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["mirrored"]["replicas"] == 2 and out["default"]["replicas"] == 1
+    assert out["mirrored"]["loss"] == pytest.approx(out["default"]["loss"], rel=1e-4)
+    assert out["default"]["loss"][-1] < out["default"]["loss"][0]  # it trained
