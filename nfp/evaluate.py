@@ -35,19 +35,18 @@ def load_model(model_uri: str):
 
 
 def resolve_model(model_uri: str):
-    """(model, id of the MLflow run it came from or None), for the sources load_model accepts."""
-    if model_uri.startswith("runs:/"):
-        run_id, _, path = model_uri.removeprefix("runs:/").partition("/")
+    """(model, id of the MLflow run it came from or None, the concrete source loaded) for load_model's sources."""
+    source = _run_model_uri(model_uri) if _RUN_ID.match(model_uri) and not os.path.exists(model_uri) else model_uri
+    if source.startswith("runs:/"):
+        run_id, _, path = source.removeprefix("runs:/").partition("/")
         _get_run(run_id)
         if path.endswith((".keras", ".h5")):
-            return _load_run_artifact(run_id, path), run_id
-        return _load_mlflow_model(model_uri), run_id
-    if model_uri.startswith("models:/"):
-        model = _load_mlflow_model(model_uri)
-        return model, _model_source_run(model_uri)
-    if _RUN_ID.match(model_uri) and not os.path.exists(model_uri):
-        return _load_from_run(model_uri), model_uri
-    return _load_checkpoint(model_uri), None
+            return _load_run_artifact(run_id, path), run_id, source
+        return _load_mlflow_model(source), run_id, source
+    if source.startswith("models:/"):
+        model = _load_mlflow_model(source)
+        return model, _model_source_run(source), source
+    return _load_checkpoint(source), None, source
 
 
 def _load_checkpoint(path: str):
@@ -94,22 +93,22 @@ def _load_run_artifact(run_id: str, path: str):
     return _load_checkpoint(local)
 
 
-def _load_from_run(run_id: str):
-    """The run's logged model if it has one, else its best (or last) .keras checkpoint artifact."""
+def _run_model_uri(run_id: str) -> str:
+    """A run's best checkpoint artifact (selected on validation, as OpenSTL tests), else its logged model, else any .keras."""
     import mlflow
 
     run = _get_run(run_id)
+    checkpoints = sorted(_keras_artifacts(mlflow.MlflowClient(), run_id, None), key=lambda p: ("best" not in Path(p).name, p))
+    if checkpoints and "best" in Path(checkpoints[0]).name:
+        return f"runs:/{run_id}/{checkpoints[0]}"
     models = mlflow.search_logged_models(
         experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'", output_format="list"
     )
     if models:
-        latest = max(models, key=lambda m: m.creation_timestamp)
-        return _load_mlflow_model(f"models:/{latest.model_id}")
-    checkpoints = _keras_artifacts(mlflow.MlflowClient(), run_id, None)
-    if not checkpoints:
-        raise ModelError(f"MLflow run {run_id}: has no logged model and no .keras checkpoint artifact")
-    best = sorted(checkpoints, key=lambda p: ("best" not in Path(p).name, "last" not in Path(p).name, p))[0]
-    return _load_run_artifact(run_id, best)
+        return f"models:/{max(models, key=lambda m: m.creation_timestamp).model_id}"
+    if checkpoints:
+        return f"runs:/{run_id}/{checkpoints[0]}"
+    raise ModelError(f"MLflow run {run_id}: has no .keras checkpoint artifact and no logged model")
 
 
 def _keras_artifacts(client, run_id: str, path: str | None) -> list[str]:
@@ -268,7 +267,7 @@ def run_evaluate(cfg, *, model_uri: str, split: str | None = None, out_dir: str 
         from nfp.tracking import check_reachable
 
         check_reachable()
-    model, model_run = resolve_model(model_uri)
+    model, model_run, model_source = resolve_model(model_uri)
     # log into --run-id, else the `mlflow run` entry point's run, else the model's run, else a new run
     log_into = (run_id or os.environ.get("MLFLOW_RUN_ID") or model_run) if track else None
     if log_into:
@@ -289,6 +288,7 @@ def run_evaluate(cfg, *, model_uri: str, split: str | None = None, out_dir: str 
     report = {
         "summary": summary,
         "model_uri": model_uri,
+        "model_source": model_source,
         "model_run_id": model_run,
         "data_dir": cfg.data.dir,
         "data_id": manifest.get("id"),

@@ -148,18 +148,26 @@ def test_model_loads_from_checkpoint_run_id_and_models_uri(tmp_path):
     expected = model(x).numpy()
     np.testing.assert_allclose(load_model(str(path))(x).numpy(), expected, atol=1e-6)
 
-    with mlflow.start_run() as run:  # a run with only a checkpoint artifact
+    with mlflow.start_run() as run:  # a run with a logged model and a best checkpoint: the best wins
+        info = mlflow.keras.log_model(model, name="model")
         mlflow.log_artifact(str(path), "checkpoints")
-    loaded, source = resolve_model(run.info.run_id)
-    assert source == run.info.run_id
+    loaded, source_run, source = resolve_model(run.info.run_id)
+    assert (source_run, source) == (run.info.run_id, f"runs:/{run.info.run_id}/checkpoints/best.keras")
     np.testing.assert_allclose(loaded(x).numpy(), expected, atol=1e-6)
 
-    with mlflow.start_run() as run:  # a run with a logged model
-        info = mlflow.keras.log_model(model, name="model")
-    loaded, source = resolve_model(f"models:/{info.model_id}")
-    assert source == run.info.run_id
+    loaded, source_run, _ = resolve_model(f"models:/{info.model_id}")
+    assert source_run == run.info.run_id  # the lineage of a models:/ URI
     np.testing.assert_allclose(loaded(x).numpy(), expected, atol=1e-6)
-    assert resolve_model(run.info.run_id)[1] == run.info.run_id
+
+    with mlflow.start_run() as run:  # only a logged model
+        mlflow.keras.log_model(model, name="model")
+    _, source_run, source = resolve_model(run.info.run_id)
+    assert source_run == run.info.run_id and source.startswith("models:/m-")
+
+    with mlflow.start_run() as run:  # nothing to load
+        pass
+    with pytest.raises(ModelError, match="has no .keras checkpoint artifact and no logged model"):
+        load_model(run.info.run_id)
 
 
 # --------------------------------------------------------------------------- run_evaluate end to end
