@@ -21,7 +21,7 @@ quickstart: install
 	@echo "Done. See the run with: $(BIN)/mlflow ui   (then open http://127.0.0.1:5000)"
 
 test: install
-	$(BIN)/python -m pytest
+	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest
 
 bench: install
 	$(BIN)/python -m bench
