@@ -261,6 +261,9 @@ def build_callbacks(cfg, *, output_dir: str, is_chief: bool, replicas: int, clip
                              predict_frames=cfg.evaluate.predict_frames, images_dir=where["images"], sink=image_sink)
         )
     if t.csv_log:
+        import tensorflow as tf
+
+        tf.io.gfile.makedirs(os.path.dirname(scratch["csv"]))  # CSVLogger opens the file but makes no dirs
         callbacks.append(keras.callbacks.CSVLogger(scratch["csv"], append=True))
     if t.early_stopping.enabled:
         callbacks.append(
