@@ -42,8 +42,8 @@ def config(workdir: Path, s: dict, run: str, epochs: int):
     ])
 
 
-def reference_rate(cfg, s: dict) -> float:
-    """keras-io loop: numpy shifted frames into model.fit(batch_size=5); clips/s over epochs 2..E."""
+def reference_rate(cfg, *, train: int, val: int, epochs: int, batch: int = BATCH, jit_compile: bool = False) -> float:
+    """keras-io loop: numpy shifted frames into model.fit(batch_size=batch); clips/s over epochs 2..1+epochs."""
     import keras
     import numpy as np
 
@@ -54,18 +54,18 @@ def reference_rate(cfg, s: dict) -> float:
         x = read_clips(cfg.data, split, n).astype(np.float32)[..., None] / 255.0
         return x[:, :-1], x[:, 1:]
 
-    (x_train, y_train), val = shifted("train", s["train"]), shifted("val", s["val"])
+    (x_train, y_train), val_data = shifted("train", train), shifted("val", val)
     keras.utils.set_random_seed(cfg.train.seed)
     model = build_model(cfg.model, image_size=cfg.data.image_size)
-    model.compile(loss=keras.losses.binary_crossentropy, optimizer=keras.optimizers.Adam(cfg.train.learning_rate))
+    model.compile(loss=keras.losses.binary_crossentropy, optimizer=keras.optimizers.Adam(cfg.train.learning_rate), jit_compile=jit_compile)
     ends = []  # last callback: each epoch's end after every other callback ran
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=10),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", patience=5),
         keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: ends.append(time.perf_counter())),
     ]
-    model.fit(x_train, y_train, batch_size=BATCH, epochs=1 + s["epochs"], validation_data=val, callbacks=callbacks, verbose=0)
-    return len(x_train) * s["epochs"] / (ends[-1] - ends[0])
+    model.fit(x_train, y_train, batch_size=batch, epochs=1 + epochs, validation_data=val_data, callbacks=callbacks, verbose=0)
+    return len(x_train) * epochs / (ends[-1] - ends[0])
 
 
 def nfp_rate(workdir: Path, s: dict, repeat: int) -> tuple[float, float]:
@@ -94,7 +94,7 @@ def run(quick: bool, workdir: Path) -> Section:
         train(config(workdir, s, "warm-up", 1))  # one-off imports and first traces, outside every timing
     ref, ours, logged = [], [], []
     for r in range(s["repeats"]):  # alternate sides so machine noise hits both alike
-        ref.append(reference_rate(config(workdir, s, "ref", 1), s))
+        ref.append(reference_rate(config(workdir, s, "ref", 1), train=s["train"], val=s["val"], epochs=s["epochs"]))
         rate, epoch_stats = nfp_rate(workdir, s, r)
         ours.append(rate)
         logged.append(epoch_stats)
