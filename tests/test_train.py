@@ -1,0 +1,137 @@
+"""train(): every enabled callback reaches fit, a run holds what training logs, resume after SIGKILL, SIGTERM stops cleanly."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import mlflow
+import pytest
+
+from nfp import callbacks as cb
+from nfp.config import load_config
+from nfp.errors import TrainingError
+from nfp.train import train
+
+ALL_ON = [
+    "train.schedule.name=cosine",
+    "train.schedule.warmup_epochs=1",
+    "train.early_stopping.enabled=true",
+    "train.early_stopping.patience=5",
+    "train.images.every_n_epochs=1",
+    "tracking.log_model=false",
+]
+
+
+def _run(client=None):
+    client = client or mlflow.MlflowClient()
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    return runs[0]
+
+
+def test_train_attaches_every_enabled_callback_and_logs_the_run(tiny_overrides, tmp_path, monkeypatch):
+    seen = []
+    real_fit = keras.Model.fit
+
+    def spy_fit(self, *args, **kwargs):
+        seen.extend(kwargs["callbacks"])
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", spy_fit)
+    summary = train(load_config(None, [*tiny_overrides, *ALL_ON]))
+
+    kinds = {type(c).__name__ for c in seen}
+    assert {"LearningRateScheduler", "EpochStats", "TerminateOnNaN", "AtomicCheckpoint", "PredictionImages",
+            "CSVLogger", "EarlyStopping", "EpochMetricsToMlflow", "Backup"} <= kinds
+    assert sum(isinstance(c, cb.AtomicCheckpoint) for c in seen) == 2
+    assert len(summary["history"]["loss"]) == 2
+    assert summary["best_checkpoint"].endswith("best.keras") and os.path.isfile(summary["last_checkpoint"])
+
+    run = _run()
+    assert run.info.run_id == summary["run_id"] and run.info.status == "FINISHED"
+    client = mlflow.MlflowClient()
+    for key in ("loss", "val_loss", "learning_rate", "epoch_time", "clips_per_sec"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2], key
+    assert {"replicas", "global_batch", "data_manifest_id", "tensorflow_version", "train.epochs"} <= set(run.data.params)
+    assert run.data.params["global_batch"] == "4" and run.data.tags["strategy"] and run.data.tags["device"] == "CPU"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "manifest.json", "history.csv", "plots", "predictions", "checkpoints", "images"} <= artifacts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")} == {"checkpoints/best.keras", "checkpoints/last.keras"}
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "predictions")] == ["predictions/prediction.gif"]
+
+    # Re-running a finished job trains nothing and leaves the CSV as it was.
+    before = (tmp_path / "out/history.csv").read_text()
+    again = train(load_config(None, [*tiny_overrides, *ALL_ON]))
+    assert again["history"] == {} and (tmp_path / "out/history.csv").read_text() == before
+
+
+def test_diverging_loss_is_a_one_line_training_error(tiny_overrides, tmp_path):
+    cfg = load_config(None, [*tiny_overrides, "model.output_activation=linear", "train.optimizer=sgd", "train.loss=mse", "train.learning_rate=1.0e+30",
+                             "train.steps_per_epoch=6", "tracking.enabled=false"])
+    with pytest.raises(TrainingError, match=r"loss became NaN/Inf in epoch 1: stopped; last good state kept in .*backup"):
+        train(cfg)
+    assert not (tmp_path / "out/checkpoints/last.keras").exists()
+
+
+# --------------------------------------------------------------------------- killed and restarted
+def _start(overrides):
+    return subprocess.Popen([sys.executable, "-m", "nfp", "train", *overrides], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _rows(path):
+    if not path.exists():
+        return []
+    with path.open() as f:
+        return [row for row in csv.DictReader(f)]
+
+
+def _wait_for_rows(proc, path, n, timeout=180):
+    deadline = time.monotonic() + timeout
+    while len(_rows(path)) < n:
+        assert proc.poll() is None, f"training ended before epoch {n}: {proc.communicate()[1][-2000:]}"
+        assert time.monotonic() < deadline, "no progress"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_resumes_after_the_last_completed_epoch(tiny_overrides, tmp_path):
+    overrides = [*tiny_overrides, "train.epochs=5", "train.steps_per_epoch=12", "train.images.every_n_epochs=0", "tracking.log_model=false"]
+    history = tmp_path / "out/history.csv"
+    proc = _start(overrides)
+    _wait_for_rows(proc, history, 2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = cb.resume_epoch(str(tmp_path / "out/backup"))
+    assert 1 <= done < 5
+    before = {row["epoch"]: row for row in _rows(history)}
+
+    proc = _start(overrides)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert f"resuming after epoch {done} of 5" in err
+    rows = _rows(history)
+    assert [row["epoch"] for row in rows] == ["0", "1", "2", "3", "4"]  # each epoch once
+    for row in rows[:done]:
+        assert row == before[row["epoch"]]  # the epochs before the kill were not trained again
+    run = _run()
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_at_once_with_the_backup_kept(tiny_overrides, tmp_path):
+    overrides = [*tiny_overrides, "train.epochs=50", "train.steps_per_epoch=12", "train.images.every_n_epochs=0", "tracking.log_model=false"]
+    proc = _start(overrides)
+    _wait_for_rows(proc, tmp_path / "out/history.csv", 1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "SIGTERM received, stopping; re-run the same command to resume" in err
+    assert "Traceback" not in err
+    assert json.loads((tmp_path / "out/backup/training_metadata.json").read_text())["epoch"] >= 1
+    assert _run().info.status == "KILLED"
