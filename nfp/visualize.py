@@ -70,7 +70,7 @@ def write_gif(frames, path: str | Path, *, fps: float = 4.0, scale: int = 2) -> 
     """Write (time, H, W) frames as a looping GIF (each frame scaled up `scale`×)."""
     from PIL import Image
 
-    frames = to_uint8(frames)
+    frames = _with_progress_bar(to_uint8(frames))
     if scale > 1:
         frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
     images = [Image.fromarray(f, mode="L") for f in frames]
@@ -80,6 +80,15 @@ def write_gif(frames, path: str | Path, *, fps: float = 4.0, scale: int = 2) -> 
     images[0].save(tmp, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
     tmp.replace(path)
     return path
+
+
+def _with_progress_bar(frames: np.ndarray) -> np.ndarray:
+    """Append a 2-px bar filling left to right with time; it also keeps Pillow from merging identical frames."""
+    t, _, w = frames.shape
+    bar = np.zeros((t, 2, w), np.uint8)
+    for i in range(t):
+        bar[i, :, : max(1, round(w * (i + 1) / t))] = 255
+    return np.concatenate([frames, bar], axis=1)
 
 
 def write_png(image: np.ndarray, path: str | Path, *, scale: int = 2) -> Path:

@@ -30,8 +30,13 @@ def test_gif_has_one_frame_per_time_step(tmp_path):
     path = visualize.write_gif(frames, tmp_path / "clip.gif")
     with Image.open(path) as gif:
         assert gif.n_frames == 7
-        assert gif.size == (2 * (8 + 8 + 2), 2 * 8)
+        assert gif.size == (2 * (8 + 8 + 2), 2 * (8 + 2))  # + the 2-px time bar
     assert not list(tmp_path.glob("*.tmp.gif"))
+
+
+def test_gif_keeps_every_frame_of_a_static_clip(tmp_path):
+    with Image.open(visualize.write_gif(np.zeros((5, 8, 8), np.uint8), tmp_path / "static.gif")) as gif:
+        assert gif.n_frames == 5
 
 
 def test_history_figure_renders_losses_and_lr():
