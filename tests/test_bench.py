@@ -1,0 +1,71 @@
+"""`python -m bench --quick` runs every benchmark and writes a well-formed section; the FLOPs formula and --only merge hold.
+
+Benchmarks are never timed here: --quick uses tiny sizes, and no figure is asserted.
+"""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import MODULES
+from bench.common import merge, sections_of
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory) -> str:
+    """The report of one `python -m bench --quick` run (all benchmarks, tiny sizes, scratch dirs)."""
+    tmp = tmp_path_factory.mktemp("bench")
+    out = tmp / "BENCHMARKS.md"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out), "--workdir", str(tmp / "work")],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out.read_text()
+
+
+@pytest.mark.slow
+def test_quick_run_writes_header_with_machine_and_versions(quick_report):
+    head = quick_report.split("<!-- bench:", 1)[0]
+    assert re.search(r"\*\*Machine\*\*: .+, \d+ cores usable", head)
+    assert re.search(r"\*\*Versions\*\*: python [\d.]+, tensorflow [\d.]+, keras [\d.]+, mlflow [\d.]+", head)
+    assert re.search(r"on \d{4}-\d\d-\d\d \d\d:\d\d UTC", head)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODULES)
+def test_quick_run_writes_each_benchmark_section(quick_report, name):
+    section = sections_of(quick_report)[name]
+    assert "**Did not run**" not in section
+    assert re.search(r"^## \d\. ", section, re.M)
+    assert re.search(r"^\| .+ \|\n\|(---\|)+\n\| ", section, re.M), "a markdown table with at least one row"
+    # every benchmark reports at least one ratio with its absolute values
+    assert re.search(r"^- .+: \*\*([-\d.e+]+|nan)×\*\* \(.+ / .+\); target ", section, re.M)
+    assert re.search(r"_Ran in \d+ s on ", section)
+
+
+def test_only_replaces_one_section_and_keeps_the_others():
+    old = "# header\n\n<!-- bench:pipeline -->\nold pipeline\n<!-- /bench:pipeline -->\n\n<!-- bench:quality -->\nq\n<!-- /bench:quality -->\n"
+    new = {"pipeline": "<!-- bench:pipeline -->\nnew pipeline\n<!-- /bench:pipeline -->"}
+    merged = merge(old, new, MODULES)
+    assert list(merged) == ["pipeline", "quality"]
+    assert "new pipeline" in merged["pipeline"] and "old" not in merged["pipeline"]
+    assert "\nq\n" in merged["quality"]
+
+
+@pytest.mark.parametrize("preset", ["tiny", "keras_io", "large"])
+def test_flops_formula_implies_the_keras_parameter_count(preset):
+    from bench.common import nfp_config
+    from bench.scaling import flops_per_clip
+    from nfp.model import build_model
+
+    cfg = nfp_config([f"model.preset={preset}"]).model
+    counted = flops_per_clip(cfg, image_size=16, frames=1)
+    assert counted["params"] == build_model(cfg, image_size=16).count_params()
+    assert flops_per_clip(cfg, image_size=16, frames=19)["forward"] == 19 * counted["forward"]
+    assert counted["train"] == 3 * counted["forward"]
