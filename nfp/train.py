@@ -30,7 +30,10 @@ _LOSSES = {"bce": "BinaryCrossentropy", "mse": "MeanSquaredError"}
 
 def train(cfg, *, config_path=None) -> dict:
     """Train `cfg.model` on `cfg.data`; return {"history", "run_id", "output_dir", "best_checkpoint", "last_checkpoint"}."""
-    if cfg.tracking.enabled:
+    from nfp.distribute import cluster_info
+
+    info = cluster_info()  # reads TF_CONFIG (set from SkyPilot env if need be); no TF work yet
+    if cfg.tracking.enabled and info.is_chief:
         tracking.check_reachable()  # before any compute: a dead server must not cost a run
         tracking.check_register_name(cfg.tracking.register_as)
 
@@ -38,12 +41,10 @@ def train(cfg, *, config_path=None) -> dict:
     import tensorflow as tf
 
     from nfp.data import pipeline, prepare
-    from nfp.distribute import cluster_info, global_batch_size, make_strategy, tf_config
+    from nfp.distribute import global_batch_size, make_strategy
     from nfp.model import build_model
 
-    tf_config.ensure_tf_config(os.environ)
     strategy = make_strategy(cfg.distribute)  # first TF work: MultiWorkerMirroredStrategy insists
-    info = cluster_info()
     t = cfg.train
     manifest = prepare.ensure_prepared(cfg.data)  # deterministic and atomic: safe on every worker
 
@@ -139,6 +140,8 @@ def _log_setup(run, cfg, config_path, manifest, model, strategy, info, replicas,
     import mlflow
     import tensorflow as tf
 
+    from nfp.distribute import strategy_name
+
     run.log_params({
         **cfg.flat(),
         "replicas": replicas,
@@ -151,7 +154,7 @@ def _log_setup(run, cfg, config_path, manifest, model, strategy, info, replicas,
         "mlflow_version": mlflow.__version__,
         "data_manifest_id": manifest.get("id"),
     })
-    run.set_tags({"strategy": type(strategy).__name__, "device": _device_kind(gpus), **({"config_file": str(config_path)} if config_path else {})})
+    run.set_tags({"strategy": strategy_name(strategy), "device": _device_kind(gpus), **({"config_file": str(config_path)} if config_path else {})})
     with tempfile.TemporaryDirectory() as tmp:
         for name, text in (("config.yaml", cfg.to_yaml()), ("manifest.json", json.dumps(manifest, indent=2))):
             local = os.path.join(tmp, name)

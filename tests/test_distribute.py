@@ -82,7 +82,7 @@ _MIRRORED = textwrap.dedent(
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from nfp.config import load_config
-    from nfp.distribute import make_strategy
+    from nfp.distribute import make_strategy, strategy_name
     from nfp.model import build_model
 
     x = np.random.default_rng(0).random((16, 5, 16, 16, 1), dtype=np.float32)
@@ -96,7 +96,7 @@ _MIRRORED = textwrap.dedent(
         with strategy.scope():
             model = build_model(cfg.model, image_size=16)
             model.compile(keras.optimizers.SGD(0.05), "bce")
-        out[name] = {"replicas": strategy.num_replicas_in_sync, "loss": model.fit(ds, epochs=3, verbose=0).history["loss"]}
+        out[name] = {"replicas": strategy.num_replicas_in_sync, "name": strategy_name(strategy), "loss": model.fit(ds, epochs=3, verbose=0).history["loss"]}
     print(json.dumps(out))
     """
 )
@@ -107,5 +107,6 @@ def test_mirrored_on_two_logical_cpus_matches_one_device():
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["mirrored"]["replicas"] == 2 and out["default"]["replicas"] == 1
+    assert (out["mirrored"]["name"], out["default"]["name"]) == ("MirroredStrategy", "DefaultStrategy")
     assert out["mirrored"]["loss"] == pytest.approx(out["default"]["loss"], rel=1e-4)
     assert out["default"]["loss"][-1] < out["default"]["loss"][0]  # it trained

@@ -60,8 +60,19 @@ def make_strategy(dist_cfg):
         from nfp.distribute import multiworker
 
         multiworker.apply(strategy)
-    log.info("strategy %s with %d replica(s)", type(strategy).__name__, strategy.num_replicas_in_sync)
+    log.info("strategy %s with %d replica(s)", strategy_name(strategy), strategy.num_replicas_in_sync)
     return strategy
+
+
+def strategy_name(strategy) -> str:
+    """The public tf.distribute name (MultiWorkerMirroredStrategy's class is CollectiveAllReduceStrategy)."""
+    import tensorflow as tf
+
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "MultiWorkerMirroredStrategy"
+    if isinstance(strategy, tf.distribute.MirroredStrategy):
+        return "MirroredStrategy"
+    return "DefaultStrategy" if strategy is tf.distribute.get_strategy() else type(strategy).__name__
 
 
 def _check_devices(devices: list[str]) -> list[str]:

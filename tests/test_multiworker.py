@@ -1,0 +1,108 @@
+"""Two `nfp train` worker processes on 127.0.0.1 (MultiWorkerMirroredStrategy + the Keras workaround) train in lock-step."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import mlflow
+import numpy as np
+import pytest
+
+from nfp.config import load_config
+
+# Runs train() as-is; a spy on build_callbacks records where each worker writes and its final weights.
+_WORKER = textwrap.dedent(
+    """
+    import json, os, sys
+    import keras, numpy as np
+    from nfp import callbacks as cb
+    from nfp.config import load_config
+    from nfp.train import train
+
+    real_build = cb.build_callbacks
+    out = os.environ["NFP_TEST_OUT"]
+
+    class DumpWeights(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            np.savez(out + ".npz", *self.model.get_weights())
+            trainable = {id(v) for v in self.model.trainable_weights}
+            json.dump([id(v) in trainable for v in self.model.weights], open(out + ".trainable.json", "w"))
+
+    def spy(cfg, **kwargs):
+        callbacks = real_build(cfg, **kwargs)
+        writes = [c.final_path for c in callbacks if isinstance(c, cb.AtomicCheckpoint)]
+        writes += [c.filename for c in callbacks if isinstance(c, keras.callbacks.CSVLogger)]
+        writes += [c.save_dir for c in callbacks if isinstance(c, cb.Backup)]
+        json.dump({"writes": writes, "images": any(isinstance(c, cb.PredictionImages) for c in callbacks)}, open(out + ".json", "w"))
+        return callbacks + [DumpWeights()]
+
+    cb.build_callbacks = spy
+    summary = train(load_config(None, sys.argv[1:]))
+    print("SUMMARY " + json.dumps({k: v for k, v in summary.items() if k != "history"} | {"loss": summary["history"]["loss"]}))
+    """
+)
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_two_workers_train_in_lock_step_and_only_the_chief_writes(tiny_overrides, tmp_path):
+    overrides = [*tiny_overrides, "distribute.strategy=multi_worker", "train.images.every_n_epochs=1", "tracking.log_model=false"]
+    from nfp.data.prepare import ensure_prepared
+
+    ensure_prepared(load_config(None, overrides).data)  # shared data dir, prepared once up front
+    hosts = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    procs = []
+    for index in range(2):
+        env = dict(os.environ, NFP_TEST_OUT=str(tmp_path / f"worker{index}"),
+                   TF_CONFIG=json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}))
+        procs.append(subprocess.Popen([sys.executable, "-c", _WORKER, *overrides], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        results = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (_, err) in zip(procs, results):
+        assert p.returncode == 0, err[-3000:]
+    summaries = [json.loads(next(line[8:] for line in out.splitlines() if line.startswith("SUMMARY "))) for out, _ in results]
+    assert summaries[0]["loss"] == summaries[1]["loss"] and len(summaries[0]["loss"]) == 2
+
+    # identical weights: trainable ones bit for bit, BatchNorm moving statistics to float precision
+    w0, w1 = np.load(tmp_path / "worker0.npz"), np.load(tmp_path / "worker1.npz")
+    trainable = json.loads((tmp_path / "worker0.trainable.json").read_text())
+    for key, is_trainable in zip(w0.files, trainable):
+        if is_trainable:
+            np.testing.assert_array_equal(w0[key], w1[key])
+        else:
+            np.testing.assert_allclose(w0[key], w1[key], atol=1e-4)
+
+    # only the chief writes into output_dir; the other worker writes to a scratch dir, draws no images
+    out = str(tmp_path / "out")
+    chief, other = (json.loads((tmp_path / f"worker{i}.json").read_text()) for i in range(2))
+    assert chief["writes"] and all(p.startswith(out) for p in chief["writes"]) and chief["images"]
+    assert other["writes"] and not any(p.startswith(out) for p in other["writes"]) and not other["images"]
+    assert sorted(os.listdir(tmp_path / "out/checkpoints")) == ["best.keras", "last.keras"]
+    assert summaries[1]["run_id"] is None and summaries[1]["best_checkpoint"] is not None  # it reads the chief's files
+
+    import keras
+
+    last = keras.saving.load_model(tmp_path / "out/checkpoints/last.keras")
+    for key, weight in zip(w0.files, last.get_weights()):
+        np.testing.assert_array_equal(w0[key], weight)
+
+    client = mlflow.MlflowClient()
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.params["replicas"] == "2" and runs[0].data.params["num_workers"] == "2"
+    assert runs[0].data.tags["strategy"] == "MultiWorkerMirroredStrategy"
