@@ -23,9 +23,9 @@ CONFIG = REPO / "configs/multi_gpu.yaml"
 FLAGS = list(itertools.product((False, True), (False, True)))  # (mixed precision, XLA)
 
 SIZES = {
-    # steps per epoch per preset: ≈ 2-4 min per keras_io variant and ≈ 15-25 min per large variant on one H100 (projected)
+    # steps per epoch per preset. Projected at 20 TFLOP/s sustained: ≈ 3 min per keras_io variant, ≈ 7 min per large one
     False: dict(presets={"keras_io": 200, "large": 50}, epochs=3, eval_clips=500, ref_train=3200, ref_val=160, flags=FLAGS,
-                data=["data.source=generate", "data.digit_bank=sklearn"], timeout=3600),
+                data=["data.source=generate", "data.digit_bank=sklearn"], timeout=1800),
     True: dict(presets={"custom": 2}, epochs=2, eval_clips=4, ref_train=10, ref_val=4, flags=[(False, False)],
                data=["data.source=generate", "data.digit_bank=sklearn", "data.num_clips=24", "data.image_size=16",
                      "data.digit_size=8", "data.frames=6", "data.num_shards=2"], timeout=600),
