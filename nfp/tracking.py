@@ -155,17 +155,22 @@ class RunLogger:
     def log_model(self, model, input_example: np.ndarray, register_as: str | None = None) -> None:
         """Log the Keras model with a signature and input example (loadable with mlflow.pyfunc.load_model)."""
         import mlflow
-        from mlflow.models import infer_signature
+        from mlflow.models import ModelSignature
+        from mlflow.types import Schema, TensorSpec
+
+        # batch and time stay open (-1): the model predicts clips of any length
+        spec = TensorSpec(np.dtype(np.float32), (-1, -1, *input_example.shape[2:]))
+        signature = ModelSignature(inputs=Schema([spec]), outputs=Schema([spec]))
 
         def _log():
-            signature = infer_signature(input_example, np.asarray(model.predict(input_example, verbose=0)))
-            return mlflow.keras.log_model(
-                model,
-                name="model",
-                signature=signature,
-                input_example=input_example,
-                registered_model_name=register_as,
-            )
+            with _keras_input_example_fix():
+                return mlflow.keras.log_model(
+                    model,
+                    name="model",
+                    signature=signature,
+                    input_example=input_example,
+                    registered_model_name=register_as,
+                )
 
         self._call("model", _log)
 
@@ -180,6 +185,25 @@ class RunLogger:
                 logger.log_metrics(dict(logs or {}), step=epoch + 1)
 
         return EpochMetricsToMlflow()
+
+
+@contextlib.contextmanager
+def _keras_input_example_fix() -> Iterator[None]:
+    """mlflow.keras writes input_example.json before it creates the model dir (mlflow#16183, open in
+    mlflow 3.17): create the dir first. Harmless once fixed upstream."""
+    import mlflow.keras.save as keras_save
+
+    original = keras_save._save_example
+
+    def save_example(mlflow_model, input_example, path, *args, **kwargs):
+        os.makedirs(path, exist_ok=True)
+        return original(mlflow_model, input_example, path, *args, **kwargs)
+
+    keras_save._save_example = save_example
+    try:
+        yield
+    finally:
+        keras_save._save_example = original
 
 
 def _is_scalar(value) -> bool:

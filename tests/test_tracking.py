@@ -124,3 +124,21 @@ def test_server_dying_mid_run_warns_keeps_a_backlog_and_replays_it(cfg, tmp_path
         assert mlflow.get_run(run.run_id).info.status == "FINISHED"
     finally:
         server.stop()
+
+
+def test_logged_model_has_signature_and_example_and_loads_with_pyfunc(cfg, tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.Input((None, 8, 8, 1)), keras.layers.Conv3D(1, 1, activation="sigmoid")])
+    example = np.random.rand(1, 3, 8, 8, 1).astype(np.float32)
+    with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path) as run:
+        run.log_model(model, input_example=example)
+    assert not (tmp_path / tracking.BACKLOG_FILE).exists(), "log_model failed and went to the backlog"
+    (logged,) = mlflow.search_logged_models(output_format="list", experiment_ids=[_runs()[0].info.experiment_id])
+    info = mlflow.models.get_model_info(logged.model_uri)
+    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, -1, 8, 8, 1]  # any clip length
+    assert info.saved_input_example_info is not None
+    loaded = mlflow.pyfunc.load_model(logged.model_uri)
+    np.testing.assert_allclose(loaded.predict(example), model.predict(example, verbose=0), rtol=1e-5)
+    longer = np.random.rand(2, 7, 8, 8, 1).astype(np.float32)
+    assert loaded.predict(longer).shape == (2, 7, 8, 8, 1)
