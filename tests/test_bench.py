@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.__main__ import MODULES
-from bench.common import merge, sections_of
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # bench/ is a repo-root package, not installed with nfp; plain `pytest` must find it too
+
+from bench.__main__ import MODULES  # noqa: E402
+from bench.common import merge, sections_of  # noqa: E402
 
 
 @pytest.fixture(scope="module")
