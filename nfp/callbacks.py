@@ -201,6 +201,16 @@ class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
             tf.io.gfile.rename(self.filepath, self.final_path, overwrite=True)
 
 
+class CSVLog(keras.callbacks.CSVLogger):
+    """CSVLogger that also closes a remote (gs://) file: Keras's on_train_end asks tf.io.gfile.GFile for `.closed`, which it lacks."""
+
+    def on_train_end(self, logs=None):
+        if self.csv_file is not None:
+            self.csv_file.close()
+            self.csv_file = None
+        self.writer = None
+
+
 class Backup(keras.callbacks.BackupAndRestore):
     """BackupAndRestore that writes atomically, keeps the backup after training, and saves to `save_dir`
     (a scratch dir off the chief) while restoring from `backup_dir` (the chief's)."""
@@ -264,7 +274,7 @@ def build_callbacks(cfg, *, output_dir: str, is_chief: bool, replicas: int, clip
         import tensorflow as tf
 
         tf.io.gfile.makedirs(os.path.dirname(scratch["csv"]))  # CSVLogger opens the file but makes no dirs
-        callbacks.append(keras.callbacks.CSVLogger(scratch["csv"], append=True))
+        callbacks.append(CSVLog(scratch["csv"], append=True))
     if t.early_stopping.enabled:
         callbacks.append(
             keras.callbacks.EarlyStopping(monitor=_monitor(t.early_stopping.monitor, has_validation), patience=t.early_stopping.patience)

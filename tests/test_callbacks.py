@@ -70,7 +70,7 @@ def test_every_enabled_callback_is_built_in_order(tiny_overrides):
         cb.AtomicCheckpoint,
         cb.AtomicCheckpoint,
         cb.PredictionImages,
-        keras.callbacks.CSVLogger,
+        cb.CSVLog,
         keras.callbacks.EarlyStopping,
         Tracker,
         cb.Backup,
@@ -187,3 +187,17 @@ def test_nan_loss_raises_instead_of_checkpointing(tiny_overrides, tmp_path):
     with pytest.raises(RuntimeError, match="NaN or Inf loss"):
         model.fit(ds, epochs=1, callbacks=callbacks, verbose=0)
     assert not (tmp_path / "out/checkpoints/last.keras").exists()
+
+
+def test_callbacks_write_to_a_non_local_filesystem(tiny_overrides):
+    """TF's ram:// stands in for gs://: no callback may assume a local path."""
+    import tensorflow as tf
+
+    out = "ram://callbacks-test/out"
+    cfg, callbacks = _build(tiny_overrides, EVERYTHING_ON, output_dir=out)
+    _fit(cfg, callbacks)
+    for name in ("history.csv", "checkpoints/best.keras", "checkpoints/last.keras", "backup/latest.weights.h5", "images/epoch_002.png"):
+        assert tf.io.gfile.exists(f"{out}/{name}"), name
+    assert cb.resume_epoch(f"{out}/backup") == 2
+    cb.trim_csv(f"{out}/history.csv", 1)
+    assert len(cb.read_csv_history(f"{out}/history.csv")["loss"]) == 1

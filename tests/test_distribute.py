@@ -9,7 +9,7 @@ import pytest
 
 from nfp.config import load_config
 from nfp.distribute import cluster_info, global_batch_size, make_strategy
-from nfp.errors import ConfigError
+from nfp.errors import ConfigError, TrainingError
 
 
 def _dist(*overrides):
@@ -110,3 +110,38 @@ def test_mirrored_on_two_logical_cpus_matches_one_device():
     assert (out["mirrored"]["name"], out["default"]["name"]) == ("MirroredStrategy", "DefaultStrategy")
     assert out["mirrored"]["loss"] == pytest.approx(out["default"]["loss"], rel=1e-4)
     assert out["default"]["loss"][-1] < out["default"]["loss"][0]  # it trained
+
+
+def _fake_multi_worker(monkeypatch):
+    """A MultiWorkerMirroredStrategy stand-in, with Keras's trainer restored after the test."""
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    from nfp.distribute import multiworker
+
+    class FakeMultiWorker:
+        pass
+
+    monkeypatch.setattr(tf.distribute, "MultiWorkerMirroredStrategy", FakeMultiWorker)
+    monkeypatch.setattr(multiworker, "_applied", False)
+    monkeypatch.setattr(tf_trainer.TensorFlowTrainer, "_maybe_symbolic_build", tf_trainer.TensorFlowTrainer._maybe_symbolic_build)
+    monkeypatch.setattr(tf_trainer, "reduce_per_replica", tf_trainer.reduce_per_replica)
+    return multiworker, tf_trainer, FakeMultiWorker()
+
+
+def test_multiworker_workaround_warns_loudly_on_untested_keras(monkeypatch):
+    import keras
+
+    multiworker, tf_trainer, strategy = _fake_multi_worker(monkeypatch)
+    original = tf_trainer.reduce_per_replica
+    monkeypatch.setattr(keras, "__version__", "3.99.0")
+    with pytest.warns(RuntimeWarning, match=r"keras 3\.99\.0 is untested .*keras-team/keras/issues/20585"):
+        assert multiworker.apply(strategy) is True
+    assert tf_trainer.reduce_per_replica is not original
+
+
+def test_multiworker_workaround_refuses_when_keras_internals_changed(monkeypatch):
+    multiworker, tf_trainer, strategy = _fake_multi_worker(monkeypatch)
+    monkeypatch.delattr(tf_trainer, "reduce_per_replica")
+    with pytest.raises(TrainingError, match="trainer internals changed .*reduce_per_replica"):
+        multiworker.apply(strategy)

@@ -47,7 +47,7 @@ def test_train_attaches_every_enabled_callback_and_logs_the_run(tiny_overrides, 
 
     kinds = {type(c).__name__ for c in seen}
     assert {"LearningRateScheduler", "EpochStats", "TerminateOnNaN", "AtomicCheckpoint", "PredictionImages",
-            "CSVLogger", "EarlyStopping", "EpochMetricsToMlflow", "Backup"} <= kinds
+            "CSVLog", "EarlyStopping", "EpochMetricsToMlflow", "Backup"} <= kinds
     assert sum(isinstance(c, cb.AtomicCheckpoint) for c in seen) == 2
     assert len(summary["history"]["loss"]) == 2
     assert summary["best_checkpoint"].endswith("best.keras") and os.path.isfile(summary["last_checkpoint"])

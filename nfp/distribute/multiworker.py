@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import warnings
 
+from nfp.errors import TrainingError
+
 log = logging.getLogger(__name__)
 
 UPSTREAM = "https://github.com/keras-team/keras/issues/20585"
@@ -35,7 +37,7 @@ def apply(strategy) -> bool:
         return True
     missing = [n for n in ("reduce_per_replica", "_collective_all_reduce_multi_worker") if not hasattr(tf_trainer, n)]
     if missing or not hasattr(tf_trainer.TensorFlowTrainer, "_maybe_symbolic_build"):
-        raise RuntimeError(
+        raise TrainingError(
             f"keras {keras.__version__}: trainer internals changed ({', '.join(missing) or '_maybe_symbolic_build'} missing); "
             f"the multi-worker workaround for {UPSTREAM} was tested on keras {', '.join(TESTED_KERAS)}.x"
         )
