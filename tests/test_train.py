@@ -35,15 +35,17 @@ def _run(client=None):
 
 
 def test_train_attaches_every_enabled_callback_and_logs_the_run(tiny_overrides, tmp_path, monkeypatch):
-    seen = []
+    seen, compiled = [], []
     real_fit = keras.Model.fit
 
     def spy_fit(self, *args, **kwargs):
         seen.extend(kwargs["callbacks"])
+        compiled.append((self.jit_compile, self.steps_per_execution, type(self.optimizer).__name__, type(self.loss).__name__))
         return real_fit(self, *args, **kwargs)
 
     monkeypatch.setattr(keras.Model, "fit", spy_fit)
-    summary = train(load_config(None, [*tiny_overrides, *ALL_ON]))
+    summary = train(load_config(None, [*tiny_overrides, *ALL_ON, "train.steps_per_execution=2", "train.optimizer=adamw"]))
+    assert compiled[0] == (False, 2, "AdamW", "BinaryCrossentropy")  # jit_compile auto: off without a GPU
 
     kinds = {type(c).__name__ for c in seen}
     assert {"LearningRateScheduler", "EpochStats", "TerminateOnNaN", "AtomicCheckpoint", "PredictionImages",
@@ -127,7 +129,7 @@ def test_sigkill_then_rerun_resumes_after_the_last_completed_epoch(tiny_override
 def test_sigterm_stops_at_once_with_the_backup_kept(tiny_overrides, tmp_path):
     overrides = [*tiny_overrides, "train.epochs=50", "train.steps_per_epoch=12", "train.images.every_n_epochs=0", "tracking.log_model=false"]
     proc = _start(overrides)
-    _wait_for_rows(proc, tmp_path / "out/history.csv", 1)
+    _wait_for_rows(proc, tmp_path / "out/history.csv", 2)  # the CSV row comes before the backup: epoch 1 is backed up
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM
