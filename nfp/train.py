@@ -125,6 +125,9 @@ def train(cfg, *, config_path=None) -> dict:
             ) from None
         if info.is_chief:
             _log_results(run, cfg, model, where, output_dir)
+            trained = len(history.history.get("loss", []))
+            print(f"train: {trained} epoch(s) trained, outputs in {output_dir}"
+                  + (f", MLflow run {run.run_id}" if run.active else ""), file=sys.stderr)
         return {
             "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
             "run_id": run.run_id,
