@@ -149,7 +149,7 @@ def _log_setup(run, cfg, config_path, manifest, model, strategy, info, replicas,
         **cfg.flat(),
         "replicas": replicas,
         "num_workers": info.num_workers,
-        "global_batch": global_batch,
+        "global_batch_size": global_batch,
         "steps_per_epoch": steps,
         "model_params": model.count_params(),
         "tensorflow_version": tf.__version__,
@@ -159,12 +159,15 @@ def _log_setup(run, cfg, config_path, manifest, model, strategy, info, replicas,
     })
     run.set_tags({"strategy": strategy_name(strategy), "device": _device_kind(gpus), **({"config_file": str(config_path)} if config_path else {})})
     with tempfile.TemporaryDirectory() as tmp:
-        for name, text in (("config.yaml", cfg.to_yaml()), ("manifest.json", json.dumps(manifest, indent=2))):
-            local = os.path.join(tmp, name)
-            with open(local, "w") as f:
-                f.write(text)
+        for name, artifact, text in (
+            ("config.yaml", "config/resolved.yaml", cfg.to_yaml()),
+            ("manifest.json", "data/manifest.json", json.dumps(manifest, indent=2)),
+        ):
             cb._write_bytes(f"{output_dir.rstrip('/')}/{name}", text.encode())
-            run.log_artifact(local)
+            folder, _, base = artifact.partition("/")
+            local = Path(tmp, base)
+            local.write_text(text)
+            run.log_artifact(str(local), folder)
 
 
 def _log_results(run, cfg, model, where, output_dir):
@@ -180,7 +183,7 @@ def _log_results(run, cfg, model, where, output_dir):
     with tempfile.TemporaryDirectory() as tmp:
         csv_local = _local_copy(where["csv"], tmp)
         if csv_local:
-            run.log_artifact(csv_local)
+            run.log_artifact(csv_local, "logs")
         history = cb.read_csv_history(where["csv"])
         if history:
             fig = visualize.history_figure(history)
@@ -195,7 +198,7 @@ def _log_results(run, cfg, model, where, output_dir):
             n = max(1, min(cfg.evaluate.predict_frames, frames.shape[1] - k))
             pred = rollout(export, frames[:, :k], n)[0]
             gif = visualize.write_gif(
-                visualize.side_by_side_frames(frames[0, : k + n], np.concatenate([frames[0, :k], pred])), os.path.join(tmp, "prediction.gif")
+                visualize.side_by_side_frames(frames[0, : k + n], np.concatenate([frames[0, :k], pred])), os.path.join(tmp, "clip.gif")
             )
             cb._write_bytes(f"{output_dir.rstrip('/')}/prediction.gif", gif.read_bytes())
             run.log_artifact(str(gif), "predictions")

@@ -59,12 +59,14 @@ def test_train_attaches_every_enabled_callback_and_logs_the_run(tiny_overrides, 
     client = mlflow.MlflowClient()
     for key in ("loss", "val_loss", "learning_rate", "epoch_time", "clips_per_sec"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2], key
-    assert {"replicas", "global_batch", "data_manifest_id", "tensorflow_version", "train.epochs"} <= set(run.data.params)
-    assert run.data.params["global_batch"] == "4" and run.data.tags["strategy"] == "DefaultStrategy" and run.data.tags["device"] == "CPU"
+    assert {"replicas", "global_batch_size", "data_manifest_id", "tensorflow_version", "train.epochs"} <= set(run.data.params)
+    assert run.data.params["global_batch_size"] == "4" and run.data.tags["strategy"] == "DefaultStrategy" and run.data.tags["device"] == "CPU"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "manifest.json", "history.csv", "plots", "predictions", "checkpoints", "images"} <= artifacts
+    assert {"config", "data", "logs", "plots", "predictions", "checkpoints", "images"} <= artifacts
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "logs")] == ["logs/history.csv"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "config")] == ["config/resolved.yaml"]
     assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")} == {"checkpoints/best.keras", "checkpoints/last.keras"}
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "predictions")] == ["predictions/prediction.gif"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "predictions")] == ["predictions/clip.gif"]
 
     # Re-running a finished job trains nothing and leaves the CSV as it was.
     before = (tmp_path / "out/history.csv").read_text()
