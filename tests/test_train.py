@@ -44,7 +44,7 @@ def test_train_attaches_every_enabled_callback_and_logs_the_run(tiny_overrides, 
         return real_fit(self, *args, **kwargs)
 
     monkeypatch.setattr(keras.Model, "fit", spy_fit)
-    summary = train(load_config(None, [*tiny_overrides, *ALL_ON, "train.steps_per_execution=2", "train.optimizer=adamw"]))
+    summary = train(load_config(None, [*tiny_overrides, *ALL_ON, "train.steps_per_execution=2", "train.optimizer=adamw", "tracking.log_model=true"]))
     assert compiled[0] == (False, 2, "AdamW", "BinaryCrossentropy")  # jit_compile auto: off without a GPU
 
     kinds = {type(c).__name__ for c in seen}
@@ -67,6 +67,8 @@ def test_train_attaches_every_enabled_callback_and_logs_the_run(tiny_overrides, 
     assert [a.path for a in client.list_artifacts(run.info.run_id, "config")] == ["config/resolved.yaml"]
     assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")} == {"checkpoints/best.keras", "checkpoints/last.keras"}
     assert [a.path for a in client.list_artifacts(run.info.run_id, "predictions")] == ["predictions/clip.gif"]
+    logged = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'", output_format="list")
+    assert len(logged) == 1
 
     # Re-running a finished job trains nothing and leaves the CSV as it was.
     before = (tmp_path / "out/history.csv").read_text()
