@@ -20,6 +20,7 @@ from typing import Callable
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from nfp import visualize
 
@@ -63,8 +64,6 @@ def learning_rate_at(epoch: int, train_cfg, replicas: int) -> float:
 # --------------------------------------------------------------------------- resume helpers
 def resume_epoch(backup_dir: str) -> int:
     """Epochs completed according to the BackupAndRestore metadata in `backup_dir` (0 without a backup)."""
-    import tensorflow as tf
-
     path = f"{backup_dir.rstrip('/')}/{BACKUP_METADATA}"
     if not tf.io.gfile.exists(path):
         return 0
@@ -74,8 +73,6 @@ def resume_epoch(backup_dir: str) -> int:
 
 def trim_csv(path: str, keep_below: int) -> None:
     """Drop CSV rows of epochs >= `keep_below` (and a torn last line): a resumed run writes each epoch once."""
-    import tensorflow as tf
-
     if not tf.io.gfile.exists(path):
         return
     with tf.io.gfile.GFile(path) as f:
@@ -84,13 +81,11 @@ def trim_csv(path: str, keep_below: int) -> None:
         line for line in lines[1:] if line.endswith("\n") and line.split(",", 1)[0].isdigit() and int(line.split(",", 1)[0]) < keep_below
     ]
     if kept != lines:
-        _write_bytes(path, "".join(kept).encode())
+        write_atomic(path, "".join(kept).encode())
 
 
 def read_csv_history(path: str) -> dict[str, list[float]]:
     """history.csv → {"loss": [...], ...}, one value per epoch in order."""
-    import tensorflow as tf
-
     if not tf.io.gfile.exists(path):
         return {}
     with tf.io.gfile.GFile(path) as f:
@@ -103,10 +98,8 @@ def read_csv_history(path: str) -> dict[str, list[float]]:
     return out
 
 
-def _write_bytes(path: str, data: bytes) -> None:
+def write_atomic(path: str, data: bytes) -> None:
     """Write to a temporary name, then rename: readers never see half a file."""
-    import tensorflow as tf
-
     tmp = f"{path}.tmp"
     with tf.io.gfile.GFile(tmp, "wb") as f:
         f.write(data)
@@ -172,7 +165,7 @@ class PredictionImages(keras.callbacks.Callback):
         if "://" in dest:
             with tempfile.TemporaryDirectory() as tmp:
                 local = visualize.write_png(image, os.path.join(tmp, "x.png"))
-                _write_bytes(dest, local.read_bytes())
+                write_atomic(dest, local.read_bytes())
         else:
             visualize.write_png(image, dest)
         if self.sink is not None:
@@ -188,14 +181,10 @@ class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
         super().__init__(filepath[: -len(".keras")] + ".tmp.keras", **kwargs)
 
     def on_train_begin(self, logs=None):
-        import tensorflow as tf
-
         if tf.io.gfile.exists(self.filepath):  # left by a killed run: never promote it
             tf.io.gfile.remove(self.filepath)
 
     def on_epoch_end(self, epoch, logs=None):
-        import tensorflow as tf
-
         super().on_epoch_end(epoch, logs)
         if tf.io.gfile.exists(self.filepath):
             tf.io.gfile.rename(self.filepath, self.final_path, overwrite=True)
@@ -220,15 +209,13 @@ class Backup(keras.callbacks.BackupAndRestore):
         self.save_dir = (save_dir or backup_dir).rstrip("/")
 
     def _save_model(self):
-        import tensorflow as tf
-
         tf.io.gfile.makedirs(self.save_dir)
         weights = f"{self.save_dir}/latest.weights.h5"
         self.model.save_weights(f"{self.save_dir}/latest.tmp.weights.h5", overwrite=True)
         tf.io.gfile.rename(f"{self.save_dir}/latest.tmp.weights.h5", weights, overwrite=True)
         # Metadata last: a kill between the two renames redoes one epoch, never skips one.
         meta = {"epoch": self._current_epoch, "batch": self._last_batch_seen}
-        _write_bytes(f"{self.save_dir}/{BACKUP_METADATA}", json.dumps(meta).encode())
+        write_atomic(f"{self.save_dir}/{BACKUP_METADATA}", json.dumps(meta).encode())
 
 
 # --------------------------------------------------------------------------- from config
@@ -271,8 +258,6 @@ def build_callbacks(cfg, *, output_dir: str, is_chief: bool, replicas: int, clip
                              predict_frames=cfg.evaluate.predict_frames, images_dir=where["images"], sink=image_sink)
         )
     if t.csv_log:
-        import tensorflow as tf
-
         tf.io.gfile.makedirs(os.path.dirname(scratch["csv"]))  # CSVLogger opens the file but makes no dirs
         callbacks.append(CSVLog(scratch["csv"], append=True))
     if t.early_stopping.enabled:

@@ -163,7 +163,7 @@ def _log_setup(run, cfg, config_path, manifest, model, strategy, info, replicas,
             ("config.yaml", "config/resolved.yaml", cfg.to_yaml()),
             ("manifest.json", "data/manifest.json", json.dumps(manifest, indent=2)),
         ):
-            cb._write_bytes(f"{output_dir.rstrip('/')}/{name}", text.encode())
+            cb.write_atomic(f"{output_dir.rstrip('/')}/{name}", text.encode())
             folder, _, base = artifact.partition("/")
             local = Path(tmp, base)
             local.write_text(text)
@@ -188,7 +188,7 @@ def _log_results(run, cfg, model, where, output_dir):
         if history:
             fig = visualize.history_figure(history)
             fig.savefig(os.path.join(tmp, "history.png"))
-            cb._write_bytes(f"{output_dir.rstrip('/')}/history.png", Path(tmp, "history.png").read_bytes())
+            cb.write_atomic(f"{output_dir.rstrip('/')}/history.png", Path(tmp, "history.png").read_bytes())
             run.log_figure(fig, "plots/history.png")
 
         clip = pipeline.read_clips(cfg.data, "val", 1)
@@ -200,7 +200,7 @@ def _log_results(run, cfg, model, where, output_dir):
             gif = visualize.write_gif(
                 visualize.side_by_side_frames(frames[0, : k + n], np.concatenate([frames[0, :k], pred])), os.path.join(tmp, "clip.gif")
             )
-            cb._write_bytes(f"{output_dir.rstrip('/')}/prediction.gif", gif.read_bytes())
+            cb.write_atomic(f"{output_dir.rstrip('/')}/prediction.gif", gif.read_bytes())
             run.log_artifact(str(gif), "predictions")
 
         if cfg.tracking.log_checkpoints:
