@@ -43,6 +43,8 @@ def build_model(model_cfg, *, image_size: int):
             x = layers.Dropout(model_cfg.dropout, name=f"dropout_{i}")(x)
     kt, kh, kw = HEAD_KERNEL
     # Pad (kt-1) frames before and none after: output t sees hidden states t-kt+1..t only.
+    # (On CPU, TF's oneDNN remapper logs "remapper failed … causal_pad/Pad" once per trace: it cannot
+    # fuse this Pad into the Conv3D gradient and leaves the graph unfused. Results are unchanged.)
     x = layers.ZeroPadding3D(((kt - 1, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)), name="causal_pad")(x)
     x = layers.Conv3D(1, HEAD_KERNEL, padding="valid", name="head")(x)
     # float32 activation so mixed precision still yields float32 probabilities and loss.

@@ -50,12 +50,13 @@ def train(cfg, *, config_path=None) -> dict:
 
     replicas = strategy.num_replicas_in_sync
     global_batch = global_batch_size(t.batch_size, strategy)
-    steps = t.steps_per_epoch or pipeline.split_size(cfg.data, "train") // global_batch
-    if steps < 1:
+    train_count = pipeline.split_size(cfg.data, "train")
+    if train_count < global_batch:  # full batches only: not even one step
         raise ConfigError(
             f"train.batch_size: global batch {global_batch} ({t.batch_size} × {replicas} replicas) exceeds the "
-            f"{pipeline.split_size(cfg.data, 'train')} training clips, expected a smaller batch or train.steps_per_epoch"
+            f"{train_count} training clips, expected at most {train_count // replicas} per replica"
         )
+    steps = t.steps_per_epoch or train_count // global_batch
     val_count = pipeline.split_size(cfg.data, "val")
     # One worker: ceil, the last partial batch included. Several: full batches only, so every worker gets its share.
     val_steps = t.validation_steps or (-(-val_count // global_batch) if info.num_workers == 1 else val_count // global_batch)

@@ -141,3 +141,11 @@ def test_sigterm_stops_at_once_with_the_backup_kept(tiny_overrides, tmp_path):
     assert "Traceback" not in err
     assert json.loads((tmp_path / "out/backup/training_metadata.json").read_text())["epoch"] >= 1
     assert _run().info.status == "KILLED"
+
+
+def test_global_batch_larger_than_the_training_split_names_the_batch_size(tiny_overrides):
+    from nfp.errors import ConfigError
+
+    cfg = load_config(None, [*tiny_overrides, "train.batch_size=64", "train.steps_per_epoch=3", "tracking.enabled=false"])
+    with pytest.raises(ConfigError, match=r"train.batch_size: global batch 64 \(64 × 1 replicas\) exceeds the \d+ training clips"):
+        train(cfg)
