@@ -7,6 +7,7 @@ before any work starts.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shlex
 import types
@@ -308,6 +309,9 @@ def _coerce(hint, value, key: str, meta) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: got {value!r}, expected an integer")
     elif hint is float:
+        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: got {value!r}, expected a number")
         value = float(value)

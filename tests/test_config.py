@@ -20,6 +20,10 @@ def test_overrides_apply_with_yaml_types():
     assert cfg.tracking.run_name == "abc"
 
 
+def test_scientific_notation_is_a_number():
+    assert load_config(None, ["train.learning_rate=1e-3"]).train.learning_rate == 0.001
+
+
 def test_overrides_as_one_string_like_mlproject_passes_them():
     cfg = load_config(None, "train.epochs=4 train.batch_size=2")
     assert (cfg.train.epochs, cfg.train.batch_size) == (4, 2)
