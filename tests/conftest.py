@@ -10,11 +10,17 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def isolated_mlflow(tmp_path, monkeypatch):
-    """Each test tracks into its own sqlite store, never ./mlflow.db."""
+    """Each test tracks into its own sqlite store, never ./mlflow.db, with no run or URI left from another test."""
+    import mlflow
+
+    mlflow.set_tracking_uri(None)  # a process-wide URI set by one test would override the env var in the next
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "TF_CONFIG"):
         monkeypatch.delenv(var, raising=False)
-    return tmp_path / "mlflow.db"
+    yield tmp_path / "mlflow.db"
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture

@@ -74,10 +74,10 @@ def test_mlflow_run_entry_point_trains_into_the_local_store(tmp_path, tiny_overr
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert len(runs) == 1, "the entry point must continue the run `mlflow run` created, not start another"
     (run,) = runs
     assert run.info.status == "FINISHED"
     assert run.data.params["train.epochs"] == "1"
-    assert [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")] == [1]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1]

@@ -50,7 +50,7 @@ def test_predict_from_npy_writes_strip_gif_and_npy_of_the_rollout(cfg, checkpoin
     assert paths["strip"] == out / "clips_2.png"
     with Image.open(paths["gif"]) as gif:
         assert gif.n_frames == 2 + 4  # context, then truth vs. prediction
-        assert gif.size == ((16 * 2 + 2) * 2, 16 * 2)  # two panes and a gap, scaled 2×
+        assert gif.size == ((16 * 2 + 2) * 2, (16 + 2) * 2)  # two panes and a gap over a 2-px time bar, scaled 2×
     with Image.open(paths["strip"]) as strip:
         assert strip.size == ((6 * 18 - 2) * 2, (3 * 16 + 2 * 2) * 2)  # 3 rows of 2+4 frames
     predicted = np.load(paths["npy"])
