@@ -173,6 +173,25 @@ class PredictionImages(keras.callbacks.Callback):
         return image
 
 
+class PeriodicEvaluation(keras.callbacks.Callback):
+    """Every `every` epochs: the OpenSTL metrics of a rollout on validation clips, next to the baselines,
+    added to the epoch logs as val_mse, val_ssim, val_baseline_copy_last_mse, … (so MLflow steps them by epoch)."""
+
+    def __init__(self, make_clips: Callable, *, every: int, evaluate_cfg):
+        super().__init__()
+        self.make_clips, self.every, self.cfg = make_clips, every, evaluate_cfg
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or (epoch + 1) % self.every:
+            return
+        from nfp.evaluate import evaluate_model, flat_metrics
+
+        e = self.cfg
+        result = evaluate_model(self.model, self.make_clips(), protocol=e.protocol,
+                                context_frames=e.context_frames, predict_frames=e.predict_frames)
+        logs.update(flat_metrics(result, "val"))
+
+
 class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
     """ModelCheckpoint that saves to a temporary name and renames: a kill mid-save never leaves a partial .keras."""
 
@@ -221,8 +240,10 @@ class Backup(keras.callbacks.BackupAndRestore):
 # --------------------------------------------------------------------------- from config
 def build_callbacks(cfg, *, output_dir: str, is_chief: bool, replicas: int, clips_per_epoch: int,
                     scratch_dir: str | None = None, has_validation: bool = True, val_clips: np.ndarray | None = None,
-                    image_sink: Callable | None = None, tracking_callback=None) -> list:
-    """The callbacks `cfg.train` enables, in the order they must run; `tracking_callback` goes after every log writer.
+                    image_sink: Callable | None = None, val_clip_batches: Callable | None = None,
+                    tracking_callback=None) -> list:
+    """The callbacks `cfg.train` (and evaluate.every_n_epochs) enable, in the order they must run;
+    `tracking_callback` goes after every callback that adds to the logs.
 
     Off the chief, files go to `scratch_dir` (default: a new temporary dir) instead of `output_dir`.
     """
@@ -264,6 +285,9 @@ def build_callbacks(cfg, *, output_dir: str, is_chief: bool, replicas: int, clip
         callbacks.append(
             keras.callbacks.EarlyStopping(monitor=_monitor(t.early_stopping.monitor, has_validation), patience=t.early_stopping.patience)
         )
+    if cfg.evaluate.every_n_epochs and is_chief and val_clip_batches is not None:
+        # after CSVLog: its columns are fixed at the first epoch, and these keys come only every N
+        callbacks.append(PeriodicEvaluation(val_clip_batches, every=cfg.evaluate.every_n_epochs, evaluate_cfg=cfg.evaluate))
     if tracking_callback is not None:
         callbacks.append(tracking_callback)
     if t.backup:

@@ -110,6 +110,7 @@ def train(cfg, *, config_path=None) -> dict:
         callbacks = cb.build_callbacks(
             cfg, output_dir=output_dir, is_chief=info.is_chief, replicas=replicas, clips_per_epoch=steps * global_batch,
             scratch_dir=scratch, has_validation=bool(val_steps), val_clips=val_clips,
+            val_clip_batches=lambda: pipeline.clip_batches(cfg.data, "val", cfg.evaluate.batch_size, cfg.evaluate.max_clips),
             image_sink=run.log_image if run.active else None, tracking_callback=run.keras_callback(),
         )
         try:

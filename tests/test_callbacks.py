@@ -21,6 +21,9 @@ EVERYTHING_ON = [
     "train.terminate_on_nan=true",
     "train.csv_log=true",
     "train.images.every_n_epochs=1",
+    "evaluate.every_n_epochs=1",
+    "evaluate.context_frames=2",
+    "evaluate.predict_frames=3",
 ]
 EVERYTHING_OFF = [
     "train.checkpoint.save_best=false",
@@ -46,8 +49,10 @@ class Tracker(keras.callbacks.Callback):
 
 def _build(tiny_overrides, extra, **kwargs):
     cfg = load_config(None, [*tiny_overrides, *extra])
-    args = dict(output_dir=cfg.train.output_dir, is_chief=True, replicas=1, clips_per_epoch=8,
-                val_clips=np.zeros((2, 6, 16, 16), np.uint8), tracking_callback=Tracker())
+    val_clips = np.random.default_rng(1).integers(0, 256, (2, 6, 16, 16), dtype=np.uint8)
+    args = dict(output_dir=cfg.train.output_dir, is_chief=True, replicas=1, clips_per_epoch=8, val_clips=val_clips,
+                val_clip_batches=lambda: __import__("tensorflow").data.Dataset.from_tensor_slices(val_clips).batch(2),
+                tracking_callback=Tracker())
     return cfg, cb.build_callbacks(cfg, **{**args, **kwargs})
 
 
@@ -72,6 +77,7 @@ def test_every_enabled_callback_is_built_in_order(tiny_overrides):
         cb.PredictionImages,
         cb.CSVLog,
         keras.callbacks.EarlyStopping,
+        cb.PeriodicEvaluation,
         Tracker,
         cb.Backup,
     ]
@@ -102,7 +108,8 @@ def test_fit_with_everything_on_writes_and_logs_each_epoch(tiny_overrides, tmp_p
     assert rows[0].split(",")[0] == "epoch" and [r.split(",")[0] for r in rows[1:]] == ["0", "1"]
     # the tracking callback sees what the earlier callbacks added
     for logs in tracker.logs:
-        assert {"loss", "val_loss", "learning_rate", "epoch_time", "clips_per_sec"} <= set(logs)
+        assert {"loss", "val_loss", "learning_rate", "epoch_time", "clips_per_sec", "val_mse", "val_ssim"} <= set(logs)
+        assert logs["val_baseline_copy_last_mse"] > 0
         assert logs["clips_per_sec"] > 0 and logs["epoch_time"] > 0
     assert set(history.history) >= {"learning_rate", "epoch_time", "clips_per_sec"}
 

@@ -23,6 +23,7 @@ ALL_ON = [
     "train.early_stopping.enabled=true",
     "train.early_stopping.patience=5",
     "train.images.every_n_epochs=1",
+    "evaluate.every_n_epochs=1",
     "tracking.log_model=false",
 ]
 
@@ -49,7 +50,7 @@ def test_train_attaches_every_enabled_callback_and_logs_the_run(tiny_overrides, 
 
     kinds = {type(c).__name__ for c in seen}
     assert {"LearningRateScheduler", "EpochStats", "TerminateOnNaN", "AtomicCheckpoint", "PredictionImages",
-            "CSVLog", "EarlyStopping", "EpochMetricsToMlflow", "Backup"} <= kinds
+            "CSVLog", "EarlyStopping", "PeriodicEvaluation", "EpochMetricsToMlflow", "Backup"} <= kinds
     assert sum(isinstance(c, cb.AtomicCheckpoint) for c in seen) == 2
     assert len(summary["history"]["loss"]) == 2
     assert summary["best_checkpoint"].endswith("best.keras") and os.path.isfile(summary["last_checkpoint"])
@@ -57,7 +58,7 @@ def test_train_attaches_every_enabled_callback_and_logs_the_run(tiny_overrides, 
     run = _run()
     assert run.info.run_id == summary["run_id"] and run.info.status == "FINISHED"
     client = mlflow.MlflowClient()
-    for key in ("loss", "val_loss", "learning_rate", "epoch_time", "clips_per_sec"):
+    for key in ("loss", "val_loss", "learning_rate", "epoch_time", "clips_per_sec", "val_mse", "val_ssim", "val_baseline_copy_last_mse"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2], key
     assert {"replicas", "global_batch_size", "data_manifest_id", "tensorflow_version", "train.epochs"} <= set(run.data.params)
     assert run.data.params["global_batch_size"] == "4" and run.data.tags["strategy"] == "DefaultStrategy" and run.data.tags["device"] == "CPU"
