@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,7 @@ def _shard_files(data_cfg: DataConfig, split: str) -> tuple[dict, list[str]]:
     shards = _split_entry(manifest, data_cfg, split)["shards"]
     if not shards:
         raise DataError(f"split {split!r}: no clips in {data_cfg.dir} (data.split.{split} is 0)")
+    _warn_unlisted(data_cfg.dir, manifest)
     remote = not storage.is_local(data_cfg.dir) and storage.scheme(data_cfg.dir) not in storage._TF_ONLY
     if remote and data_cfg.stage:
         return manifest, stage(data_cfg, manifest, split)
@@ -131,6 +133,16 @@ def _shard_files(data_cfg: DataConfig, split: str) -> tuple[dict, list[str]]:
         for path, shard in zip(paths, shards):
             _verify(path, shard)
     return manifest, paths
+
+
+def _warn_unlisted(data_dir: str, manifest: dict) -> None:
+    """Shard files the manifest does not list are never read (the manifest is the only entry point): say so."""
+    listed = {s["name"] for entry in manifest["splits"].values() for s in entry["shards"]}
+    extra = [n for n in storage.listdir(data_dir)
+             if n.endswith((".tfrecord", ".tfrecord.gz")) and not n.startswith(".") and n not in listed]
+    if extra:
+        warnings.warn(f"{data_dir}: ignoring {len(extra)} shard file(s) not listed in manifest.json: {', '.join(extra[:5])}"
+                      f"{' …' if len(extra) > 5 else ''} (only listed shards are read)", stacklevel=3)
 
 
 _VERIFIED: set[tuple] = set()
