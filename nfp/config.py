@@ -294,6 +294,8 @@ def _coerce(hint, value, key: str, meta) -> Any:
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(inner, value, key, meta)
     if origin is Literal:
+        if isinstance(value, bool) and {"on", "off"} <= set(args):  # YAML 1.1 reads on/off as booleans
+            value = "on" if value else "off"
         if value not in args:
             raise ConfigError(f"{key}: got {value!r}, expected one of {', '.join(map(str, args))}")
         return value

@@ -20,6 +20,11 @@ def test_overrides_apply_with_yaml_types():
     assert cfg.tracking.run_name == "abc"
 
 
+def test_on_off_switches_survive_yaml_booleans():
+    assert load_config(None, ["train.jit_compile=on"]).train.jit_compile == "on"
+    assert load_config(None, ["train.jit_compile=off"]).train.jit_compile == "off"
+
+
 def test_scientific_notation_is_a_number():
     assert load_config(None, ["train.learning_rate=1e-3"]).train.learning_rate == 0.001
 
