@@ -238,3 +238,51 @@ def test_sigkill_during_image_logging_and_evaluation_then_rerun_redoes_that_epoc
     assert sorted(p.name for p in (out / "images").iterdir()) == ["epoch_002.png", "epoch_004.png"]
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(_only_run().info.run_id, "val_mse")]
     assert sorted(steps) == [2, 4]
+
+
+# --------------------------------------------------------------------------- tracking faults
+def test_train_against_a_dead_tracking_server_fails_in_seconds_and_writes_nothing(tiny_overrides, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    start = time.monotonic()
+    assert main(["train", *tiny_overrides]) == 2
+    assert time.monotonic() - start < 30
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert line.startswith("error: MLflow tracking server at http://127.0.0.1:") and "is not usable" in line
+    assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_tracking_server_dying_mid_training_costs_a_warning_and_the_backlog_is_replayed_on_rerun(tiny_overrides, tmp_path, monkeypatch):
+    (tmp_path / "srv").mkdir()
+    server = MlflowServer(tmp_path / "srv").start()
+    # Fail fast once the server is gone (MLflow's default retries would hold training up ~2 minutes, once).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    out, overrides = tmp_path / "out", _train_overrides(tiny_overrides)
+    try:
+        first = Trainer(overrides)
+        first.wait_until(lambda: _backed_up(out) >= 1, "backup of epoch 1")
+        os.killpg(server.proc.pid, signal.SIGKILL)  # the server dies, it does not shut down politely
+        server.proc.wait()
+        assert first.finish() == 0, first.stderr[-3000:]
+        assert "MLflow logging failed" in first.stderr and "training continues" in first.stderr
+        assert _csv_epochs(out / "history.csv") == [str(e) for e in range(EPOCHS)] and _backed_up(out) == EPOCHS
+        assert (out / "checkpoints/last.keras").is_file() and (out / "checkpoints/best.keras").is_file()
+        backlog = [json.loads(line) for line in (out / tracking.BACKLOG_FILE).read_text().splitlines()]
+        unlogged = {r["step"] for r in backlog if "metrics" in r}
+        assert EPOCHS in unlogged and any("artifact" in r for r in backlog)  # the last epoch and the CSV upload
+
+        server = MlflowServer(tmp_path / "srv", port=server.port).start()
+        run_id = (out / tracking.RUN_ID_FILE).read_text()
+        client = mlflow.MlflowClient(server.uri)
+        assert {m.step for m in client.get_metric_history(run_id, "loss")}.isdisjoint(unlogged)
+        again = Trainer(overrides)
+        assert again.finish() == 0, again.stderr[-3000:]
+        assert f"all {EPOCHS} epochs already done" in again.stderr
+        assert not (out / tracking.BACKLOG_FILE).exists() and (out / "tracking_backlog.jsonl.replayed").exists()
+        assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == list(range(1, EPOCHS + 1))
+        assert client.get_run(run_id).info.status == "FINISHED"
+        assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1
+        assert "logs/history.csv" in {a.path for a in client.list_artifacts(run_id, "logs")}
+    finally:
+        server.stop()
