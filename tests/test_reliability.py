@@ -286,3 +286,28 @@ def test_tracking_server_dying_mid_training_costs_a_warning_and_the_backlog_is_r
         assert "logs/history.csv" in {a.path for a in client.list_artifacts(run_id, "logs")}
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------- numerics
+def test_nan_loss_exits_2_with_one_line_and_keeps_the_last_good_checkpoint(tiny_overrides, tmp_path, capsys):
+    import keras
+    import numpy as np
+
+    from nfp.train import train
+
+    sgd = [*tiny_overrides, "model.output_activation=linear", "train.optimizer=sgd", "train.loss=mse", "train.steps_per_epoch=6"]
+    train(load_config(None, [*sgd, "train.epochs=1", "train.learning_rate=0.01"]))  # one good epoch
+    out = tmp_path / "out"
+    good = {name: _sha(out / "checkpoints" / name) for name in ("last.keras", "best.keras")}
+
+    # Resumed with a learning rate that blows up: epoch 2 diverges.
+    assert main(["train", *sgd, "train.epochs=2", "train.learning_rate=1.0e+30"]) == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith(("error", "Traceback"))]
+    assert line == (f"error: loss became NaN/Inf in epoch 2: stopped; last good state kept in {out}/backup "
+                    f"and {out}/checkpoints (try a lower train.learning_rate)")
+    assert {name: _sha(out / "checkpoints" / name) for name in good} == good
+    model = keras.saving.load_model(out / "checkpoints/last.keras")
+    assert np.isfinite(model.predict(np.zeros((1, 5, 16, 16, 1), np.float32), verbose=0)).all()
+    assert _backed_up(out) == 1 and _csv_epochs(out / "history.csv") == ["0"]
+    run = _only_run()
+    assert run.info.status == "FAILED" and "loss became NaN/Inf in epoch 2" in run.data.tags["error"]
