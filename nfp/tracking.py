@@ -64,7 +64,8 @@ def check_reachable(experiment_id: str | None = None) -> None:
             if experiment_id:
                 client.get_experiment(experiment_id)
     except Exception as err:  # noqa: BLE001 - any failure here means "cannot track"
-        detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        # MLflow's own message repeats the URI, credentials included
+        detail = redact(str(err).strip().splitlines()[0])[:200] if str(err).strip() else type(err).__name__
         what = f"experiment id {experiment_id}" if experiment_id and "experiment" in detail.lower() else "tracking server"
         raise TrackingError(f"MLflow {what} at {redact(uri)} is not usable: {detail}") from None
 
@@ -95,7 +96,7 @@ class RunLogger:
             except Exception as err:  # noqa: BLE001 - tracking must not kill training
                 self._offline = True
                 warnings.warn(
-                    f"MLflow logging failed ({what}: {str(err).splitlines()[0][:160] if str(err) else type(err).__name__}); "
+                    f"MLflow logging failed ({what}: {redact(str(err).splitlines()[0])[:160] if str(err) else type(err).__name__}); "
                     f"training continues, unlogged records go to {self._backlog}",
                     stacklevel=3,
                 )
@@ -267,7 +268,7 @@ def _end(mlflow, status: str) -> None:
     try:
         mlflow.end_run(status=status)
     except Exception as err:  # noqa: BLE001 - the server may be gone; the run id is saved for later
-        warnings.warn(f"MLflow run could not be marked {status}: {str(err).splitlines()[0][:160]}", stacklevel=2)
+        warnings.warn(f"MLflow run could not be marked {status}: {redact(str(err).splitlines()[0])[:160]}", stacklevel=2)
 
 
 def _saved_run_id(state_dir: str) -> str | None:
