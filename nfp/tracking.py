@@ -122,7 +122,7 @@ class RunLogger:
     def set_tags(self, tags: dict) -> None:
         import mlflow
 
-        clean = {k: str(v) for k, v in tags.items()}
+        clean = {k: redact(str(v)) for k, v in tags.items()}
         self._call("tags", mlflow.set_tags, clean, record={"tags": clean})
 
     def log_metrics(self, metrics: dict, step: int) -> None:
@@ -258,7 +258,7 @@ def start_run(cfg, *, is_chief: bool, state_dir) -> Iterator[RunLogger]:
         raise
     except BaseException as err:
         with contextlib.suppress(Exception):
-            mlflow.set_tag("error", f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:5000])
+            mlflow.set_tag("error", redact(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")[:5000])
         _end(mlflow, "FAILED")
         raise
     _end(mlflow, "FINISHED")

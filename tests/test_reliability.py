@@ -311,3 +311,37 @@ def test_nan_loss_exits_2_with_one_line_and_keeps_the_last_good_checkpoint(tiny_
     assert _backed_up(out) == 1 and _csv_epochs(out / "history.csv") == ["0"]
     run = _only_run()
     assert run.info.status == "FAILED" and "loss became NaN/Inf in epoch 2" in run.data.tags["error"]
+
+
+# --------------------------------------------------------------------------- security
+# Allowed download schemes: tests/test_data_download.py::test_schemes_outside_allowed_schemes_are_refused.
+# Path traversal in a manifest: tests/test_data_prepare.py::test_manifest_with_a_path_traversing_shard_name_is_refused.
+SECRET_URL = "https://alice:s3cret@data.example.com/mnist_test_seq.npy"
+
+
+def test_params_of_a_config_with_credentials_in_data_url_are_redacted(tmp_path):
+    cfg = load_config(None, [f"data.url={SECRET_URL}", "tracking.experiment=sec"])
+    with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path) as run:
+        run.log_params(cfg.flat())
+    params = _only_run().data.params
+    assert params["data.url"] == "https://***@data.example.com/mnist_test_seq.npy"
+    assert not any("s3cret" in v or "alice" in v for v in params.values())
+
+
+def test_tags_and_the_error_tag_never_carry_credentials(tmp_path):
+    cfg = load_config(None, ["tracking.experiment=sec"])
+    with pytest.raises(RuntimeError):
+        with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path) as run:
+            run.set_tags({"source": SECRET_URL})
+            raise RuntimeError(f"cannot read {SECRET_URL}")
+    tags = _only_run().data.tags
+    assert tags["source"] == "https://***@data.example.com/mnist_test_seq.npy"
+    assert tags["error"] == "RuntimeError: cannot read https://***@data.example.com/mnist_test_seq.npy"
+
+
+def test_an_unreachable_tracking_uri_with_credentials_is_reported_redacted(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:s3cret@127.0.0.1:{free_port()}")
+    with pytest.raises(TrackingError) as info:
+        tracking.check_reachable()
+    message = str(info.value)
+    assert "http://***@127.0.0.1:" in message and "s3cret" not in message and "alice" not in message
