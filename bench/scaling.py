@@ -38,16 +38,18 @@ def flops_per_clip(model_cfg, *, image_size: int, frames: int) -> dict:
     filters, kernels, _, norm = layer_spec(model_cfg)
     hw = image_size * image_size
     per_frame, params, channels = 0, 0, 1
-    for f, k in zip(filters, kernels):
+    for i, (f, k) in enumerate(zip(filters, kernels)):
         per_frame += 2 * hw * k * k * (channels + f) * 4 * f + 13 * f * hw
         params += k * k * (channels + f) * 4 * f + 4 * f
+        channels = f
+        if i == len(filters) - 1:  # no normalisation after the last recurrent layer (nfp.model)
+            continue
         if norm == "batch":
             per_frame += 2 * f * hw
             params += 4 * f  # gamma, beta, moving mean, moving variance
         elif norm == "layer":
             per_frame += 8 * f * hw
             params += 2 * f
-        channels = f
     head = HEAD_KERNEL[0] * HEAD_KERNEL[1] * HEAD_KERNEL[2] * channels
     per_frame += 2 * hw * head + 2 * hw
     params += head + 1

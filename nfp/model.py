@@ -12,7 +12,7 @@ import numpy as np
 # name → (filters, kernel sizes, activation, norm); dropout and output_activation always come from cfg.model.
 PRESETS = {
     "tiny": ([16, 16], [3, 3], "tanh", "batch"),  # CPU quickstart and tests
-    "keras_io": ([64, 64, 64], [5, 3, 1], "relu", "batch"),  # the keras-io reference, ≈747k params
+    "keras_io": ([64, 64, 64], [5, 3, 1], "relu", "batch"),  # the keras-io reference: 746,689 params
     "large": ([128, 128, 128, 128], [5, 5, 3, 3], "tanh", "layer"),  # ≈7.3M params, for GPUs
 }
 HEAD_KERNEL = (3, 3, 3)  # (time, H, W), same shape as the keras-io head so parameter counts match
@@ -33,12 +33,11 @@ def build_model(model_cfg, *, image_size: int):
     filters, kernel_sizes, activation, norm = layer_spec(model_cfg)
     inputs = keras.Input(shape=(None, image_size, image_size, 1), name="frames")
     x = inputs
+    normalization = {"batch": layers.BatchNormalization, "layer": layers.LayerNormalization}.get(norm)
     for i, (f, k) in enumerate(zip(filters, kernel_sizes)):
         x = layers.ConvLSTM2D(f, k, padding="same", activation=activation, return_sequences=True, name=f"convlstm_{i}")(x)
-        if norm == "batch":
-            x = layers.BatchNormalization(name=f"norm_{i}")(x)
-        elif norm == "layer":
-            x = layers.LayerNormalization(name=f"norm_{i}")(x)
+        if normalization and i < len(filters) - 1:  # between recurrent layers only, as in the keras-io reference
+            x = normalization(name=f"norm_{i}")(x)
         if model_cfg.dropout > 0:
             x = layers.Dropout(model_cfg.dropout, name=f"dropout_{i}")(x)
     kt, kh, kw = HEAD_KERNEL
