@@ -234,6 +234,13 @@ def start_run(cfg, *, is_chief: bool, state_dir) -> Iterator[RunLogger]:
 
     state_dir = str(state_dir)
     saved_run_id = _saved_run_id(state_dir)
+    if saved_run_id and not _run_exists(mlflow, saved_run_id):
+        warnings.warn(
+            f"run {saved_run_id} saved in {state_dir} is not in the tracking store at "
+            f"{redact(mlflow.get_tracking_uri())}: starting a new run",
+            stacklevel=3,
+        )
+        saved_run_id = None
     # `mlflow run` makes a new run per launch; resume into the earlier one with `mlflow run --run-id ID`
     run_id = os.environ.get("MLFLOW_RUN_ID") or saved_run_id
     if run_id:
@@ -248,6 +255,9 @@ def start_run(cfg, *, is_chief: bool, state_dir) -> Iterator[RunLogger]:
         run = mlflow.start_run(experiment_id=experiment_id, run_name=cfg.tracking.run_name)
     run_id = run.info.run_id
     _save_run_id(state_dir, run_id)
+    commit = _git_commit()
+    if commit:  # MLflow's own tag, shown as the run's source version in the UI
+        mlflow.set_tag("mlflow.source.git.commit", commit)
     logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "loss")}
     logger = RunLogger(run_id, state_dir, logged_steps=logged)
     _replay_backlog(logger, state_dir)
@@ -262,6 +272,27 @@ def start_run(cfg, *, is_chief: bool, state_dir) -> Iterator[RunLogger]:
         _end(mlflow, "FAILED")
         raise
     _end(mlflow, "FINISHED")
+
+
+def _run_exists(mlflow, run_id: str) -> bool:
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+        return True
+    except mlflow.exceptions.MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+
+
+def _git_commit() -> str | None:
+    """The commit of the nfp checkout, when it is one (an installed wheel has none)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def _end(mlflow, status: str) -> None:

@@ -31,6 +31,24 @@ def test_new_run_finishes_and_saves_its_id(cfg, tmp_path):
     assert (tmp_path / tracking.RUN_ID_FILE).read_text() == only.info.run_id
 
 
+def test_run_is_tagged_with_the_git_commit(cfg, tmp_path):
+    import subprocess
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path):
+        pass
+    assert _runs()[0].data.tags["mlflow.source.git.commit"] == head
+
+
+def test_saved_run_id_from_another_store_starts_a_new_run_with_a_warning(cfg, tmp_path):
+    (tmp_path / tracking.RUN_ID_FILE).write_text("0123456789abcdef0123456789abcdef")
+    with pytest.warns(UserWarning, match="is not in the tracking store"):
+        with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path) as run:
+            pass
+    assert run.run_id != "0123456789abcdef0123456789abcdef"
+    assert (tmp_path / tracking.RUN_ID_FILE).read_text() == run.run_id
+
+
 def test_restart_resumes_the_same_run_without_duplicate_steps(cfg, tmp_path):
     with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path) as run:
         run.log_params({"a": 1})
