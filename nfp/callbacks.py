@@ -256,6 +256,9 @@ def build_callbacks(cfg, *, output_dir: str, is_chief: bool, replicas: int, clip
         lambda epoch, lr: lr if t.schedule.name == "plateau" and epoch >= t.schedule.warmup_epochs else learning_rate_at(epoch, t, replicas)
     )
     callbacks.append(schedule)
+    if cfg.evaluate.every_n_epochs and is_chief and val_clip_batches is not None:
+        # before plateau, checkpoint and early-stopping callbacks, so they can monitor val_mse, val_ssim, …
+        callbacks.append(PeriodicEvaluation(val_clip_batches, every=cfg.evaluate.every_n_epochs, evaluate_cfg=cfg.evaluate))
     if t.schedule.name == "plateau":
         monitor = _monitor(t.checkpoint.monitor, has_validation)
         callbacks.append(
@@ -285,9 +288,6 @@ def build_callbacks(cfg, *, output_dir: str, is_chief: bool, replicas: int, clip
         callbacks.append(
             keras.callbacks.EarlyStopping(monitor=_monitor(t.early_stopping.monitor, has_validation), patience=t.early_stopping.patience)
         )
-    if cfg.evaluate.every_n_epochs and is_chief and val_clip_batches is not None:
-        # after CSVLog: its columns are fixed at the first epoch, and these keys come only every N
-        callbacks.append(PeriodicEvaluation(val_clip_batches, every=cfg.evaluate.every_n_epochs, evaluate_cfg=cfg.evaluate))
     if tracking_callback is not None:
         callbacks.append(tracking_callback)
     if t.backup:

@@ -58,14 +58,19 @@ def train(cfg, *, config_path=None) -> dict:
         )
     steps = t.steps_per_epoch or train_count // global_batch
     val_count = pipeline.split_size(cfg.data, "val")
-    # One worker: ceil, the last partial batch included. Several: full batches only, so every worker gets its share.
-    val_steps = t.validation_steps or (-(-val_count // global_batch) if info.num_workers == 1 else val_count // global_batch)
     keras.utils.set_random_seed(t.seed)
     train_ds = pipeline.make_dataset(cfg.data, "train", global_batch, training=True, num_workers=info.num_workers)
-    # Repeated so every worker runs the same validation_steps; evaluate() restarts it each epoch.
-    val_ds = pipeline.make_dataset(cfg.data, "val", global_batch, training=False, num_workers=info.num_workers).repeat() if val_steps else None
-    if not val_steps:
+    val_ds = pipeline.make_dataset(cfg.data, "val", global_batch, training=False, num_workers=info.num_workers)
+    if info.num_workers == 1:
+        val_steps = t.validation_steps  # None: one whole pass per epoch, the last partial batch included
+    else:
+        # Every worker must run the same count of full batches (a whole number of executions): repeat and count.
+        spe = t.steps_per_execution
+        val_steps = t.validation_steps or val_count // global_batch // spe * spe
+        val_ds = val_ds.repeat() if val_steps else None
+    if not val_count or val_ds is None:
         log.warning("validation split (%d clips) too small for the global batch (%d): training without validation", val_count, global_batch)
+        val_ds = None
 
     gpus = tf.config.list_physical_devices("GPU")
     policy = keras.mixed_precision.global_policy()
@@ -109,14 +114,14 @@ def train(cfg, *, config_path=None) -> dict:
         )
         callbacks = cb.build_callbacks(
             cfg, output_dir=output_dir, is_chief=info.is_chief, replicas=replicas, clips_per_epoch=steps * global_batch,
-            scratch_dir=scratch, has_validation=bool(val_steps), val_clips=val_clips,
+            scratch_dir=scratch, has_validation=val_ds is not None, val_clips=val_clips,
             val_clip_batches=lambda: pipeline.clip_batches(cfg.data, "val", cfg.evaluate.batch_size, cfg.evaluate.max_clips),
             image_sink=run.log_image if run.active else None, tracking_callback=run.keras_callback(),
         )
         try:
             history = model.fit(
                 train_ds, epochs=t.epochs, steps_per_epoch=steps, validation_data=val_ds,
-                validation_steps=val_steps or None, callbacks=callbacks, verbose=t.verbose,
+                validation_steps=val_steps if val_ds is not None else None, callbacks=callbacks, verbose=t.verbose,
             )
         except RuntimeError as err:
             if "NaN or Inf loss" not in str(err):
@@ -125,9 +130,10 @@ def train(cfg, *, config_path=None) -> dict:
                 f"loss became NaN/Inf in epoch {_epoch_of(callbacks) + 1}: stopped; last good state kept in {where['backup']} "
                 f"and {where['checkpoints']} (try a lower train.learning_rate)"
             ) from None
-        if info.is_chief:
+        trained = len(history.history.get("loss", []))
+        if info.is_chief and trained:  # a finished job re-run trains nothing and logs nothing again
             _log_results(run, cfg, model, where, output_dir)
-            trained = len(history.history.get("loss", []))
+        if info.is_chief:
             print(f"train: {trained} epoch(s) trained, outputs in {output_dir}"
                   + (f", MLflow run {run.run_id}" if run.active else ""), file=sys.stderr)
         return {

@@ -69,6 +69,7 @@ def test_every_enabled_callback_is_built_in_order(tiny_overrides):
     kinds = [type(c) for c in callbacks]
     expected = [
         keras.callbacks.LearningRateScheduler,
+        cb.PeriodicEvaluation,
         keras.callbacks.ReduceLROnPlateau,
         cb.EpochStats,
         keras.callbacks.TerminateOnNaN,
@@ -77,7 +78,6 @@ def test_every_enabled_callback_is_built_in_order(tiny_overrides):
         cb.PredictionImages,
         cb.CSVLog,
         keras.callbacks.EarlyStopping,
-        cb.PeriodicEvaluation,
         Tracker,
         cb.Backup,
     ]
@@ -208,3 +208,9 @@ def test_callbacks_write_to_a_non_local_filesystem(tiny_overrides):
     assert cb.resume_epoch(f"{out}/backup") == 2
     cb.trim_csv(f"{out}/history.csv", 1)
     assert len(cb.read_csv_history(f"{out}/history.csv")["loss"]) == 1
+
+
+def test_best_checkpoint_can_monitor_the_periodic_evaluation_metrics(tiny_overrides, tmp_path):
+    cfg, callbacks = _build(tiny_overrides, [*EVERYTHING_ON, "train.checkpoint.monitor=val_mse", "train.schedule.name=constant"])
+    _fit(cfg, callbacks, epochs=1)
+    assert (tmp_path / "out/checkpoints/best.keras").is_file()
