@@ -262,7 +262,8 @@ def build_callbacks(cfg, *, output_dir: str, is_chief: bool, replicas: int, clip
     if t.schedule.name == "plateau":
         monitor = _monitor(t.checkpoint.monitor, has_validation)
         callbacks.append(
-            keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=t.schedule.gamma, patience=t.schedule.patience, min_lr=t.schedule.min_lr)
+            keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=_mode(monitor), factor=t.schedule.gamma,
+                                              patience=t.schedule.patience, min_lr=t.schedule.min_lr)
         )
     callbacks.append(EpochStats(clips_per_epoch))
     if t.terminate_on_nan:
@@ -271,7 +272,7 @@ def build_callbacks(cfg, *, output_dir: str, is_chief: bool, replicas: int, clip
     if t.checkpoint.save_best:
         monitor = _monitor(t.checkpoint.monitor, has_validation)
         callbacks.append(
-            AtomicCheckpoint(scratch["best"], monitor=monitor, save_best_only=True,
+            AtomicCheckpoint(scratch["best"], monitor=monitor, mode=_mode(monitor), save_best_only=True,
                              initial_value_threshold=_best_so_far(where["csv"], monitor))
         )
     if t.checkpoint.save_last:
@@ -285,8 +286,9 @@ def build_callbacks(cfg, *, output_dir: str, is_chief: bool, replicas: int, clip
         tf.io.gfile.makedirs(os.path.dirname(scratch["csv"]))  # CSVLogger opens the file but makes no dirs
         callbacks.append(CSVLog(scratch["csv"], append=True))
     if t.early_stopping.enabled:
+        monitor = _monitor(t.early_stopping.monitor, has_validation)
         callbacks.append(
-            keras.callbacks.EarlyStopping(monitor=_monitor(t.early_stopping.monitor, has_validation), patience=t.early_stopping.patience)
+            keras.callbacks.EarlyStopping(monitor=monitor, mode=_mode(monitor), patience=t.early_stopping.patience)
         )
     if tracking_callback is not None:
         callbacks.append(tracking_callback)
@@ -305,4 +307,9 @@ def _best_so_far(csv_path: str, monitor: str) -> float | None:
     values = [v for v in read_csv_history(csv_path).get(monitor, []) if not math.isnan(v)]
     if not values:
         return None
-    return max(values) if any(s in monitor for s in ("acc", "auc")) else min(values)
+    return max(values) if _mode(monitor) == "max" else min(values)
+
+
+def _mode(monitor: str) -> str:
+    """Higher is better for SSIM, PSNR, accuracy and AUC; lower for losses, MSE and MAE."""
+    return "max" if any(s in monitor for s in ("ssim", "psnr", "acc", "auc")) else "min"
