@@ -72,6 +72,10 @@ def train(cfg, *, config_path=None) -> dict:
         log.warning("validation split (%d clips) too small for the global batch (%d): training without validation", val_count, global_batch)
         val_ds = None
 
+    if info.num_workers > 1 and "://" not in t.output_dir:
+        log.warning("train.output_dir %s is local: with %d workers it must be one directory all of them see "
+                    "(gs://…), or a restarted worker resumes from nothing", t.output_dir, info.num_workers)
+
     gpus = tf.config.list_physical_devices("GPU")
     policy = keras.mixed_precision.global_policy()
     if t.mixed_precision and gpus:
