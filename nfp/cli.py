@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     except NfpError as err:
         if args.debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        from nfp.tracking import redact
+
+        print(f"error: {redact(str(err))}", file=sys.stderr)  # a URL's user:password never reaches the logs
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -345,3 +345,11 @@ def test_an_unreachable_tracking_uri_with_credentials_is_reported_redacted(monke
         tracking.check_reachable()
     message = str(info.value)
     assert "http://***@127.0.0.1:" in message and "s3cret" not in message and "alice" not in message
+
+
+def test_a_failing_download_with_credentials_in_data_url_never_prints_them(tmp_path, capsys):
+    url = f"http://alice:s3cret@127.0.0.1:{free_port()}/mnist_test_seq.npy"
+    assert main(["prepare", "data.source=download", f"data.url={url}", f"data.dir={tmp_path}/data", f"data.cache_dir={tmp_path}/cache"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: data.url: cannot download http://***@127.0.0.1:{url.split(':')[3]}" in err
+    assert "s3cret" not in err and "alice" not in err

@@ -64,7 +64,9 @@ def _download(url: str, dest: Path, progress: bool) -> int | None:
     """Copy url to dest with a byte progress bar; returns the size the server announced, if any."""
     from fsspec.callbacks import TqdmCallback
 
-    bar = TqdmCallback(tqdm_kwargs={"unit": "B", "unit_scale": True, "desc": f"download {url}", "disable": not progress})
+    from nfp.tracking import redact
+
+    bar = TqdmCallback(tqdm_kwargs={"unit": "B", "unit_scale": True, "desc": f"download {redact(url)}", "disable": not progress})
     try:
         fs, path = storage._fs(url)
         fs.get_file(path, str(dest), callback=bar)
