@@ -212,6 +212,14 @@ class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
 class CSVLog(keras.callbacks.CSVLogger):
     """CSVLogger that also closes a remote (gs://) file: Keras's on_train_end asks tf.io.gfile.GFile for `.closed`, which it lacks."""
 
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        # Appending (a resumed run): keep the file's columns. Keras would take them from this run's first
+        # epoch, whose keys can differ (periodic val_* metrics), and write rows longer than the header.
+        if not self.append_header:
+            with tf.io.gfile.GFile(self.filename) as f:
+                self.keys = f.readline().rstrip("\r\n").split(self.sep)[1:] or None
+
     def on_train_end(self, logs=None):
         if self.csv_file is not None:
             self.csv_file.close()

@@ -240,6 +240,17 @@ def test_sigkill_during_image_logging_and_evaluation_then_rerun_redoes_that_epoc
     assert sorted(steps) == [2, 4]
 
 
+def test_resuming_into_an_evaluation_epoch_keeps_the_csv_columns_of_the_file(tiny_overrides, tmp_path):
+    from nfp.train import train
+
+    every_2 = [*tiny_overrides, "train.steps_per_epoch=3", "evaluate.every_n_epochs=2", "tracking.enabled=false"]
+    train(load_config(None, [*every_2, "train.epochs=1"]))
+    summary = train(load_config(None, [*every_2, "train.epochs=3"]))  # the first resumed epoch adds val_mse, val_ssim, …
+    lines = (tmp_path / "out/history.csv").read_text().splitlines()
+    assert [len(line.split(",")) for line in lines] == [len(lines[0].split(","))] * 4  # header + 3 rows, same columns
+    assert len(summary["history"]["loss"]) == 2 and "val_mse" in summary["history"]
+
+
 # --------------------------------------------------------------------------- tracking faults
 def test_train_against_a_dead_tracking_server_fails_in_seconds_and_writes_nothing(tiny_overrides, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
