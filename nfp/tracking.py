@@ -232,6 +232,10 @@ def start_run(cfg, *, is_chief: bool, state_dir) -> Iterator[RunLogger]:
         return
     import mlflow
 
+    # MLflow's default HTTP retries wait ~4 minutes per call; mid-training a dead server should cost
+    # seconds before logging goes offline (an explicit setting of the user's wins).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     state_dir = str(state_dir)
     saved_run_id = _saved_run_id(state_dir)
     if saved_run_id and not _run_exists(mlflow, saved_run_id):

@@ -172,8 +172,8 @@ def _log_setup(run, cfg, config_path, manifest, model, strategy, info, replicas,
     run.set_tags({"strategy": strategy_name(strategy), "device": _device_kind(gpus), **({"config_file": str(config_path)} if config_path else {})})
     with tempfile.TemporaryDirectory() as tmp:
         for name, artifact, text in (
-            ("config.yaml", "config/resolved.yaml", cfg.to_yaml()),
-            ("manifest.json", "data/manifest.json", json.dumps(manifest, indent=2)),
+            ("config.yaml", "config/resolved.yaml", tracking.redact(cfg.to_yaml())),
+            ("manifest.json", "data/manifest.json", tracking.redact(json.dumps(manifest, indent=2))),
         ):
             cb.write_atomic(f"{output_dir.rstrip('/')}/{name}", text.encode())
             folder, _, base = artifact.partition("/")

@@ -27,7 +27,8 @@ def test_training_against_a_real_server_logs_a_complete_run(mlflow_server, tiny_
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
     from nfp.train import train
 
-    cfg = load_config("configs/quickstart.yaml", [*tiny_overrides, "tracking.experiment=e2e-server"])
+    secret_url = "https://alice:s3cret@data.example.com/mnist_test_seq.npy"  # unused by generate; must not leak
+    cfg = load_config("configs/quickstart.yaml", [*tiny_overrides, "tracking.experiment=e2e-server", f"data.url={secret_url}"])
     summary = train(cfg)
 
     client = mlflow.MlflowClient()
@@ -55,6 +56,8 @@ def test_training_against_a_real_server_logs_a_complete_run(mlflow_server, tiny_
         "checkpoints/last.keras",
     ):
         assert expected in artifacts, f"{expected} not in {sorted(artifacts)}"
+    resolved = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config/resolved.yaml")
+    assert "https://***@data.example.com" in resolved and "s3cret" not in resolved
     series = [p for p in artifacts if p.startswith("images/predictions+step+") and p.endswith(".png")]
     assert sorted(int(p.split("+step+")[1].split("+")[0]) for p in series) == [1, 2]
 
