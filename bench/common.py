@@ -176,8 +176,9 @@ def median_rate(fn, units: float, *, repeats: int) -> tuple[float, list[float]]:
 def run_child(module: str, args: dict, *, timeout: float, env: dict | None = None) -> tuple[dict, float]:
     """Run `python -m module JSON` in a fresh process; (the JSON it prints last, its peak RSS in MB).
 
-    Peak RSS is the child's ru_maxrss from os.wait4: what getrusage(RUSAGE_CHILDREN) reports in a
-    parent with no other children, so earlier benchmarks' children never leak into the figure.
+    Peak RSS is the child's own VmHWM (/proc/self/status), read by the child as it ends. Not
+    ru_maxrss: on Linux exec() carries the parent's high-water mark at fork into the child's, so
+    every child of a big bench process would report at least the parent's size.
     """
     import tempfile
     import threading
@@ -193,7 +194,7 @@ def run_child(module: str, args: dict, *, timeout: float, env: dict | None = Non
         timer = threading.Timer(timeout, proc.kill)
         timer.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            _, status, _ = os.wait4(proc.pid, 0)
         finally:
             timer.cancel()
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -207,13 +208,22 @@ def run_child(module: str, args: dict, *, timeout: float, env: dict | None = Non
     lines = [ln for ln in stdout.strip().splitlines() if ln.startswith("{")]
     if not lines:
         raise RuntimeError(f"{module}: printed no JSON result")
-    return json.loads(lines[-1]), usage.ru_maxrss / 1024  # Linux reports KiB
+    result = json.loads(lines[-1])
+    return result, result.pop("_peak_rss_mb")
 
 
 def child_main(fn) -> None:
     """Entry point of a child module: fn(args dict) -> dict, printed as one JSON line."""
     result = fn(json.loads(sys.argv[1]))
-    print(json.dumps(result), flush=True)
+    print(json.dumps({**result, "_peak_rss_mb": _peak_rss_mb()}), flush=True)
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM) in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 # --------------------------------------------------------------------------- the file

@@ -1,7 +1,7 @@
 """Data prep: `nfp prepare` on generated clips — clips/s, MB/s next to a plain np.save of the same bytes, peak RSS.
 
 Each side runs in its own child process (`python -m bench.data_prep JSON`), so the peak RSS is
-prepare's alone: the child's ru_maxrss, as getrusage(RUSAGE_CHILDREN) reports it.
+prepare's alone: the child's own VmHWM (bench.common.run_child says why not ru_maxrss).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def run(quick: bool, workdir: Path) -> Section:
             f"{s['clips']:,} Moving MNIST clips generated from scikit-learn digits ({s['digit']} px) at "
             f"{s['frames']}×{s['image']}×{s['image']} uint8 = {mb:,.1f} MB of clip bytes, default split (0.8/0.1/0.1) "
             f"and shard sizes, uncompressed, local disk. Each side in a fresh child process; peak RSS is that child's "
-            "ru_maxrss (what `getrusage(RUSAGE_CHILDREN)` reports). np.save writes the clips read back from the shards "
+            "own high-water mark (VmHWM). np.save writes the clips read back from the shards "
             "(read time not counted)."
         ),
         columns=["writer", "clips/s", "MB/s", "seconds", "MB on disk", "peak RSS (MB)"],
