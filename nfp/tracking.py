@@ -70,6 +70,33 @@ def check_reachable(experiment_id: str | None = None) -> None:
         raise TrackingError(f"MLflow {what} at {redact(uri)} is not usable: {detail}") from None
 
 
+def check_artifact_location(experiment_name: str) -> None:
+    """Raise TrackingError (one line) if the experiment's artifacts would go to a local dir that cannot be written.
+
+    Remote locations (a server's proxied mlflow-artifacts:/, gs://, s3://) are the store's to check.
+    """
+    import mlflow
+
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if run_id:
+        location = mlflow.get_run(run_id).info.artifact_uri
+    else:
+        experiment = mlflow.get_experiment_by_name(experiment_name)
+        location = experiment.artifact_location if experiment else None
+    if not location or ("://" in location and not location.startswith("file://")):
+        return
+    path = Path(location.removeprefix("file://"))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".nfp-write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise TrackingError(
+            f"MLflow artifact location {location} of experiment {experiment_name!r} is not writable: {err.strerror or err}"
+        ) from None
+
+
 def check_register_name(name: str | None) -> None:
     """Registered model names cannot be empty or contain '/' or ':' (MLflow's own rule), checked before training."""
     if name is not None and (not name.strip() or "/" in name or ":" in name):

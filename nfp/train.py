@@ -36,6 +36,7 @@ def train(cfg, *, config_path=None) -> dict:
     if cfg.tracking.enabled and info.is_chief:
         tracking.check_reachable()  # before any compute: a dead server must not cost a run
         tracking.check_register_name(cfg.tracking.register_as)
+        tracking.check_artifact_location(cfg.tracking.experiment)
 
     import keras
     import tensorflow as tf

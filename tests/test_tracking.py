@@ -114,6 +114,18 @@ def test_bad_register_name_is_refused():
     tracking.check_register_name("moving-mnist-convlstm")
 
 
+def test_unwritable_artifact_location_is_refused_before_training(tmp_path, tiny_overrides):
+    from nfp.train import train
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")  # a directory cannot be made under a file, even as root
+    mlflow.create_experiment("blocked", artifact_location=str(blocker / "artifacts"))
+    cfg = load_config(None, [*tiny_overrides, "tracking.experiment=blocked"])
+    with pytest.raises(TrackingError, match=r"^MLflow artifact location .*a-file/artifacts of experiment 'blocked' is not writable"):
+        train(cfg)
+    assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
+
+
 def test_credentials_are_redacted():
     assert tracking.redact("https://alice:s3cret@mlflow.example.com/x") == "https://***@mlflow.example.com/x"
     assert tracking.redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
