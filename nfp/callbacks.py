@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from nfp import visualize
+from nfp import storage, visualize
 
 BACKUP_METADATA = "training_metadata.json"  # written by keras.callbacks.BackupAndRestore
 
@@ -81,7 +81,7 @@ def trim_csv(path: str, keep_below: int) -> None:
         line for line in lines[1:] if line.endswith("\n") and line.split(",", 1)[0].isdigit() and int(line.split(",", 1)[0]) < keep_below
     ]
     if kept != lines:
-        write_atomic(path, "".join(kept).encode())
+        storage.write_bytes(path, "".join(kept).encode())
 
 
 def read_csv_history(path: str) -> dict[str, list[float]]:
@@ -96,14 +96,6 @@ def read_csv_history(path: str) -> dict[str, list[float]]:
             if key != "epoch":
                 out.setdefault(key, []).append(float(value) if value not in ("", "NA") else float("nan"))
     return out
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Write to a temporary name, then rename: readers never see half a file."""
-    tmp = f"{path}.tmp"
-    with tf.io.gfile.GFile(tmp, "wb") as f:
-        f.write(data)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 # --------------------------------------------------------------------------- callbacks Keras lacks
@@ -165,7 +157,7 @@ class PredictionImages(keras.callbacks.Callback):
         if "://" in dest:
             with tempfile.TemporaryDirectory() as tmp:
                 local = visualize.write_png(image, os.path.join(tmp, "x.png"))
-                write_atomic(dest, local.read_bytes())
+                storage.write_bytes(dest, local.read_bytes())
         else:
             visualize.write_png(image, dest)
         if self.sink is not None:
@@ -242,7 +234,7 @@ class Backup(keras.callbacks.BackupAndRestore):
         tf.io.gfile.rename(f"{self.save_dir}/latest.tmp.weights.h5", weights, overwrite=True)
         # Metadata last: a kill between the two renames redoes one epoch, never skips one.
         meta = {"epoch": self._current_epoch, "batch": self._last_batch_seen}
-        write_atomic(f"{self.save_dir}/{BACKUP_METADATA}", json.dumps(meta).encode())
+        storage.write_bytes(f"{self.save_dir}/{BACKUP_METADATA}", json.dumps(meta).encode())
 
 
 # --------------------------------------------------------------------------- from config

@@ -354,14 +354,12 @@ def _per_frame_figure(report: dict):
 
 
 def publish(local_dir: Path, out_dir: str) -> None:
-    """Copy finished files into out_dir (local or any fsspec URL), each under a temporary name first."""
-    import fsspec
+    """Copy finished files into out_dir (local or any fsspec/TF URL), each written atomically."""
+    from nfp import storage
 
-    fs, root = fsspec.core.url_to_fs(out_dir)
-    fs.makedirs(root, exist_ok=True)
+    storage.makedirs(out_dir)
     for path in sorted(local_dir.iterdir()):
-        fs.put_file(str(path), f"{root}/.{path.name}.tmp")
-        fs.mv(f"{root}/.{path.name}.tmp", f"{root}/{path.name}")
+        storage.write_bytes(storage.join(out_dir, path.name), path.read_bytes())
 
 
 def _existing_run(run_id: str) -> None:

@@ -334,26 +334,25 @@ def _end(mlflow, status: str) -> None:
 
 
 def _saved_run_id(state_dir: str) -> str | None:
-    import fsspec
+    from nfp import storage
 
-    fs, path = fsspec.core.url_to_fs(f"{state_dir}/{RUN_ID_FILE}")
-    return fs.cat_file(path).decode().strip() or None if fs.isfile(path) else None
+    url = storage.join(state_dir, RUN_ID_FILE)
+    return storage.read_bytes(url).decode().strip() or None if storage.exists(url) else None
 
 
 def _save_run_id(state_dir: str, run_id: str) -> None:
-    import fsspec
+    from nfp import storage
 
-    fs, root = fsspec.core.url_to_fs(state_dir)
-    fs.makedirs(root, exist_ok=True)
-    fs.pipe_file(f"{root}/.{RUN_ID_FILE}.tmp", run_id.encode())
-    fs.mv(f"{root}/.{RUN_ID_FILE}.tmp", f"{root}/{RUN_ID_FILE}")
+    storage.write_bytes(storage.join(state_dir, RUN_ID_FILE), run_id.encode())
 
 
 def _backlog_path(state_dir, run_id: str) -> Path:
     """Kept on local disk: `<state_dir>/…` when local, else under ~/.cache/nfp (appends need a local file)."""
-    if "://" in str(state_dir) and not str(state_dir).startswith("file://"):
+    from nfp import storage
+
+    if not storage.is_local(str(state_dir)):
         return Path("~/.cache/nfp/tracking").expanduser() / f"{run_id}.jsonl"
-    return Path(str(state_dir).removeprefix("file://")) / BACKLOG_FILE
+    return storage.local_path(str(state_dir)) / BACKLOG_FILE
 
 
 def _replay_backlog(logger: RunLogger, state_dir: str) -> None:

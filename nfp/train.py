@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from nfp import callbacks as cb
-from nfp import tracking, visualize
+from nfp import storage, tracking, visualize
 from nfp.errors import ConfigError, TrainingError
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ def _log_setup(run, cfg, config_path, manifest, model, strategy, info, replicas,
             ("config.yaml", "config/resolved.yaml", tracking.redact(cfg.to_yaml())),
             ("manifest.json", "data/manifest.json", tracking.redact(json.dumps(manifest, indent=2))),
         ):
-            cb.write_atomic(f"{output_dir.rstrip('/')}/{name}", text.encode())
+            storage.write_bytes(f"{output_dir.rstrip('/')}/{name}", text.encode())
             folder, _, base = artifact.partition("/")
             local = Path(tmp, base)
             local.write_text(text)
@@ -201,7 +201,7 @@ def _log_results(run, cfg, model, where, output_dir):
         if history:
             fig = visualize.history_figure(history)
             fig.savefig(os.path.join(tmp, "history.png"))
-            cb.write_atomic(f"{output_dir.rstrip('/')}/history.png", Path(tmp, "history.png").read_bytes())
+            storage.write_bytes(f"{output_dir.rstrip('/')}/history.png", Path(tmp, "history.png").read_bytes())
             run.log_figure(fig, "plots/history.png")
 
         clip = pipeline.read_clips(cfg.data, "val", 1)
@@ -213,7 +213,7 @@ def _log_results(run, cfg, model, where, output_dir):
             gif = visualize.write_gif(
                 visualize.side_by_side_frames(frames[0, : k + n], np.concatenate([frames[0, :k], pred])), os.path.join(tmp, "clip.gif")
             )
-            cb.write_atomic(f"{output_dir.rstrip('/')}/prediction.gif", gif.read_bytes())
+            storage.write_bytes(f"{output_dir.rstrip('/')}/prediction.gif", gif.read_bytes())
             run.log_artifact(str(gif), "predictions")
 
         if cfg.tracking.log_checkpoints:

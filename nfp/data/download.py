@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from nfp.config import MOVING_MNIST_URL, DataConfig
-from nfp.data import storage
+from nfp import storage
 from nfp.errors import DataError
 
 # Known files. The sha256 of the Toronto file could not be checked offline, so only its size is
@@ -68,7 +68,7 @@ def _download(url: str, dest: Path, progress: bool) -> int | None:
 
     bar = TqdmCallback(tqdm_kwargs={"unit": "B", "unit_scale": True, "desc": f"download {redact(url)}", "disable": not progress})
     try:
-        fs, path = storage._fs(url)
+        fs, path = storage.filesystem(url)
         fs.get_file(path, str(dest), callback=bar)
     except FileNotFoundError:
         raise DataError(f"data.url: {url} not found (404)") from None

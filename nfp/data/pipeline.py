@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from nfp.config import DataConfig
-from nfp.data import storage
+from nfp import storage
 from nfp.data.prepare import FEATURE, load_manifest
 from nfp.errors import DataError
 
@@ -125,7 +125,7 @@ def _shard_files(data_cfg: DataConfig, split: str) -> tuple[dict, list[str]]:
     if not shards:
         raise DataError(f"split {split!r}: no clips in {data_cfg.dir} (data.split.{split} is 0)")
     _warn_unlisted(data_cfg.dir, manifest)
-    remote = not storage.is_local(data_cfg.dir) and storage.scheme(data_cfg.dir) not in storage._TF_ONLY
+    remote = not storage.is_local(data_cfg.dir) and storage.scheme(data_cfg.dir) not in storage.TF_ONLY
     if remote and data_cfg.stage:
         return manifest, stage(data_cfg, manifest, split)
     paths = [storage.join(data_cfg.dir, s["name"]) for s in shards]

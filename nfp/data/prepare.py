@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from nfp.config import DataConfig
-from nfp.data import storage
+from nfp import storage
 from nfp.data.moving_mnist import SPLITS
 from nfp.errors import DataError
 

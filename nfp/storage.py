@@ -12,7 +12,7 @@ import posixpath
 import uuid
 from pathlib import Path
 
-_TF_ONLY = {"ram"}  # TF filesystems fsspec does not know
+TF_ONLY = {"ram"}  # TF filesystems fsspec does not know
 _CHUNK = 1 << 20
 
 
@@ -35,7 +35,7 @@ def join(base: str, name: str) -> str:
     return str(local_path(base) / name) if is_local(base) else posixpath.join(base, name)
 
 
-def _fs(url: str):
+def filesystem(url: str):
     import fsspec
 
     options = {}
@@ -54,9 +54,9 @@ def _gfile():
 def exists(url: str) -> bool:
     if is_local(url):
         return local_path(url).exists()
-    if scheme(url) in _TF_ONLY:
+    if scheme(url) in TF_ONLY:
         return _gfile().exists(url)
-    fs, path = _fs(url)
+    fs, path = filesystem(url)
     fs.invalidate_cache()  # gcsfs caches listings; another process may have written since
     return fs.exists(path)
 
@@ -64,17 +64,17 @@ def exists(url: str) -> bool:
 def read_bytes(url: str) -> bytes:
     if is_local(url):
         return local_path(url).read_bytes()
-    if scheme(url) in _TF_ONLY:
+    if scheme(url) in TF_ONLY:
         with _gfile().GFile(url, "rb") as f:
             return f.read()
-    fs, path = _fs(url)
+    fs, path = filesystem(url)
     return fs.cat_file(path)
 
 
 def makedirs(url: str) -> None:
     if is_local(url):
         local_path(url).mkdir(parents=True, exist_ok=True)
-    elif scheme(url) in _TF_ONLY:
+    elif scheme(url) in TF_ONLY:
         _gfile().makedirs(url)
     # object stores have no directories
 
@@ -84,44 +84,50 @@ def put(local: Path, url: str) -> None:
     if is_local(url):
         os.replace(local, local_path(url))
         return
-    if scheme(url) in _TF_ONLY:
+    if scheme(url) in TF_ONLY:
         tmp = f"{url}.tmp-{uuid.uuid4().hex[:8]}"
         _gfile().copy(str(local), tmp, overwrite=True)
         _gfile().rename(tmp, url, overwrite=True)
     else:
-        fs, path = _fs(url)
+        fs, path = filesystem(url)
         fs.put_file(str(local), path)
     os.remove(local)
 
 
-def write_bytes(url: str, data: bytes, tmp_dir: Path) -> None:
-    """Write data to url atomically, through a temporary file in tmp_dir."""
-    tmp = tmp_dir / f".{posixpath.basename(url)}.tmp-{uuid.uuid4().hex[:8]}"
+def write_bytes(url: str, data: bytes, tmp_dir: Path | None = None) -> None:
+    """Write data to url atomically, through a temporary file in tmp_dir (default: beside a local url,
+    so the final rename never crosses filesystems; the system temp dir for a remote one)."""
+    import tempfile
+
+    if tmp_dir is None:
+        tmp_dir = local_path(url).parent if is_local(url) else Path(tempfile.gettempdir())
+        makedirs(str(tmp_dir) if is_local(url) else posixpath.dirname(url))
+    tmp = Path(tmp_dir) / f".{posixpath.basename(url)}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.write_bytes(data)
     put(tmp, url)
 
 
 def get(url: str, local: Path) -> None:
     """Copy url to the local path (not atomic: callers download to a temporary name)."""
-    if scheme(url) in _TF_ONLY:
+    if scheme(url) in TF_ONLY:
         _gfile().copy(url, str(local), overwrite=True)
     elif is_local(url):
         import shutil
 
         shutil.copyfile(local_path(url), local)
     else:
-        fs, path = _fs(url)
+        fs, path = filesystem(url)
         fs.get_file(path, str(local))
 
 
 def remove(url: str) -> None:
     if is_local(url):
         local_path(url).unlink(missing_ok=True)
-    elif scheme(url) in _TF_ONLY:
+    elif scheme(url) in TF_ONLY:
         if _gfile().exists(url):
             _gfile().remove(url)
     else:
-        fs, path = _fs(url)
+        fs, path = filesystem(url)
         fs.rm_file(path)
 
 
@@ -130,9 +136,9 @@ def listdir(url: str) -> list[str]:
     if is_local(url):
         p = local_path(url)
         return sorted(x.name for x in p.iterdir()) if p.is_dir() else []
-    if scheme(url) in _TF_ONLY:
+    if scheme(url) in TF_ONLY:
         return sorted(_gfile().listdir(url)) if _gfile().isdir(url) else []
-    fs, path = _fs(url)
+    fs, path = filesystem(url)
     fs.invalidate_cache()
     try:
         return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
@@ -145,10 +151,10 @@ def sha256(url: str) -> tuple[str, int]:
     digest, size = hashlib.sha256(), 0
     if is_local(url):
         f = open(local_path(url), "rb")
-    elif scheme(url) in _TF_ONLY:
+    elif scheme(url) in TF_ONLY:
         f = _gfile().GFile(url, "rb")
     else:
-        fs, path = _fs(url)
+        fs, path = filesystem(url)
         f = fs.open(path, "rb")
     with f:
         while chunk := f.read(_CHUNK):
