@@ -34,7 +34,7 @@ def make_dataset(data_cfg: DataConfig, split: str, global_batch_size: int, *, tr
         ds = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=data_cfg.seed)
         ds = ds.interleave(
             lambda f: tf.data.TFRecordDataset(f, compression_type=compression),
-            cycle_length=AUTOTUNE,
+            cycle_length=min(len(files), 16),  # AUTOTUNE would read only as many files at once as there are cores
             num_parallel_calls=AUTOTUNE,
             deterministic=False,
         )
