@@ -5,7 +5,6 @@ Frames come in as (time, H, W) or (time, H, W, 1) arrays in [0, 1] (float) or ui
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -107,10 +106,7 @@ def write_png(image: np.ndarray, path: str | Path, *, scale: int = 2) -> Path:
 
 def history_figure(history: dict[str, list[float]]):
     """Loss curves (train/val, log scale) and the learning rate per epoch, as a matplotlib Figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
 
     fig = Figure(figsize=(10, 4), dpi=100)
     ax_loss, ax_lr = fig.subplots(1, 2)
@@ -128,9 +124,3 @@ def history_figure(history: dict[str, list[float]]):
     ax_lr.set(xlabel="epoch", ylabel="learning rate", title="learning rate")
     fig.tight_layout()
     return fig
-
-
-def figure_png_bytes(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
