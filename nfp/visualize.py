@@ -107,6 +107,7 @@ def write_png(image: np.ndarray, path: str | Path, *, scale: int = 2) -> Path:
 def history_figure(history: dict[str, list[float]]):
     """Loss curves (train/val, log scale) and the learning rate per epoch, as a matplotlib Figure."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(10, 4), dpi=100)
     ax_loss, ax_lr = fig.subplots(1, 2)
@@ -122,5 +123,7 @@ def history_figure(history: dict[str, list[float]]):
     if lr_key:
         ax_lr.plot(range(1, len(history[lr_key]) + 1), history[lr_key], marker="o", color="tab:green")
     ax_lr.set(xlabel="epoch", ylabel="learning rate", title="learning rate")
+    for ax in (ax_loss, ax_lr):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     fig.tight_layout()
     return fig
