@@ -50,6 +50,24 @@ def tiny_overrides(tmp_path) -> list[str]:
     ]
 
 
+@pytest.fixture
+def tiny_checkpoint(tiny_overrides, tmp_path) -> str:
+    """Path of a .keras model fit for a few steps on the tiny config's prepared data (prepared here)."""
+    from nfp.config import load_config
+    from nfp.data.pipeline import make_dataset
+    from nfp.data.prepare import prepare
+    from nfp.model import build_model
+
+    cfg = load_config(None, tiny_overrides)
+    prepare(cfg.data, progress=False)
+    model = build_model(cfg.model, image_size=cfg.data.image_size)
+    model.compile("adam", "binary_crossentropy")
+    model.fit(make_dataset(cfg.data, "train", 4, training=True), steps_per_epoch=3, epochs=1, verbose=0)
+    path = tmp_path / "tiny.keras"
+    model.save(path)
+    return str(path)
+
+
 def free_port() -> int:
     import socket
 

@@ -172,21 +172,11 @@ def test_model_loads_from_checkpoint_run_id_and_models_uri(tmp_path):
 
 # --------------------------------------------------------------------------- run_evaluate end to end
 @pytest.fixture
-def trained(tiny_overrides, tmp_path):
+def trained(tiny_overrides, tiny_checkpoint):
     """(cfg, checkpoint path): tiny prepared data and a model fit for a few steps on it."""
     from nfp.config import load_config
-    from nfp.data.pipeline import make_dataset
-    from nfp.data.prepare import prepare
-    from nfp.model import build_model
 
-    cfg = load_config(None, tiny_overrides)
-    prepare(cfg.data, progress=False)
-    model = build_model(cfg.model, image_size=cfg.data.image_size)
-    model.compile("adam", "binary_crossentropy")
-    model.fit(make_dataset(cfg.data, "train", 4, training=True), steps_per_epoch=3, epochs=1, verbose=0)
-    path = tmp_path / "tiny.keras"
-    model.save(path)
-    return cfg, str(path)
+    return load_config(None, tiny_overrides), tiny_checkpoint
 
 
 def test_nfp_evaluate_writes_report_csv_and_plot(trained, tiny_overrides, tmp_path, capsys):

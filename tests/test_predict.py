@@ -16,19 +16,9 @@ def cfg(tiny_overrides):
 
 
 @pytest.fixture
-def checkpoint(cfg, tmp_path):
+def checkpoint(tiny_checkpoint):
     """A tiny model fit for a few steps on tiny prepared data, saved as .keras."""
-    from nfp.data.pipeline import make_dataset
-    from nfp.data.prepare import prepare
-    from nfp.model import build_model
-
-    prepare(cfg.data, progress=False)
-    model = build_model(cfg.model, image_size=cfg.data.image_size)
-    model.compile("adam", "binary_crossentropy")
-    model.fit(make_dataset(cfg.data, "train", 4, training=True), steps_per_epoch=3, epochs=1, verbose=0)
-    path = tmp_path / "tiny.keras"
-    model.save(path)
-    return str(path)
+    return tiny_checkpoint
 
 
 def _noise_npy(path, clips=3, frames=6, size=16, dtype=np.uint8):
