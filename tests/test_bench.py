@@ -70,3 +70,11 @@ def test_flops_formula_implies_the_keras_parameter_count(preset):
     assert counted["params"] == build_model(cfg, image_size=16).count_params()
     assert flops_per_clip(cfg, image_size=16, frames=19)["forward"] == 19 * counted["forward"]
     assert counted["train"] == 3 * counted["forward"]
+
+
+@pytest.mark.slow
+def test_pipeline_section_isolates_the_cost_of_reading_records(quick_report):
+    section = sections_of(quick_report)["pipeline"]
+    for row in ("TFRecord reads → batch only", "in-memory uint8 clips → batch only", "TFRecords, plain, `data.cache: true`"):
+        assert re.search(rf"^\| {re.escape(row)}.* \| [\d,.]+ \| [\d.]+ \|", section, re.M), row  # CPU µs/clip, cores busy
+    assert re.search(r"Reading records alone costs [\d,.]+ CPU µs/clip more .* at ≈ [\d.]+× even with free parsing", section)

@@ -77,7 +77,10 @@ def test_training_shuffles_repeats_and_keeps_full_batches(prepared):
     cfg, clips = prepared
     ds = pipeline.make_dataset(cfg, "train", 8, training=True)
     assert ds.element_spec[0].shape.as_list() == [8, 5, 16, 16, 1]
-    batches = [x.numpy() for x, _ in ds.take(6)]  # 48 clips: more than two passes over 20
+    assert not ds.options().deterministic  # parallel stages may hand on batches out of order…
+    in_order = tf.data.Options()
+    in_order.deterministic = True  # …so keep their order here to see the pass boundaries
+    batches = [x.numpy() for x, _ in ds.with_options(in_order).take(6)]  # 48 clips: more than two passes over 20
     seen = np.concatenate(batches)[:20, :, :, :, 0]
     first_frames = clips["train"][:, 0] / 255.0
     assert not np.allclose(seen[:, 0], first_frames)  # not in file order
@@ -148,6 +151,25 @@ def test_ram_filesystem_shards_read_like_local_ones(prepared):
     np.testing.assert_array_equal(pipeline.read_clips(ram, "train", 20), clips["train"])
     x, _ = as_arrays(pipeline.make_dataset(ram, "val", 4, training=False))
     np.testing.assert_allclose(x[..., 0], clips["val"][:, :-1] / 255.0, atol=1e-7)
+
+
+def test_local_shards_are_read_unbuffered_remote_ones_through_tfs_buffer(prepared, monkeypatch):
+    cfg, clips = prepared
+    buffers, real = [], tf.data.TFRecordDataset
+
+    def spy(filenames, compression_type=None, buffer_size=None, **kwargs):
+        buffers.append(buffer_size)
+        return real(filenames, compression_type=compression_type, buffer_size=buffer_size, **kwargs)
+
+    monkeypatch.setattr(tf.data, "TFRecordDataset", spy)
+    x, _ = next(iter(pipeline.make_dataset(cfg, "train", 4, training=True)))
+    np.testing.assert_array_equal(pipeline.read_clips(cfg, "val", 2), clips["val"])
+    assert x.shape == (4, 5, 16, 16, 1) and set(buffers) == {0}  # the page cache is the buffer: one copy fewer
+    buffers.clear()
+    ram = dataclasses.replace(cfg, dir="ram://nfp-test/buffered")
+    prepare(ram, progress=False)
+    np.testing.assert_array_equal(pipeline.read_clips(ram, "val", 2), clips["val"])
+    assert buffers == [None]  # TF's default buffer: no request per record part
 
 
 @pytest.fixture

@@ -28,18 +28,16 @@ def make_dataset(data_cfg: DataConfig, split: str, global_batch_size: int, *, tr
     """(inputs, targets) float32 in [0, 1], each (batch, time, H, W, 1); training: shuffled, repeated, full batches."""
     manifest, files = _shard_files(data_cfg, split)
     to_pairs = _pairs_fn(data_cfg, manifest)
-    compression = _compression(manifest)
     if training:
         # Same file order on every worker (fixed seed), so FILE auto-sharding hands out disjoint files.
         ds = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=data_cfg.seed)
         ds = ds.interleave(
-            lambda f: tf.data.TFRecordDataset(f, compression_type=compression),
+            _reader(manifest, files),
             cycle_length=min(len(files), 16),  # AUTOTUNE would read only as many files at once as there are cores
             num_parallel_calls=AUTOTUNE,
-            deterministic=False,
         )
     else:
-        ds = tf.data.TFRecordDataset(files, compression_type=compression)  # shard by shard: a fixed order
+        ds = _reader(manifest, files)(files)  # shard by shard: a fixed order
     if data_cfg.cache:
         ds = ds.cache()  # serialized records, before shuffling, so each epoch still reshuffles
     if training:
@@ -48,8 +46,9 @@ def make_dataset(data_cfg: DataConfig, split: str, global_batch_size: int, *, tr
         ds = ds.repeat()
     # Batch first: tf.io.parse_example on a batch is far cheaper than one parse per record.
     ds = ds.batch(global_batch_size, drop_remainder=training)
-    ds = ds.map(lambda records: to_pairs(_parse(records, manifest)), num_parallel_calls=AUTOTUNE, deterministic=not training)
+    ds = ds.map(lambda records: to_pairs(_parse(records, manifest)), num_parallel_calls=AUTOTUNE)
     options = tf.data.Options()
+    options.deterministic = not training  # training: readers and parsers hand on whatever is ready first
     policy = tf.data.experimental.AutoShardPolicy
     options.experimental_distribute.auto_shard_policy = policy.FILE if len(files) >= num_workers else policy.DATA
     ds = ds.with_options(options)
@@ -61,7 +60,7 @@ def make_dataset(data_cfg: DataConfig, split: str, global_batch_size: int, *, tr
 def clip_batches(data_cfg: DataConfig, split: str, batch_size: int, max_clips: int | None = None) -> tf.data.Dataset:
     """uint8 clips (batch, T, H, W) of a split in manifest order, at most max_clips of them."""
     manifest, files = _shard_files(data_cfg, split)
-    ds = tf.data.TFRecordDataset(files, compression_type=_compression(manifest))
+    ds = _reader(manifest, files)(files)
     if max_clips is not None:
         ds = ds.take(max_clips)
     return ds.batch(batch_size).map(lambda r: _parse(r, manifest), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
@@ -106,8 +105,14 @@ def _pairs_fn(data_cfg: DataConfig, manifest: dict):
     return to_pairs
 
 
-def _compression(manifest: dict) -> str | None:
-    return "GZIP" if manifest["compression"] == "gzip" else None
+def _reader(manifest: dict, files: list[str]):
+    """paths → TFRecordDataset of their serialized records, set up for where the shards are."""
+    compression = "GZIP" if manifest["compression"] == "gzip" else None
+    # Local shards sit in the page cache already: an unbuffered reader reads each record straight into
+    # its tensor, one copy fewer (≈ 10% of the pipeline's CPU). Remote reads keep TF's buffer: one
+    # request per record part would be far slower.
+    buffer_size = 0 if storage.is_local(files[0]) else None
+    return lambda paths: tf.data.TFRecordDataset(paths, compression_type=compression, buffer_size=buffer_size)
 
 
 # --------------------------------------------------------------------------- files
