@@ -255,7 +255,7 @@ def flat_metrics(result: dict, prefix: str) -> dict[str, float]:
 # --------------------------------------------------------------------------- the `nfp evaluate` command
 def run_evaluate(cfg, *, model_uri: str, split: str | None = None, out_dir: str | None = None, run_id: str | None = None) -> dict:
     """Evaluate model_uri on a split of cfg.data.dir; write report.json, per_frame.csv/png; log to MLflow."""
-    from nfp.data.pipeline import clip_batches, split_size
+    from nfp.data.pipeline import clip_batches, naming_bad_shards, split_size
     from nfp.data.prepare import load_manifest
 
     e = cfg.evaluate
@@ -281,9 +281,10 @@ def run_evaluate(cfg, *, model_uri: str, split: str | None = None, out_dir: str 
     check_compatible(model, tuple(manifest["clip_shape"][1:]) + (1,))
 
     dataset = clip_batches(cfg.data, split, e.batch_size, max_clips=e.max_clips)
-    result = evaluate_model(
-        model, dataset, protocol=e.protocol, context_frames=e.context_frames, predict_frames=e.predict_frames
-    )
+    with naming_bad_shards(cfg.data, split):
+        result = evaluate_model(
+            model, dataset, protocol=e.protocol, context_frames=e.context_frames, predict_frames=e.predict_frames
+        )
     summary = {"protocol": e.protocol, "split": split, "clips": result["clips"], **flat_metrics(result, split)}
     report = {
         "summary": summary,

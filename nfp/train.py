@@ -124,10 +124,11 @@ def train(cfg, *, config_path=None) -> dict:
             image_sink=run.log_image if run.active else None, tracking_callback=run.keras_callback(),
         )
         try:
-            history = model.fit(
-                train_ds, epochs=t.epochs, steps_per_epoch=steps, validation_data=val_ds,
-                validation_steps=val_steps if val_ds is not None else None, callbacks=callbacks, verbose=t.verbose,
-            )
+            with pipeline.naming_bad_shards(cfg.data, "train", "val"):
+                history = model.fit(
+                    train_ds, epochs=t.epochs, steps_per_epoch=steps, validation_data=val_ds,
+                    validation_steps=val_steps if val_ds is not None else None, callbacks=callbacks, verbose=t.verbose,
+                )
         except RuntimeError as err:
             if "NaN or Inf loss" not in str(err):
                 raise

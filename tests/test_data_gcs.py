@@ -10,6 +10,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from nfp.cli import main
 from nfp.config import load_config
@@ -102,6 +103,20 @@ def test_a_corrupted_gcs_shard_fails_staging_naming_it(emulator, gcs, tiny_overr
     with pytest.raises(DataError, match="shard gs://nfp-test/corrupt/val-00000-of-00001.tfrecord: sha256 .* from the manifest"):
         pipeline.make_dataset(remote, "val", 2, training=False)
     assert not [n for n in os.listdir(next((tmp_path / "staged").iterdir())) if n.startswith("val")]  # nothing kept
+
+
+def test_a_record_error_on_a_direct_gcs_read_names_the_corrupted_shard(emulator, gcs, tiny_overrides, tmp_path):
+    _, staged = configs(tiny_overrides, tmp_path, "direct")
+    direct = dataclasses.replace(staged, stage=False)  # TF reads gs:// itself: no up-front hash, only its CRC check
+    prep.prepare(direct, progress=False)
+    path = f"{BUCKET}/direct/train-00001-of-00002.tfrecord"
+    data = bytearray(gcs.cat_file(path))
+    data[len(data) // 2] ^= 1
+    gcs.pipe_file(path, bytes(data))
+    # TF's GCS filesystem cannot reach the emulator, so raise the DataLossError its reader would raise
+    with pytest.raises(DataError, match="shard gs://nfp-test/direct/train-00001-of-00002.tfrecord: sha256 .* from the manifest"):
+        with pipeline.naming_bad_shards(direct, "val", "train"):
+            raise tf.errors.DataLossError(None, None, "corrupted record at 1234")
 
 
 def test_a_missing_gcs_manifest_is_an_error(emulator, tmp_path):

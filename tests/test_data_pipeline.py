@@ -192,6 +192,29 @@ def test_a_flipped_byte_in_a_shard_is_an_error_naming_it(copy_of):
         pipeline.read_clips(copy_of, "train", 4)
 
 
+def _flip_a_clip_byte(shard: str) -> None:
+    data = bytearray(open(shard, "rb").read())
+    data[len(data) // 2] ^= 1  # inside a record's payload: only TF's CRC check sees it
+    open(shard, "wb").write(bytes(data))
+
+
+def test_a_shard_that_changes_after_the_check_is_named_when_tf_trips_on_it(copy_of, capsys):
+    ds = pipeline.clip_batches(copy_of, "train", 4)  # verified here, against the manifest
+    _flip_a_clip_byte(f"{copy_of.dir}/train-00001-of-00002.tfrecord")
+    with pytest.raises(tf.errors.DataLossError, match="corrupted record"):
+        list(ds)  # TF's own error names no file…
+    with pytest.raises(DataError, match=r"^shard .*/train-00001-of-00002.tfrecord: sha256 .* expected .* from the manifest"):
+        with pipeline.naming_bad_shards(copy_of, "val", "train"):  # …so hash the shards to find it
+            list(ds)
+    assert "hashing the val/train shards" in capsys.readouterr().err
+
+
+def test_tfs_error_stands_when_every_shard_matches(copy_of):
+    with pytest.raises(tf.errors.DataLossError, match="not from a shard"):
+        with pipeline.naming_bad_shards(copy_of, "train", "val"):
+            raise tf.errors.DataLossError(None, None, "not from a shard")
+
+
 def test_a_missing_shard_is_an_error_naming_it(copy_of):
     import os
 

@@ -14,7 +14,8 @@ import pytest
 
 from nfp import callbacks as cb
 from nfp.config import load_config
-from nfp.errors import TrainingError
+from nfp.data import pipeline
+from nfp.errors import DataError, TrainingError
 from nfp.train import train
 
 ALL_ON = [
@@ -83,6 +84,25 @@ def test_diverging_loss_is_a_one_line_training_error(tiny_overrides, tmp_path):
     with pytest.raises(TrainingError, match=r"loss became NaN/Inf in epoch 1: stopped; last good state kept in .*backup"):
         train(cfg)
     assert not (tmp_path / "out/checkpoints/last.keras").exists()
+
+
+def test_a_shard_corrupted_behind_the_check_is_named_by_training(tiny_overrides, tmp_path, monkeypatch):
+    """As when TF reads gs:// shards directly (no up-front hash): fit trips on TF's CRC check, nfp names the shard."""
+    cfg = load_config(None, [*tiny_overrides, "tracking.enabled=false"])
+    real = pipeline.make_dataset
+
+    def make_then_corrupt(data_cfg, split, *args, **kwargs):
+        ds = real(data_cfg, split, *args, **kwargs)
+        if split == "train":
+            shard = tmp_path / "data/train-00000-of-00002.tfrecord"
+            data = bytearray(shard.read_bytes())
+            data[len(data) // 2] ^= 1
+            shard.write_bytes(bytes(data))
+        return ds
+
+    monkeypatch.setattr(pipeline, "make_dataset", make_then_corrupt)
+    with pytest.raises(DataError, match=r"^shard .*/data/train-00000-of-00002.tfrecord: sha256 .* from the manifest; run `nfp prepare` again$"):
+        train(cfg)
 
 
 # --------------------------------------------------------------------------- killed and restarted

@@ -3,12 +3,15 @@
 Shards are verified against the manifest's sha256 before TF reads them, because TF's own CRC
 errors (tf.errors.DataLossError "corrupted record at N") do not name the file. gs:// shards are
 either read by TF directly (production; TF's CRC check still applies) or staged to a local dir
-through gcsfs (data.stage) and verified there.
+through gcsfs (data.stage) and verified there. Where TF's check fires anyway (a direct gs:// read,
+a shard changed after the check), `naming_bad_shards` hashes the shards to name the culprit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import uuid
 import warnings
 from pathlib import Path
@@ -70,11 +73,27 @@ def read_clips(data_cfg: DataConfig, split: str, count: int) -> np.ndarray:
     """The first `count` clips of a split (fewer if the split is smaller), uint8 (count, T, H, W)."""
     manifest = load_manifest(data_cfg.dir)
     ds = clip_batches(data_cfg, split, batch_size=max(1, min(count, 256)), max_clips=count)
-    try:
+    with naming_bad_shards(data_cfg, split):
         batches = [b.numpy() for b in ds]
-    except tf.errors.DataLossError as err:
-        raise DataError(f"{data_cfg.dir}: a shard of split {split!r} failed its TFRecord check ({err.message.splitlines()[-1]})") from None
     return np.concatenate(batches) if batches else np.zeros((0, *manifest["clip_shape"]), np.uint8)
+
+
+@contextlib.contextmanager
+def naming_bad_shards(data_cfg: DataConfig, *splits: str):
+    """Turn TF's record check failure, which names no file, into a DataError naming the shard that no longer
+    matches its manifest sha256; TF's own error stands where every shard matches (not a shard's fault)."""
+    try:
+        yield
+    except tf.errors.DataLossError:
+        manifest = load_manifest(data_cfg.dir)
+        print(f"nfp: a record failed TF's check; hashing the {'/'.join(splits)} shards to name it", file=sys.stderr)
+        for split in splits:
+            for path, shard in zip(_read_paths(data_cfg, manifest, split), _split_entry(manifest, data_cfg, split)["shards"]):
+                try:
+                    _verify(path, shard)
+                except DataError as bad:
+                    raise bad from None
+        raise
 
 
 def split_size(data_cfg: DataConfig, split: str) -> int:
@@ -130,14 +149,28 @@ def _shard_files(data_cfg: DataConfig, split: str) -> tuple[dict, list[str]]:
     if not shards:
         raise DataError(f"split {split!r}: no clips in {data_cfg.dir} (data.split.{split} is 0)")
     _warn_unlisted(data_cfg.dir, manifest)
-    remote = not storage.is_local(data_cfg.dir) and storage.scheme(data_cfg.dir) not in storage.TF_ONLY
-    if remote and data_cfg.stage:
+    if _remote(data_cfg) and data_cfg.stage:
         return manifest, stage(data_cfg, manifest, split)
-    paths = [storage.join(data_cfg.dir, s["name"]) for s in shards]
-    if not remote:  # hashing gs:// shards would read them twice; TF's CRC check covers direct reads
+    paths = _read_paths(data_cfg, manifest, split)
+    if not _remote(data_cfg):  # hashing gs:// shards would read them twice; TF's CRC check covers direct reads
         for path, shard in zip(paths, shards):
             _verify(path, shard)
     return manifest, paths
+
+
+def _remote(data_cfg: DataConfig) -> bool:
+    """Shards behind fsspec (gs://): read by TF directly or staged; local and TF-only (ram://) ones are not."""
+    return not storage.is_local(data_cfg.dir) and storage.scheme(data_cfg.dir) not in storage.TF_ONLY
+
+
+def _read_paths(data_cfg: DataConfig, manifest: dict, split: str) -> list[str]:
+    """Where TF reads a split's shards: the staged copies or data.dir itself."""
+    base = str(_stage_root(data_cfg, manifest)) if _remote(data_cfg) and data_cfg.stage else data_cfg.dir
+    return [storage.join(base, s["name"]) for s in _split_entry(manifest, data_cfg, split)["shards"]]
+
+
+def _stage_root(data_cfg: DataConfig, manifest: dict) -> Path:
+    return Path(os.path.expanduser(data_cfg.stage_dir)) / manifest["id"]
 
 
 def _warn_unlisted(data_dir: str, manifest: dict) -> None:
@@ -183,7 +216,7 @@ def _stat(path: str) -> tuple | None:
 
 def stage(data_cfg: DataConfig, manifest: dict, split: str) -> list[str]:
     """Copy a split's shards from data.dir (gs://) to data.stage_dir/<manifest id>/ through fsspec, sha256-verified."""
-    root = Path(os.path.expanduser(data_cfg.stage_dir)) / manifest["id"]
+    root = _stage_root(data_cfg, manifest)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
