@@ -72,7 +72,7 @@ class DataConfig:
     context_frames: int = _knob(10, min=1)
     predict_frames: int = _knob(10, min=1)
     shuffle_buffer: int = _knob(256, min=0)
-    cache: bool = False
+    cache: bool = _knob(False, help="keep the decoded clips in RAM after the first pass (the split must fit)")
     service_address: Optional[str] = None  # tf.data service dispatcher, e.g. grpc://host:5050
 
 

@@ -112,21 +112,33 @@ def test_file_sharding_gives_each_worker_its_own_shards(prepared):
     assert seen == [set(range(10)), set(range(10, 20))]  # shard 0 → worker 0, shard 1 → worker 1
 
 
-def _dataset_kinds(ds) -> set[str]:
-    kinds, todo = set(), [ds]
+def _datasets(ds) -> list:
+    found, todo = [], [ds]
     while todo:
-        node = todo.pop()
-        kinds.add(type(node).__name__)
-        todo.extend(node._inputs())
-    return kinds
+        found.append(todo.pop())
+        todo.extend(found[-1]._inputs())
+    return found
 
 
-def test_cache_option_caches_the_records(prepared):
-    cfg, _ = prepared
+def _dataset_kinds(ds) -> set[str]:
+    return {type(d).__name__ for d in _datasets(ds)}
+
+
+def test_cache_option_keeps_decoded_clips_after_the_first_pass(prepared, tmp_path):
+    import shutil
+
+    cfg, clips = prepared
     assert "CacheDataset" not in _dataset_kinds(pipeline.make_dataset(cfg, "train", 4, training=True))
-    cached = pipeline.make_dataset(dataclasses.replace(cfg, cache=True), "train", 4, training=True)
-    assert "CacheDataset" in _dataset_kinds(cached)
-    assert len(list(cached.take(12))) == 12  # past the first pass: served from the cache
+    cfg = dataclasses.replace(cfg, dir=str(shutil.copytree(cfg.dir, tmp_path / "data")), cache=True)
+    (cache,) = [d for d in _datasets(pipeline.make_dataset(cfg, "train", 4, training=True)) if type(d).__name__ == "CacheDataset"]
+    assert cache.element_spec == tf.TensorSpec([6, 16, 16], tf.uint8)  # clips, not records: later passes parse nothing
+    val = pipeline.make_dataset(cfg, "val", 4, training=False)
+    first = as_arrays(val)
+    for shard in (tmp_path / "data").glob("val-*.tfrecord"):
+        shard.unlink()  # later passes never touch the files
+    for a, b in zip(first, as_arrays(val)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(first[0][..., 0], clips["val"][:, :-1] / 255.0, atol=1e-7)
 
 
 def test_tf_data_service_serves_training_batches(prepared):
