@@ -67,7 +67,8 @@ def server(real_layout):
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield {"url": f"http://127.0.0.1:{httpd.server_port}", "hits": hits, "sha256": hashlib.sha256(good).hexdigest(), "size": len(good)}
+    yield {"url": f"http://127.0.0.1:{httpd.server_port}", "hits": hits, "sha256": hashlib.sha256(good).hexdigest(),
+           "md5": hashlib.md5(good).hexdigest(), "size": len(good)}
     httpd.shutdown()
     httpd.server_close()
 
@@ -182,5 +183,22 @@ def test_schemes_outside_allowed_schemes_are_refused(tmp_path, url):
         download.fetch(cfg_for(tmp_path, url, allowed_schemes=["http", "https"]), progress=False)
 
 
-def test_the_toronto_url_has_a_known_size():
-    assert download.KNOWN[DataConfig().url]["size_bytes"] == 20 * 10000 * 64 * 64 + 96
+def test_the_toronto_url_has_a_known_size_and_md5():
+    known = download.KNOWN[DataConfig().url]
+    assert known["size_bytes"] == 20 * 10000 * 64 * 64 + 96
+    assert known["md5"] == "be083ec986bfe91a449d63653c411eb2"  # as torchvision.datasets.MovingMNIST pins it
+
+
+def test_a_known_md5_is_checked_and_a_mismatch_is_not_kept(tmp_path, server, monkeypatch):
+    url = server["url"] + "/mnist_test_seq.npy"
+    monkeypatch.setitem(download.KNOWN, url, {"size_bytes": server["size"], "sha256": None, "md5": "f" * 32})
+    with pytest.raises(DataError, match=r"mnist_test_seq.npy has md5 [0-9a-f]{32}, expected f{32} \(the known md5 of this URL\)"):
+        download.fetch(cfg_for(tmp_path, url), progress=False)
+    assert cached_files(tmp_path) == []
+    monkeypatch.setitem(download.KNOWN, url, {"size_bytes": server["size"], "sha256": None, "md5": server["md5"]})
+    path = download.fetch(cfg_for(tmp_path, url), progress=False)
+    assert cached_files(tmp_path) == ["mnist_test_seq.npy", "mnist_test_seq.npy.digests.json"]
+    path.write_bytes(path.read_bytes()[:-1] + b"\x01")  # same size, other bytes: the cache is re-checked
+    hits = len(server["hits"])
+    assert download.fetch(cfg_for(tmp_path, url), progress=False) == path
+    assert len(server["hits"]) == hits + 1 and download.file_digest(path, "md5") == server["md5"]  # downloaded again

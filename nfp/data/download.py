@@ -14,12 +14,10 @@ from nfp.config import MOVING_MNIST_URL, DataConfig
 from nfp import storage
 from nfp.errors import DataError
 
-# Known files. The sha256 of the Toronto file could not be checked offline, so only its size is
-# pinned: 20·10000·64·64 uint8 = 819,200,000 bytes + a 96-byte .npy header. Set data.sha256 to pin it.
-KNOWN = {
-    MOVING_MNIST_URL: {"size_bytes": 819_200_096, "sha256": None},
-    MOVING_MNIST_URL.replace("http://", "https://"): {"size_bytes": 819_200_096, "sha256": None},
-}
+# Known files: 20·10000·64·64 uint8 = 819,200,000 bytes + a 96-byte .npy header, and the md5 torchvision
+# pins for the same file (datasets.MovingMNIST). Its sha256 could not be taken offline: data.sha256 adds it.
+_TORONTO = {"size_bytes": 819_200_096, "sha256": None, "md5": "be083ec986bfe91a449d63653c411eb2"}
+KNOWN = {MOVING_MNIST_URL: _TORONTO, MOVING_MNIST_URL.replace("http://", "https://"): _TORONTO}
 
 
 def fetch(data_cfg: DataConfig, *, progress: bool = True) -> Path:
@@ -29,20 +27,20 @@ def fetch(data_cfg: DataConfig, *, progress: bool = True) -> Path:
     if scheme not in data_cfg.allowed_schemes:
         raise DataError(f"data.url: scheme {scheme!r} of {url} is not allowed; data.allowed_schemes: {', '.join(data_cfg.allowed_schemes)}")
     known = KNOWN.get(url, {})
-    sha = data_cfg.sha256 or known.get("sha256")
+    digests = {"sha256": data_cfg.sha256 or known.get("sha256"), "md5": known.get("md5")}
     size = data_cfg.size_bytes or known.get("size_bytes")
     if storage.is_local(url):
         path = storage.local_path(url)
         if not path.is_file():
             raise DataError(f"data.url: {path} not found")
-        _verify(path, url, sha, size)
+        _verify(path, url, digests, size)
         return path
 
     cached = Path(os.path.expanduser(data_cfg.cache_dir)) / "downloads" / hashlib.sha256(url.encode()).hexdigest()[:16]
     cached = cached / (url.rstrip("/").rsplit("/", 1)[-1] or "download.npy")
     if cached.is_file():
         try:
-            _verify(cached, url, sha, size)
+            _verify(cached, url, digests, size)
             return cached
         except DataError:
             cached.unlink()  # a bad cache is re-downloaded, never used
@@ -52,9 +50,9 @@ def fetch(data_cfg: DataConfig, *, progress: bool = True) -> Path:
         served = _download(url, part, progress)
         if served is not None and part.stat().st_size != served:
             raise DataError(f"data.url: {url} sent {part.stat().st_size} of {served} bytes (transfer interrupted)")
-        _verify(part, url, sha, size)
+        _verify(part, url, digests, size)
         os.replace(part, cached)
-        _remember_sha(cached)
+        _remember_digests(cached)
     finally:
         part.unlink(missing_ok=True)
     return cached
@@ -79,13 +77,15 @@ def _download(url: str, dest: Path, progress: bool) -> int | None:
     return bar.size
 
 
-def _verify(path: Path, url: str, sha: str | None, size: int | None) -> None:
-    """Size, sha256 (when known) and .npy layout of a downloaded file; DataError naming it otherwise."""
+def _verify(path: Path, url: str, digests: dict, size: int | None) -> None:
+    """Size, digests (where known) and .npy layout of a downloaded file; DataError naming it otherwise."""
     actual = path.stat().st_size
     if size is not None and actual != size:
         raise DataError(f"data.url: {url} is {actual} bytes, expected {size} (data.size_bytes or the known size)")
-    if sha is not None and file_sha256(path) != sha.lower():
-        raise DataError(f"data.url: {url} has sha256 {file_sha256(path)}, expected {sha.lower()} (data.sha256)")
+    for algo, expected in digests.items():
+        if expected is not None and file_digest(path, algo) != expected.lower():
+            source = "data.sha256" if algo == "sha256" else "the known md5 of this URL"
+            raise DataError(f"data.url: {url} has {algo} {file_digest(path, algo)}, expected {expected.lower()} ({source})")
     open_clips(path, name=url)
 
 
@@ -102,27 +102,40 @@ def open_clips(path: Path, *, name: str | None = None) -> np.ndarray:
     return array
 
 
-_SHA_MEMO: dict[tuple, str] = {}
+_DIGESTS: dict[tuple, dict] = {}
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a local file, remembered per (path, size, mtime) and in a sidecar next to cached downloads."""
+    return file_digest(path, "sha256")
+
+
+def file_digest(path: Path, algo: str) -> str:
+    """sha256 or md5 of a local file (both from one read), remembered per (path, size, mtime) and in a
+    sidecar next to cached downloads, so an 800 MB file is hashed once."""
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_MEMO:
-        side = path.with_name(path.name + ".sha256.json")
+    if key not in _DIGESTS:
         try:
-            record = json.loads(side.read_text())
+            record = json.loads(_sidecar(path).read_text())
             if [record["size"], record["mtime_ns"]] == [st.st_size, st.st_mtime_ns]:
-                _SHA_MEMO[key] = record["sha256"]
+                _DIGESTS[key] = {"sha256": record["sha256"], "md5": record["md5"]}
         except (OSError, ValueError, KeyError):
             pass
-    if key not in _SHA_MEMO:
-        _SHA_MEMO[key] = storage.sha256(str(path))[0]
-    return _SHA_MEMO[key]
+    if key not in _DIGESTS:
+        hashes = {"sha256": hashlib.sha256(), "md5": hashlib.md5(usedforsecurity=False)}
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                for h in hashes.values():
+                    h.update(chunk)
+        _DIGESTS[key] = {name: h.hexdigest() for name, h in hashes.items()}
+    return _DIGESTS[key][algo]
 
 
-def _remember_sha(path: Path) -> None:
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".digests.json")
+
+
+def _remember_digests(path: Path) -> None:
     st = path.stat()
-    record = {"sha256": file_sha256(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    path.with_name(path.name + ".sha256.json").write_text(json.dumps(record))
+    record = {"sha256": file_digest(path, "sha256"), "md5": file_digest(path, "md5"), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    _sidecar(path).write_text(json.dumps(record))
