@@ -71,6 +71,8 @@ def test_evaluation_order_is_deterministic_and_one_pass(prepared):
     first, second = as_arrays(ds), as_arrays(ds)
     np.testing.assert_array_equal(first[0], second[0])
     assert [int(x.shape[0]) for x, _ in ds] == [8, 8, 4]  # the last batch is kept
+    assert int(ds.cardinality()) == 3  # from the manifest: Keras knows the pass's length up front
+    assert pipeline.make_dataset(cfg, "train", 8, training=True).cardinality() == tf.data.INFINITE_CARDINALITY
 
 
 def test_training_shuffles_repeats_and_keeps_full_batches(prepared):

@@ -55,6 +55,11 @@ def make_dataset(data_cfg: DataConfig, split: str, global_batch_size: int, *, tr
         ds = ds.repeat()
     ds = ds.batch(global_batch_size, drop_remainder=training)
     ds = ds.map(lambda batch: to_pairs(parse(batch)), num_parallel_calls=AUTOTUNE)
+    if not training and num_workers == 1:  # (workers each see a part: their own length is not the manifest's)
+        # The manifest knows the pass's length, TF's file reader does not: Keras then shows a total and does
+        # not warn "Your input ran out of data" at the end of the first validation pass.
+        clips = _split_entry(manifest, data_cfg, split)["count"]
+        ds = ds.apply(tf.data.experimental.assert_cardinality(-(-clips // global_batch_size)))
     options = tf.data.Options()
     options.deterministic = not training  # training: readers and parsers hand on whatever is ready first
     policy = tf.data.experimental.AutoShardPolicy
