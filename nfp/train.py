@@ -128,6 +128,7 @@ def train(cfg, *, config_path=None) -> dict:
                 history = model.fit(
                     train_ds, epochs=t.epochs, steps_per_epoch=steps, validation_data=val_ds,
                     validation_steps=val_steps if val_ds is not None else None, callbacks=callbacks, verbose=t.verbose,
+                    shuffle=False,  # the pipeline shuffles; Keras would warn that it ignores shuffle=True
                 )
         except RuntimeError as err:
             if "NaN or Inf loss" not in str(err):
