@@ -79,7 +79,7 @@ def run(quick: bool, workdir: Path) -> Section:
         (cached, lambda: make_dataset(dataclasses.replace(cfgs["none"], cache=True), "train", s["batch"], training=True),
          s["warmup"] + epoch_batches),  # past the first pass, which fills the cache
         (batches_only, lambda: tf.data.Dataset.from_tensor_slices(clips).repeat().batch(s["batch"]).prefetch(tf.data.AUTOTUNE), s["warmup"]),
-        (reads_only, lambda: tf.data.TFRecordDataset(train_files, buffer_size=0).repeat().batch(s["batch"]).prefetch(tf.data.AUTOTUNE), s["warmup"]),
+        (reads_only, lambda: tf.data.TFRecordDataset(train_files).repeat().batch(s["batch"]).prefetch(tf.data.AUTOTUNE), s["warmup"]),
     ]
     # One live pipeline at a time (idle ones still hold threads and buffers that skew the others), in
     # round-robin repeats so machine noise hits every variant alike; median per variant.

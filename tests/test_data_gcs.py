@@ -119,6 +119,21 @@ def test_a_record_error_on_a_direct_gcs_read_names_the_corrupted_shard(emulator,
             raise tf.errors.DataLossError(None, None, "corrupted record at 1234")
 
 
+def test_a_corrupted_staged_copy_is_named_with_staging_advice(emulator, tiny_overrides, tmp_path):
+    _, remote = configs(tiny_overrides, tmp_path, "stagedbad")
+    manifest = prep.prepare(remote, progress=False)
+    pipeline.make_dataset(remote, "val", 2, training=False)  # stages and verifies the copy
+    copy = tmp_path / "staged" / manifest["id"] / "val-00000-of-00001.tfrecord"
+    data = bytearray(copy.read_bytes())
+    data[len(data) // 2] ^= 1
+    copy.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=rf"shard {copy}: sha256 .* from the manifest; run again to stage it afresh$"):
+        with pipeline.naming_bad_shards(remote, "val"):
+            raise tf.errors.DataLossError(None, None, "corrupted record at 0")
+    pipeline.make_dataset(remote, "val", 2, training=False)  # which the next run does
+    assert pipeline.read_clips(remote, "val", 2).shape[0] == 2
+
+
 def test_a_missing_gcs_manifest_is_an_error(emulator, tmp_path):
     with pytest.raises(DataError, match="gs://nfp-test/nowhere/manifest.json: not found"):
         prep.load_manifest(f"gs://{BUCKET}/nowhere")

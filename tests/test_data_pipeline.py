@@ -167,7 +167,7 @@ def test_ram_filesystem_shards_read_like_local_ones(prepared):
     np.testing.assert_allclose(x[..., 0], clips["val"][:, :-1] / 255.0, atol=1e-7)
 
 
-def test_local_shards_are_read_unbuffered_remote_ones_through_tfs_buffer(prepared, monkeypatch):
+def test_read_buffer_follows_the_config(prepared, monkeypatch):
     cfg, clips = prepared
     buffers, real = [], tf.data.TFRecordDataset
 
@@ -176,14 +176,12 @@ def test_local_shards_are_read_unbuffered_remote_ones_through_tfs_buffer(prepare
         return real(filenames, compression_type=compression_type, buffer_size=buffer_size, **kwargs)
 
     monkeypatch.setattr(tf.data, "TFRecordDataset", spy)
-    x, _ = next(iter(pipeline.make_dataset(cfg, "train", 4, training=True)))
     np.testing.assert_array_equal(pipeline.read_clips(cfg, "val", 2), clips["val"])
-    assert x.shape == (4, 5, 16, 16, 1) and set(buffers) == {0}  # the page cache is the buffer: one copy fewer
-    buffers.clear()
-    ram = dataclasses.replace(cfg, dir="ram://nfp-test/buffered")
-    prepare(ram, progress=False)
-    np.testing.assert_array_equal(pipeline.read_clips(ram, "val", 2), clips["val"])
-    assert buffers == [None]  # TF's default buffer: no request per record part
+    assert buffers == [256 * 1024]  # TF's own default: safe on network filesystems
+    unbuffered = dataclasses.replace(cfg, read_buffer_kb=0)
+    x, _ = next(iter(pipeline.make_dataset(unbuffered, "train", 4, training=True)))
+    np.testing.assert_array_equal(pipeline.read_clips(unbuffered, "val", 2), clips["val"])
+    assert x.shape == (4, 5, 16, 16, 1) and set(buffers[1:]) == {0}
 
 
 @pytest.fixture
@@ -221,6 +219,34 @@ def test_a_shard_that_changes_after_the_check_is_named_when_tf_trips_on_it(copy_
         with pipeline.naming_bad_shards(copy_of, "val", "train"):  # …so hash the shards to find it
             list(ds)
     assert "hashing the val/train shards" in capsys.readouterr().err
+
+
+def test_a_flipped_byte_that_keeps_size_and_mtime_is_still_named(copy_of):
+    import os
+
+    shard = f"{copy_of.dir}/val-00000-of-00001.tfrecord"
+    pipeline.make_dataset(copy_of, "val", 4, training=False)  # hashed once and remembered by (size, mtime)
+    stat = os.stat(shard)
+    _flip_a_clip_byte(shard)
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as media errors or `cp -p` leave it
+    with pytest.raises(DataError, match=r"val-00000-of-00001.tfrecord: sha256 .* from the manifest"):
+        with pipeline.naming_bad_shards(copy_of, "val"):
+            raise tf.errors.DataLossError(None, None, "corrupted record at 0")
+    with pytest.raises(DataError, match="val-00000-of-00001.tfrecord: sha256"):
+        pipeline.make_dataset(copy_of, "val", 4, training=False)  # and the memo no longer vouches for it
+
+
+def test_tfs_error_stands_when_the_shards_cannot_be_hashed(copy_of, monkeypatch, capsys):
+    from nfp import storage
+
+    def unreadable(path):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(storage, "sha256", unreadable)
+    with pytest.raises(tf.errors.DataLossError, match="corrupted record at 7"):
+        with pipeline.naming_bad_shards(copy_of, "train"):
+            raise tf.errors.DataLossError(None, None, "corrupted record at 7")
+    assert "could not hash the shards (PermissionError" in capsys.readouterr().err
 
 
 def test_tfs_error_stands_when_every_shard_matches(copy_of):

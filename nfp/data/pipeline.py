@@ -36,17 +36,17 @@ def make_dataset(data_cfg: DataConfig, split: str, global_batch_size: int, *, tr
         # Same file order on every worker (fixed seed), so FILE auto-sharding hands out disjoint files.
         ds = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=data_cfg.seed)
         ds = ds.interleave(
-            _reader(manifest, files),
+            _reader(data_cfg, manifest),
             cycle_length=min(len(files), 16),  # AUTOTUNE would read only as many files at once as there are cores
             num_parallel_calls=AUTOTUNE,
         )
     else:
-        ds = _reader(manifest, files)(files)  # shard by shard: a fixed order
+        ds = _reader(data_cfg, manifest)(files)  # shard by shard: a fixed order
     # Batch first: tf.io.parse_example on a batch is far cheaper than one parse per record.
     parse = functools.partial(_parse, manifest=manifest)
     if data_cfg.cache:
         # Decoded clips, so later epochs skip reading, CRC checks and parsing (as fast as clips held in
-        # memory); cached before shuffling, so each epoch still reshuffles.
+        # memory). Later epochs replay the first one's file order; the shuffle buffer still mixes them.
         ds = ds.batch(256).map(parse, num_parallel_calls=AUTOTUNE).unbatch().cache()
         parse = tf.identity
     if training:
@@ -73,7 +73,7 @@ def make_dataset(data_cfg: DataConfig, split: str, global_batch_size: int, *, tr
 def clip_batches(data_cfg: DataConfig, split: str, batch_size: int, max_clips: int | None = None) -> tf.data.Dataset:
     """uint8 clips (batch, T, H, W) of a split in manifest order, at most max_clips of them."""
     manifest, files = _shard_files(data_cfg, split)
-    ds = _reader(manifest, files)(files)
+    ds = _reader(data_cfg, manifest)(files)
     if max_clips is not None:
         ds = ds.take(max_clips)
     return ds.batch(batch_size).map(lambda r: _parse(r, manifest), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
@@ -94,16 +94,31 @@ def naming_bad_shards(data_cfg: DataConfig, *splits: str):
     matches its manifest sha256; TF's own error stands where every shard matches (not a shard's fault)."""
     try:
         yield
-    except tf.errors.DataLossError:
-        manifest = load_manifest(data_cfg.dir)
+    except tf.errors.DataLossError as original:
         print(f"nfp: a record failed TF's check; hashing the {'/'.join(splits)} shards to name it", file=sys.stderr)
-        for split in splits:
-            for path, shard in zip(_read_paths(data_cfg, manifest, split), _split_entry(manifest, data_cfg, split)["shards"]):
-                try:
-                    _verify(path, shard)
-                except DataError as bad:
-                    raise bad from None
+        try:
+            bad = _first_bad_shard(data_cfg, splits)
+        except Exception as err:  # noqa: BLE001 - naming is best effort: TF's error must not be lost to it
+            print(f"nfp: could not hash the shards ({type(err).__name__}: {err})", file=sys.stderr)
+            raise original from None
+        if bad is not None:
+            raise bad from None
         raise
+
+
+def _first_bad_shard(data_cfg: DataConfig, splits) -> DataError | None:
+    """The error naming the first shard whose bytes differ from the manifest, hashed afresh; None if all match."""
+    manifest = load_manifest(data_cfg.dir)
+    staged = _remote(data_cfg) and data_cfg.stage
+    for split in splits:
+        for path, shard in zip(_read_paths(data_cfg, manifest, split), _split_entry(manifest, data_cfg, split)["shards"]):
+            try:
+                _verify(path, shard, rehash=True)  # a flipped byte keeps size and maybe mtime: trust no memo
+            except DataError as bad:
+                if staged:  # the source may be fine: staging re-checks its copies and fetches bad ones again
+                    return DataError(str(bad).replace("run `nfp prepare` again", "run again to stage it afresh"))
+                return bad
+    return None
 
 
 def split_size(data_cfg: DataConfig, split: str) -> int:
@@ -134,13 +149,10 @@ def _pairs_fn(data_cfg: DataConfig, manifest: dict):
     return to_pairs
 
 
-def _reader(manifest: dict, files: list[str]):
-    """paths → TFRecordDataset of their serialized records, set up for where the shards are."""
+def _reader(data_cfg: DataConfig, manifest: dict):
+    """paths → TFRecordDataset of their serialized records."""
     compression = "GZIP" if manifest["compression"] == "gzip" else None
-    # Local shards sit in the page cache already: an unbuffered reader reads each record straight into
-    # its tensor, one copy fewer (≈ 10% of the pipeline's CPU). Remote reads keep TF's buffer: one
-    # request per record part would be far slower.
-    buffer_size = 0 if storage.is_local(files[0]) else None
+    buffer_size = data_cfg.read_buffer_kb * 1024
     return lambda paths: tf.data.TFRecordDataset(paths, compression_type=compression, buffer_size=buffer_size)
 
 
@@ -196,10 +208,10 @@ def _warn_unlisted(data_dir: str, manifest: dict) -> None:
 _VERIFIED: set[tuple] = set()
 
 
-def _verify(path: str, shard: dict) -> None:
+def _verify(path: str, shard: dict, *, rehash: bool = False) -> None:
     stamp = _stat(path)
     key = (path, shard["sha256"], stamp)
-    if stamp is not None and key in _VERIFIED:
+    if stamp is not None and key in _VERIFIED and not rehash:
         return
     try:
         digest, size = storage.sha256(path)
@@ -208,6 +220,7 @@ def _verify(path: str, shard: dict) -> None:
             raise DataError(f"shard {path}: missing; run `nfp prepare` again") from None
         raise
     if digest != shard["sha256"] or size != shard["bytes"]:
+        _VERIFIED.discard(key)
         raise DataError(f"shard {path}: sha256 {digest[:12]}… ({size} bytes), expected {shard['sha256'][:12]}… ({shard['bytes']} bytes) from the manifest; run `nfp prepare` again")
     if stamp is not None:
         _VERIFIED.add(key)
