@@ -50,6 +50,40 @@ def tiny_overrides(tmp_path) -> list[str]:
     ]
 
 
+def flip_a_payload_byte(shard) -> None:
+    """Flip one byte mid-shard, inside a record's payload: size unchanged, only a hash or TF's CRC check sees it."""
+    from pathlib import Path
+
+    data = bytearray(Path(shard).read_bytes())
+    data[len(data) // 2] ^= 1
+    Path(shard).write_bytes(bytes(data))
+
+
+@pytest.fixture
+def flip_a_byte():
+    return flip_a_payload_byte
+
+
+@pytest.fixture
+def corrupt_after_building(monkeypatch):
+    """patch(builder, shard_for): nfp.data.pipeline.<builder> flips a byte of shard_for(data_cfg, split) (None: none)
+    right after building, past its up-front sha256 check, as a direct gs:// read or a mid-run change meets it."""
+    from nfp.data import pipeline
+
+    def patch(builder: str, shard_for) -> None:
+        real = getattr(pipeline, builder)
+
+        def build(data_cfg, split, *args, **kwargs):
+            ds = real(data_cfg, split, *args, **kwargs)
+            if (shard := shard_for(data_cfg, split)) is not None:
+                flip_a_payload_byte(shard)
+            return ds
+
+        monkeypatch.setattr(pipeline, builder, build)
+
+    return patch
+
+
 @pytest.fixture
 def tiny_checkpoint(tiny_overrides, tmp_path) -> str:
     """Path of a .keras model fit for a few steps on the tiny config's prepared data (prepared here)."""

@@ -204,15 +204,9 @@ def test_a_flipped_byte_in_a_shard_is_an_error_naming_it(copy_of):
         pipeline.read_clips(copy_of, "train", 4)
 
 
-def _flip_a_clip_byte(shard: str) -> None:
-    data = bytearray(open(shard, "rb").read())
-    data[len(data) // 2] ^= 1  # inside a record's payload: only TF's CRC check sees it
-    open(shard, "wb").write(bytes(data))
-
-
-def test_a_shard_that_changes_after_the_check_is_named_when_tf_trips_on_it(copy_of, capsys):
+def test_a_shard_that_changes_after_the_check_is_named_when_tf_trips_on_it(copy_of, flip_a_byte, capsys):
     ds = pipeline.clip_batches(copy_of, "train", 4)  # verified here, against the manifest
-    _flip_a_clip_byte(f"{copy_of.dir}/train-00001-of-00002.tfrecord")
+    flip_a_byte(f"{copy_of.dir}/train-00001-of-00002.tfrecord")
     with pytest.raises(tf.errors.DataLossError, match="corrupted record"):
         list(ds)  # TF's own error names no file…
     with pytest.raises(DataError, match=r"^shard .*/train-00001-of-00002.tfrecord: sha256 .* expected .* from the manifest"):
@@ -221,13 +215,13 @@ def test_a_shard_that_changes_after_the_check_is_named_when_tf_trips_on_it(copy_
     assert "hashing the val/train shards" in capsys.readouterr().err
 
 
-def test_a_flipped_byte_that_keeps_size_and_mtime_is_still_named(copy_of):
+def test_a_flipped_byte_that_keeps_size_and_mtime_is_still_named(copy_of, flip_a_byte):
     import os
 
     shard = f"{copy_of.dir}/val-00000-of-00001.tfrecord"
     pipeline.make_dataset(copy_of, "val", 4, training=False)  # hashed once and remembered by (size, mtime)
     stat = os.stat(shard)
-    _flip_a_clip_byte(shard)
+    flip_a_byte(shard)
     os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as media errors or `cp -p` leave it
     with pytest.raises(DataError, match=r"val-00000-of-00001.tfrecord: sha256 .* from the manifest"):
         with pipeline.naming_bad_shards(copy_of, "val"):

@@ -198,22 +198,11 @@ def test_nfp_evaluate_writes_report_csv_and_plot(trained, tiny_overrides, tmp_pa
     assert sorted(p.name for p in out.iterdir()) == ["per_frame.csv", "per_frame.png", "report.json"]  # no temp files
 
 
-def test_a_shard_corrupted_behind_the_check_is_named_and_nothing_is_written(trained, tmp_path, monkeypatch):
-    from nfp.data import pipeline
+def test_a_shard_corrupted_behind_the_check_is_named_and_nothing_is_written(trained, tmp_path, corrupt_after_building):
     from nfp.evaluate import run_evaluate
 
     cfg, checkpoint = trained
-    real = pipeline.clip_batches
-
-    def batches_then_corrupt(data_cfg, split, *args, **kwargs):
-        ds = real(data_cfg, split, *args, **kwargs)
-        shard = Path(data_cfg.dir) / f"{split}-00000-of-00001.tfrecord"
-        data = bytearray(shard.read_bytes())
-        data[len(data) // 2] ^= 1
-        shard.write_bytes(bytes(data))
-        return ds
-
-    monkeypatch.setattr(pipeline, "clip_batches", batches_then_corrupt)
+    corrupt_after_building("clip_batches", lambda data_cfg, split: Path(data_cfg.dir) / f"{split}-00000-of-00001.tfrecord")
     with pytest.raises(DataError, match=r"^shard .*/test-00000-of-00001.tfrecord: sha256 .* from the manifest"):
         run_evaluate(cfg, model_uri=checkpoint, out_dir=str(tmp_path / "report"))
     assert not (tmp_path / "report").exists()

@@ -15,7 +15,6 @@ import pytest
 
 from nfp import callbacks as cb
 from nfp.config import load_config
-from nfp.data import pipeline
 from nfp.errors import DataError, TrainingError
 from nfp.train import train
 
@@ -91,21 +90,10 @@ def test_diverging_loss_is_a_one_line_training_error(tiny_overrides, tmp_path):
     assert not (tmp_path / "out/checkpoints/last.keras").exists()
 
 
-def test_a_shard_corrupted_behind_the_check_is_named_by_training(tiny_overrides, tmp_path, monkeypatch):
+def test_a_shard_corrupted_behind_the_check_is_named_by_training(tiny_overrides, tmp_path, corrupt_after_building):
     """As when TF reads gs:// shards directly (no up-front hash): fit trips on TF's CRC check, nfp names the shard."""
     cfg = load_config(None, [*tiny_overrides, "tracking.enabled=false"])
-    real = pipeline.make_dataset
-
-    def make_then_corrupt(data_cfg, split, *args, **kwargs):
-        ds = real(data_cfg, split, *args, **kwargs)
-        if split == "train":
-            shard = tmp_path / "data/train-00000-of-00002.tfrecord"
-            data = bytearray(shard.read_bytes())
-            data[len(data) // 2] ^= 1
-            shard.write_bytes(bytes(data))
-        return ds
-
-    monkeypatch.setattr(pipeline, "make_dataset", make_then_corrupt)
+    corrupt_after_building("make_dataset", lambda data_cfg, split: tmp_path / "data/train-00000-of-00002.tfrecord" if split == "train" else None)
     with pytest.raises(DataError, match=r"^shard .*/data/train-00000-of-00002.tfrecord: sha256 .* from the manifest; run `nfp prepare` again$"):
         train(cfg)
 

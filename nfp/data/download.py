@@ -105,10 +105,6 @@ def open_clips(path: Path, *, name: str | None = None) -> np.ndarray:
 _DIGESTS: dict[tuple, dict] = {}
 
 
-def file_sha256(path: Path) -> str:
-    return file_digest(path, "sha256")
-
-
 def file_digest(path: Path, algo: str) -> str:
     """sha256 or md5 of a local file (both from one read), remembered per (path, size, mtime) and in a
     sidecar next to cached downloads, so an 800 MB file is hashed once."""

@@ -109,14 +109,13 @@ def naming_bad_shards(data_cfg: DataConfig, *splits: str):
 def _first_bad_shard(data_cfg: DataConfig, splits) -> DataError | None:
     """The error naming the first shard whose bytes differ from the manifest, hashed afresh; None if all match."""
     manifest = load_manifest(data_cfg.dir)
-    staged = _remote(data_cfg) and data_cfg.stage
+    # A bad staged copy may have a good source: staging re-checks its copies and fetches bad ones again.
+    fix = "run again to stage it afresh" if _staged(data_cfg) else "run `nfp prepare` again"
     for split in splits:
         for path, shard in zip(_read_paths(data_cfg, manifest, split), _split_entry(manifest, data_cfg, split)["shards"]):
             try:
-                _verify(path, shard, rehash=True)  # a flipped byte keeps size and maybe mtime: trust no memo
+                _verify(path, shard, rehash=True, fix=fix)  # a flipped byte keeps size and maybe mtime: trust no memo
             except DataError as bad:
-                if staged:  # the source may be fine: staging re-checks its copies and fetches bad ones again
-                    return DataError(str(bad).replace("run `nfp prepare` again", "run again to stage it afresh"))
                 return bad
     return None
 
@@ -171,7 +170,7 @@ def _shard_files(data_cfg: DataConfig, split: str) -> tuple[dict, list[str]]:
     if not shards:
         raise DataError(f"split {split!r}: no clips in {data_cfg.dir} (data.split.{split} is 0)")
     _warn_unlisted(data_cfg.dir, manifest)
-    if _remote(data_cfg) and data_cfg.stage:
+    if _staged(data_cfg):
         return manifest, stage(data_cfg, manifest, split)
     paths = _read_paths(data_cfg, manifest, split)
     if not _remote(data_cfg):  # hashing gs:// shards would read them twice; TF's CRC check covers direct reads
@@ -185,9 +184,13 @@ def _remote(data_cfg: DataConfig) -> bool:
     return not storage.is_local(data_cfg.dir) and storage.scheme(data_cfg.dir) not in storage.TF_ONLY
 
 
+def _staged(data_cfg: DataConfig) -> bool:
+    return _remote(data_cfg) and data_cfg.stage
+
+
 def _read_paths(data_cfg: DataConfig, manifest: dict, split: str) -> list[str]:
     """Where TF reads a split's shards: the staged copies or data.dir itself."""
-    base = str(_stage_root(data_cfg, manifest)) if _remote(data_cfg) and data_cfg.stage else data_cfg.dir
+    base = str(_stage_root(data_cfg, manifest)) if _staged(data_cfg) else data_cfg.dir
     return [storage.join(base, s["name"]) for s in _split_entry(manifest, data_cfg, split)["shards"]]
 
 
@@ -208,7 +211,7 @@ def _warn_unlisted(data_dir: str, manifest: dict) -> None:
 _VERIFIED: set[tuple] = set()
 
 
-def _verify(path: str, shard: dict, *, rehash: bool = False) -> None:
+def _verify(path: str, shard: dict, *, rehash: bool = False, fix: str = "run `nfp prepare` again") -> None:
     stamp = _stat(path)
     key = (path, shard["sha256"], stamp)
     if stamp is not None and key in _VERIFIED and not rehash:
@@ -217,11 +220,11 @@ def _verify(path: str, shard: dict, *, rehash: bool = False) -> None:
         digest, size = storage.sha256(path)
     except Exception as err:
         if isinstance(err, FileNotFoundError) or type(err).__name__ == "NotFoundError":
-            raise DataError(f"shard {path}: missing; run `nfp prepare` again") from None
+            raise DataError(f"shard {path}: missing; {fix}") from None
         raise
     if digest != shard["sha256"] or size != shard["bytes"]:
         _VERIFIED.discard(key)
-        raise DataError(f"shard {path}: sha256 {digest[:12]}… ({size} bytes), expected {shard['sha256'][:12]}… ({shard['bytes']} bytes) from the manifest; run `nfp prepare` again")
+        raise DataError(f"shard {path}: sha256 {digest[:12]}… ({size} bytes), expected {shard['sha256'][:12]}… ({shard['bytes']} bytes) from the manifest; {fix}")
     if stamp is not None:
         _VERIFIED.add(key)
 

@@ -163,7 +163,7 @@ def _downloaded(data_cfg: DataConfig, progress: bool) -> _Source:
         clips[sort] = np.asarray(array[: data_cfg.frames, idx[sort]]).transpose(1, 0, 2, 3)
         return clips
 
-    info = {"kind": "download", "url": data_cfg.url, "sha256": download.file_sha256(path), "clips_in_file": total, "seed": data_cfg.seed}
+    info = {"kind": "download", "url": data_cfg.url, "sha256": download.file_digest(path, "sha256"), "clips_in_file": total, "seed": data_cfg.seed}
     return _Source(info, counts, (data_cfg.frames, h, w), read)
 
 
