@@ -32,7 +32,8 @@ def test_prepare_writes_named_shards_and_a_manifest_describing_them(tmp_path):
         "train-00001-of-00002.tfrecord", "val-00000-of-00001.tfrecord",
     ]
     assert json.loads((data / "manifest.json").read_text()) == manifest
-    assert manifest["format_version"] == 1 and manifest["clip_shape"] == [6, 16, 16] and manifest["dtype"] == "uint8"
+    assert manifest["format_version"] == 2 and manifest["clip_shape"] == [6, 16, 16] and manifest["dtype"] == "uint8"
+    assert manifest["record"] == "raw"
     assert manifest["source"] == {"kind": "generate", "recipe": "openstl", "seed": 0, "digit_bank": "sklearn"}
     assert {k: v["count"] for k, v in manifest["splits"].items()} == {"train": 20, "val": 2, "test": 2}
     for entry in manifest["splits"].values():
@@ -53,6 +54,28 @@ def test_shards_hold_exactly_the_generated_clips(tmp_path, compression):
         np.testing.assert_array_equal(read_clips(cfg, split, n), expected)
     suffix = ".tfrecord.gz" if compression == "gzip" else ".tfrecord"
     assert all(s["name"].endswith(suffix) for s in manifest["splits"]["train"]["shards"])
+
+
+def test_each_record_is_one_clips_raw_bytes(tmp_path):
+    """The format other readers rely on: TFRecord framing around a clip's uint8 bytes in C order, nothing else."""
+    import tensorflow as tf
+
+    cfg = tiny(tmp_path)
+    manifest = prep.prepare(cfg, progress=False)
+    first_shard = str(tmp_path / "data" / manifest["splits"]["val"]["shards"][0]["name"])
+    records = [r.numpy() for r in tf.data.TFRecordDataset(first_shard)]
+    clips = read_clips(cfg, "val", manifest["splits"]["val"]["count"])
+    assert records == [clip.tobytes() for clip in clips] and len(records[0]) == 6 * 16 * 16
+
+
+def test_a_data_dir_of_the_previous_format_is_prepared_again(tmp_path):
+    cfg = tiny(tmp_path)
+    manifest = prep.prepare(cfg, progress=False)
+    (tmp_path / "data" / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
+    with pytest.raises(DataError, match="format_version 1, expected 2; run `nfp prepare` again"):
+        prep.load_manifest(cfg.dir)
+    assert prep.ensure_prepared(cfg)["format_version"] == 2
+    assert prep.load_manifest(cfg.dir) == manifest
 
 
 def test_rerun_skips_verified_shards_and_rewrites_missing_ones_byte_identical(tmp_path, monkeypatch):
@@ -134,7 +157,7 @@ def test_manifest_of_another_format_version_is_an_error(tmp_path):
     cfg = tiny(tmp_path)
     manifest = prep.prepare(cfg, progress=False)
     (tmp_path / "data" / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
-    with pytest.raises(DataError, match="format_version 99, expected 1"):
+    with pytest.raises(DataError, match="format_version 99, expected 2"):
         prep.load_manifest(cfg.dir)
 
 

@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from nfp.config import DataConfig
 from nfp import storage
-from nfp.data.prepare import FEATURE, load_manifest
+from nfp.data.prepare import load_manifest
 from nfp.errors import DataError
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -42,26 +42,26 @@ def make_dataset(data_cfg: DataConfig, split: str, global_batch_size: int, *, tr
         )
     else:
         ds = _reader(data_cfg, manifest)(files)  # shard by shard: a fixed order
-    # Batch first: tf.io.parse_example on a batch is far cheaper than one parse per record.
-    parse = functools.partial(_parse, manifest=manifest)
+    # Batch first: one decode per batch is far cheaper than one per record.
+    decode = functools.partial(_decode, manifest=manifest)
     if data_cfg.cache:
-        # Decoded clips, so later epochs skip reading, CRC checks and parsing (as fast as clips held in
+        # Decoded clips, so later epochs skip reading, CRC checks and decoding (as fast as clips held in
         # memory). Later epochs replay the first one's file order; the shuffle buffer still mixes them.
-        ds = ds.batch(256).map(parse, num_parallel_calls=AUTOTUNE).unbatch().cache()
-        parse = tf.identity
+        ds = ds.batch(256).map(decode, num_parallel_calls=AUTOTUNE).unbatch().cache()
+        decode = tf.identity
     if training:
         if data_cfg.shuffle_buffer > 0:
             ds = ds.shuffle(data_cfg.shuffle_buffer)
         ds = ds.repeat()
     ds = ds.batch(global_batch_size, drop_remainder=training)
-    ds = ds.map(lambda batch: to_pairs(parse(batch)), num_parallel_calls=AUTOTUNE)
+    ds = ds.map(lambda batch: to_pairs(decode(batch)), num_parallel_calls=AUTOTUNE)
     if not training and num_workers == 1:  # (workers each see a part: their own length is not the manifest's)
         # The manifest knows the pass's length, TF's file reader does not: Keras then shows a total and does
         # not warn "Your input ran out of data" at the end of the first validation pass.
         clips = _split_entry(manifest, data_cfg, split)["count"]
         ds = ds.apply(tf.data.experimental.assert_cardinality(-(-clips // global_batch_size)))
     options = tf.data.Options()
-    options.deterministic = not training  # training: readers and parsers hand on whatever is ready first
+    options.deterministic = not training  # training: readers and decoders hand on whatever is ready first
     policy = tf.data.experimental.AutoShardPolicy
     options.experimental_distribute.auto_shard_policy = policy.FILE if len(files) >= num_workers else policy.DATA
     ds = ds.with_options(options)
@@ -76,7 +76,7 @@ def clip_batches(data_cfg: DataConfig, split: str, batch_size: int, max_clips: i
     ds = _reader(data_cfg, manifest)(files)
     if max_clips is not None:
         ds = ds.take(max_clips)
-    return ds.batch(batch_size).map(lambda r: _parse(r, manifest), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+    return ds.batch(batch_size).map(lambda r: _decode(r, manifest), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
 
 def read_clips(data_cfg: DataConfig, split: str, count: int) -> np.ndarray:
@@ -126,10 +126,9 @@ def split_size(data_cfg: DataConfig, split: str) -> int:
 
 
 # --------------------------------------------------------------------------- records
-def _parse(records: tf.Tensor, manifest: dict) -> tf.Tensor:
-    """Serialized Examples (batch,) → uint8 clips (batch, T, H, W)."""
-    features = tf.io.parse_example(records, {FEATURE: tf.io.FixedLenFeature([], tf.string)})
-    clips = tf.reshape(tf.io.decode_raw(features[FEATURE], tf.uint8), [-1, *manifest["clip_shape"]])
+def _decode(records: tf.Tensor, manifest: dict) -> tf.Tensor:
+    """Records (batch,), each a clip's raw bytes → uint8 clips (batch, T, H, W)."""
+    clips = tf.reshape(tf.io.decode_raw(records, tf.uint8), [-1, *manifest["clip_shape"]])
     return tf.ensure_shape(clips, records.shape.concatenate(manifest["clip_shape"]))  # keep a static batch size
 
 
