@@ -215,6 +215,44 @@ def test_a_shard_that_changes_after_the_check_is_named_when_tf_trips_on_it(copy_
     assert "hashing the val/train shards" in capsys.readouterr().err
 
 
+def rewrite_records(shard, change) -> None:
+    """Rewrite a shard's records through change(list of bytes): valid TFRecord CRCs, so TF's record check passes."""
+    records = [r.numpy() for r in tf.data.TFRecordDataset(shard)]
+    with tf.io.TFRecordWriter(shard) as writer:
+        for record in change(records):
+            writer.write(record)
+
+
+@pytest.mark.parametrize("shard, batch, change, symptom", [
+    ("train-00000-of-00002", 2, lambda rs: [r[:-8] for r in rs], "Input to reshape"),  # a batch of short records
+    ("train-00000-of-00002", 2, lambda rs: [r + r for r in rs], "Input to reshape"),  # would pass as twice the clips
+    ("train-00001-of-00002", 4, lambda rs: [r + r for r in rs], "DecodeRaw requires"),  # a batch across two shards
+])
+def test_a_shard_rewritten_with_records_of_another_size_is_named(copy_of, shard, batch, change, symptom):
+    ds = pipeline.clip_batches(copy_of, "train", batch)  # verified here, against the manifest
+    rewrite_records(f"{copy_of.dir}/{shard}.tfrecord", change)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=symptom):
+        list(ds)  # a record of another size: never regrouped into other clips, and TF names no file…
+    with pytest.raises(DataError, match=rf"^shard .*/{shard}.tfrecord: sha256 .* from the manifest"):
+        with pipeline.naming_bad_shards(copy_of, "train"):
+            list(ds)
+
+
+def test_a_shard_with_fewer_records_than_its_manifest_is_named_by_evaluation(copy_of):
+    ds = pipeline.make_dataset(copy_of, "train", 4, training=False)  # carries the manifest's 5 batches
+    rewrite_records(f"{copy_of.dir}/train-00000-of-00002.tfrecord", lambda rs: rs[:1])
+    with pytest.raises(DataError, match=r"^shard .*/train-00000-of-00002.tfrecord: sha256 .* from the manifest"):
+        with pipeline.naming_bad_shards(copy_of, "train"):
+            list(ds)
+
+
+def test_other_tf_errors_pass_through_without_hashing(copy_of, capsys):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Matrix size-incompatible"):
+        with pipeline.naming_bad_shards(copy_of, "train"):
+            raise tf.errors.InvalidArgumentError(None, None, "Matrix size-incompatible: In[0]: [4,3], In[1]: [5,2]")
+    assert "hashing" not in capsys.readouterr().err
+
+
 def test_a_flipped_byte_that_keeps_size_and_mtime_is_still_named(copy_of, flip_a_byte):
     import os
 

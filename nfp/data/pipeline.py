@@ -3,8 +3,9 @@
 Shards are verified against the manifest's sha256 before TF reads them, because TF's own CRC
 errors (tf.errors.DataLossError "corrupted record at N") do not name the file. gs:// shards are
 either read by TF directly (production; TF's CRC check still applies) or staged to a local dir
-through gcsfs (data.stage) and verified there. Where TF's check fires anyway (a direct gs:// read,
-a shard changed after the check), `naming_bad_shards` hashes the shards to name the culprit.
+through gcsfs (data.stage) and verified there. Where TF trips on a shard anyway (a direct gs:// read, a
+shard changed after the check: a bad CRC, records of another size, fewer records than the manifest),
+`naming_bad_shards` hashes the shards to name the culprit.
 """
 
 from __future__ import annotations
@@ -88,14 +89,23 @@ def read_clips(data_cfg: DataConfig, split: str, count: int) -> np.ndarray:
     return np.concatenate(batches) if batches else np.zeros((0, *manifest["clip_shape"]), np.uint8)
 
 
+# Besides TF's record check (DataLossError, "corrupted record"), what a shard with other valid records makes TF
+# raise: a record of another size (in _decode), or fewer clips than the manifest counts (assert_cardinality).
+_SHARD_SYMPTOMS = ("DecodeRaw requires input strings to all be the same size", "Input to reshape is a tensor with",
+                   "Input dataset was expected to contain")
+
+
 @contextlib.contextmanager
 def naming_bad_shards(data_cfg: DataConfig, *splits: str):
-    """Turn TF's record check failure, which names no file, into a DataError naming the shard that no longer
-    matches its manifest sha256; TF's own error stands where every shard matches (not a shard's fault)."""
+    """Turn the errors a shard that no longer matches its manifest makes TF raise, which name no file, into a
+    DataError naming that shard; TF's own error stands where every shard matches (not a shard's fault)."""
     try:
         yield
-    except tf.errors.DataLossError as original:
-        print(f"nfp: a record failed TF's check; hashing the {'/'.join(splits)} shards to name it", file=sys.stderr)
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.FailedPreconditionError) as original:
+        if not isinstance(original, tf.errors.DataLossError) and not any(s in str(original) for s in _SHARD_SYMPTOMS):
+            raise
+        print(f"nfp: reading a record failed ({type(original).__name__}); hashing the {'/'.join(splits)} shards to name "
+              "the one that changed", file=sys.stderr)
         try:
             bad = _first_bad_shard(data_cfg, splits)
         except Exception as err:  # noqa: BLE001 - naming is best effort: TF's error must not be lost to it
@@ -128,7 +138,9 @@ def split_size(data_cfg: DataConfig, split: str) -> int:
 # --------------------------------------------------------------------------- records
 def _decode(records: tf.Tensor, manifest: dict) -> tf.Tensor:
     """Records (batch,), each a clip's raw bytes → uint8 clips (batch, T, H, W)."""
-    clips = tf.reshape(tf.io.decode_raw(records, tf.uint8), [-1, *manifest["clip_shape"]])
+    # The batch size from the records, not -1: a record of another size must fail here, not regroup the batch.
+    shape = tf.concat([tf.shape(records), manifest["clip_shape"]], axis=0)
+    clips = tf.reshape(tf.io.decode_raw(records, tf.uint8), shape)
     return tf.ensure_shape(clips, records.shape.concatenate(manifest["clip_shape"]))  # keep a static batch size
 
 
