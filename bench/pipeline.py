@@ -131,7 +131,7 @@ def run(quick: bool, workdir: Path) -> Section:
         NAME, TITLE,
         setup=(
             f"{n_train} generated clips of {s['frames']}×{s['image']}×{s['image']} uint8 in {s['shards']} train shards on local disk; "
-            f"`make_dataset(..., training=True)` (interleave → shuffle → repeat → batch {s['batch']} → parse → float32 shift pairs "
+            f"`make_dataset(..., training=True)` (interleave → shuffle → repeat → batch {s['batch']} → decode → float32 shift pairs "
             f"(batch, {s['frames'] - 1}, {s['image']}, {s['image']}, 1) → prefetch) vs the same stages from an in-memory "
             f"`from_tensor_slices` of the same uint8 clips. Each variant alone: built, {s['warmup']} warm-up batches, "
             f"{s['batches']} timed batches, released; {s['repeats']} round-robin repeats, median. The last two rows isolate the cost of reading records."
