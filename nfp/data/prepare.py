@@ -1,7 +1,7 @@
 """Moving MNIST (generated or downloaded) → train/val/test → sharded TFRecords + manifest.json.
 
 One record per clip: its raw uint8 bytes, C order (T, H, W); shape and dtype are in the manifest. (No
-tf.train.Example: parsing one costs the reader ~40 CPU µs per 64×64 clip, a fifth of its work.) Shards are
+tf.train.Example: parsing one cost ~20–40 CPU µs per 64×64 clip, up to a fifth of the pipeline.) Shards are
 named `train-00000-of-00010.tfrecord[.gz]`; the manifest, written last, lists per shard its
 record count, size and sha256, and is the only entry point readers use.
 """
