@@ -116,8 +116,13 @@ def run(quick: bool, workdir: Path) -> Section:
     # into uint8 tensors; it cannot beat limit / (limit + that extra).
     read_extra = max(cpu_us[reads_only] - cpu_us[batches_only], 0.0)
     ceiling = cpu_us[limit] / (cpu_us[limit] + read_extra)
+    # Machine noise drifts between rounds; a ratio within one round compares neighbours in time.
+    paired = {label: sorted(m / t for m, t in zip(times[limit], times[label])) for label in (plain, gzip)}
     notes = [
         "Set-up includes `make_dataset`'s one-off sha256 check of every shard against the manifest.",
+        "Ratio within each round (variants timed back to back), sorted: "
+        + "; ".join(f"{label} {', '.join(f'{r:.2f}' for r in paired[label])} (median {statistics.median(paired[label]):.2f}×)"
+                    for label in paired) + ".",
         f"CPU µs/clip is the process's CPU time over the timed batches (all threads); cores busy is that CPU time over "
         f"the wall time ({os.cpu_count()} usable). With every core busy, clips/s ≈ cores / CPU per clip.",
         f"Records are a clip's raw bytes (no tf.train.Example to parse). Reading and decoding them alone costs "
