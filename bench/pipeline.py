@@ -129,8 +129,9 @@ def run(quick: bool, workdir: Path) -> Section:
         f"{fmt(read_extra)} CPU µs/clip more than batching the same clips from memory ({fmt(cpu_us[reads_only])} vs "
         f"{fmt(cpu_us[batches_only])}): TF's reader copies each record out of the page cache and checks its CRC32C, "
         f"neither optional, and the bytes are copied once more into a uint8 tensor. On top of the in-memory pipeline's "
-        f"{fmt(cpu_us[limit])} µs/clip that caps any TFRecord pipeline on this machine at ≈ {ceiling:.2f}×. Both sides "
-        f"scale with cores alike while the work is CPU-bound, so more cores alone do not lift the ratio.",
+        f"{fmt(cpu_us[limit])} µs/clip that puts the best any TFRecord pipeline can do on this machine at ≈ {ceiling:.2f}× "
+        f"(an estimate from this run's CPU times, as noisy as the ratios above). Both sides scale with cores alike while "
+        f"the work is CPU-bound, so more cores alone do not lift the ratio.",
     ]
     return Section(
         NAME, TITLE,
