@@ -21,7 +21,7 @@ TARGET = 0.8
 
 SIZES = {
     # clips, image, frames, shards, batch, warm-up batches, timed batches, repeats
-    False: dict(clips=2000, image=64, frames=20, shards=10, batch=16, warmup=30, batches=100, repeats=5),
+    False: dict(clips=2000, image=64, frames=20, shards=10, batch=16, warmup=30, batches=100, repeats=9),
     True: dict(clips=40, image=16, frames=6, shards=2, batch=4, warmup=2, batches=5, repeats=2),
 }
 
