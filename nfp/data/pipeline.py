@@ -39,6 +39,9 @@ def make_dataset(data_cfg: DataConfig, split: str, global_batch_size: int, *, tr
         ds = ds.interleave(
             _reader(data_cfg, manifest),
             cycle_length=min(len(files), 16),  # AUTOTUNE would read only as many files at once as there are cores
+            # Runs of 8 records per file: measured ~5% less CPU per clip than switching file every record, and
+            # no less random: a shard's clips are already in random order (a seeded split, or random draws).
+            block_length=8,
             num_parallel_calls=AUTOTUNE,
         )
     else:
