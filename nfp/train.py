@@ -130,6 +130,16 @@ def train(cfg, *, config_path=None) -> dict:
                     validation_steps=val_steps if val_ds is not None else None, callbacks=callbacks, verbose=t.verbose,
                     shuffle=False,  # the pipeline shuffles; Keras would warn that it ignores shuffle=True
                 )
+        except tf.errors.UnavailableError as err:
+            if info.num_workers < 2:
+                raise
+            # TF aborts every collective once a peer's connection drops or its heartbeats stop; only a restart of
+            # every worker recovers (no elastic training), and the backup makes that a resume.
+            reason = str(err).split("Collective ops is aborted by:", 1)[-1].strip().splitlines()[0]
+            raise TrainingError(
+                f"a worker was lost in epoch {_epoch_of(callbacks) + 1} ({reason}): stopped; start every worker again "
+                f"with the same command: training resumes from {where['backup']}"
+            ) from None
         except RuntimeError as err:
             if "NaN or Inf loss" not in str(err):
                 raise

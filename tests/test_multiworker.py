@@ -106,3 +106,38 @@ def test_two_workers_train_in_lock_step_and_only_the_chief_writes(tiny_overrides
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.params["replicas"] == "2" and runs[0].data.params["num_workers"] == "2"
     assert runs[0].data.tags["strategy"] == "MultiWorkerMirroredStrategy"
+
+
+@pytest.mark.slow
+def test_a_lost_worker_stops_the_other_with_one_line_saying_how_to_resume(tiny_overrides, tmp_path):
+    """No hang: TF aborts the survivor's collectives when a peer goes, and nfp says to restart every worker."""
+    import re
+    import time
+
+    from nfp.data.prepare import ensure_prepared
+
+    overrides = [*tiny_overrides, "distribute.strategy=multi_worker", "train.epochs=500", "train.verbose=2", "tracking.log_model=false"]
+    ensure_prepared(load_config(None, overrides).data)
+    hosts = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    logs = [tmp_path / f"worker{index}.log" for index in range(2)]
+    procs = []
+    try:
+        for index, log in enumerate(logs):
+            env = dict(os.environ, PYTHONUNBUFFERED="1",
+                       TF_CONFIG=json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}))
+            procs.append(subprocess.Popen([sys.executable, "-m", "nfp.cli", "train", *overrides], env=env,
+                                          stdout=log.open("w"), stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 240
+        while "Epoch 3/" not in logs[1].read_text() and time.monotonic() < deadline and procs[1].poll() is None:
+            time.sleep(0.5)
+        assert "Epoch 3/" in logs[1].read_text(), logs[1].read_text()[-3000:]
+        procs[1].kill()  # as a VM that is gone
+        returncode = procs[0].wait(timeout=120)  # …the survivor must not wait forever in a collective
+    finally:
+        for p in procs:
+            p.kill()
+    output = logs[0].read_text()
+    assert returncode == 2, output[-3000:]
+    error = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert re.fullmatch(r"error: a worker was lost in epoch \d+ \(.+\): stopped; start every worker again with the same "
+                        r"command: training resumes from .*backup.*", error[-1]), error
