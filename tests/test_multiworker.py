@@ -141,3 +141,6 @@ def test_a_lost_worker_stops_the_other_with_one_line_saying_how_to_resume(tiny_o
     error = [line for line in output.splitlines() if line.startswith("error: ")]
     assert re.fullmatch(r"error: a worker was lost in epoch \d+ \(.+\): stopped; start every worker again with the same "
                         r"command: training resumes from .*backup.*", error[-1]), error
+    client = mlflow.MlflowClient()
+    (run,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert run.info.status == "FAILED" and "a worker was lost" in run.data.tags["error"]  # its id stays in output_dir: a restart resumes it
