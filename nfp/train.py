@@ -111,7 +111,7 @@ def train(cfg, *, config_path=None) -> dict:
     with contextlib.ExitStack() as stack:
         scratch = None if info.is_chief else stack.enter_context(tempfile.TemporaryDirectory(prefix="nfp-worker-"))
         run = stack.enter_context(tracking.start_run(cfg, is_chief=info.is_chief, state_dir=output_dir))
-        stack.enter_context(_sigterm_stops(where["backup"]))
+        stop_after_sigterm = stack.enter_context(_sigterm_stops(where["backup"]))
         if info.is_chief:
             _log_setup(run, cfg, config_path, manifest, model, strategy, info, replicas, global_batch, steps, gpus, output_dir)
         val_clips = (
@@ -127,7 +127,7 @@ def train(cfg, *, config_path=None) -> dict:
             with pipeline.naming_bad_shards(cfg.data, "train", "val"):
                 history = model.fit(
                     train_ds, epochs=t.epochs, steps_per_epoch=steps, validation_data=val_ds,
-                    validation_steps=val_steps if val_ds is not None else None, callbacks=callbacks, verbose=t.verbose,
+                    validation_steps=val_steps if val_ds is not None else None, callbacks=[*callbacks, stop_after_sigterm], verbose=t.verbose,
                     shuffle=False,  # the pipeline shuffles; Keras would warn that it ignores shuffle=True
                 )
         except tf.errors.UnavailableError as err:
@@ -267,19 +267,36 @@ def _epoch_of(callbacks) -> int:
 # --------------------------------------------------------------------------- preemption
 @contextlib.contextmanager
 def _sigterm_stops(backup_dir: str):
-    """SIGTERM → SystemExit(143) with a message, at once (the backup holds the last completed epoch)."""
+    """SIGTERM → SystemExit(143) with a message, at once (the backup holds the last completed epoch).
+
+    Yields a callback for fit: Python drops an exception a signal handler raises while a __del__ or GC
+    callback runs ("Exception ignored in …"), and training would go on; the callback raises it again at the
+    next batch."""
     import threading
 
+    import keras
+
+    received = threading.Event()
+
+    class StopAfterSigterm(keras.callbacks.Callback):
+        def _raise_if_received(self, *args, **kwargs):
+            if received.is_set():
+                raise SystemExit(128 + signal.SIGTERM)
+
+        on_train_batch_end = on_test_batch_end = on_epoch_end = _raise_if_received
+
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield StopAfterSigterm()
         return
 
     def _stop(signum, frame):
-        print(f"train: SIGTERM received, stopping; re-run the same command to resume from {backup_dir}", file=sys.stderr, flush=True)
+        if not received.is_set():
+            print(f"train: SIGTERM received, stopping; re-run the same command to resume from {backup_dir}", file=sys.stderr, flush=True)
+        received.set()
         raise SystemExit(128 + signal.SIGTERM)
 
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
-        yield
+        yield StopAfterSigterm()
     finally:
         signal.signal(signal.SIGTERM, previous)

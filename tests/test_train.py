@@ -150,11 +150,32 @@ def test_sigterm_stops_at_once_with_the_backup_kept(tiny_overrides, tmp_path):
     _wait_for_rows(proc, tmp_path / "out/history.csv", 2)  # the CSV row comes before the backup: epoch 1 is backed up
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     assert "SIGTERM received, stopping; re-run the same command to resume" in err
     assert "Traceback" not in err
     assert json.loads((tmp_path / "out/backup/training_metadata.json").read_text())["epoch"] >= 1
     assert _run().info.status == "KILLED"
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped SystemExit, on purpose
+def test_a_sigterm_whose_exit_python_drops_still_stops_training_at_the_next_batch(tmp_path, capsys):
+    """A handler's exception raised while a __del__ runs is printed and dropped by Python: training would go on."""
+    from nfp.train import _sigterm_stops
+
+    class SigtermInDel:
+        def __del__(self):
+            signal.raise_signal(signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    with _sigterm_stops(str(tmp_path / "backup")) as stop_after_sigterm:
+        stop_after_sigterm.on_train_batch_end(0)  # nothing received yet: no stop
+        obj = SigtermInDel()
+        del obj  # SIGTERM lands here and its SystemExit is dropped…
+        with pytest.raises(SystemExit) as stopped:
+            stop_after_sigterm.on_train_batch_end(1)  # …so the callback raises it at the next batch
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.count("SIGTERM received, stopping; re-run the same command to resume") == 1
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_global_batch_larger_than_the_training_split_names_the_batch_size(tiny_overrides):
