@@ -68,16 +68,6 @@ def test_each_record_is_one_clips_raw_bytes(tmp_path):
     assert records == [clip.tobytes() for clip in clips] and len(records[0]) == 6 * 16 * 16
 
 
-def test_a_data_dir_of_the_previous_format_is_prepared_again(tmp_path):
-    cfg = tiny(tmp_path)
-    manifest = prep.prepare(cfg, progress=False)
-    (tmp_path / "data" / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
-    with pytest.raises(DataError, match="format_version 1, expected 2; run `nfp prepare` again"):
-        prep.load_manifest(cfg.dir)
-    assert prep.ensure_prepared(cfg)["format_version"] == 2
-    assert prep.load_manifest(cfg.dir) == manifest
-
-
 def test_rerun_skips_verified_shards_and_rewrites_missing_ones_byte_identical(tmp_path, monkeypatch):
     cfg = tiny(tmp_path)
     first = prep.prepare(cfg, progress=False)
@@ -153,12 +143,15 @@ def test_missing_manifest_is_an_error(tmp_path):
         prep.load_manifest(str(tmp_path))
 
 
-def test_manifest_of_another_format_version_is_an_error(tmp_path):
+@pytest.mark.parametrize("version", [1, 99])  # 1: a tf.train.Example per clip, before records became raw bytes
+def test_manifest_of_another_format_version_is_an_error_and_prepared_again(tmp_path, version):
     cfg = tiny(tmp_path)
     manifest = prep.prepare(cfg, progress=False)
-    (tmp_path / "data" / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
-    with pytest.raises(DataError, match="format_version 99, expected 2"):
+    (tmp_path / "data" / "manifest.json").write_text(json.dumps({**manifest, "format_version": version}))
+    with pytest.raises(DataError, match=f"format_version {version}, expected 2; run `nfp prepare` again"):
         prep.load_manifest(cfg.dir)
+    assert prep.ensure_prepared(cfg)["format_version"] == 2
+    assert prep.load_manifest(cfg.dir) == manifest
 
 
 def test_manifest_with_a_path_traversing_shard_name_is_refused(tmp_path):
