@@ -45,12 +45,14 @@ def _child(args: dict) -> dict:
         t0 = time.perf_counter()
         manifest = prepare(cfg, progress=False)
         seconds = time.perf_counter() - t0
-        shards = [s for e in manifest["splits"].values() for s in e["shards"]]
+        shards = [s for split in manifest.splits for s in manifest.shards(split)]
         return {"seconds": seconds, "disk_bytes": sum(s["bytes"] for s in shards), "shards": len(shards)}
 
-    from nfp.data.pipeline import read_clips, split_size
+    from nfp.data.manifest import load_manifest
+    from nfp.data.pipeline import read_clips
 
-    clips = np.concatenate([read_clips(cfg, split, split_size(cfg, split)) for split in ("train", "val", "test")])
+    manifest = load_manifest(cfg.dir)
+    clips = np.concatenate([read_clips(cfg, manifest, split, manifest.count(split)) for split in manifest.splits])
     path = Path(args["dir"]) / "clips.npy"
     t0 = time.perf_counter()
     np.save(path, clips)

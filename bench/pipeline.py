@@ -56,15 +56,15 @@ def run(quick: bool, workdir: Path) -> Section:
 
     import tensorflow as tf
 
-    from nfp.data.pipeline import clip_batches, make_dataset, read_clips, split_size
+    from nfp.data.pipeline import clip_batches, make_dataset, read_clips
     from nfp.data.prepare import prepare
 
     s = SIZES[quick]
     cfgs = {c: data_config(workdir / "pipeline", c, s) for c in ("none", "gzip")}
-    for cfg in cfgs.values():
-        prepare(cfg, progress=False)
-    n_train = split_size(cfgs["none"], "train")
-    clips = read_clips(cfgs["none"], "train", n_train)
+    manifests = {c: prepare(cfg, progress=False) for c, cfg in cfgs.items()}
+    plain_manifest = manifests["none"]
+    n_train = plain_manifest.count("train")
+    clips = read_clips(cfgs["none"], plain_manifest, "train", n_train)
     epoch_batches = n_train // s["batch"] + 1
 
     limit, plain, gzip = "in-memory from_tensor_slices (input limit)", "TFRecords, plain", "TFRecords, GZIP"
@@ -73,12 +73,12 @@ def run(quick: bool, workdir: Path) -> Section:
     reads_only = "TFRecord reads → batch → uint8 clips only (no float pairs)"
     variants = [  # (label, build, warm-up batches)
         (limit, lambda: in_memory_dataset(clips, cfgs["none"], s["batch"]), s["warmup"]),
-        (plain, lambda: make_dataset(cfgs["none"], "train", s["batch"], training=True), s["warmup"]),
-        (gzip, lambda: make_dataset(cfgs["gzip"], "train", s["batch"], training=True), s["warmup"]),
-        (cached, lambda: make_dataset(dataclasses.replace(cfgs["none"], cache=True), "train", s["batch"], training=True),
+        (plain, lambda: make_dataset(cfgs["none"], plain_manifest, "train", s["batch"], training=True), s["warmup"]),
+        (gzip, lambda: make_dataset(cfgs["gzip"], manifests["gzip"], "train", s["batch"], training=True), s["warmup"]),
+        (cached, lambda: make_dataset(dataclasses.replace(cfgs["none"], cache=True), plain_manifest, "train", s["batch"], training=True),
          s["warmup"] + epoch_batches),  # past the first pass, which fills the cache
         (batches_only, lambda: tf.data.Dataset.from_tensor_slices(clips).repeat().batch(s["batch"]).prefetch(tf.data.AUTOTUNE), s["warmup"]),
-        (reads_only, lambda: clip_batches(cfgs["none"], "train", s["batch"]).repeat(), s["warmup"]),
+        (reads_only, lambda: clip_batches(cfgs["none"], plain_manifest, "train", s["batch"]).repeat(), s["warmup"]),
     ]
     # One live pipeline at a time (idle ones still hold threads and buffers that skew the others), in
     # round-robin repeats so machine noise hits every variant alike; median per variant.

@@ -45,11 +45,12 @@ def black_frames(cfg, clips: int) -> tuple[dict, dict]:
     """OpenSTL metrics of predicting black frames for the evaluated clips: (scores, per-frame curves)."""
     import numpy as np
 
+    from nfp.data.manifest import load_manifest
     from nfp.data.pipeline import read_clips
     from nfp.metrics import FrameMetrics
 
     k, n = cfg.evaluate.context_frames, cfg.evaluate.predict_frames
-    truth = read_clips(cfg.data, "test", clips)[:, k : k + n, ..., None].astype(np.float32) / 255.0
+    truth = read_clips(cfg.data, load_manifest(cfg.data.dir), "test", clips)[:, k : k + n, ..., None].astype(np.float32) / 255.0
     acc = FrameMetrics()
     acc.update(truth, np.zeros_like(truth))
     return acc.result(), acc.per_frame()

@@ -47,11 +47,14 @@ def reference_rate(cfg, *, train: int, val: int, epochs: int, batch: int = BATCH
     import keras
     import numpy as np
 
+    from nfp.data.manifest import load_manifest
     from nfp.data.pipeline import read_clips
     from nfp.model import build_model
 
+    manifest = load_manifest(cfg.data.dir)
+
     def shifted(split: str, n: int):
-        x = read_clips(cfg.data, split, n).astype(np.float32)[..., None] / 255.0
+        x = read_clips(cfg.data, manifest, split, n).astype(np.float32)[..., None] / 255.0
         return x[:, :-1], x[:, 1:]
 
     (x_train, y_train), val_data = shifted("train", train), shifted("val", val)

@@ -9,8 +9,6 @@ MultiWorkerMirroredStrategy) but into a scratch dir, and restore from the chief'
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -20,82 +18,11 @@ from typing import Callable
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from nfp import storage, visualize
-
-BACKUP_METADATA = "training_metadata.json"  # written by keras.callbacks.BackupAndRestore
-
-
-def paths(output_dir: str) -> dict[str, str]:
-    """Where training writes under `output_dir` (local or gs://)."""
-    join = os.path.join if "://" not in output_dir else lambda *p: "/".join(s.rstrip("/") for s in p)
-    return {
-        "checkpoints": join(output_dir, "checkpoints"),
-        "best": join(output_dir, "checkpoints", "best.keras"),
-        "last": join(output_dir, "checkpoints", "last.keras"),
-        "backup": join(output_dir, "backup"),
-        "csv": join(output_dir, "history.csv"),
-        "images": join(output_dir, "images"),
-    }
-
-
-# --------------------------------------------------------------------------- learning rate
-def base_learning_rate(train_cfg, replicas: int) -> float:
-    """train.learning_rate, times the replica count when train.scale_lr (linear scaling rule)."""
-    return train_cfg.learning_rate * (replicas if train_cfg.scale_lr else 1)
-
-
-def learning_rate_at(epoch: int, train_cfg, replicas: int) -> float:
-    """The scheduled learning rate of 0-based `epoch` (plateau: warm-up only, then ReduceLROnPlateau decides)."""
-    s = train_cfg.schedule
-    base = base_learning_rate(train_cfg, replicas)
-    if epoch < s.warmup_epochs:
-        return base * (epoch + 1) / s.warmup_epochs
-    done = epoch - s.warmup_epochs
-    if s.name == "step":
-        return base * s.gamma ** (done // s.step_epochs)
-    if s.name == "cosine":
-        span = max(1, train_cfg.epochs - s.warmup_epochs)
-        return s.min_lr + (base - s.min_lr) * 0.5 * (1 + math.cos(math.pi * min(done, span) / span))
-    return base
-
-
-# --------------------------------------------------------------------------- resume helpers
-def resume_epoch(backup_dir: str) -> int:
-    """Epochs completed according to the BackupAndRestore metadata in `backup_dir` (0 without a backup)."""
-    path = f"{backup_dir.rstrip('/')}/{BACKUP_METADATA}"
-    if not tf.io.gfile.exists(path):
-        return 0
-    with tf.io.gfile.GFile(path) as f:
-        return int(json.loads(f.read())["epoch"])
-
-
-def trim_csv(path: str, keep_below: int) -> None:
-    """Drop CSV rows of epochs >= `keep_below` (and a torn last line): a resumed run writes each epoch once."""
-    if not tf.io.gfile.exists(path):
-        return
-    with tf.io.gfile.GFile(path) as f:
-        lines = f.read().splitlines(keepends=True)
-    kept = lines[:1] + [
-        line for line in lines[1:] if line.endswith("\n") and line.split(",", 1)[0].isdigit() and int(line.split(",", 1)[0]) < keep_below
-    ]
-    if kept != lines:
-        storage.write_bytes(path, "".join(kept).encode())
-
-
-def read_csv_history(path: str) -> dict[str, list[float]]:
-    """history.csv → {"loss": [...], ...}, one value per epoch in order."""
-    if not tf.io.gfile.exists(path):
-        return {}
-    with tf.io.gfile.GFile(path) as f:
-        rows = list(csv.DictReader(io.StringIO(f.read())))
-    out: dict[str, list[float]] = {}
-    for row in rows:
-        for key, value in row.items():
-            if key != "epoch":
-                out.setdefault(key, []).append(float(value) if value not in ("", "NA") else float("nan"))
-    return out
+from nfp.job import Job
+from nfp.optim import learning_rate_at
+from nfp.rundir import BACKUP_METADATA, RunDir, read_csv_history
 
 
 # --------------------------------------------------------------------------- callbacks Keras lacks
@@ -153,13 +80,9 @@ class PredictionImages(keras.callbacks.Callback):
         image = visualize.strips_grid(
             [visualize.prediction_strip(c[:k], c[k : k + n], p) for c, p in zip(frames, pred)]
         )
-        dest = f"{self.images_dir.rstrip('/')}/epoch_{step:03d}.png"
-        if "://" in dest:
-            with tempfile.TemporaryDirectory() as tmp:
-                local = visualize.write_png(image, os.path.join(tmp, "x.png"))
-                storage.write_bytes(dest, local.read_bytes())
-        else:
-            visualize.write_png(image, dest)
+        with tempfile.TemporaryDirectory() as tmp:
+            local = visualize.write_png(image, os.path.join(tmp, "x.png"))
+            storage.write_bytes(storage.join(self.images_dir, f"epoch_{step:03d}.png"), local.read_bytes())
         if self.sink is not None:
             self.sink(image, self.key, step)
         return image
@@ -176,7 +99,7 @@ class PeriodicEvaluation(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or (epoch + 1) % self.every:
             return
-        from nfp.evaluate import evaluate_model, flat_metrics
+        from nfp.scoring import evaluate_model, flat_metrics
 
         e = self.cfg
         result = evaluate_model(self.model, self.make_clips(), protocol=e.protocol,
@@ -192,13 +115,13 @@ class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
         super().__init__(filepath[: -len(".keras")] + ".tmp.keras", **kwargs)
 
     def on_train_begin(self, logs=None):
-        if tf.io.gfile.exists(self.filepath):  # left by a killed run: never promote it
-            tf.io.gfile.remove(self.filepath)
+        if storage.exists(self.filepath):  # left by a killed run: never promote it
+            storage.remove(self.filepath)
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
-        if tf.io.gfile.exists(self.filepath):
-            tf.io.gfile.rename(self.filepath, self.final_path, overwrite=True)
+        if storage.exists(self.filepath):
+            storage.rename(self.filepath, self.final_path)
 
 
 class CSVLog(keras.callbacks.CSVLogger):
@@ -209,8 +132,8 @@ class CSVLog(keras.callbacks.CSVLogger):
         # Appending (a resumed run): keep the file's columns. Keras would take them from this run's first
         # epoch, whose keys can differ (periodic val_* metrics), and write rows longer than the header.
         if not self.append_header:
-            with tf.io.gfile.GFile(self.filename) as f:
-                self.keys = f.readline().rstrip("\r\n").split(self.sep)[1:] or None
+            header = storage.read_bytes(self.filename).decode().partition("\n")[0]
+            self.keys = header.rstrip("\r").split(self.sep)[1:] or None
 
     def on_train_end(self, logs=None):
         if self.csv_file is not None:
@@ -228,35 +151,34 @@ class Backup(keras.callbacks.BackupAndRestore):
         self.save_dir = (save_dir or backup_dir).rstrip("/")
 
     def _save_model(self):
-        tf.io.gfile.makedirs(self.save_dir)
-        weights = f"{self.save_dir}/latest.weights.h5"
-        self.model.save_weights(f"{self.save_dir}/latest.tmp.weights.h5", overwrite=True)
-        tf.io.gfile.rename(f"{self.save_dir}/latest.tmp.weights.h5", weights, overwrite=True)
+        storage.makedirs(self.save_dir)
+        partial = storage.join(self.save_dir, "latest.tmp.weights.h5")
+        self.model.save_weights(partial, overwrite=True)
+        storage.rename(partial, storage.join(self.save_dir, "latest.weights.h5"))
         # Metadata last: a kill between the two renames redoes one epoch, never skips one.
         meta = {"epoch": self._current_epoch, "batch": self._last_batch_seen}
-        storage.write_bytes(f"{self.save_dir}/{BACKUP_METADATA}", json.dumps(meta).encode())
+        storage.write_bytes(storage.join(self.save_dir, BACKUP_METADATA), json.dumps(meta).encode())
 
 
 # --------------------------------------------------------------------------- from config
-def build_callbacks(cfg, *, output_dir: str, is_chief: bool, replicas: int, clips_per_epoch: int,
-                    scratch_dir: str | None = None, has_validation: bool = True, val_clips: np.ndarray | None = None,
-                    image_sink: Callable | None = None, val_clip_batches: Callable | None = None,
-                    tracking_callback=None) -> list:
+def build_callbacks(cfg, job: Job, *, scratch_dir: str | None = None, has_validation: bool = True,
+                    val_clips: np.ndarray | None = None, image_sink: Callable | None = None,
+                    val_clip_batches: Callable | None = None, tracking_callback=None) -> list:
     """The callbacks `cfg.train` (and evaluate.every_n_epochs) enable, in the order they must run;
     `tracking_callback` goes after every callback that adds to the logs.
 
-    Off the chief, files go to `scratch_dir` (default: a new temporary dir) instead of `output_dir`.
+    Off the chief, files go to `scratch_dir` (default: a new temporary dir) instead of the job's output dir.
     """
     t = cfg.train
-    where = paths(output_dir)
-    scratch = where if is_chief else paths(scratch_dir or tempfile.mkdtemp(prefix="nfp-worker-"))
+    out = job.output
+    scratch = out if job.is_chief else RunDir(scratch_dir or tempfile.mkdtemp(prefix="nfp-worker-"))
     callbacks: list = []
 
     schedule = keras.callbacks.LearningRateScheduler(
-        lambda epoch, lr: lr if t.schedule.name == "plateau" and epoch >= t.schedule.warmup_epochs else learning_rate_at(epoch, t, replicas)
+        lambda epoch, lr: lr if t.schedule.name == "plateau" and epoch >= t.schedule.warmup_epochs else learning_rate_at(epoch, t, job.replicas)
     )
     callbacks.append(schedule)
-    if cfg.evaluate.every_n_epochs and is_chief and val_clip_batches is not None:
+    if cfg.evaluate.every_n_epochs and job.is_chief and val_clip_batches is not None:
         # before plateau, checkpoint and early-stopping callbacks, so they can monitor val_mse, val_ssim, …
         callbacks.append(PeriodicEvaluation(val_clip_batches, every=cfg.evaluate.every_n_epochs, evaluate_cfg=cfg.evaluate))
     if t.schedule.name == "plateau":
@@ -265,26 +187,26 @@ def build_callbacks(cfg, *, output_dir: str, is_chief: bool, replicas: int, clip
             keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=_mode(monitor), factor=t.schedule.gamma,
                                               patience=t.schedule.patience, min_lr=t.schedule.min_lr)
         )
-    callbacks.append(EpochStats(clips_per_epoch))
+    callbacks.append(EpochStats(job.clips_per_epoch))
     if t.terminate_on_nan:
         # raise, not stop: a graceful stop would still checkpoint and back up the NaN weights.
         callbacks.append(keras.callbacks.TerminateOnNaN(raise_error=True))
     if t.checkpoint.save_best:
         monitor = _monitor(t.checkpoint.monitor, has_validation)
         callbacks.append(
-            AtomicCheckpoint(scratch["best"], monitor=monitor, mode=_mode(monitor), save_best_only=True,
-                             initial_value_threshold=_best_so_far(where["csv"], monitor))
+            AtomicCheckpoint(scratch.best, monitor=monitor, mode=_mode(monitor), save_best_only=True,
+                             initial_value_threshold=_best_so_far(out.csv, monitor))
         )
     if t.checkpoint.save_last:
-        callbacks.append(AtomicCheckpoint(scratch["last"]))
-    if t.images.every_n_epochs and is_chief and val_clips is not None and len(val_clips):
+        callbacks.append(AtomicCheckpoint(scratch.last))
+    if t.images.every_n_epochs and job.is_chief and val_clips is not None and len(val_clips):
         callbacks.append(
             PredictionImages(val_clips, every=t.images.every_n_epochs, context_frames=cfg.evaluate.context_frames,
-                             predict_frames=cfg.evaluate.predict_frames, images_dir=where["images"], sink=image_sink)
+                             predict_frames=cfg.evaluate.predict_frames, images_dir=out.images, sink=image_sink)
         )
     if t.csv_log:
-        tf.io.gfile.makedirs(os.path.dirname(scratch["csv"]))  # CSVLogger opens the file but makes no dirs
-        callbacks.append(CSVLog(scratch["csv"], append=True))
+        storage.makedirs(scratch.root)  # CSVLogger opens the file but makes no dirs
+        callbacks.append(CSVLog(scratch.csv, append=True))
     if t.early_stopping.enabled:
         monitor = _monitor(t.early_stopping.monitor, has_validation)
         callbacks.append(
@@ -293,7 +215,7 @@ def build_callbacks(cfg, *, output_dir: str, is_chief: bool, replicas: int, clip
     if tracking_callback is not None:
         callbacks.append(tracking_callback)
     if t.backup:
-        callbacks.append(Backup(where["backup"], save_dir=scratch["backup"]))
+        callbacks.append(Backup(out.backup, save_dir=scratch.backup))
     return callbacks
 
 

@@ -8,7 +8,7 @@ import os
 import shlex
 import sys
 
-from nfp.errors import NfpError
+from nfp.errors import NfpError, redact
 
 _OVERRIDES_HELP = "config overrides as key.path=value (e.g. train.epochs=2 model.preset=tiny)"
 
@@ -65,8 +65,6 @@ def main(argv: list[str] | None = None) -> int:
     except NfpError as err:
         if args.debug:
             raise
-        from nfp.tracking import redact
-
         print(f"error: {redact(str(err))}", file=sys.stderr)  # a URL's user:password never reaches the logs
         return 2
     except KeyboardInterrupt:
@@ -90,7 +88,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from nfp.data.prepare import prepare
 
         manifest = prepare(cfg.data)
-        print(f"prepared {cfg.data.dir}: " + ", ".join(f"{k}={v['count']}" for k, v in manifest["splits"].items()))
+        print(f"prepared {cfg.data.dir}: " + ", ".join(f"{split}={manifest.count(split)}" for split in manifest.splits))
     elif args.command == "train":
         from nfp.train import train
 

@@ -1,4 +1,7 @@
-"""Errors users see as one line (the CLI prints `error: <message>` and exits 2; --debug shows the traceback)."""
+"""Errors users see as one line (the CLI prints `error: <message>` and exits 2; --debug shows the traceback),
+and the helpers that keep such a line short and free of credentials."""
+
+import re
 
 
 class NfpError(Exception):
@@ -23,3 +26,18 @@ class TrackingError(NfpError):
 
 class TrainingError(NfpError):
     """Training cannot go on (loss became NaN/Inf, nothing to train on); the message says what is kept."""
+
+
+# --------------------------------------------------------------------------- what goes into a message
+_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    """`https://user:secret@host/…` → `https://***@host/…`: URLs never carry credentials into messages or logs."""
+    return _CREDENTIALS.sub("***@", text)
+
+
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name when empty), credentials redacted, at most `limit` chars."""
+    text = str(err).strip()
+    return redact(text.splitlines()[0])[:limit] if text else type(err).__name__

@@ -60,3 +60,21 @@ def rollout(model, context, horizon: int) -> np.ndarray:
         preds.append(nxt)
         frames = np.concatenate([frames, nxt], axis=1)
     return np.concatenate(preds, axis=1)
+
+
+def check_compatible(model, frame_shape) -> None:
+    """ModelError unless the model takes (batch, time, H, W, C) clips with frame_shape = (H, W, C)."""
+    from nfp.errors import ModelError
+
+    inputs = getattr(model, "inputs", None)
+    if not inputs:
+        return  # subclassed model without a declared input: its first call will tell
+    shape = tuple(inputs[0].shape)
+    if len(shape) != 5:
+        raise ModelError(f"model input {shape}: expected 5-D (batch, time, H, W, channels)")
+    expected = shape[2:]
+    if any(e is not None and e != g for e, g in zip(expected, frame_shape)):
+        raise ModelError(
+            f"model expects frames H×W×C = {'×'.join(str(e) for e in expected)}, "
+            f"the clips are {'×'.join(map(str, frame_shape))} (wrong data.dir or image_size?)"
+        )

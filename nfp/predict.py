@@ -19,9 +19,9 @@ from nfp.errors import ConfigError, DataError
 
 def run_predict(cfg, *, model_uri, inputs, context_frames=None, horizon=None, out_dir=None, save_npy=False) -> dict[str, Path]:
     """Predict `horizon` frames from the first `context_frames` of one clip; → {"strip", "gif"[, "npy"]} paths."""
-    from nfp import visualize
-    from nfp.evaluate import check_compatible, load_model, publish
-    from nfp.model import rollout
+    from nfp import storage, visualize
+    from nfp.model import check_compatible, rollout
+    from nfp.model_source import load_model
 
     k = cfg.evaluate.context_frames if context_frames is None else context_frames
     n = cfg.evaluate.predict_frames if horizon is None else horizon
@@ -41,7 +41,7 @@ def run_predict(cfg, *, model_uri, inputs, context_frames=None, horizon=None, ou
     known = clip[k : k + n]
     truth[: len(known)] = known
 
-    out_dir = str(out_dir or f"{cfg.train.output_dir.rstrip('/')}/predict")
+    out_dir = str(out_dir or storage.join(cfg.train.output_dir, "predict"))
     with tempfile.TemporaryDirectory(prefix="nfp-predict-") as tmp:
         tmp = Path(tmp)
         visualize.write_png(visualize.prediction_strip(clip[:k], truth, predicted), tmp / f"{tag}.png")
@@ -52,15 +52,8 @@ def run_predict(cfg, *, model_uri, inputs, context_frames=None, horizon=None, ou
         if save_npy:  # mnist_test_seq.npy's layout, so it can be fed back to `nfp predict`
             np.save(tmp / f"{tag}.npy", predicted[:, None])
             names["npy"] = f"{tag}.npy"
-        publish(tmp, out_dir)
-    return {key: _out_path(out_dir, name) for key, name in names.items()}
-
-
-def _out_path(out_dir: str, name: str):
-    """A Path for local output; the URL string for remote (Path would mangle `gs://`)."""
-    if "://" in out_dir and not out_dir.startswith("file://"):
-        return f"{out_dir.rstrip('/')}/{name}"
-    return Path(out_dir.removeprefix("file://")) / name
+        storage.publish(tmp, out_dir)
+    return {key: storage.output_path(out_dir, name) for key, name in names.items()}
 
 
 def load_input(cfg, spec: str) -> tuple[np.ndarray, str]:
@@ -83,16 +76,18 @@ def _int(text: str, spec: str, what: str) -> int:
 
 
 def _split_clip(cfg, spec: str) -> tuple[np.ndarray, str]:
-    from nfp.data.pipeline import read_clips, split_size
+    from nfp.data.manifest import load_manifest
+    from nfp.data.pipeline import read_clips
 
     parts = spec.split(":")
     if len(parts) != 3:
         raise ConfigError(f"--input {spec}: expected split:NAME:INDEX, e.g. split:test:0")
     name, index = parts[1], _int(parts[2], spec, "index")
-    count = split_size(cfg.data, name)
+    manifest = load_manifest(cfg.data.dir)
+    count = manifest.count(name)
     if index >= count:
         raise DataError(f"--input {spec}: index {index} out of range, split {name!r} of {cfg.data.dir} has {count} clips")
-    return read_clips(cfg.data, name, index + 1)[index], f"{name}_{index}"
+    return read_clips(cfg.data, manifest, name, index + 1)[index], f"{name}_{index}"
 
 
 def _generated_clip(cfg, spec: str) -> tuple[np.ndarray, str]:

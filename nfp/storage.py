@@ -26,6 +26,11 @@ def is_local(url: str) -> bool:
     return scheme(url) == "file"
 
 
+def is_remote(url: str) -> bool:
+    """Not on this machine's disk (gs://, ram://, …): other processes and hosts may see it, local tools cannot."""
+    return not is_local(url)
+
+
 def local_path(url: str) -> Path:
     """The local path of a local URL (file:// stripped, ~ expanded)."""
     return Path(os.path.expanduser(url.removeprefix("file://")))
@@ -59,6 +64,15 @@ def exists(url: str) -> bool:
     fs, path = filesystem(url)
     fs.invalidate_cache()  # gcsfs caches listings; another process may have written since
     return fs.exists(path)
+
+
+def is_dir(url: str) -> bool:
+    if is_local(url):
+        return local_path(url).is_dir()
+    if scheme(url) in TF_ONLY:
+        return _gfile().isdir(url)
+    fs, path = filesystem(url)
+    return fs.isdir(path)
 
 
 def read_bytes(url: str) -> bytes:
@@ -105,6 +119,29 @@ def write_bytes(url: str, data: bytes, tmp_dir: Path | None = None) -> None:
     tmp = Path(tmp_dir) / f".{posixpath.basename(url)}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.write_bytes(data)
     put(tmp, url)
+
+
+def rename(src: str, dst: str) -> None:
+    """Move src to dst on the same filesystem, replacing dst (atomic on local disk; on GCS dst appears whole)."""
+    if is_local(src):
+        os.replace(local_path(src), local_path(dst))
+    elif scheme(src) in TF_ONLY:
+        _gfile().rename(src, dst, overwrite=True)
+    else:
+        fs, path = filesystem(src)
+        fs.mv(path, filesystem(dst)[1])
+
+
+def publish(local_dir: Path, out_dir: str) -> None:
+    """Copy the finished files of local_dir into out_dir (local or remote), each written atomically."""
+    makedirs(out_dir)
+    for path in sorted(Path(local_dir).iterdir()):
+        write_bytes(join(out_dir, path.name), path.read_bytes())
+
+
+def output_path(out_dir: str, name: str):
+    """Where `name` lands in out_dir: a Path when local, the URL string when remote (Path would mangle `gs://`)."""
+    return local_path(out_dir) / name if is_local(out_dir) else f"{out_dir.rstrip('/')}/{name}"
 
 
 def get(url: str, local: Path) -> None:

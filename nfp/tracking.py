@@ -15,27 +15,18 @@ import contextlib
 import json
 import logging
 import os
-import re
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from nfp.errors import TrackingError
+from nfp.errors import TrackingError, first_line, redact
 
 log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "mlflow_run_id"
 BACKLOG_FILE = "tracking_backlog.jsonl"
-_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
-
-
-def redact(uri: str) -> str:
-    """`https://user:secret@host/…` → `https://***@host/…`: tracking URIs never carry credentials into logs."""
-    return _CREDENTIALS.sub("***@", uri)
-
-
 @contextlib.contextmanager
 def _fail_fast_http() -> Iterator[None]:
     """MLflow retries HTTP for ~4 minutes by default; a start-up check should answer in seconds."""
@@ -65,7 +56,7 @@ def check_reachable(experiment_id: str | None = None) -> None:
                 client.get_experiment(experiment_id)
     except Exception as err:  # noqa: BLE001 - any failure here means "cannot track"
         # MLflow's own message repeats the URI, credentials included
-        detail = redact(str(err).strip().splitlines()[0])[:200] if str(err).strip() else type(err).__name__
+        detail = first_line(err)
         what = f"experiment id {experiment_id}" if experiment_id and "experiment" in detail.lower() else "tracking server"
         raise TrackingError(f"MLflow {what} at {redact(uri)} is not usable: {detail}") from None
 
@@ -79,7 +70,7 @@ def check_artifact_location(experiment_name: str) -> None:
 
     run_id = os.environ.get("MLFLOW_RUN_ID")
     if run_id:
-        location = mlflow.get_run(run_id).info.artifact_uri
+        location = get_run(run_id).info.artifact_uri
     else:
         experiment = mlflow.get_experiment_by_name(experiment_name)
         location = experiment.artifact_location if experiment else None
@@ -123,7 +114,7 @@ class RunLogger:
             except Exception as err:  # noqa: BLE001 - tracking must not kill training
                 self._offline = True
                 warnings.warn(
-                    f"MLflow logging failed ({what}: {redact(str(err).splitlines()[0])[:160] if str(err) else type(err).__name__}); "
+                    f"MLflow logging failed ({what}: {first_line(err, 160)}); "
                     f"training continues, unlogged records go to {self._backlog}",
                     stacklevel=3,
                 )
@@ -138,7 +129,7 @@ class RunLogger:
         import mlflow
 
         clean = {k: _param_value(v) for k, v in params.items()}
-        existing = self._call("params", lambda: mlflow.get_run(self.run_id).data.params) or {}
+        existing = self._call("params", lambda: get_run(self.run_id).data.params) or {}
         changed = sorted(k for k in clean if k in existing and existing[k] != clean[k])
         if changed:
             warnings.warn(f"resumed run {self.run_id} keeps its original params; changed now: {', '.join(changed)}", stacklevel=2)
@@ -265,7 +256,7 @@ def start_run(cfg, *, is_chief: bool, state_dir) -> Iterator[RunLogger]:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     state_dir = str(state_dir)
     saved_run_id = _saved_run_id(state_dir)
-    if saved_run_id and not _run_exists(mlflow, saved_run_id):
+    if saved_run_id and get_run(saved_run_id, missing_ok=True) is None:
         warnings.warn(
             f"run {saved_run_id} saved in {state_dir} is not in the tracking store at "
             f"{redact(mlflow.get_tracking_uri())}: starting a new run",
@@ -299,20 +290,23 @@ def start_run(cfg, *, is_chief: bool, state_dir) -> Iterator[RunLogger]:
         raise
     except BaseException as err:
         with contextlib.suppress(Exception):
-            mlflow.set_tag("error", redact(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")[:5000])
+            mlflow.set_tag("error", f"{type(err).__name__}: {first_line(err, 5000)}")
         _end(mlflow, "FAILED")
         raise
     _end(mlflow, "FINISHED")
 
 
-def _run_exists(mlflow, run_id: str) -> bool:
+def get_run(run_id: str, *, missing_ok: bool = False, error: type[Exception] = TrackingError, purpose: str = ""):
+    """The MLflow run `run_id`. A run the store does not have: None if `missing_ok`, else `error` (one line naming the
+    run and what it was wanted `purpose`); a store that cannot be asked: `error` always."""
+    import mlflow
+
     try:
-        mlflow.MlflowClient().get_run(run_id)
-        return True
-    except mlflow.exceptions.MlflowException as err:
-        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return False
-        raise
+        return mlflow.MlflowClient().get_run(run_id)
+    except Exception as err:  # noqa: BLE001 - MlflowException for unknown ids, others for a bad store
+        if missing_ok and getattr(err, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise error(f"MLflow run {run_id}{purpose}: not found at {redact(mlflow.get_tracking_uri())} ({first_line(err)})") from None
 
 
 def _git_commit() -> str | None:
@@ -330,7 +324,7 @@ def _end(mlflow, status: str) -> None:
     try:
         mlflow.end_run(status=status)
     except Exception as err:  # noqa: BLE001 - the server may be gone; the run id is saved for later
-        warnings.warn(f"MLflow run could not be marked {status}: {redact(str(err).splitlines()[0])[:160]}", stacklevel=2)
+        warnings.warn(f"MLflow run could not be marked {status}: {first_line(err, 160)}", stacklevel=2)
 
 
 def _saved_run_id(state_dir: str) -> str | None:

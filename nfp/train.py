@@ -20,20 +20,19 @@ import numpy as np
 
 from nfp import callbacks as cb
 from nfp import storage, tracking, visualize
-from nfp.errors import ConfigError, TrainingError
+from nfp.errors import TrainingError, redact
+from nfp.job import Job, plan
+from nfp.rundir import read_csv_history, trim_csv
 
 log = logging.getLogger(__name__)
-
-_OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD"}
-_LOSSES = {"bce": "BinaryCrossentropy", "mse": "MeanSquaredError"}
 
 
 def train(cfg, *, config_path=None) -> dict:
     """Train `cfg.model` on `cfg.data`; return {"history", "run_id", "output_dir", "best_checkpoint", "last_checkpoint"}."""
     from nfp.distribute import cluster_info
 
-    info = cluster_info()  # reads TF_CONFIG (set from SkyPilot env if need be); no TF work yet
-    if cfg.tracking.enabled and info.is_chief:
+    cluster = cluster_info()  # reads TF_CONFIG (set from SkyPilot env if need be); no TF work yet
+    if cfg.tracking.enabled and cluster.is_chief:
         tracking.check_reachable()  # before any compute: a dead server must not cost a run
         tracking.check_register_name(cfg.tracking.register_as)
         tracking.check_artifact_location(cfg.tracking.experiment)
@@ -41,129 +40,135 @@ def train(cfg, *, config_path=None) -> dict:
     import keras
     import tensorflow as tf
 
-    from nfp.data import pipeline, prepare
-    from nfp.distribute import global_batch_size, make_strategy
-    from nfp.model import build_model
+    from nfp.data import pipeline
+    from nfp.data.prepare import ensure_prepared
+    from nfp.data.shards import naming_bad_shards
+    from nfp.distribute import make_strategy
 
     strategy = make_strategy(cfg.distribute)  # first TF work: MultiWorkerMirroredStrategy insists
     t = cfg.train
-    manifest = prepare.ensure_prepared(cfg.data)  # deterministic and atomic: safe on every worker
-
-    replicas = strategy.num_replicas_in_sync
-    global_batch = global_batch_size(t.batch_size, strategy)
-    train_count = pipeline.split_size(cfg.data, "train")
-    if train_count < global_batch:  # full batches only: not even one step
-        raise ConfigError(
-            f"train.batch_size: global batch {global_batch} ({t.batch_size} × {replicas} replicas) exceeds the "
-            f"{train_count} training clips, expected at most {train_count // replicas} per replica"
-        )
-    steps = t.steps_per_epoch or train_count // global_batch
-    val_count = pipeline.split_size(cfg.data, "val")
+    manifest = ensure_prepared(cfg.data)  # deterministic and atomic: safe on every worker; read once, handed on
+    job = plan(t, cluster=cluster, replicas=strategy.num_replicas_in_sync, train_clips=manifest.count("train"))
     keras.utils.set_random_seed(t.seed)
-    train_ds = pipeline.make_dataset(cfg.data, "train", global_batch, training=True, num_workers=info.num_workers)
-    val_ds = pipeline.make_dataset(cfg.data, "val", global_batch, training=False, num_workers=info.num_workers)
-    if info.num_workers == 1:
-        val_steps = t.validation_steps  # None: one whole pass per epoch, the last partial batch included
-    else:
-        # Every worker must run the same count of full batches (a whole number of executions): repeat and count.
-        spe = t.steps_per_execution
-        val_steps = t.validation_steps or val_count // global_batch // spe * spe
-        val_ds = val_ds.repeat() if val_steps else None
-    if not val_count or val_ds is None:
-        log.warning("validation split (%d clips) too small for the global batch (%d): training without validation", val_count, global_batch)
-        val_ds = None
-
-    if info.num_workers > 1 and "://" not in t.output_dir:
+    train_ds = pipeline.make_dataset(cfg.data, manifest, "train", job.global_batch, training=True, num_workers=cluster.num_workers)
+    val_ds, val_steps = _validation(cfg, manifest, job)
+    if cluster.num_workers > 1 and storage.is_local(t.output_dir):
         log.warning("train.output_dir %s is local: with %d workers it must be one directory all of them see "
-                    "(gs://…), or a restarted worker resumes from nothing", t.output_dir, info.num_workers)
-
+                    "(gs://…), or a restarted worker resumes from nothing", t.output_dir, cluster.num_workers)
     gpus = tf.config.list_physical_devices("GPU")
-    policy = keras.mixed_precision.global_policy()
-    if t.mixed_precision and gpus:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    elif t.mixed_precision:
-        log.warning("train.mixed_precision: no GPU visible, training in float32")
-    try:
-        with strategy.scope():
-            model = build_model(cfg.model, image_size=cfg.data.image_size)
-            optimizer = getattr(keras.optimizers, _OPTIMIZERS[t.optimizer])(learning_rate=cb.base_learning_rate(t, replicas))
-            model.compile(
-                optimizer=optimizer,
-                loss=getattr(keras.losses, _LOSSES[t.loss])(),
-                jit_compile=t.jit_compile == "on" or (t.jit_compile == "auto" and bool(gpus)),
-                steps_per_execution=t.steps_per_execution,
-            )
-    finally:
-        keras.mixed_precision.set_global_policy(policy)  # the process-wide policy is not ours to keep
+    model = _compiled_model(cfg, strategy, job, on_gpu=bool(gpus))
 
-    output_dir = t.output_dir
-    where = cb.paths(output_dir)
-    start = cb.resume_epoch(where["backup"]) if t.backup else 0
-    if info.is_chief:
-        tf.io.gfile.makedirs(output_dir)
-        cb.trim_csv(where["csv"], start)
+    out = job.output
+    start = out.resume_epoch() if t.backup else 0
+    if job.is_chief:
+        storage.makedirs(out.root)
+        trim_csv(out.csv, start)
     if start >= t.epochs:
-        print(f"train: all {t.epochs} epochs already done in {where['backup']}; raise train.epochs to go on, "
+        print(f"train: all {t.epochs} epochs already done in {out.backup}; raise train.epochs to go on, "
               f"or use another train.output_dir to start over", file=sys.stderr)
     elif start:
-        print(f"train: resuming after epoch {start} of {t.epochs} from {where['backup']}", file=sys.stderr)
+        print(f"train: resuming after epoch {start} of {t.epochs} from {out.backup}", file=sys.stderr)
 
     with contextlib.ExitStack() as stack:
-        scratch = None if info.is_chief else stack.enter_context(tempfile.TemporaryDirectory(prefix="nfp-worker-"))
-        run = stack.enter_context(tracking.start_run(cfg, is_chief=info.is_chief, state_dir=output_dir))
-        stop_after_sigterm = stack.enter_context(_sigterm_stops(where["backup"]))
-        if info.is_chief:
-            _log_setup(run, cfg, config_path, manifest, model, strategy, info, replicas, global_batch, steps, gpus, output_dir)
-        val_clips = (
-            pipeline.read_clips(cfg.data, "val", t.images.num_clips) if info.is_chief and t.images.every_n_epochs and val_count else None
-        )
+        scratch = None if job.is_chief else stack.enter_context(tempfile.TemporaryDirectory(prefix="nfp-worker-"))
+        run = stack.enter_context(tracking.start_run(cfg, is_chief=job.is_chief, state_dir=out.root))
+        stop_after_sigterm = stack.enter_context(_sigterm_stops(out.backup))
+        if job.is_chief:
+            _log_setup(run, cfg, job, config_path=config_path, manifest=manifest, model=model, strategy=strategy, gpus=gpus)
+        show_images = job.is_chief and t.images.every_n_epochs and manifest.count("val")
         callbacks = cb.build_callbacks(
-            cfg, output_dir=output_dir, is_chief=info.is_chief, replicas=replicas, clips_per_epoch=steps * global_batch,
-            scratch_dir=scratch, has_validation=val_ds is not None, val_clips=val_clips,
-            val_clip_batches=lambda: pipeline.clip_batches(cfg.data, "val", cfg.evaluate.batch_size, cfg.evaluate.max_clips),
+            cfg, job, scratch_dir=scratch, has_validation=val_ds is not None,
+            val_clips=pipeline.read_clips(cfg.data, manifest, "val", t.images.num_clips) if show_images else None,
+            val_clip_batches=lambda: pipeline.clip_batches(cfg.data, manifest, "val", cfg.evaluate.batch_size, cfg.evaluate.max_clips),
             image_sink=run.log_image if run.active else None, tracking_callback=run.keras_callback(),
         )
         try:
-            with pipeline.naming_bad_shards(cfg.data, "train", "val"):
+            with naming_bad_shards(cfg.data, manifest, "train", "val"):
                 history = model.fit(
-                    train_ds, epochs=t.epochs, steps_per_epoch=steps, validation_data=val_ds,
-                    validation_steps=val_steps if val_ds is not None else None, callbacks=[*callbacks, stop_after_sigterm], verbose=t.verbose,
+                    train_ds, epochs=t.epochs, steps_per_epoch=job.steps_per_epoch, validation_data=val_ds,
+                    validation_steps=val_steps, callbacks=[*callbacks, stop_after_sigterm], verbose=t.verbose,
                     shuffle=False,  # the pipeline shuffles; Keras would warn that it ignores shuffle=True
                 )
         except tf.errors.UnavailableError as err:
-            if info.num_workers < 2:
+            if cluster.num_workers < 2:
                 raise
             # TF aborts every collective once a peer's connection drops or its heartbeats stop; only a restart of
             # every worker recovers (no elastic training), and the backup makes that a resume.
             reason = str(err).split("Collective ops is aborted by:", 1)[-1].strip().splitlines()[0]
             raise TrainingError(
                 f"a worker was lost in epoch {_epoch_of(callbacks) + 1} ({reason}): stopped; start every worker again "
-                f"with the same command: training resumes from {where['backup']}"
+                f"with the same command: training resumes from {out.backup}"
             ) from None
         except RuntimeError as err:
             if "NaN or Inf loss" not in str(err):
                 raise
             raise TrainingError(
-                f"loss became NaN/Inf in epoch {_epoch_of(callbacks) + 1}: stopped; last good state kept in {where['backup']} "
-                f"and {where['checkpoints']} (try a lower train.learning_rate)"
+                f"loss became NaN/Inf in epoch {_epoch_of(callbacks) + 1}: stopped; last good state kept in {out.backup} "
+                f"and {out.checkpoints} (try a lower train.learning_rate)"
             ) from None
         trained = len(history.history.get("loss", []))
-        if info.is_chief and trained:  # a finished job re-run trains nothing and logs nothing again
-            _log_results(run, cfg, model, where, output_dir)
-        if info.is_chief:
-            print(f"train: {trained} epoch(s) trained, outputs in {output_dir}"
+        if job.is_chief and trained:  # a finished job re-run trains nothing and logs nothing again
+            _log_results(run, cfg, job, model=model, manifest=manifest)
+        if job.is_chief:
+            print(f"train: {trained} epoch(s) trained, outputs in {out.root}"
                   + (f", MLflow run {run.run_id}" if run.active else ""), file=sys.stderr)
         return {
             "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
             "run_id": run.run_id,
-            "output_dir": output_dir,
-            "best_checkpoint": where["best"] if t.checkpoint.save_best and tf.io.gfile.exists(where["best"]) else None,
-            "last_checkpoint": where["last"] if t.checkpoint.save_last and tf.io.gfile.exists(where["last"]) else None,
+            "output_dir": out.root,
+            "best_checkpoint": out.best if t.checkpoint.save_best and storage.exists(out.best) else None,
+            "last_checkpoint": out.last if t.checkpoint.save_last and storage.exists(out.last) else None,
         }
 
 
+def _validation(cfg, manifest, job: Job):
+    """(validation dataset or None, validation_steps for fit)."""
+    from nfp.data import pipeline
+
+    val_count = manifest.count("val")
+    workers = job.cluster.num_workers
+    val_ds = pipeline.make_dataset(cfg.data, manifest, "val", job.global_batch, training=False, num_workers=workers) if val_count else None
+    val_steps = cfg.train.validation_steps  # None: one whole pass per epoch, the last partial batch included
+    if workers > 1 and val_ds is not None:
+        # Every worker must run the same count of full batches (a whole number of executions): repeat and count.
+        spe = cfg.train.steps_per_execution
+        val_steps = val_steps or val_count // job.global_batch // spe * spe
+        val_ds = val_ds.repeat() if val_steps else None
+    if val_ds is None:
+        log.warning("validation split (%d clips) too small for the global batch (%d): training without validation", val_count, job.global_batch)
+        return None, None
+    return val_ds, val_steps
+
+
+def _compiled_model(cfg, strategy, job: Job, *, on_gpu: bool):
+    """The configured model, built and compiled in the strategy's scope (mixed precision only on a GPU)."""
+    import keras
+
+    from nfp.model import build_model
+    from nfp.optim import build_loss, build_optimizer
+
+    t = cfg.train
+    policy = keras.mixed_precision.global_policy()
+    if t.mixed_precision and on_gpu:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    elif t.mixed_precision:
+        log.warning("train.mixed_precision: no GPU visible, training in float32")
+    try:
+        with strategy.scope():
+            model = build_model(cfg.model, image_size=cfg.data.image_size)
+            model.compile(
+                optimizer=build_optimizer(t, job.replicas),
+                loss=build_loss(t),
+                jit_compile=t.jit_compile == "on" or (t.jit_compile == "auto" and on_gpu),
+                steps_per_execution=t.steps_per_execution,
+            )
+    finally:
+        keras.mixed_precision.set_global_policy(policy)  # the process-wide policy is not ours to keep
+    return model
+
+
 # --------------------------------------------------------------------------- tracking
-def _log_setup(run, cfg, config_path, manifest, model, strategy, info, replicas, global_batch, steps, gpus, output_dir):
+def _log_setup(run, cfg, job: Job, *, config_path, manifest, model, strategy, gpus):
     import keras
     import mlflow
     import tensorflow as tf
@@ -172,51 +177,50 @@ def _log_setup(run, cfg, config_path, manifest, model, strategy, info, replicas,
 
     run.log_params({
         **cfg.flat(),
-        "replicas": replicas,
-        "num_workers": info.num_workers,
-        "global_batch_size": global_batch,
-        "steps_per_epoch": steps,
+        "replicas": job.replicas,
+        "num_workers": job.cluster.num_workers,
+        "global_batch_size": job.global_batch,
+        "steps_per_epoch": job.steps_per_epoch,
         "model_params": model.count_params(),
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "mlflow_version": mlflow.__version__,
-        "data_manifest_id": manifest.get("id"),
+        "data_manifest_id": manifest.id,
     })
     run.set_tags({"strategy": strategy_name(strategy), "device": _device_kind(gpus), **({"config_file": str(config_path)} if config_path else {})})
     with tempfile.TemporaryDirectory() as tmp:
         for name, artifact, text in (
-            ("config.yaml", "config/resolved.yaml", tracking.redact(cfg.to_yaml())),
-            ("manifest.json", "data/manifest.json", tracking.redact(json.dumps(manifest, indent=2))),
+            ("config.yaml", "config/resolved.yaml", redact(cfg.to_yaml())),
+            ("manifest.json", "data/manifest.json", redact(json.dumps(manifest.content, indent=2))),
         ):
-            storage.write_bytes(f"{output_dir.rstrip('/')}/{name}", text.encode())
+            storage.write_bytes(job.output.file(name), text.encode())
             folder, _, base = artifact.partition("/")
             local = Path(tmp, base)
             local.write_text(text)
             run.log_artifact(str(local), folder)
 
 
-def _log_results(run, cfg, model, where, output_dir):
+def _log_results(run, cfg, job: Job, *, model, manifest):
     """CSV, loss/LR curves (from the whole CSV, so a resumed run shows every epoch), a predicted-clip GIF, checkpoints, the model."""
-    import tensorflow as tf
-
     from nfp.data import pipeline
     from nfp.model import build_model, rollout
 
+    out = job.output
     # A plain copy outside the strategy: predicting with a multi-worker model would wait on the other workers.
     export = build_model(cfg.model, image_size=cfg.data.image_size)
     export.set_weights(model.get_weights())
     with tempfile.TemporaryDirectory() as tmp:
-        csv_local = _local_copy(where["csv"], tmp)
+        csv_local = _local_copy(out.csv, tmp)
         if csv_local:
             run.log_artifact(csv_local, "logs")
-        history = cb.read_csv_history(where["csv"])
+        history = read_csv_history(out.csv)
         if history:
             fig = visualize.history_figure(history)
             fig.savefig(os.path.join(tmp, "history.png"))
-            storage.write_bytes(f"{output_dir.rstrip('/')}/history.png", Path(tmp, "history.png").read_bytes())
+            storage.write_bytes(out.file("history.png"), Path(tmp, "history.png").read_bytes())
             run.log_figure(fig, "plots/history.png")
 
-        clip = pipeline.read_clips(cfg.data, "val", 1)
+        clip = pipeline.read_clips(cfg.data, manifest, "val", 1) if manifest.count("val") else np.zeros((0,))
         if len(clip):
             frames = clip.astype(np.float32)[..., None] / 255.0
             k = max(1, min(cfg.evaluate.context_frames, frames.shape[1] - 1))
@@ -225,12 +229,12 @@ def _log_results(run, cfg, model, where, output_dir):
             gif = visualize.write_gif(
                 visualize.side_by_side_frames(frames[0, : k + n], np.concatenate([frames[0, :k], pred])), os.path.join(tmp, "clip.gif")
             )
-            storage.write_bytes(f"{output_dir.rstrip('/')}/prediction.gif", gif.read_bytes())
+            storage.write_bytes(out.file("prediction.gif"), gif.read_bytes())
             run.log_artifact(str(gif), "predictions")
 
         if cfg.tracking.log_checkpoints:
-            for key in ("best", "last"):
-                local = _local_copy(where[key], tmp) if tf.io.gfile.exists(where[key]) else None
+            for path in (out.best, out.last):
+                local = _local_copy(path, tmp)
                 if local:
                     run.log_artifact(local, "checkpoints")
         if cfg.tracking.log_model and len(clip):
@@ -238,15 +242,13 @@ def _log_results(run, cfg, model, where, output_dir):
 
 
 def _local_copy(path: str, tmp: str) -> str | None:
-    """`path` itself when local, else a copy in `tmp` (MLflow logs local files)."""
-    import tensorflow as tf
-
-    if not tf.io.gfile.exists(path):
+    """`path` itself when local, else a copy in `tmp` (MLflow logs local files); None when it does not exist."""
+    if not storage.exists(path):
         return None
-    if "://" not in path:
-        return path
+    if storage.is_local(path):
+        return str(storage.local_path(path))
     local = os.path.join(tmp, os.path.basename(path))
-    tf.io.gfile.copy(path, local, overwrite=True)
+    storage.get(path, Path(local))
     return local
 
 

@@ -73,8 +73,8 @@ def corrupt_after_building(monkeypatch):
     def patch(builder: str, shard_for) -> None:
         real = getattr(pipeline, builder)
 
-        def build(data_cfg, split, *args, **kwargs):
-            ds = real(data_cfg, split, *args, **kwargs)
+        def build(data_cfg, manifest, split, *args, **kwargs):
+            ds = real(data_cfg, manifest, split, *args, **kwargs)
             if (shard := shard_for(data_cfg, split)) is not None:
                 flip_a_payload_byte(shard)
             return ds
@@ -93,10 +93,10 @@ def tiny_checkpoint(tiny_overrides, tmp_path) -> str:
     from nfp.model import build_model
 
     cfg = load_config(None, tiny_overrides)
-    prepare(cfg.data, progress=False)
+    manifest = prepare(cfg.data, progress=False)
     model = build_model(cfg.model, image_size=cfg.data.image_size)
     model.compile("adam", "binary_crossentropy")
-    model.fit(make_dataset(cfg.data, "train", 4, training=True), steps_per_epoch=3, epochs=1, verbose=0)
+    model.fit(make_dataset(cfg.data, manifest, "train", 4, training=True), steps_per_epoch=3, epochs=1, verbose=0)
     path = tmp_path / "tiny.keras"
     model.save(path)
     return str(path)
@@ -166,3 +166,16 @@ def mlflow_server(tmp_path_factory):
     server = MlflowServer(tmp_path_factory.mktemp("mlflow_server")).start()
     yield server
     server.stop()
+
+
+def tiny_model(size: int = 16):
+    """A causal ConvLSTM (the head's temporal kernel is 1), 4 filters."""
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.Input((None, size, size, 1)),
+            keras.layers.ConvLSTM2D(4, 3, padding="same", return_sequences=True),
+            keras.layers.Conv3D(1, (1, 3, 3), padding="same", activation="sigmoid"),
+        ]
+    )

@@ -1,7 +1,6 @@
 """Callbacks from config: what each switch attaches, in what order, and what each one writes."""
 
 import json
-import math
 
 import keras
 import numpy as np
@@ -9,7 +8,11 @@ import pytest
 
 from nfp import callbacks as cb
 from nfp.config import load_config
+from nfp.distribute import ClusterInfo
+from nfp.job import Job
 from nfp.model import build_model
+from nfp.optim import base_learning_rate
+from nfp.rundir import RunDir, read_csv_history, trim_csv
 
 EVERYTHING_ON = [
     "train.schedule.name=plateau",
@@ -47,20 +50,25 @@ class Tracker(keras.callbacks.Callback):
         self.logs.append(dict(logs))
 
 
-def _build(tiny_overrides, extra, **kwargs):
+def _job(cfg, *, output_dir: str | None = None, is_chief: bool = True) -> Job:
+    """A one-replica job of 2 steps × 4 clips per epoch writing to `output_dir` (default: train.output_dir)."""
+    cluster = ClusterInfo(is_chief=is_chief, task_index=0 if is_chief else 1, num_workers=1 if is_chief else 2)
+    return Job(cluster, replicas=1, global_batch=4, steps_per_epoch=2, output=RunDir(output_dir or cfg.train.output_dir))
+
+
+def _build(tiny_overrides, extra, *, output_dir=None, is_chief=True, **kwargs):
     cfg = load_config(None, [*tiny_overrides, *extra])
     val_clips = np.random.default_rng(1).integers(0, 256, (2, 6, 16, 16), dtype=np.uint8)
-    args = dict(output_dir=cfg.train.output_dir, is_chief=True, replicas=1, clips_per_epoch=8, val_clips=val_clips,
-                val_clip_batches=lambda: __import__("tensorflow").data.Dataset.from_tensor_slices(val_clips).batch(2),
-                tracking_callback=Tracker())
-    return cfg, cb.build_callbacks(cfg, **{**args, **kwargs})
+    args = dict(val_clips=val_clips, tracking_callback=Tracker(),
+                val_clip_batches=lambda: __import__("tensorflow").data.Dataset.from_tensor_slices(val_clips).batch(2))
+    return cfg, cb.build_callbacks(cfg, _job(cfg, output_dir=output_dir, is_chief=is_chief), **{**args, **kwargs})
 
 
 def _fit(cfg, callbacks, epochs=2):
     x = np.random.default_rng(0).random((8, 6, 16, 16, 1), dtype=np.float32)
     ds = __import__("tensorflow").data.Dataset.from_tensor_slices((x[:, :-1], x[:, 1:])).batch(4)
     model = build_model(cfg.model, image_size=16)
-    model.compile(keras.optimizers.Adam(cb.base_learning_rate(cfg.train, 1)), "bce")
+    model.compile(keras.optimizers.Adam(base_learning_rate(cfg.train, 1)), "bce")
     return model, model.fit(ds, validation_data=ds, epochs=epochs, callbacks=callbacks, verbose=0)
 
 
@@ -114,23 +122,6 @@ def test_fit_with_everything_on_writes_and_logs_each_epoch(tiny_overrides, tmp_p
     assert set(history.history) >= {"learning_rate", "epoch_time", "clips_per_sec"}
 
 
-def test_learning_rate_schedules(tiny_overrides):
-    def lrs(*extra, replicas=1):
-        t = load_config(None, [*tiny_overrides, "train.learning_rate=0.1", "train.epochs=6", *extra]).train
-        return [cb.learning_rate_at(e, t, replicas) for e in range(6)]
-
-    assert lrs() == pytest.approx([0.1] * 6)
-    assert lrs("train.schedule.name=step", "train.schedule.step_epochs=2", "train.schedule.gamma=0.5") == pytest.approx(
-        [0.1, 0.1, 0.05, 0.05, 0.025, 0.025]
-    )
-    cosine = lrs("train.schedule.name=cosine", "train.schedule.warmup_epochs=2")
-    assert cosine[:3] == pytest.approx([0.05, 0.1, 0.1])  # linear warm-up, then the cosine from the peak
-    assert cosine[3] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi / 4)))
-    assert all(a >= b for a, b in zip(cosine[1:], cosine[2:]))
-    assert lrs("train.scale_lr=true", replicas=4)[0] == pytest.approx(0.4)
-    assert lrs("train.scale_lr=false", replicas=4)[0] == pytest.approx(0.1)
-
-
 def test_scheduler_sets_the_optimizer_learning_rate_each_epoch(tiny_overrides):
     cfg, callbacks = _build(
         tiny_overrides, [*EVERYTHING_OFF, "train.learning_rate=0.01", "train.schedule.name=step", "train.schedule.step_epochs=1", "train.schedule.gamma=0.1"]
@@ -152,19 +143,6 @@ def test_non_chief_saves_into_scratch_and_restores_from_the_chief(tiny_overrides
     assert backup.backup_dir == str(tmp_path / "out/backup") and backup.save_dir == str(scratch / "backup")
 
 
-def test_resume_epoch_and_csv_trim(tmp_path):
-    backup = tmp_path / "backup"
-    assert cb.resume_epoch(str(backup)) == 0
-    backup.mkdir()
-    (backup / cb.BACKUP_METADATA).write_text('{"epoch": 2, "batch": 0}')
-    assert cb.resume_epoch(str(backup)) == 2
-    csv = tmp_path / "history.csv"
-    csv.write_text("epoch,loss\n0,0.5\n1,0.4\n2,0.3\n3,0.")  # epoch 2 done after the backup, epoch 3 torn
-    cb.trim_csv(str(csv), 2)
-    assert csv.read_text() == "epoch,loss\n0,0.5\n1,0.4\n"
-    assert cb.read_csv_history(str(csv)) == {"loss": [0.5, 0.4]}
-
-
 def test_resumed_best_checkpoint_is_not_replaced_by_a_worse_epoch(tiny_overrides, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -180,7 +158,7 @@ def test_stale_temporary_checkpoint_is_never_promoted(tiny_overrides, tmp_path):
     ckpt.mkdir(parents=True)
     (ckpt / "best.tmp.keras").write_text("half-written by a killed run")
     (tmp_path / "out/history.csv").write_text("epoch,val_loss\n0,0.0\n")  # nothing will beat this
-    callbacks = cb.build_callbacks(cfg, output_dir=str(tmp_path / "out"), is_chief=True, replicas=1, clips_per_epoch=8)
+    callbacks = cb.build_callbacks(cfg, _job(cfg, output_dir=str(tmp_path / "out")))
     _fit(cfg, callbacks, epochs=1)
     assert not (ckpt / "best.keras").exists() and not (ckpt / "best.tmp.keras").exists()
 
@@ -205,9 +183,10 @@ def test_callbacks_write_to_a_non_local_filesystem(tiny_overrides):
     _fit(cfg, callbacks)
     for name in ("history.csv", "checkpoints/best.keras", "checkpoints/last.keras", "backup/latest.weights.h5", "images/epoch_002.png"):
         assert tf.io.gfile.exists(f"{out}/{name}"), name
-    assert cb.resume_epoch(f"{out}/backup") == 2
-    cb.trim_csv(f"{out}/history.csv", 1)
-    assert len(cb.read_csv_history(f"{out}/history.csv")["loss"]) == 1
+    run_dir = RunDir(out)
+    assert run_dir.resume_epoch() == 2
+    trim_csv(run_dir.csv, 1)
+    assert len(read_csv_history(run_dir.csv)["loss"]) == 1
 
 
 def test_best_checkpoint_can_monitor_the_periodic_evaluation_metrics(tiny_overrides, tmp_path):

@@ -13,6 +13,7 @@ from nfp.data import download
 from nfp.data.pipeline import read_clips
 from nfp.data.prepare import prepare
 from nfp.errors import DataError
+from nfp.data.manifest import load_manifest
 
 CLIPS = 12
 
@@ -99,10 +100,10 @@ def test_progress_bar_counts_bytes(tmp_path, server, capsys):
 
 def test_prepare_from_the_download_splits_its_clips_with_a_seed(tmp_path, server, real_layout):
     cfg = cfg_for(tmp_path, server["url"] + "/mnist_test_seq.npy", split=SplitConfig(train=8, val=2, test=2))
-    manifest = prepare(cfg, progress=False)
+    manifest = prepare(cfg, progress=False).content
     assert manifest["source"]["kind"] == "download" and manifest["source"]["sha256"] == server["sha256"]
     assert manifest["clip_shape"] == [20, 64, 64]
-    got = np.concatenate([read_clips(cfg, s, 12) for s in ("train", "val", "test")])
+    got = np.concatenate([read_clips(cfg, load_manifest(cfg.dir), s, 12) for s in ("train", "val", "test")])
     ids = sorted(int(clip[0, 0, 0]) // 10 for clip in got)
     assert ids == list(range(CLIPS))  # every clip exactly once
     np.testing.assert_array_equal(got[0], real_layout[:, int(got[0, 0, 0, 0]) // 10])
@@ -111,9 +112,9 @@ def test_prepare_from_the_download_splits_its_clips_with_a_seed(tmp_path, server
 
 def test_num_clips_caps_and_frames_cut_the_download(tmp_path, server):
     cfg = cfg_for(tmp_path, server["url"] + "/mnist_test_seq.npy", num_clips=6, frames=10, num_shards=1)
-    manifest = prepare(cfg, progress=False)
+    manifest = prepare(cfg, progress=False).content
     assert sum(e["count"] for e in manifest["splits"].values()) == 6 and manifest["clip_shape"] == [10, 64, 64]
-    assert all(int(c[0, 0, 0]) // 10 < 6 for c in read_clips(cfg, "train", 6))
+    assert all(int(c[0, 0, 0]) // 10 < 6 for c in read_clips(cfg, load_manifest(cfg.dir), "train", 6))
 
 
 def test_local_path_and_file_url_are_read_in_place(tmp_path, real_layout):

@@ -16,6 +16,8 @@ from nfp.cli import main
 from nfp.config import load_config
 from nfp.data import pipeline, prepare as prep
 from nfp.errors import DataError
+from nfp.data.manifest import load_manifest
+from nfp.data.shards import naming_bad_shards
 
 BUCKET = "nfp-test"
 
@@ -74,23 +76,23 @@ def test_nfp_prepare_writes_shards_and_manifest_to_gcs(emulator, gcs, tiny_overr
 
 def test_staged_gcs_shards_yield_the_same_arrays_as_a_local_dir(emulator, tiny_overrides, tmp_path):
     local, remote = configs(tiny_overrides, tmp_path, "stage")
-    manifest = prep.prepare(remote, progress=False)
-    assert prep.prepare(local, progress=False)["id"] == manifest["id"]  # same bytes, wherever they live
+    manifest = prep.prepare(remote, progress=False).content
+    assert prep.prepare(local, progress=False).id == manifest["id"]  # same bytes, wherever they live
     for split in ("train", "val"):
-        a = [x.numpy() for x, _ in pipeline.make_dataset(local, split, 4, training=False)]
-        b = [x.numpy() for x, _ in pipeline.make_dataset(remote, split, 4, training=False)]
+        a = [x.numpy() for x, _ in pipeline.make_dataset(local, load_manifest(local.dir), split, 4, training=False)]
+        b = [x.numpy() for x, _ in pipeline.make_dataset(remote, load_manifest(remote.dir), split, 4, training=False)]
         np.testing.assert_array_equal(np.concatenate(a), np.concatenate(b))
     staged = sorted(os.listdir(tmp_path / "staged" / manifest["id"]))
     assert staged == ["train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord", "val-00000-of-00001.tfrecord"]
-    np.testing.assert_array_equal(pipeline.read_clips(remote, "test", 2), pipeline.read_clips(local, "test", 2))
-    assert prep.ensure_prepared(remote) == manifest
+    np.testing.assert_array_equal(pipeline.read_clips(remote, load_manifest(remote.dir), "test", 2), pipeline.read_clips(local, load_manifest(local.dir), "test", 2))
+    assert prep.ensure_prepared(remote).content == manifest
 
 
 def test_rerun_on_gcs_skips_verified_shards(emulator, tiny_overrides, tmp_path, monkeypatch):
     _, remote = configs(tiny_overrides, tmp_path, "rerun")
-    first = prep.prepare(remote, progress=False)
+    first = prep.prepare(remote, progress=False).content
     monkeypatch.setattr(prep, "_write_shard", lambda *a: pytest.fail("rewrote a verified shard"))
-    assert prep.prepare(remote, progress=False) == first
+    assert prep.prepare(remote, progress=False).content == first
 
 
 def test_a_corrupted_gcs_shard_fails_staging_naming_it(emulator, gcs, tiny_overrides, tmp_path):
@@ -101,7 +103,7 @@ def test_a_corrupted_gcs_shard_fails_staging_naming_it(emulator, gcs, tiny_overr
     data[40] ^= 1
     gcs.pipe_file(path, bytes(data))
     with pytest.raises(DataError, match="shard gs://nfp-test/corrupt/val-00000-of-00001.tfrecord: sha256 .* from the manifest"):
-        pipeline.make_dataset(remote, "val", 2, training=False)
+        pipeline.make_dataset(remote, load_manifest(remote.dir), "val", 2, training=False)
     assert not [n for n in os.listdir(next((tmp_path / "staged").iterdir())) if n.startswith("val")]  # nothing kept
 
 
@@ -115,25 +117,25 @@ def test_a_record_error_on_a_direct_gcs_read_names_the_corrupted_shard(emulator,
     gcs.pipe_file(path, bytes(data))
     # TF's GCS filesystem cannot reach the emulator, so raise the DataLossError its reader would raise
     with pytest.raises(DataError, match="shard gs://nfp-test/direct/train-00001-of-00002.tfrecord: sha256 .* from the manifest"):
-        with pipeline.naming_bad_shards(direct, "val", "train"):
+        with naming_bad_shards(direct, load_manifest(direct.dir), "val", "train"):
             raise tf.errors.DataLossError(None, None, "corrupted record at 1234")
 
 
 def test_a_corrupted_staged_copy_is_named_with_staging_advice(emulator, tiny_overrides, tmp_path):
     _, remote = configs(tiny_overrides, tmp_path, "stagedbad")
-    manifest = prep.prepare(remote, progress=False)
-    pipeline.make_dataset(remote, "val", 2, training=False)  # stages and verifies the copy
+    manifest = prep.prepare(remote, progress=False).content
+    pipeline.make_dataset(remote, load_manifest(remote.dir), "val", 2, training=False)  # stages and verifies the copy
     copy = tmp_path / "staged" / manifest["id"] / "val-00000-of-00001.tfrecord"
     data = bytearray(copy.read_bytes())
     data[len(data) // 2] ^= 1
     copy.write_bytes(bytes(data))
     with pytest.raises(DataError, match=rf"shard {copy}: sha256 .* from the manifest; run again to stage it afresh$"):
-        with pipeline.naming_bad_shards(remote, "val"):
+        with naming_bad_shards(remote, load_manifest(remote.dir), "val"):
             raise tf.errors.DataLossError(None, None, "corrupted record at 0")
-    pipeline.make_dataset(remote, "val", 2, training=False)  # which the next run does
-    assert pipeline.read_clips(remote, "val", 2).shape[0] == 2
+    pipeline.make_dataset(remote, load_manifest(remote.dir), "val", 2, training=False)  # which the next run does
+    assert pipeline.read_clips(remote, load_manifest(remote.dir), "val", 2).shape[0] == 2
 
 
 def test_a_missing_gcs_manifest_is_an_error(emulator, tmp_path):
     with pytest.raises(DataError, match="gs://nfp-test/nowhere/manifest.json: not found"):
-        prep.load_manifest(f"gs://{BUCKET}/nowhere")
+        load_manifest(f"gs://{BUCKET}/nowhere")

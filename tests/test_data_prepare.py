@@ -12,6 +12,7 @@ from nfp.data import moving_mnist as mm
 from nfp.data import prepare as prep
 from nfp.data.pipeline import read_clips
 from nfp.errors import DataError
+from nfp.data.manifest import load_manifest
 
 
 def tiny(tmp_path, **kw) -> DataConfig:
@@ -25,7 +26,7 @@ def sha(path) -> str:
 
 def test_prepare_writes_named_shards_and_a_manifest_describing_them(tmp_path):
     cfg = tiny(tmp_path)
-    manifest = prep.prepare(cfg, progress=False)
+    manifest = prep.prepare(cfg, progress=False).content
     data = tmp_path / "data"
     assert sorted(p.name for p in data.iterdir()) == [
         "manifest.json", "test-00000-of-00001.tfrecord", "train-00000-of-00002.tfrecord",
@@ -46,12 +47,12 @@ def test_prepare_writes_named_shards_and_a_manifest_describing_them(tmp_path):
 @pytest.mark.parametrize("compression", ["none", "gzip"])
 def test_shards_hold_exactly_the_generated_clips(tmp_path, compression):
     cfg = tiny(tmp_path, compression=compression)
-    manifest = prep.prepare(cfg, progress=False)
+    manifest = prep.prepare(cfg, progress=False).content
     bank = mm.load_digit_bank("sklearn", 8)
     for split in ("train", "val", "test"):
         n = manifest["splits"][split]["count"]
         expected = mm.generate(n, seed=0, split=split, bank=bank, frames=6, image_size=16)
-        np.testing.assert_array_equal(read_clips(cfg, split, n), expected)
+        np.testing.assert_array_equal(read_clips(cfg, load_manifest(cfg.dir), split, n), expected)
     suffix = ".tfrecord.gz" if compression == "gzip" else ".tfrecord"
     assert all(s["name"].endswith(suffix) for s in manifest["splits"]["train"]["shards"])
 
@@ -61,30 +62,30 @@ def test_each_record_is_one_clips_raw_bytes(tmp_path):
     import tensorflow as tf
 
     cfg = tiny(tmp_path)
-    manifest = prep.prepare(cfg, progress=False)
+    manifest = prep.prepare(cfg, progress=False).content
     first_shard = str(tmp_path / "data" / manifest["splits"]["val"]["shards"][0]["name"])
     records = [r.numpy() for r in tf.data.TFRecordDataset(first_shard)]
-    clips = read_clips(cfg, "val", manifest["splits"]["val"]["count"])
+    clips = read_clips(cfg, load_manifest(cfg.dir), "val", manifest["splits"]["val"]["count"])
     assert records == [clip.tobytes() for clip in clips] and len(records[0]) == 6 * 16 * 16
 
 
 def test_rerun_skips_verified_shards_and_rewrites_missing_ones_byte_identical(tmp_path, monkeypatch):
     cfg = tiny(tmp_path)
-    first = prep.prepare(cfg, progress=False)
+    first = prep.prepare(cfg, progress=False).content
     shard = tmp_path / "data" / "train-00001-of-00002.tfrecord"
     before = shard.read_bytes()
     shard.unlink()
     written = []
     real = prep._write_shard
     monkeypatch.setattr(prep, "_write_shard", lambda url, name, *a: written.append(name) or real(url, name, *a))
-    assert prep.prepare(cfg, progress=False) == first
+    assert prep.prepare(cfg, progress=False).content == first
     assert written == ["train-00001-of-00002.tfrecord"]
     assert shard.read_bytes() == before
 
 
 def test_a_changed_config_replaces_the_data_set_and_prunes_old_shards(tmp_path):
     prep.prepare(tiny(tmp_path), progress=False)
-    manifest = prep.prepare(tiny(tmp_path, num_shards=4, compression="gzip"), progress=False)
+    manifest = prep.prepare(tiny(tmp_path, num_shards=4, compression="gzip"), progress=False).content
     names = sorted(p.name for p in (tmp_path / "data").iterdir())
     assert names == sorted(["manifest.json"] + [s["name"] for e in manifest["splits"].values() for s in e["shards"]])
     assert all(n.endswith(".gz") for n in names if n != "manifest.json")
@@ -92,11 +93,11 @@ def test_a_changed_config_replaces_the_data_set_and_prunes_old_shards(tmp_path):
 
 def test_ensure_prepared_reuses_a_matching_manifest_and_prepares_otherwise(tmp_path, monkeypatch):
     cfg = tiny(tmp_path)
-    first = prep.ensure_prepared(cfg)
+    first = prep.ensure_prepared(cfg).content
     monkeypatch.setattr(prep, "prepare", lambda *a, **k: pytest.fail("prepared again"))
-    assert prep.ensure_prepared(cfg) == first
+    assert prep.ensure_prepared(cfg).content == first
     monkeypatch.undo()
-    other = prep.ensure_prepared(dataclasses.replace(cfg, seed=1))
+    other = prep.ensure_prepared(dataclasses.replace(cfg, seed=1)).content
     assert other["id"] != first["id"] and other["config"]["seed"] == 1
 
 
@@ -106,7 +107,7 @@ def test_progress_bar_counts_clips(tmp_path, capsys):
 
 
 def test_split_by_counts(tmp_path):
-    manifest = prep.prepare(tiny(tmp_path, split=SplitConfig(train=10, val=3, test=2)), progress=False)
+    manifest = prep.prepare(tiny(tmp_path, split=SplitConfig(train=10, val=3, test=2)), progress=False).content
     assert {k: v["count"] for k, v in manifest["splits"].items()} == {"train": 10, "val": 3, "test": 2}
 
 
@@ -140,24 +141,24 @@ def test_unwritable_destination_is_an_error(tmp_path):
 
 def test_missing_manifest_is_an_error(tmp_path):
     with pytest.raises(DataError, match="manifest.json: not found; run `nfp prepare`"):
-        prep.load_manifest(str(tmp_path))
+        load_manifest(str(tmp_path))
 
 
 @pytest.mark.parametrize("version", [1, 99])  # 1: a tf.train.Example per clip, before records became raw bytes
 def test_manifest_of_another_format_version_is_an_error_and_prepared_again(tmp_path, version):
     cfg = tiny(tmp_path)
-    manifest = prep.prepare(cfg, progress=False)
+    manifest = prep.prepare(cfg, progress=False).content
     (tmp_path / "data" / "manifest.json").write_text(json.dumps({**manifest, "format_version": version}))
     with pytest.raises(DataError, match=f"format_version {version}, expected 2; run `nfp prepare` again"):
-        prep.load_manifest(cfg.dir)
-    assert prep.ensure_prepared(cfg)["format_version"] == 2
-    assert prep.load_manifest(cfg.dir) == manifest
+        load_manifest(cfg.dir)
+    assert prep.ensure_prepared(cfg).content["format_version"] == 2
+    assert load_manifest(cfg.dir).content == manifest
 
 
 def test_manifest_with_a_path_traversing_shard_name_is_refused(tmp_path):
     cfg = tiny(tmp_path)
-    manifest = prep.prepare(cfg, progress=False)
+    manifest = prep.prepare(cfg, progress=False).content
     manifest["splits"]["train"]["shards"][0]["name"] = "../../etc/passwd"
     (tmp_path / "data" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DataError, match="'../../etc/passwd'.*not a plain shard name"):
-        prep.load_manifest(cfg.dir)
+        load_manifest(cfg.dir)

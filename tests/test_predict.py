@@ -6,6 +6,7 @@ from PIL import Image
 
 from nfp.errors import ConfigError, DataError
 from nfp.predict import load_input, run_predict
+from nfp.data.manifest import load_manifest
 
 
 @pytest.fixture
@@ -71,7 +72,7 @@ def test_inputs_resolve_to_one_uint8_clip(cfg, tmp_path):
     assert tag == "c_0"
     prepare(cfg.data, progress=False)
     clip, tag = load_input(cfg, "split:val:1")
-    np.testing.assert_array_equal(clip, read_clips(cfg.data, "val", 2)[1])
+    np.testing.assert_array_equal(clip, read_clips(cfg.data, load_manifest(cfg.data.dir), "val", 2)[1])
     assert tag == "val_1"
     a, _ = load_input(cfg, "generate:3")
     b, _ = load_input(cfg, "generate:3")

@@ -21,13 +21,14 @@ import mlflow
 import pytest
 from conftest import MlflowServer, free_port
 
-from nfp import callbacks as cb
+from nfp.rundir import RunDir
 from nfp import tracking
 from nfp.cli import main
 from nfp.config import DataConfig, load_config
 from nfp.data import pipeline
 from nfp.data import prepare as prep
 from nfp.errors import TrackingError
+from nfp.data.manifest import load_manifest
 
 
 def _sha(path) -> str:
@@ -58,10 +59,10 @@ def prepared(tiny_overrides):
 
 def test_an_extra_unlisted_shard_is_ignored_with_a_warning_naming_it(prepared):
     data = Path(prepared.data.dir)
-    expected = pipeline.read_clips(prepared.data, "train", 100)
+    expected = pipeline.read_clips(prepared.data, load_manifest(prepared.data.dir), "train", 100)
     shutil.copy(data / "train-00000-of-00002.tfrecord", data / "train-00002-of-00003.tfrecord")  # e.g. left by another layout
     with pytest.warns(UserWarning, match=r"data[/\\]?: ignoring 1 shard file\(s\) not listed in manifest.json: train-00002-of-00003.tfrecord"):
-        clips = pipeline.read_clips(prepared.data, "train", 100)
+        clips = pipeline.read_clips(prepared.data, load_manifest(prepared.data.dir), "train", 100)
     assert (clips == expected).all() and len(clips) == 20  # only the listed shards are read
 
 
@@ -81,7 +82,7 @@ def test_prepare_killed_mid_write_leaves_no_partial_shard_and_a_rerun_completes_
     overrides = ["data.image_size=64", "data.digit_size=28", "data.frames=10", "data.num_clips=1200", "data.num_shards=12",
                  "evaluate.context_frames=5", "evaluate.predict_frames=5"]
     reference = load_config(None, [*overrides, f"data.dir={tmp_path}/reference"]).data
-    expected = prep.prepare(reference, progress=False)
+    expected = prep.prepare(reference, progress=False).content
     data = tmp_path / "data"
     proc = subprocess.Popen([sys.executable, "-m", "nfp", "prepare", *overrides, f"data.dir={data}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -104,7 +105,7 @@ def test_prepare_killed_mid_write_leaves_no_partial_shard_and_a_rerun_completes_
     for name in final:  # whatever has a final name is complete
         assert _sha(data / name) == _sha(tmp_path / "reference" / name), name
 
-    manifest = prep.prepare(load_config(None, [*overrides, f"data.dir={data}"]).data, progress=False)
+    manifest = prep.prepare(load_config(None, [*overrides, f"data.dir={data}"]).data, progress=False).content
     assert manifest == expected
     shards = sorted(n for n in os.listdir(data) if prep.SHARD_NAME.match(n))
     assert shards == sorted(n for n in os.listdir(tmp_path / "reference") if prep.SHARD_NAME.match(n))
@@ -115,7 +116,7 @@ def test_prepare_killed_mid_write_leaves_no_partial_shard_and_a_rerun_completes_
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert len(pipeline.read_clips(load_config(None, [*overrides, f"data.dir={data}"]).data, "val", 500)) == 120
+        assert len(pipeline.read_clips(load_config(None, [*overrides, f"data.dir={data}"]).data, load_manifest(str(data)), "val", 500)) == 120
 
 
 # --------------------------------------------------------------------------- faults during training
@@ -169,7 +170,7 @@ def _train_overrides(tiny_overrides, *extra):
 
 
 def _backed_up(out) -> int:
-    return cb.resume_epoch(str(out / "backup"))
+    return RunDir(str(out)).resume_epoch()
 
 
 def _rerun_finishes_from(overrides, out, done: int, rows_before: dict) -> None:

@@ -9,7 +9,7 @@ from conftest import MlflowServer, free_port
 
 from nfp import tracking
 from nfp.config import load_config
-from nfp.errors import TrackingError
+from nfp.errors import TrackingError, redact
 
 
 @pytest.fixture
@@ -127,8 +127,8 @@ def test_unwritable_artifact_location_is_refused_before_training(tmp_path, tiny_
 
 
 def test_credentials_are_redacted():
-    assert tracking.redact("https://alice:s3cret@mlflow.example.com/x") == "https://***@mlflow.example.com/x"
-    assert tracking.redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert redact("https://alice:s3cret@mlflow.example.com/x") == "https://***@mlflow.example.com/x"
+    assert redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
 
 
 def test_server_dying_mid_run_warns_keeps_a_backlog_and_replays_it(cfg, tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ import pytest
 from nfp import callbacks as cb
 from nfp.config import load_config
 from nfp.errors import DataError, TrainingError
+from nfp.rundir import RunDir
 from nfp.train import train
 
 ALL_ON = [
@@ -82,6 +83,23 @@ def test_train_attaches_every_enabled_callback_and_logs_the_run(tiny_overrides, 
     assert again["history"] == {} and (tmp_path / "out/history.csv").read_text() == before
 
 
+def test_train_reads_the_manifest_once_and_hands_it_on(tiny_overrides, tmp_path, monkeypatch):
+    from nfp import storage
+
+    reads, real_read = [], storage.read_bytes
+
+    def counting_read(url):
+        reads.append(url)
+        return real_read(url)
+
+    monkeypatch.setattr(storage, "read_bytes", counting_read)
+    overrides = [*tiny_overrides, *ALL_ON, "tracking.log_model=true"]  # every reader: images, periodic evaluation, GIF, model
+    for attempt in ("fresh-data-dir", "prepared-data-dir"):
+        reads.clear()
+        train(load_config(None, [*overrides, f"train.output_dir={tmp_path}/{attempt}"]))
+        assert sum(url.endswith("manifest.json") for url in reads) == 1, attempt
+
+
 def test_diverging_loss_is_a_one_line_training_error(tiny_overrides, tmp_path):
     cfg = load_config(None, [*tiny_overrides, "model.output_activation=linear", "train.optimizer=sgd", "train.loss=mse", "train.learning_rate=1.0e+30",
                              "train.steps_per_epoch=6", "tracking.enabled=false"])
@@ -126,7 +144,7 @@ def test_sigkill_then_rerun_resumes_after_the_last_completed_epoch(tiny_override
     _wait_for_rows(proc, history, 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = cb.resume_epoch(str(tmp_path / "out/backup"))
+    done = RunDir(str(tmp_path / "out")).resume_epoch()
     assert 1 <= done < 5
     before = {row["epoch"]: row for row in _rows(history)}
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from nfp.config import MOVING_MNIST_URL, DataConfig
 from nfp import storage
-from nfp.errors import DataError
+from nfp.errors import DataError, redact
 
 # Known files: 20·10000·64·64 uint8 = 819,200,000 bytes + a 96-byte .npy header, and the md5 torchvision
 # pins for the same file (datasets.MovingMNIST). Its sha256 could not be taken offline: data.sha256 adds it.
@@ -62,7 +62,6 @@ def _download(url: str, dest: Path, progress: bool) -> int | None:
     """Copy url to dest with a byte progress bar; returns the size the server announced, if any."""
     from fsspec.callbacks import TqdmCallback
 
-    from nfp.tracking import redact
 
     bar = TqdmCallback(tqdm_kwargs={"unit": "B", "unit_scale": True, "desc": f"download {redact(url)}", "disable": not progress})
     try:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nfp.errors import DataError
+from nfp.errors import DataError, first_line
 
 SPLITS = ("train", "val", "test")
 
@@ -34,7 +34,7 @@ def load_digit_bank(bank: str, digit_size: int) -> np.ndarray:
         except Exception as err:  # keras raises plain Exception/URLError when offline
             raise DataError(
                 f"data.digit_bank=mnist: cannot download MNIST through keras.datasets ({type(err).__name__}: "
-                f"{str(err).splitlines()[0] if str(err) else 'no detail'}); use data.digit_bank=sklearn offline"
+                f"{first_line(err)}); use data.digit_bank=sklearn offline"
             ) from err
         return images if digit_size == 28 else _resize(images, digit_size)
     raise DataError(f"data.digit_bank: got {bank!r}, expected sklearn or mnist")

@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import re
 import tempfile
 import uuid
 from pathlib import Path
@@ -22,50 +21,20 @@ import numpy as np
 
 from nfp.config import DataConfig
 from nfp import storage
+from nfp.data.manifest import FORMAT_VERSION, RECORD, SHARD_NAME, Manifest, load_manifest
 from nfp.data.moving_mnist import SPLITS
 from nfp.errors import DataError
 
-FORMAT_VERSION = 2  # 1: a tf.train.Example per clip
-MANIFEST = "manifest.json"
-RECORD = "raw"  # each record is a clip's bytes; see the module doc
-SHARD_NAME = re.compile(r"^(train|val|test)-\d{5}-of-\d{5}\.tfrecord(\.gz)?$")
 _CHUNK = 256  # clips rendered/read at a time: bounds memory whatever the shard size
 _MIN_SHARD_MB = 10  # TF guidance: shards of at least 10 MB (ideally 100 MB)
 
 
-# --------------------------------------------------------------------------- manifest
-def load_manifest(data_dir: str) -> dict:
-    """The manifest.json of a prepared data dir (local, gs:// or any TF filesystem)."""
-    url = storage.join(data_dir, MANIFEST)
-    try:
-        manifest = json.loads(storage.read_bytes(url))
-    except FileNotFoundError:
-        raise DataError(f"{url}: not found; run `nfp prepare` with this data.dir first") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise DataError(f"{url}: not valid JSON; delete it and run `nfp prepare` again") from None
-    except Exception as err:  # tf.errors.NotFoundError, gcsfs errors, …
-        if "not found" in str(err).lower() or type(err).__name__ == "NotFoundError":
-            raise DataError(f"{url}: not found; run `nfp prepare` with this data.dir first") from None
-        raise DataError(f"{url}: cannot read ({type(err).__name__}: {err})") from err
-    version = manifest.get("format_version") if isinstance(manifest, dict) else None
-    if version != FORMAT_VERSION:
-        raise DataError(f"{url}: format_version {version!r}, expected {FORMAT_VERSION}; run `nfp prepare` again")
-    for split, entry in manifest["splits"].items():
-        for shard in entry["shards"]:
-            if split not in SPLITS or not SHARD_NAME.match(str(shard["name"])) or not shard["name"].startswith(split):
-                raise DataError(f"{url}: shard name {shard['name']!r} in split {split!r} is not a plain shard name")
-    return manifest
-
-
-def ensure_prepared(data_cfg: DataConfig) -> dict:
-    """The existing manifest when it was prepared from this config, else prepare() now."""
-    try:
-        manifest = load_manifest(data_cfg.dir)
-    except DataError:
-        return prepare(data_cfg)
-    if manifest.get("config") == content_config(data_cfg):
-        return manifest
-    return prepare(data_cfg)
+def ensure_prepared(data_cfg: DataConfig) -> Manifest:
+    """The existing manifest when it was prepared from this config, else prepare it now: one manifest read either way."""
+    existing = _existing_manifest(data_cfg.dir)
+    if existing is not None and existing.content.get("config") == content_config(data_cfg):
+        return existing
+    return _write(data_cfg, existing, progress=True)
 
 
 def content_config(data_cfg: DataConfig) -> dict:
@@ -169,23 +138,31 @@ def _downloaded(data_cfg: DataConfig, progress: bool) -> _Source:
 
 
 # --------------------------------------------------------------------------- writing
-def prepare(data_cfg: DataConfig, *, progress: bool = True) -> dict:
+def prepare(data_cfg: DataConfig, *, progress: bool = True) -> Manifest:
     """Write sharded TFRecords + manifest.json to data_cfg.dir; skips shards already written identically."""
+    return _write(data_cfg, _existing_manifest(data_cfg.dir), progress=progress)
+
+
+def _existing_manifest(data_dir: str) -> Manifest | None:
+    try:
+        return load_manifest(data_dir)
+    except DataError:
+        return None
+
+
+def _write(data_cfg: DataConfig, old: Manifest | None, *, progress: bool) -> Manifest:
+    """prepare(), given the dir's current manifest (None: none usable)."""
     from tqdm.auto import tqdm
 
     source = _downloaded(data_cfg, progress) if data_cfg.source == "download" else _generated(data_cfg)
     clip_bytes = int(np.prod(source.clip_shape))
     n_shards = shard_counts(data_cfg, source.counts, clip_bytes)
     config = content_config(data_cfg)
-    try:
-        old = load_manifest(data_cfg.dir)
-    except DataError:
-        old = None
     _check_writable(data_cfg.dir)
-    if old is not None and old.get("config") != config:
-        storage.remove(storage.join(data_cfg.dir, MANIFEST))  # readers must not pair the old manifest with new shards
+    if old is not None and old.content.get("config") != config:
+        storage.remove(old.url)  # readers must not pair the old manifest with new shards
         old = None
-    known = {s["name"]: s for entry in (old or {"splits": {}})["splits"].values() for s in entry["shards"]}
+    known = {s["name"]: s for entry in (old.content["splits"].values() if old else ()) for s in entry["shards"]}
 
     splits = {}
     with tempfile.TemporaryDirectory(prefix="nfp-prepare-") as tmp, tqdm(
@@ -210,7 +187,7 @@ def prepare(data_cfg: DataConfig, *, progress: bool = True) -> dict:
                 start += size
             splits[split] = {"count": source.counts[split], "shards": shards}
 
-        manifest = {
+        content = {
             "format_version": FORMAT_VERSION,
             "source": source.info,
             "config": config,
@@ -220,10 +197,11 @@ def prepare(data_cfg: DataConfig, *, progress: bool = True) -> dict:
             "compression": data_cfg.compression,
             "splits": splits,
         }
-        manifest["id"] = _content_id(manifest)
-        storage.write_bytes(storage.join(data_cfg.dir, MANIFEST), json.dumps(manifest, indent=2).encode(), tmp_dir)
-    _prune(data_cfg.dir, {s["name"] for e in splits.values() for s in e["shards"]})
-    return manifest
+        content["id"] = _content_id(content)
+        written = Manifest(data_cfg.dir, content)
+        storage.write_bytes(written.url, json.dumps(content, indent=2).encode(), tmp_dir)
+    _prune(data_cfg.dir, written.shard_names())
+    return written
 
 
 def _check_writable(data_dir: str) -> None:
@@ -270,9 +248,9 @@ def _write_shard(url: str, name: str, chunks, compression: str, tmp_dir: Path, b
 
 
 
-def _content_id(manifest: dict) -> str:
-    content = {k: manifest[k] for k in ("clip_shape", "dtype", "compression", "splits")}
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+def _content_id(content: dict) -> str:
+    identity = {k: content[k] for k in ("clip_shape", "dtype", "compression", "splits")}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _prune(data_dir: str, keep: set[str]) -> None:

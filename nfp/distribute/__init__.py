@@ -1,7 +1,4 @@
-"""Which tf.distribute strategy trains, and who in the cluster is the chief.
-
-Global batch = per-replica batch × `strategy.num_replicas_in_sync`.
-"""
+"""Which tf.distribute strategy trains, and who in the cluster is the chief."""
 
 from __future__ import annotations
 
@@ -88,8 +85,3 @@ def _check_devices(devices: list[str]) -> list[str]:
 def _short(device: str) -> str:
     """'/job:localhost/replica:0/task:0/device:GPU:0', '/gpu:0', 'GPU:0' → 'gpu:0'."""
     return device.lower().rpartition("device:")[2].lstrip("/")
-
-
-def global_batch_size(per_replica: int, strategy) -> int:
-    """Clips per optimizer step across all replicas."""
-    return per_replica * strategy.num_replicas_in_sync

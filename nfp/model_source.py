@@ -1,0 +1,113 @@
+"""Where a model comes from: a .keras checkpoint (local or remote), an MLflow run id, or a runs:/ or models:/ URI."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from nfp import storage
+from nfp.errors import ModelError, first_line
+from nfp.tracking import get_run
+
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def load_model(model_uri: str):
+    """A keras.Model from a checkpoint .keras path, an MLflow run id, or a runs:/ or models:/ URI."""
+    return resolve_model(model_uri)[0]
+
+
+def resolve_model(model_uri: str):
+    """(model, id of the MLflow run it came from or None, the concrete source loaded) for load_model's sources."""
+    source = _run_model_uri(model_uri) if _RUN_ID.match(model_uri) and not os.path.exists(model_uri) else model_uri
+    if source.startswith("runs:/"):
+        run_id, _, path = source.removeprefix("runs:/").partition("/")
+        get_run(run_id, error=ModelError)
+        if path.endswith((".keras", ".h5")):
+            return _load_run_artifact(run_id, path), run_id, source
+        return _load_mlflow_model(source), run_id, source
+    if source.startswith("models:/"):
+        model = _load_mlflow_model(source)
+        return model, _model_source_run(source), source
+    return _load_checkpoint(source), None, source
+
+
+def _load_checkpoint(path: str):
+    import keras
+
+    if not storage.exists(path):
+        raise ModelError(f"checkpoint {path}: not found (expected a .keras file, an MLflow run id, runs:/… or models:/… URI)")
+    if storage.is_dir(path):
+        raise ModelError(f"checkpoint {path}: is a directory, expected a .keras file")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as err:  # noqa: BLE001 - any load failure means "not a usable checkpoint"
+        raise ModelError(f"checkpoint {path}: cannot be loaded as a Keras model ({first_line(err)})") from err
+
+
+def _load_mlflow_model(uri: str):
+    import mlflow.keras
+
+    try:
+        return mlflow.keras.load_model(uri)
+    except Exception as err:  # noqa: BLE001
+        raise ModelError(f"MLflow model {uri}: cannot be loaded ({first_line(err)})") from err
+
+
+def _load_run_artifact(run_id: str, path: str):
+    import mlflow
+
+    dst = tempfile.mkdtemp(prefix="nfp-model-")
+    try:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=dst)
+    except Exception as err:  # noqa: BLE001
+        raise ModelError(f"MLflow run {run_id}: no artifact {path} ({first_line(err)})") from None
+    return _load_checkpoint(local)
+
+
+def _run_model_uri(run_id: str) -> str:
+    """A run's best checkpoint artifact (selected on validation, as OpenSTL tests), else its logged model, else any .keras."""
+    import mlflow
+
+    run = get_run(run_id, error=ModelError)
+    checkpoints = sorted(_keras_artifacts(mlflow.MlflowClient(), run_id, None), key=lambda p: ("best" not in Path(p).name, p))
+    if checkpoints and "best" in Path(checkpoints[0]).name:
+        return f"runs:/{run_id}/{checkpoints[0]}"
+    models = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'", output_format="list"
+    )
+    if models:
+        return f"models:/{max(models, key=lambda m: m.creation_timestamp).model_id}"
+    if checkpoints:
+        return f"runs:/{run_id}/{checkpoints[0]}"
+    raise ModelError(f"MLflow run {run_id}: has no .keras checkpoint artifact and no logged model")
+
+
+def _keras_artifacts(client, run_id: str, path: str | None) -> list[str]:
+    found = []
+    for item in client.list_artifacts(run_id, path):
+        if item.is_dir:
+            found += _keras_artifacts(client, run_id, item.path)
+        elif item.path.endswith(".keras"):
+            found.append(item.path)
+    return found
+
+
+def _model_source_run(uri: str) -> str | None:
+    """The run a models:/ URI was logged from (models:/m-ID, models:/NAME/VERSION, models:/NAME@ALIAS)."""
+    import mlflow
+
+    ref = uri.removeprefix("models:/").strip("/")
+    client = mlflow.MlflowClient()
+    try:
+        if ref.startswith("m-") and "/" not in ref:
+            return mlflow.get_logged_model(ref).source_run_id
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            return client.get_model_version_by_alias(name, alias).run_id
+        name, _, version = ref.rpartition("/")
+        return client.get_model_version(name, version).run_id
+    except Exception:  # noqa: BLE001 - the model loaded; its lineage is a nice-to-have
+        return None

@@ -1,0 +1,52 @@
+"""Model sources: a .keras checkpoint, an MLflow run id (its best checkpoint, else its logged model), runs:/ and models:/."""
+
+import numpy as np
+import pytest
+from conftest import tiny_model
+
+from nfp.errors import ModelError
+from nfp.model_source import load_model, resolve_model
+
+SIZE = 16
+
+
+def test_missing_checkpoint_is_a_model_error(tmp_path):
+    with pytest.raises(ModelError, match=r"checkpoint .*nope\.keras: not found"):
+        load_model(str(tmp_path / "nope.keras"))
+
+
+def test_unknown_run_id_is_a_model_error():
+    with pytest.raises(ModelError, match="MLflow run 0123456789abcdef0123456789abcdef: not found"):
+        load_model("0123456789abcdef0123456789abcdef")
+
+
+def test_model_loads_from_checkpoint_run_id_and_models_uri(tmp_path):
+    import mlflow
+
+    model = tiny_model()
+    path = tmp_path / "best.keras"
+    model.save(path)
+    x = np.random.default_rng(0).random((1, 2, SIZE, SIZE, 1)).astype(np.float32)
+    expected = model(x).numpy()
+    np.testing.assert_allclose(load_model(str(path))(x).numpy(), expected, atol=1e-6)
+
+    with mlflow.start_run() as run:  # a run with a logged model and a best checkpoint: the best wins
+        info = mlflow.keras.log_model(model, name="model")
+        mlflow.log_artifact(str(path), "checkpoints")
+    loaded, source_run, source = resolve_model(run.info.run_id)
+    assert (source_run, source) == (run.info.run_id, f"runs:/{run.info.run_id}/checkpoints/best.keras")
+    np.testing.assert_allclose(loaded(x).numpy(), expected, atol=1e-6)
+
+    loaded, source_run, _ = resolve_model(f"models:/{info.model_id}")
+    assert source_run == run.info.run_id  # the lineage of a models:/ URI
+    np.testing.assert_allclose(loaded(x).numpy(), expected, atol=1e-6)
+
+    with mlflow.start_run() as run:  # only a logged model
+        mlflow.keras.log_model(model, name="model")
+    _, source_run, source = resolve_model(run.info.run_id)
+    assert source_run == run.info.run_id and source.startswith("models:/m-")
+
+    with mlflow.start_run() as run:  # nothing to load
+        pass
+    with pytest.raises(ModelError, match="has no .keras checkpoint artifact and no logged model"):
+        load_model(run.info.run_id)
