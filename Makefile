@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11:
 #   make quickstart   creates .venv if missing, installs nfp, trains the offline CPU quickstart under `mlflow run`
-#   make test         creates .venv if missing, installs nfp with test extras, runs the whole test suite
+#   make test         creates .venv if missing, installs nfp with test extras, lints (ruff), runs the whole test suite
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(abspath $(VENV))/bin
@@ -21,6 +21,8 @@ quickstart: install
 	@echo "Done. See the run with: $(BIN)/mlflow ui   (then open http://127.0.0.1:5000)"
 
 test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest
 
 bench: install

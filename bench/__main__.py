@@ -1,9 +1,9 @@
 """`python -m bench`: run the benchmarks side by side and write BENCHMARKS.md.
 
-    python -m bench                    full sizes → BENCHMARKS.md (the GPU section runs when a GPU is visible)
-    python -m bench --quick            tiny sizes → outputs/bench/BENCHMARKS.quick.md (proves each runs)
-    python -m bench --only pipeline    one benchmark, replacing its section in the output file
-    python -m bench --gpu              only the GPU figures (needs a visible GPU)
+python -m bench                    full sizes → BENCHMARKS.md (the GPU section runs when a GPU is visible)
+python -m bench --quick            tiny sizes → outputs/bench/BENCHMARKS.quick.md (proves each runs)
+python -m bench --only pipeline    one benchmark, replacing its section in the output file
+python -m bench --gpu              only the GPU figures (needs a visible GPU)
 """
 
 from __future__ import annotations
@@ -26,10 +26,26 @@ MODULES = ["pipeline", "training", "data_prep", "scaling", "quality", "gpu"]
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes (seconds each): proves every benchmark runs")
-    p.add_argument("--only", action="append", choices=MODULES, metavar="NAME", help=f"run only these ({', '.join(MODULES)}); repeatable")
+    p.add_argument(
+        "--only",
+        action="append",
+        choices=MODULES,
+        metavar="NAME",
+        help=f"run only these ({', '.join(MODULES)}); repeatable",
+    )
     p.add_argument("--gpu", action="store_true", help="only the GPU figures (same as --only gpu)")
-    p.add_argument("--out", type=Path, default=None, help="report file (default: BENCHMARKS.md, or outputs/bench/BENCHMARKS.quick.md with --quick)")
-    p.add_argument("--workdir", type=Path, default=None, help="scratch dir for data and runs (default: a temporary dir, removed after)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="report file (default: BENCHMARKS.md, or outputs/bench/BENCHMARKS.quick.md with --quick)",
+    )
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="scratch dir for data and runs (default: a temporary dir, removed after)",
+    )
     return p
 
 
@@ -54,11 +70,17 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             try:
                 section = module.run(args.quick, workdir / name)
-            except Exception as err:  # one broken benchmark must not hide the others' figures
+            except Exception as err:  # noqa: BLE001 - one broken benchmark must not hide the others' figures
                 traceback.print_exc()
                 failed.append(name)
-                section = Section(name, module.TITLE, setup=f"**Did not run**: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
-                                  columns=["benchmark"], rows=[[name]], quick=args.quick)
+                section = Section(
+                    name,
+                    module.TITLE,
+                    setup=f"**Did not run**: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
+                    columns=["benchmark"],
+                    rows=[[name]],
+                    quick=args.quick,
+                )
             section.seconds = time.perf_counter() - t0
             new[name] = section.markdown()
             print(f"[bench] {name}: {section.seconds:.0f} s", file=sys.stderr, flush=True)

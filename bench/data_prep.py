@@ -22,11 +22,18 @@ SIZES = {
 
 
 def _data_cfg(args: dict):
-    return nfp_config([
-        "data.source=generate", "data.digit_bank=sklearn", f"data.num_clips={args['clips']}",
-        f"data.image_size={args['image']}", f"data.digit_size={args['digit']}", f"data.frames={args['frames']}",
-        f"data.dir={args['dir']}",
-    ] + (["data.num_shards=2"] if args["clips"] < 1000 else [])).data
+    return nfp_config(
+        [
+            "data.source=generate",
+            "data.digit_bank=sklearn",
+            f"data.num_clips={args['clips']}",
+            f"data.image_size={args['image']}",
+            f"data.digit_size={args['digit']}",
+            f"data.frames={args['frames']}",
+            f"data.dir={args['dir']}",
+        ]
+        + (["data.num_shards=2"] if args["clips"] < 1000 else [])
+    ).data
 
 
 def _child(args: dict) -> dict:
@@ -66,22 +73,42 @@ def run(quick: bool, workdir: Path) -> Section:
     prep, prep_rss = run_child("bench.data_prep", {**args, "mode": "prepare"}, timeout=s["timeout"])
     save, save_rss = run_child("bench.data_prep", {**args, "mode": "npsave"}, timeout=s["timeout"])
     # The import floor explains the RSS figures; --quick skips it (one more TensorFlow start).
-    floor_rss = float("nan") if quick else run_child("bench.data_prep", {**args, "mode": "floor"}, timeout=s["timeout"])[1]
+    floor_rss = (
+        float("nan") if quick else run_child("bench.data_prep", {**args, "mode": "floor"}, timeout=s["timeout"])[1]
+    )
     mb = s["clips"] * s["frames"] * s["image"] ** 2 / 1e6  # raw uint8 clip bytes
     rows = [
-        ["`nfp prepare` (generate + shard + sha256 + manifest)", s["clips"] / prep["seconds"], mb / prep["seconds"],
-         prep["seconds"], prep["disk_bytes"] / 1e6, prep_rss],
-        ["np.save of the same uint8 clips (write only)", s["clips"] / save["seconds"], mb / save["seconds"],
-         save["seconds"], save["disk_bytes"] / 1e6, save_rss],
+        [
+            "`nfp prepare` (generate + shard + sha256 + manifest)",
+            s["clips"] / prep["seconds"],
+            mb / prep["seconds"],
+            prep["seconds"],
+            prep["disk_bytes"] / 1e6,
+            prep_rss,
+        ],
+        [
+            "np.save of the same uint8 clips (write only)",
+            s["clips"] / save["seconds"],
+            mb / save["seconds"],
+            save["seconds"],
+            save["disk_bytes"] / 1e6,
+            save_rss,
+        ],
         ["floor: Python + TensorFlow + nfp.data imported, nothing done", "", "", "", "", floor_rss],
     ]
     checks = [
         ratio_check("`nfp prepare` MB/s / np.save MB/s", mb / prep["seconds"], mb / save["seconds"], None, "MB/s"),
-        Check(f"`nfp prepare` peak RSS / {RSS_BUDGET_MB:.0f} MB budget", prep_rss / RSS_BUDGET_MB, "≤ 1×",
-              prep_rss <= RSS_BUDGET_MB, f"{prep_rss:,.0f} MB"),
+        Check(
+            f"`nfp prepare` peak RSS / {RSS_BUDGET_MB:.0f} MB budget",
+            prep_rss / RSS_BUDGET_MB,
+            "≤ 1×",
+            prep_rss <= RSS_BUDGET_MB,
+            f"{prep_rss:,.0f} MB",
+        ),
     ]
     return Section(
-        NAME, TITLE,
+        NAME,
+        TITLE,
         setup=(
             f"{s['clips']:,} Moving MNIST clips generated from scikit-learn digits ({s['digit']} px) at "
             f"{s['frames']}×{s['image']}×{s['image']} uint8 = {mb:,.1f} MB of clip bytes, default split (0.8/0.1/0.1) "
@@ -92,9 +119,11 @@ def run(quick: bool, workdir: Path) -> Section:
         columns=["writer", "clips/s", "MB/s", "seconds", "MB on disk", "peak RSS (MB)"],
         rows=rows,
         checks=checks,
-        notes=[f"`nfp prepare` wrote {prep['shards']} shards. Its time includes rendering the clips, which np.save does not do; "
-               "TensorFlow is imported before either clock starts (the floor row shows what that import costs in memory).",
-               "Neither side fsyncs: both figures are writes into the page cache as a user sees them."],
+        notes=[
+            f"`nfp prepare` wrote {prep['shards']} shards. Its time includes rendering the clips, which np.save does not do; "
+            "TensorFlow is imported before either clock starts (the floor row shows what that import costs in memory).",
+            "Neither side fsyncs: both figures are writes into the page cache as a user sees them.",
+        ],
         quick=quick,
     )
 

@@ -27,12 +27,22 @@ SIZES = {
 
 
 def data_config(root: Path, compression: str, s: dict):
-    return nfp_config([
-        "data.source=generate", f"data.num_clips={s['clips']}", f"data.image_size={s['image']}",
-        f"data.digit_size={min(28, s['image'] // 2)}", f"data.frames={s['frames']}", f"data.num_shards={s['shards']}",
-        "data.split.train=0.9", "data.split.val=0.05", "data.split.test=0.05",
-        f"data.compression={compression}", f"data.dir={root / compression}", "data.protocol=shift",
-    ]).data
+    return nfp_config(
+        [
+            "data.source=generate",
+            f"data.num_clips={s['clips']}",
+            f"data.image_size={s['image']}",
+            f"data.digit_size={min(28, s['image'] // 2)}",
+            f"data.frames={s['frames']}",
+            f"data.num_shards={s['shards']}",
+            "data.split.train=0.9",
+            "data.split.val=0.05",
+            "data.split.test=0.05",
+            f"data.compression={compression}",
+            f"data.dir={root / compression}",
+            "data.protocol=shift",
+        ]
+    ).data
 
 
 def in_memory_dataset(clips, data_cfg, batch: int):
@@ -75,9 +85,18 @@ def run(quick: bool, workdir: Path) -> Section:
         (limit, lambda: in_memory_dataset(clips, cfgs["none"], s["batch"]), s["warmup"]),
         (plain, lambda: make_dataset(cfgs["none"], plain_manifest, "train", s["batch"], training=True), s["warmup"]),
         (gzip, lambda: make_dataset(cfgs["gzip"], manifests["gzip"], "train", s["batch"], training=True), s["warmup"]),
-        (cached, lambda: make_dataset(dataclasses.replace(cfgs["none"], cache=True), plain_manifest, "train", s["batch"], training=True),
-         s["warmup"] + epoch_batches),  # past the first pass, which fills the cache
-        (batches_only, lambda: tf.data.Dataset.from_tensor_slices(clips).repeat().batch(s["batch"]).prefetch(tf.data.AUTOTUNE), s["warmup"]),
+        (
+            cached,
+            lambda: make_dataset(
+                dataclasses.replace(cfgs["none"], cache=True), plain_manifest, "train", s["batch"], training=True
+            ),
+            s["warmup"] + epoch_batches,
+        ),  # past the first pass, which fills the cache
+        (
+            batches_only,
+            lambda: tf.data.Dataset.from_tensor_slices(clips).repeat().batch(s["batch"]).prefetch(tf.data.AUTOTUNE),
+            s["warmup"],
+        ),
         (reads_only, lambda: clip_batches(cfgs["none"], plain_manifest, "train", s["batch"]).repeat(), s["warmup"]),
     ]
     # One live pipeline at a time (idle ones still hold threads and buffers that skew the others), in
@@ -105,12 +124,23 @@ def run(quick: bool, workdir: Path) -> Section:
     cpu_us = {label: statistics.median(c) / units * 1e6 for label, c in cpu.items()}
     busy = {label: sum(cpu[label]) / sum(t) for label, t in times.items()}
     rows = [
-        [label, rate[label], rate[label] * clip_mb, f"{fmt(units / max(t))}–{fmt(units / min(t))}", cpu_us[label],
-         f"{busy[label]:.2f}", setup[label]]
+        [
+            label,
+            rate[label],
+            rate[label] * clip_mb,
+            f"{fmt(units / max(t))}–{fmt(units / min(t))}",
+            cpu_us[label],
+            f"{busy[label]:.2f}",
+            setup[label],
+        ]
         for label, t in times.items()
     ]
-    checks = [ratio_check(f"{label} / in-memory", rate[label], rate[limit], TARGET, "clips/s") for label in (plain, gzip)]
-    checks.append(ratio_check(f"{cached} / in-memory (no target: not read from disk)", rate[cached], rate[limit], None, "clips/s"))
+    checks = [
+        ratio_check(f"{label} / in-memory", rate[label], rate[limit], TARGET, "clips/s") for label in (plain, gzip)
+    ]
+    checks.append(
+        ratio_check(f"{cached} / in-memory (no target: not read from disk)", rate[cached], rate[limit], None, "clips/s")
+    )
     # With every core busy (see "cores busy"), clips/s ∝ 1 / CPU per clip. A TFRecord pipeline does all the
     # in-memory one does plus reading records (syscall copy + TFRecord CRC32C check) and turning their bytes
     # into uint8 tensors; it cannot beat limit / (limit + that extra).
@@ -121,8 +151,11 @@ def run(quick: bool, workdir: Path) -> Section:
     notes = [
         "Set-up includes `make_dataset`'s one-off sha256 check of every shard against the manifest.",
         "Ratio within each round (variants timed back to back), sorted: "
-        + "; ".join(f"{label} {', '.join(f'{r:.2f}' for r in paired[label])} (median {statistics.median(paired[label]):.2f}×)"
-                    for label in paired) + ".",
+        + "; ".join(
+            f"{label} {', '.join(f'{r:.2f}' for r in paired[label])} (median {statistics.median(paired[label]):.2f}×)"
+            for label in paired
+        )
+        + ".",
         f"CPU µs/clip is the process's CPU time over the timed batches (all threads); cores busy is that CPU time over "
         f"the wall time ({os.cpu_count()} usable). With every core busy, clips/s ≈ cores / CPU per clip.",
         f"Records are a clip's raw bytes (no tf.train.Example to parse). Reading and decoding them alone costs "
@@ -134,16 +167,25 @@ def run(quick: bool, workdir: Path) -> Section:
         f"the work is CPU-bound, so more cores alone do not lift the ratio.",
     ]
     return Section(
-        NAME, TITLE,
+        NAME,
+        TITLE,
         setup=(
             f"{n_train} generated clips of {s['frames']}×{s['image']}×{s['image']} uint8 in {s['shards']} train shards on local disk; "
             f"`make_dataset(..., training=True)` (interleave → shuffle → repeat → batch {s['batch']} → decode → float32 shift pairs "
             f"(batch, {s['frames'] - 1}, {s['image']}, {s['image']}, 1) → prefetch) vs the same stages from an in-memory "
             f"`from_tensor_slices` of the same uint8 clips. Each variant alone: built, {s['warmup']} warm-up batches, "
-            f"{s['batches']} timed batches, released; {s['repeats']} round-robin repeats, median. The last two rows isolate the cost of reading records."
+            f"{s['batches']} timed batches, released; {s['repeats']} round-robin repeats, median. "
+            "The last two rows isolate the cost of reading records."
         ),
-        columns=["variant", "clips/s (median)", "MB/s of uint8 clips", "range over repeats (clips/s)", "CPU µs/clip (median)",
-                 "cores busy", "set-up + warm-up, first repeat (s)"],
+        columns=[
+            "variant",
+            "clips/s (median)",
+            "MB/s of uint8 clips",
+            "range over repeats (clips/s)",
+            "CPU µs/clip (median)",
+            "cores busy",
+            "set-up + warm-up, first repeat (s)",
+        ],
         rows=rows,
         checks=checks,
         notes=notes,

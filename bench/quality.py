@@ -19,26 +19,69 @@ BUDGET_S = 600.0
 
 SIZES = {
     # 4 epochs × 1,600 clips ≈ 5-7 min of training on 2 cores (tiny at 32×32×19 ran 15-25 clips/s there)
-    False: dict(image=32, digit=14, frames=20, train=1600, val=200, test=200, epochs=4, batch=8, lr=0.002,
-                preset=["model.preset=tiny"], context=10),
-    True: dict(image=16, digit=8, frames=6, train=24, val=8, test=8, epochs=1, batch=4, lr=0.002,
-               preset=["model.preset=custom", "model.filters=[4]", "model.kernel_sizes=[3]"], context=3),
+    False: dict(
+        image=32,
+        digit=14,
+        frames=20,
+        train=1600,
+        val=200,
+        test=200,
+        epochs=4,
+        batch=8,
+        lr=0.002,
+        preset=["model.preset=tiny"],
+        context=10,
+    ),
+    True: dict(
+        image=16,
+        digit=8,
+        frames=6,
+        train=24,
+        val=8,
+        test=8,
+        epochs=1,
+        batch=4,
+        lr=0.002,
+        preset=["model.preset=custom", "model.filters=[4]", "model.kernel_sizes=[3]"],
+        context=3,
+    ),
 }
 
 
 def config(workdir: Path, s: dict):
     k = s["context"]
-    return nfp_config([
-        "data.source=generate", "data.digit_bank=sklearn", f"data.image_size={s['image']}", f"data.digit_size={s['digit']}",
-        f"data.frames={s['frames']}", f"data.num_clips={s['train'] + s['val'] + s['test']}", "data.num_shards=4",
-        f"data.split.train={s['train']}", f"data.split.val={s['val']}", f"data.split.test={s['test']}",
-        f"data.dir={workdir / 'data'}", "data.protocol=shift", *s["preset"],
-        f"train.epochs={s['epochs']}", f"train.batch_size={s['batch']}", f"train.learning_rate={s['lr']}",
-        "train.schedule.name=cosine", "train.schedule.warmup_epochs=1", "train.verbose=0",
-        f"train.output_dir={workdir / 'run'}", "train.images.every_n_epochs=0", "distribute.strategy=default",
-        "tracking.enabled=false", "evaluate.protocol=rollout", f"evaluate.context_frames={k}",
-        f"evaluate.predict_frames={k}", "evaluate.split=test", "evaluate.batch_size=16",
-    ])
+    return nfp_config(
+        [
+            "data.source=generate",
+            "data.digit_bank=sklearn",
+            f"data.image_size={s['image']}",
+            f"data.digit_size={s['digit']}",
+            f"data.frames={s['frames']}",
+            f"data.num_clips={s['train'] + s['val'] + s['test']}",
+            "data.num_shards=4",
+            f"data.split.train={s['train']}",
+            f"data.split.val={s['val']}",
+            f"data.split.test={s['test']}",
+            f"data.dir={workdir / 'data'}",
+            "data.protocol=shift",
+            *s["preset"],
+            f"train.epochs={s['epochs']}",
+            f"train.batch_size={s['batch']}",
+            f"train.learning_rate={s['lr']}",
+            "train.schedule.name=cosine",
+            "train.schedule.warmup_epochs=1",
+            "train.verbose=0",
+            f"train.output_dir={workdir / 'run'}",
+            "train.images.every_n_epochs=0",
+            "distribute.strategy=default",
+            "tracking.enabled=false",
+            "evaluate.protocol=rollout",
+            f"evaluate.context_frames={k}",
+            f"evaluate.predict_frames={k}",
+            "evaluate.split=test",
+            "evaluate.batch_size=16",
+        ]
+    )
 
 
 def black_frames(cfg, clips: int) -> tuple[dict, dict]:
@@ -50,7 +93,10 @@ def black_frames(cfg, clips: int) -> tuple[dict, dict]:
     from nfp.metrics import FrameMetrics
 
     k, n = cfg.evaluate.context_frames, cfg.evaluate.predict_frames
-    truth = read_clips(cfg.data, load_manifest(cfg.data.dir), "test", clips)[:, k : k + n, ..., None].astype(np.float32) / 255.0
+    truth = (
+        read_clips(cfg.data, load_manifest(cfg.data.dir), "test", clips)[:, k : k + n, ..., None].astype(np.float32)
+        / 255.0
+    )
     acc = FrameMetrics()
     acc.update(truth, np.zeros_like(truth))
     return acc.result(), acc.per_frame()
@@ -74,14 +120,19 @@ def run(quick: bool, workdir: Path) -> Section:
 
     scores, curves = report["scores"], {**report["per_frame"]}
     scores["black"], curves["black"] = black_frames(cfg, report["clips"])
-    labels = {"model": f"nfp `{cfg.model.preset}` model", "copy_last": "copy last frame", "mean_frame": "mean of context frames",
-              "black": "all-black frames (for scale)"}
+    labels = {
+        "model": f"nfp `{cfg.model.preset}` model",
+        "copy_last": "copy last frame",
+        "mean_frame": "mean of context frames",
+        "black": "all-black frames (for scale)",
+    }
     rows = [[labels[p], *(scores[p][m] for m in ("mse", "mae", "ssim", "psnr"))] for p in labels]
     frames = [f"t+{i + 1}" for i in range(len(report["frames"]))]
     curve_rows = [[labels[p], *(fmt(v) for v in curves[p]["mse"])] for p in ("model", "copy_last", "black")]
     losses = summary["history"].get("loss", [])
     return Section(
-        NAME, TITLE,
+        NAME,
+        TITLE,
         setup=(
             f"Generated Moving MNIST (scikit-learn digits, {s['digit']} px on {s['image']}×{s['image']}, {s['frames']} frames, "
             f"2 digits): {s['train']:,} train / {s['val']} val / {s['test']} held-out test clips. `nfp train` with the "
@@ -94,10 +145,21 @@ def run(quick: bool, workdir: Path) -> Section:
         rows=rows,
         tables=[("MSE per predicted frame:", ["predictor", *frames], curve_rows)],
         checks=[
-            ratio_check("model MSE / copy-last-frame MSE", scores["model"]["mse"], scores["copy_last"]["mse"], TARGET, "MSE",
-                        higher_is_better=False),
-            Check(f"training time / {BUDGET_S:.0f} s budget", train_s / BUDGET_S, "≤ 1×", train_s <= BUDGET_S,
-                  f"{train_s:.0f} s training, {eval_s:.0f} s evaluation"),
+            ratio_check(
+                "model MSE / copy-last-frame MSE",
+                scores["model"]["mse"],
+                scores["copy_last"]["mse"],
+                TARGET,
+                "MSE",
+                higher_is_better=False,
+            ),
+            Check(
+                f"training time / {BUDGET_S:.0f} s budget",
+                train_s / BUDGET_S,
+                "≤ 1×",
+                train_s <= BUDGET_S,
+                f"{train_s:.0f} s training, {eval_s:.0f} s evaluation",
+            ),
         ],
         notes=[
             f"Training loss by epoch: {', '.join(fmt(v) for v in losses)}; evaluated checkpoint: "

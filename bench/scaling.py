@@ -14,11 +14,12 @@ The parameter count the same formula implies is checked against Keras's count_pa
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from pathlib import Path
 
-from bench.common import Section, child_main, fmt, nfp_config, ratio_check, run_child
+from bench.common import Section, child_main, nfp_config, ratio_check, run_child
 
 NAME = "scaling"
 TITLE = "4. Scaling on paper: MirroredStrategy step time, FLOPs per clip"
@@ -77,7 +78,9 @@ def _child(args: dict) -> dict:
     out = {}
     for n in (1, 2):
         devices = "[" + ", ".join(f"'/cpu:{i}'" for i in range(n)) + "]"
-        strategy = make_strategy(nfp_config(["distribute.strategy=mirrored", f"distribute.devices={devices}"]).distribute)
+        strategy = make_strategy(
+            nfp_config(["distribute.strategy=mirrored", f"distribute.devices={devices}"]).distribute
+        )
         assert strategy.num_replicas_in_sync == n
         keras.utils.set_random_seed(0)
         with strategy.scope():
@@ -86,10 +89,12 @@ def _child(args: dict) -> dict:
         shape = (args["batch"] * n, args["frames"], args["image"], args["image"], 1)
         x = np.random.default_rng(0).random(shape, dtype=np.float32)
         ds = tf.data.Dataset.from_tensors((x, x)).repeat()  # synthetic: compute and all-reduce only
-        ends = []
-        timer = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: ends.append(time.perf_counter()))
+        ends: list[float] = []
+        timer = keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs, ends=ends: ends.append(time.perf_counter())
+        )
         model.fit(ds, epochs=1 + args["epochs"], steps_per_epoch=args["steps"], callbacks=[timer], verbose=0)
-        out[str(n)] = statistics.median(b - a for a, b in zip(ends, ends[1:])) / args["steps"]
+        out[str(n)] = statistics.median(b - a for a, b in itertools.pairwise(ends)) / args["steps"]
     return out
 
 
@@ -99,7 +104,14 @@ def run(quick: bool, workdir: Path) -> Section:
     t1, t2 = steps["1"], steps["2"]
     measured = flops_per_clip(_model_cfg(s["preset"]), image_size=s["image"], frames=s["frames"])
     rows = [
-        [f"{n} replica(s)", t, s["batch"], s["batch"] * n, s["batch"] * n / t, s["batch"] * n / t * measured["train"] / 1e9]
+        [
+            f"{n} replica(s)",
+            t,
+            s["batch"],
+            s["batch"] * n,
+            s["batch"] * n / t,
+            s["batch"] * n / t * measured["train"] / 1e9,
+        ]
         for n, t in ((1, t1), (2, t2))
     ]
     flops_rows = []
@@ -110,10 +122,20 @@ def run(quick: bool, workdir: Path) -> Section:
         cfg = _model_cfg(preset)
         f = flops_per_clip(cfg, image_size=h, frames=t)
         keras_params = build_model(cfg, image_size=h).count_params()
-        flops_rows.append([f"`{preset}`", f"{keras_params:,}", f"{f['params']:,}", f["forward"] / 1e9, f["train"] / 1e9, 10e12 / f["train"]])
+        flops_rows.append(
+            [
+                f"`{preset}`",
+                f"{keras_params:,}",
+                f"{f['params']:,}",
+                f["forward"] / 1e9,
+                f["train"] / 1e9,
+                10e12 / f["train"],
+            ]
+        )
     model = f"`{s['preset']}` preset" if s["preset"] == "tiny" else "custom ConvLSTM [4 filters, 3×3]"
     return Section(
-        NAME, TITLE,
+        NAME,
+        TITLE,
         setup=(
             f"Part 1: a child process splits the CPU into 2 logical devices (`tf.config.set_logical_device_configuration`) "
             f"and trains {model} at {s['frames']}×{s['image']}×{s['image']} under `nfp.distribute.make_strategy` "
@@ -123,15 +145,33 @@ def run(quick: bool, workdir: Path) -> Section:
             f"on real GPUs each replica has its own device. Part 2: FLOPs per clip at {t}×{h}×{w} (frames in × H × W), "
             "counted from the layer shapes as documented in bench/scaling.py."
         ),
-        columns=["MirroredStrategy", "s / step", "clips / replica / step", "global batch", "clips/s", "achieved GFLOP/s (train)"],
+        columns=[
+            "MirroredStrategy",
+            "s / step",
+            "clips / replica / step",
+            "global batch",
+            "clips/s",
+            "achieved GFLOP/s (train)",
+        ],
         rows=rows,
-        checks=[ratio_check("2-replica step time / (2 × 1-replica step time): 1.0 = no overhead", t2, 2 * t1, None, "s")],
-        tables=[(
-            f"FLOPs per clip at {t}×{h}×{w} (training ≈ 3× forward; last column: the clips/s a GPU sustaining 10 TFLOP/s "
-            "would reach — scale by the card's sustained rate):",
-            ["preset", "params (Keras)", "params (formula)", "forward GFLOP / clip", "train GFLOP / clip", "clips/s at 10 TFLOP/s"],
-            flops_rows,
-        )],
+        checks=[
+            ratio_check("2-replica step time / (2 × 1-replica step time): 1.0 = no overhead", t2, 2 * t1, None, "s")
+        ],
+        tables=[
+            (
+                f"FLOPs per clip at {t}×{h}×{w} (training ≈ 3× forward; last column: the clips/s a GPU sustaining 10 TFLOP/s "
+                "would reach — scale by the card's sustained rate):",
+                [
+                    "preset",
+                    "params (Keras)",
+                    "params (formula)",
+                    "forward GFLOP / clip",
+                    "train GFLOP / clip",
+                    "clips/s at 10 TFLOP/s",
+                ],
+                flops_rows,
+            )
+        ],
         notes=["Achieved GFLOP/s = clips/s × the analytic training FLOPs per clip at the measured shape."],
         quick=quick,
     )

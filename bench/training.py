@@ -30,16 +30,36 @@ SIZES = {
 
 
 def config(workdir: Path, s: dict, run: str, epochs: int):
-    model = ["model.preset=tiny"] if s["preset"] == "tiny" else ["model.preset=custom", "model.filters=[4]", "model.kernel_sizes=[3]"]
-    return nfp_config([
-        "data.source=generate", f"data.image_size={s['image']}", f"data.digit_size={s['image'] // 2}",
-        f"data.frames={s['frames']}", f"data.num_clips={s['train'] + 2 * s['val']}", "data.num_shards=2",
-        f"data.split.train={s['train']}", f"data.split.val={s['val']}", f"data.split.test={s['val']}",
-        f"data.dir={workdir / 'data'}", "data.protocol=shift", *model,
-        f"train.epochs={epochs}", f"train.batch_size={BATCH}", "train.learning_rate=0.001", "train.loss=bce",
-        "train.verbose=0", f"train.output_dir={workdir / run}", "distribute.strategy=default",
-        f"tracking.enabled={'true' if s['tracking'] else 'false'}", f"tracking.experiment=bench-{NAME}",
-    ])
+    model = (
+        ["model.preset=tiny"]
+        if s["preset"] == "tiny"
+        else ["model.preset=custom", "model.filters=[4]", "model.kernel_sizes=[3]"]
+    )
+    return nfp_config(
+        [
+            "data.source=generate",
+            f"data.image_size={s['image']}",
+            f"data.digit_size={s['image'] // 2}",
+            f"data.frames={s['frames']}",
+            f"data.num_clips={s['train'] + 2 * s['val']}",
+            "data.num_shards=2",
+            f"data.split.train={s['train']}",
+            f"data.split.val={s['val']}",
+            f"data.split.test={s['val']}",
+            f"data.dir={workdir / 'data'}",
+            "data.protocol=shift",
+            *model,
+            f"train.epochs={epochs}",
+            f"train.batch_size={BATCH}",
+            "train.learning_rate=0.001",
+            "train.loss=bce",
+            "train.verbose=0",
+            f"train.output_dir={workdir / run}",
+            "distribute.strategy=default",
+            f"tracking.enabled={'true' if s['tracking'] else 'false'}",
+            f"tracking.experiment=bench-{NAME}",
+        ]
+    )
 
 
 def reference_rate(cfg, *, train: int, val: int, epochs: int, batch: int = BATCH, jit_compile: bool = False) -> float:
@@ -60,14 +80,20 @@ def reference_rate(cfg, *, train: int, val: int, epochs: int, batch: int = BATCH
     (x_train, y_train), val_data = shifted("train", train), shifted("val", val)
     keras.utils.set_random_seed(cfg.train.seed)
     model = build_model(cfg.model, image_size=cfg.data.image_size)
-    model.compile(loss=keras.losses.binary_crossentropy, optimizer=keras.optimizers.Adam(cfg.train.learning_rate), jit_compile=jit_compile)
+    model.compile(
+        loss=keras.losses.binary_crossentropy,
+        optimizer=keras.optimizers.Adam(cfg.train.learning_rate),
+        jit_compile=jit_compile,
+    )
     ends = []  # last callback: each epoch's end after every other callback ran
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=10),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", patience=5),
         keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: ends.append(time.perf_counter())),
     ]
-    model.fit(x_train, y_train, batch_size=batch, epochs=1 + epochs, validation_data=val_data, callbacks=callbacks, verbose=0)
+    model.fit(
+        x_train, y_train, batch_size=batch, epochs=1 + epochs, validation_data=val_data, callbacks=callbacks, verbose=0
+    )
     return len(x_train) * epochs / (ends[-1] - ends[0])
 
 
@@ -105,20 +131,26 @@ def run(quick: bool, workdir: Path) -> Section:
     cfg = config(workdir, s, "x", 1)
     model = f"`{s['preset']}` preset" if s["preset"] == "tiny" else "custom ConvLSTM [4 filters, 3×3]"
     return Section(
-        NAME, TITLE,
+        NAME,
+        TITLE,
         setup=(
             f"CPU, {model}, clips {s['frames']}×{s['image']}×{s['image']} (shift protocol: {s['frames'] - 1} frames in, "
             f"{s['frames'] - 1} out), {s['train']} training + {s['val']} validation clips, batch {BATCH}, Adam "
             f"{cfg.train.learning_rate:g}, BCE, validation every epoch on both sides. Steady state over {s['epochs']} epoch(s) "
             f"after a warm-up epoch; median of {s['repeats']} alternating repeat(s). `nfp train` runs with its default "
             f"callbacks (best + last checkpoints, BackupAndRestore, CSV, prediction images every epoch"
-            + (", MLflow tracking to a scratch sqlite store" if s["tracking"] else ", tracking off") + ")."
+            + (", MLflow tracking to a scratch sqlite store" if s["tracking"] else ", tracking off")
+            + ")."
         ),
         columns=["loop", "clips/s (median)", "per repeat"],
         rows=[
             ["keras-io reference: numpy → model.fit(batch_size=5)", ref_rate, ", ".join(fmt(v) for v in ref)],
             ["`nfp train` (tf.data + callbacks), wall clock", our_rate, ", ".join(fmt(v) for v in ours)],
-            ["`nfp train`, training part only (EpochStats `clips_per_sec`)", statistics.median(logged), ", ".join(fmt(v) for v in logged)],
+            [
+                "`nfp train`, training part only (EpochStats `clips_per_sec`)",
+                statistics.median(logged),
+                ", ".join(fmt(v) for v in logged),
+            ],
         ],
         checks=[ratio_check("`nfp train` / keras-io reference", our_rate, ref_rate, TARGET, "clips/s")],
         notes=[

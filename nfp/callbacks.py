@@ -14,7 +14,7 @@ import math
 import os
 import tempfile
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -57,8 +57,17 @@ class EpochStats(keras.callbacks.Callback):
 class PredictionImages(keras.callbacks.Callback):
     """Every `every` epochs: context / truth / rollout-prediction strips of fixed clips → PNG + sink(image, key, step)."""
 
-    def __init__(self, clips: np.ndarray, *, every: int, context_frames: int, predict_frames: int, images_dir: str,
-                 sink: Callable | None = None, key: str = "predictions"):
+    def __init__(
+        self,
+        clips: np.ndarray,
+        *,
+        every: int,
+        context_frames: int,
+        predict_frames: int,
+        images_dir: str,
+        sink: Callable | None = None,
+        key: str = "predictions",
+    ):
         super().__init__()
         self.clips = np.asarray(clips)  # (N, T, H, W) uint8
         t = self.clips.shape[1]
@@ -102,8 +111,13 @@ class PeriodicEvaluation(keras.callbacks.Callback):
         from nfp.scoring import evaluate_model, flat_metrics
 
         e = self.cfg
-        result = evaluate_model(self.model, self.make_clips(), protocol=e.protocol,
-                                context_frames=e.context_frames, predict_frames=e.predict_frames)
+        result = evaluate_model(
+            self.model,
+            self.make_clips(),
+            protocol=e.protocol,
+            context_frames=e.context_frames,
+            predict_frames=e.predict_frames,
+        )
         logs.update(flat_metrics(result, "val"))
 
 
@@ -161,9 +175,17 @@ class Backup(keras.callbacks.BackupAndRestore):
 
 
 # --------------------------------------------------------------------------- from config
-def build_callbacks(cfg, job: Job, *, scratch_dir: str | None = None, has_validation: bool = True,
-                    val_clips: np.ndarray | None = None, image_sink: Callable | None = None,
-                    val_clip_batches: Callable | None = None, tracking_callback=None) -> list:
+def build_callbacks(
+    cfg,
+    job: Job,
+    *,
+    scratch_dir: str | None = None,
+    has_validation: bool = True,
+    val_clips: np.ndarray | None = None,
+    image_sink: Callable | None = None,
+    val_clip_batches: Callable | None = None,
+    tracking_callback=None,
+) -> list:
     """The callbacks `cfg.train` (and evaluate.every_n_epochs) enable, in the order they must run;
     `tracking_callback` goes after every callback that adds to the logs.
 
@@ -175,17 +197,28 @@ def build_callbacks(cfg, job: Job, *, scratch_dir: str | None = None, has_valida
     callbacks: list = []
 
     schedule = keras.callbacks.LearningRateScheduler(
-        lambda epoch, lr: lr if t.schedule.name == "plateau" and epoch >= t.schedule.warmup_epochs else learning_rate_at(epoch, t, job.replicas)
+        lambda epoch, lr: (
+            lr
+            if t.schedule.name == "plateau" and epoch >= t.schedule.warmup_epochs
+            else learning_rate_at(epoch, t, job.replicas)
+        )
     )
     callbacks.append(schedule)
     if cfg.evaluate.every_n_epochs and job.is_chief and val_clip_batches is not None:
         # before plateau, checkpoint and early-stopping callbacks, so they can monitor val_mse, val_ssim, …
-        callbacks.append(PeriodicEvaluation(val_clip_batches, every=cfg.evaluate.every_n_epochs, evaluate_cfg=cfg.evaluate))
+        callbacks.append(
+            PeriodicEvaluation(val_clip_batches, every=cfg.evaluate.every_n_epochs, evaluate_cfg=cfg.evaluate)
+        )
     if t.schedule.name == "plateau":
         monitor = _monitor(t.checkpoint.monitor, has_validation)
         callbacks.append(
-            keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=_mode(monitor), factor=t.schedule.gamma,
-                                              patience=t.schedule.patience, min_lr=t.schedule.min_lr)
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=monitor,
+                mode=_mode(monitor),
+                factor=t.schedule.gamma,
+                patience=t.schedule.patience,
+                min_lr=t.schedule.min_lr,
+            )
         )
     callbacks.append(EpochStats(job.clips_per_epoch))
     if t.terminate_on_nan:
@@ -194,15 +227,26 @@ def build_callbacks(cfg, job: Job, *, scratch_dir: str | None = None, has_valida
     if t.checkpoint.save_best:
         monitor = _monitor(t.checkpoint.monitor, has_validation)
         callbacks.append(
-            AtomicCheckpoint(scratch.best, monitor=monitor, mode=_mode(monitor), save_best_only=True,
-                             initial_value_threshold=_best_so_far(out.csv, monitor))
+            AtomicCheckpoint(
+                scratch.best,
+                monitor=monitor,
+                mode=_mode(monitor),
+                save_best_only=True,
+                initial_value_threshold=_best_so_far(out.csv, monitor),
+            )
         )
     if t.checkpoint.save_last:
         callbacks.append(AtomicCheckpoint(scratch.last))
     if t.images.every_n_epochs and job.is_chief and val_clips is not None and len(val_clips):
         callbacks.append(
-            PredictionImages(val_clips, every=t.images.every_n_epochs, context_frames=cfg.evaluate.context_frames,
-                             predict_frames=cfg.evaluate.predict_frames, images_dir=out.images, sink=image_sink)
+            PredictionImages(
+                val_clips,
+                every=t.images.every_n_epochs,
+                context_frames=cfg.evaluate.context_frames,
+                predict_frames=cfg.evaluate.predict_frames,
+                images_dir=out.images,
+                sink=image_sink,
+            )
         )
     if t.csv_log:
         storage.makedirs(scratch.root)  # CSVLogger opens the file but makes no dirs

@@ -14,16 +14,23 @@ _OVERRIDES_HELP = "config overrides as key.path=value (e.g. train.epochs=2 model
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nfp", description="Next-frame video prediction with ConvLSTM, tracked in MLflow.")
+    parser = argparse.ArgumentParser(
+        prog="nfp", description="Next-frame video prediction with ConvLSTM, tracked in MLflow."
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
-        sub.add_argument("--config", "-c", default=None, help="YAML config file (configs/*.yaml); defaults apply without one")
+        sub.add_argument(
+            "--config", "-c", default=None, help="YAML config file (configs/*.yaml); defaults apply without one"
+        )
         sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
         sub.add_argument(
-            "--overrides", dest="overrides_string", default="", metavar="STRING",
+            "--overrides",
+            dest="overrides_string",
+            default="",
+            metavar="STRING",
             help="more overrides in one shell-quoted string (how MLproject passes them)",
         )
         return sub
@@ -32,13 +39,17 @@ def _parser() -> argparse.ArgumentParser:
     command("train", "Train a ConvLSTM (prepares the data first if its manifest is missing); logs to MLflow.")
     command("config", "Print the resolved config (after overrides) as YAML and exit.")
 
-    ev = command("evaluate", "Evaluate a model on a split with the OpenSTL metrics, next to copy-last/mean-frame baselines.")
+    ev = command(
+        "evaluate", "Evaluate a model on a split with the OpenSTL metrics, next to copy-last/mean-frame baselines."
+    )
     ev.add_argument("--model", required=True, help="checkpoint .keras path, MLflow run id, runs:/… or models:/… URI")
     ev.add_argument("--split", default=None, help="train | val | test (default: evaluate.split)")
     ev.add_argument("--out", default=None, help="report directory (default: <train.output_dir>/eval)")
     ev.add_argument("--run-id", default=None, help="MLflow run to log into (default: the model's run, else a new one)")
 
-    pr = command("predict", "Predict frames from a model and write a PNG strip, a side-by-side GIF and optionally .npy.")
+    pr = command(
+        "predict", "Predict frames from a model and write a PNG strip, a side-by-side GIF and optionally .npy."
+    )
     pr.add_argument("--model", required=True, help="checkpoint .keras path, MLflow run id, runs:/… or models:/… URI")
     pr.add_argument(
         "--input",

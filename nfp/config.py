@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import yaml
 
@@ -45,8 +45,8 @@ class DataConfig:
     source: Literal["generate", "download"] = "generate"
     # download: any fsspec URL (http(s)://, gs://, file://, local path) of mnist_test_seq.npy
     url: str = MOVING_MNIST_URL
-    sha256: Optional[str] = None  # None: use the built-in table for known URLs, else unverified
-    size_bytes: Optional[int] = _knob(None, min=1)
+    sha256: str | None = None  # None: use the built-in table for known URLs, else unverified
+    size_bytes: int | None = _knob(None, min=1)
     allowed_schemes: list[str] = _knob(["http", "https", "gs", "file"])
     cache_dir: str = "~/.cache/nfp"
     # generate: OpenSTL's Moving MNIST recipe
@@ -72,10 +72,14 @@ class DataConfig:
     context_frames: int = _knob(10, min=1)
     predict_frames: int = _knob(10, min=1)
     shuffle_buffer: int = _knob(256, min=0)
-    read_buffer_kb: int = _knob(256, min=0, help="TFRecord read buffer; 0 = unbuffered, one copy fewer per record "
-                                "(≈10% of the pipeline's CPU) on local disk, but a round trip per read on NFS/gcsfuse/gs://")
+    read_buffer_kb: int = _knob(
+        256,
+        min=0,
+        help="TFRecord read buffer; 0 = unbuffered, one copy fewer per record "
+        "(≈10% of the pipeline's CPU) on local disk, but a round trip per read on NFS/gcsfuse/gs://",
+    )
     cache: bool = _knob(False, help="keep the decoded clips in RAM after the first pass (the split must fit)")
-    service_address: Optional[str] = None  # tf.data service dispatcher, e.g. grpc://host:5050
+    service_address: str | None = None  # tf.data service dispatcher, e.g. grpc://host:5050
 
 
 # --------------------------------------------------------------------------- model
@@ -126,8 +130,8 @@ class ImagesConfig:
 class TrainConfig:
     epochs: int = _knob(10, min=1)
     batch_size: int = _knob(8, min=1, help="per replica")
-    steps_per_epoch: Optional[int] = _knob(None, min=1)
-    validation_steps: Optional[int] = _knob(None, min=1)
+    steps_per_epoch: int | None = _knob(None, min=1)
+    validation_steps: int | None = _knob(None, min=1)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     learning_rate: float = _knob(1e-3, min=0)
     scale_lr: bool = False  # linear scaling by replicas (use with schedule.warmup_epochs)
@@ -158,9 +162,9 @@ class DistributeConfig:
 class TrackingConfig:
     enabled: bool = True
     experiment: str = "nfp"
-    run_name: Optional[str] = None
+    run_name: str | None = None
     log_model: bool = True
-    register_as: Optional[str] = None
+    register_as: str | None = None
     log_checkpoints: bool = True
 
 
@@ -170,7 +174,7 @@ class EvaluateConfig:
     context_frames: int = _knob(10, min=1)
     predict_frames: int = _knob(10, min=1)
     split: Literal["train", "val", "test"] = "test"
-    max_clips: Optional[int] = _knob(None, min=1)
+    max_clips: int | None = _knob(None, min=1)
     batch_size: int = _knob(16, min=1)
     every_n_epochs: int = _knob(0, min=0, help="during training on val; 0 = never")
 

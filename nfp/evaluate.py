@@ -15,7 +15,9 @@ from nfp import storage, tracking
 from nfp.errors import ConfigError, DataError
 
 
-def run_evaluate(cfg, *, model_uri: str, split: str | None = None, out_dir: str | None = None, run_id: str | None = None) -> dict:
+def run_evaluate(
+    cfg, *, model_uri: str, split: str | None = None, out_dir: str | None = None, run_id: str | None = None
+) -> dict:
     """Evaluate model_uri on a split of cfg.data.dir; write report.json, per_frame.csv/png; log to MLflow."""
     from nfp.data.manifest import load_manifest
     from nfp.data.pipeline import clip_batches
@@ -109,7 +111,9 @@ def _per_frame_figure(report: dict):
     xs = steps if report["protocol"] == "rollout" else report["frames"]
     for ax, metric in zip(fig.subplots(1, 4), ("mse", "mae", "ssim", "psnr")):
         for name, curves in report["per_frame"].items():
-            ax.plot(xs, curves[metric], marker="o", markersize=3, label=name, linestyle="-" if name == "model" else "--")
+            ax.plot(
+                xs, curves[metric], marker="o", markersize=3, label=name, linestyle="-" if name == "model" else "--"
+            )
         ax.set(title=metric.upper(), xlabel=xlabel)
     fig.axes[0].legend()
     fig.suptitle(f"{report['split']} split, {report['protocol']}, {report['clips']} clips")
@@ -137,7 +141,9 @@ def _log_to_mlflow(cfg, report: dict, files: dict[str, Path], *, run_id: str | N
     for name, curves in report["per_frame"].items():  # stepped: the UI plots metric vs. step (= horizon)
         stem = split if name == "model" else f"{split}_baseline_{name}"
         for metric, values in curves.items():
-            metrics += [Metric(f"{stem}_{metric}_by_frame", float(v), now, i + 1) for i, v in enumerate(values) if _loggable(v)]
+            metrics += [
+                Metric(f"{stem}_{metric}_by_frame", float(v), now, i + 1) for i, v in enumerate(values) if _loggable(v)
+            ]
     for start in range(0, len(metrics), 1000):  # MLflow's log_batch limit
         client.log_batch(target, metrics=metrics[start : start + 1000])
     tags = {f"nfp.eval.{split}.protocol": report["protocol"], f"nfp.eval.{split}.model_uri": report["model_uri"]}

@@ -7,9 +7,10 @@ Frames are (batch, time, H, W, C) float in [0, 1]. For each (clip, frame):
 - ssim: on predictions clipped to [0, 1], what OpenSTL gets from skimage's structural_similarity
   with its defaults: a 7×7 uniform window, sample covariance (×49/48), K1=0.01, K2=0.03, and —
   because OpenSTL passes float images without data_range (a call only older skimage accepts,
-  `multichannel=True`) — data_range=2, older skimage's guess for floats (today's refuses to guess). tf.image.ssim is a different SSIM (11×11 Gaussian,
-  σ=1.5, population covariance, data_range=max_val: Wang et al. 2004) that gives other numbers on
-  the same frames (±0.03 on noisy 16×16 frames), so SSIM is built here from tf.nn.avg_pool2d instead.
+  `multichannel=True`) — data_range=2, older skimage's guess for floats (today's refuses to guess).
+  tf.image.ssim is a different SSIM (11×11 Gaussian, σ=1.5, population covariance, data_range=max_val:
+  Wang et al. 2004) that gives other numbers on the same frames (±0.03 on noisy 16×16 frames), so SSIM
+  is built here from tf.nn.avg_pool2d instead.
 Each metric is averaged over clips per frame (the curve vs. horizon), then over frames (the
 number OpenSTL reports: equal to its mean over clips and frames).
 """

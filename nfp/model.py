@@ -35,7 +35,9 @@ def build_model(model_cfg, *, image_size: int):
     x = inputs
     normalization = {"batch": layers.BatchNormalization, "layer": layers.LayerNormalization}.get(norm)
     for i, (f, k) in enumerate(zip(filters, kernel_sizes)):
-        x = layers.ConvLSTM2D(f, k, padding="same", activation=activation, return_sequences=True, name=f"convlstm_{i}")(x)
+        x = layers.ConvLSTM2D(f, k, padding="same", activation=activation, return_sequences=True, name=f"convlstm_{i}")(
+            x
+        )
         if normalization and i < len(filters) - 1:  # between recurrent layers only, as in the keras-io reference
             x = normalization(name=f"norm_{i}")(x)
         if model_cfg.dropout > 0:

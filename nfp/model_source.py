@@ -38,12 +38,14 @@ def _load_checkpoint(path: str):
     import keras
 
     if not storage.exists(path):
-        raise ModelError(f"checkpoint {path}: not found (expected a .keras file, an MLflow run id, runs:/… or models:/… URI)")
+        raise ModelError(
+            f"checkpoint {path}: not found (expected a .keras file, an MLflow run id, runs:/… or models:/… URI)"
+        )
     if storage.is_dir(path):
         raise ModelError(f"checkpoint {path}: is a directory, expected a .keras file")
     try:
         return keras.saving.load_model(path, compile=False)
-    except Exception as err:  # noqa: BLE001 - any load failure means "not a usable checkpoint"
+    except Exception as err:
         raise ModelError(f"checkpoint {path}: cannot be loaded as a Keras model ({first_line(err)})") from err
 
 
@@ -52,7 +54,7 @@ def _load_mlflow_model(uri: str):
 
     try:
         return mlflow.keras.load_model(uri)
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         raise ModelError(f"MLflow model {uri}: cannot be loaded ({first_line(err)})") from err
 
 
@@ -72,7 +74,9 @@ def _run_model_uri(run_id: str) -> str:
     import mlflow
 
     run = get_run(run_id, error=ModelError)
-    checkpoints = sorted(_keras_artifacts(mlflow.MlflowClient(), run_id, None), key=lambda p: ("best" not in Path(p).name, p))
+    checkpoints = sorted(
+        _keras_artifacts(mlflow.MlflowClient(), run_id, None), key=lambda p: ("best" not in Path(p).name, p)
+    )
     if checkpoints and "best" in Path(checkpoints[0]).name:
         return f"runs:/{run_id}/{checkpoints[0]}"
     models = mlflow.search_logged_models(

@@ -12,7 +12,9 @@ def build_optimizer(train_cfg, replicas: int):
     """The Keras optimizer of train.optimizer at the base learning rate (the schedule callback moves it)."""
     import keras
 
-    return getattr(keras.optimizers, _OPTIMIZERS[train_cfg.optimizer])(learning_rate=base_learning_rate(train_cfg, replicas))
+    return getattr(keras.optimizers, _OPTIMIZERS[train_cfg.optimizer])(
+        learning_rate=base_learning_rate(train_cfg, replicas)
+    )
 
 
 def build_loss(train_cfg):

@@ -17,7 +17,9 @@ import numpy as np
 from nfp.errors import ConfigError, DataError
 
 
-def run_predict(cfg, *, model_uri, inputs, context_frames=None, horizon=None, out_dir=None, save_npy=False) -> dict[str, Path]:
+def run_predict(
+    cfg, *, model_uri, inputs, context_frames=None, horizon=None, out_dir=None, save_npy=False
+) -> dict[str, Path]:
     """Predict `horizon` frames from the first `context_frames` of one clip; → {"strip", "gif"[, "npy"]} paths."""
     from nfp import storage, visualize
     from nfp.model import check_compatible, rollout
@@ -86,7 +88,9 @@ def _split_clip(cfg, spec: str) -> tuple[np.ndarray, str]:
     manifest = load_manifest(cfg.data.dir)
     count = manifest.count(name)
     if index >= count:
-        raise DataError(f"--input {spec}: index {index} out of range, split {name!r} of {cfg.data.dir} has {count} clips")
+        raise DataError(
+            f"--input {spec}: index {index} out of range, split {name!r} of {cfg.data.dir} has {count} clips"
+        )
     return read_clips(cfg.data, manifest, name, index + 1)[index], f"{name}_{index}"
 
 

@@ -1,6 +1,6 @@
 """A training job's output dir (local or gs://): where each file goes, and reading back what an earlier attempt left.
 
-    <output_dir>/checkpoints/{best,last}.keras   backup/ (BackupAndRestore)   history.csv   images/epoch_NNN.png
+<output_dir>/checkpoints/{best,last}.keras   backup/ (BackupAndRestore)   history.csv   images/epoch_NNN.png
 """
 
 from __future__ import annotations
@@ -67,7 +67,9 @@ def trim_csv(path: str, keep_below: int) -> None:
         return
     lines = storage.read_bytes(path).decode().splitlines(keepends=True)
     kept = lines[:1] + [
-        line for line in lines[1:] if line.endswith("\n") and line.split(",", 1)[0].isdigit() and int(line.split(",", 1)[0]) < keep_below
+        line
+        for line in lines[1:]
+        if line.endswith("\n") and line.split(",", 1)[0].isdigit() and int(line.split(",", 1)[0]) < keep_below
     ]
     if kept != lines:
         storage.write_bytes(path, "".join(kept).encode())

@@ -17,7 +17,7 @@ _CHUNK = 1 << 20
 
 
 def scheme(url: str) -> str:
-    """"file" for local paths and file://, else the part before "://"."""
+    """ "file" for local paths and file://, else the part before "://"."""
     head, sep, _ = url.partition("://")
     return head.lower() if sep else "file"
 

@@ -16,8 +16,9 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "mlflow_run_id"
 BACKLOG_FILE = "tracking_backlog.jsonl"
+
+
 @contextlib.contextmanager
 def _fail_fast_http() -> Iterator[None]:
     """MLflow retries HTTP for ~4 minutes by default; a start-up check should answer in seconds."""
@@ -57,7 +60,9 @@ def check_reachable(experiment_id: str | None = None) -> None:
     except Exception as err:  # noqa: BLE001 - any failure here means "cannot track"
         # MLflow's own message repeats the URI, credentials included
         detail = first_line(err)
-        what = f"experiment id {experiment_id}" if experiment_id and "experiment" in detail.lower() else "tracking server"
+        what = (
+            f"experiment id {experiment_id}" if experiment_id and "experiment" in detail.lower() else "tracking server"
+        )
         raise TrackingError(f"MLflow {what} at {redact(uri)} is not usable: {detail}") from None
 
 
@@ -132,7 +137,9 @@ class RunLogger:
         existing = self._call("params", lambda: get_run(self.run_id).data.params) or {}
         changed = sorted(k for k in clean if k in existing and existing[k] != clean[k])
         if changed:
-            warnings.warn(f"resumed run {self.run_id} keeps its original params; changed now: {', '.join(changed)}", stacklevel=2)
+            warnings.warn(
+                f"resumed run {self.run_id} keeps its original params; changed now: {', '.join(changed)}", stacklevel=2
+            )
         new = {k: v for k, v in clean.items() if k not in existing}
         if new:
             self._call("params", mlflow.log_params, new, record={"params": new})
@@ -158,7 +165,9 @@ class RunLogger:
 
         local_path = str(local_path)
         log_fn = mlflow.log_artifacts if Path(local_path).is_dir() else mlflow.log_artifact
-        self._call("artifact", log_fn, local_path, artifact_path, record={"artifact": local_path, "path": artifact_path})
+        self._call(
+            "artifact", log_fn, local_path, artifact_path, record={"artifact": local_path, "path": artifact_path}
+        )
 
     def log_image(self, image: np.ndarray, key: str, step: int) -> None:
         """A stepped image series (mlflow.log_image with key/step) — the UI shows it with a step slider."""
@@ -273,7 +282,9 @@ def start_run(cfg, *, is_chief: bool, state_dir) -> Iterator[RunLogger]:
         experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
         if not experiment_id:
             experiment = mlflow.get_experiment_by_name(cfg.tracking.experiment)
-            experiment_id = experiment.experiment_id if experiment else mlflow.create_experiment(cfg.tracking.experiment)
+            experiment_id = (
+                experiment.experiment_id if experiment else mlflow.create_experiment(cfg.tracking.experiment)
+            )
         run = mlflow.start_run(experiment_id=experiment_id, run_name=cfg.tracking.run_name)
     run_id = run.info.run_id
     _save_run_id(state_dir, run_id)
@@ -306,7 +317,9 @@ def get_run(run_id: str, *, missing_ok: bool = False, error: type[Exception] = T
     except Exception as err:  # noqa: BLE001 - MlflowException for unknown ids, others for a bad store
         if missing_ok and getattr(err, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
             return None
-        raise error(f"MLflow run {run_id}{purpose}: not found at {redact(mlflow.get_tracking_uri())} ({first_line(err)})") from None
+        raise error(
+            f"MLflow run {run_id}{purpose}: not found at {redact(mlflow.get_tracking_uri())} ({first_line(err)})"
+        ) from None
 
 
 def _git_commit() -> str | None:
@@ -314,7 +327,9 @@ def _git_commit() -> str | None:
     import subprocess
 
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None

@@ -50,11 +50,17 @@ def train(cfg, *, config_path=None) -> dict:
     manifest = ensure_prepared(cfg.data)  # deterministic and atomic: safe on every worker; read once, handed on
     job = plan(t, cluster=cluster, replicas=strategy.num_replicas_in_sync, train_clips=manifest.count("train"))
     keras.utils.set_random_seed(t.seed)
-    train_ds = pipeline.make_dataset(cfg.data, manifest, "train", job.global_batch, training=True, num_workers=cluster.num_workers)
+    train_ds = pipeline.make_dataset(
+        cfg.data, manifest, "train", job.global_batch, training=True, num_workers=cluster.num_workers
+    )
     val_ds, val_steps = _validation(cfg, manifest, job)
     if cluster.num_workers > 1 and storage.is_local(t.output_dir):
-        log.warning("train.output_dir %s is local: with %d workers it must be one directory all of them see "
-                    "(gs://…), or a restarted worker resumes from nothing", t.output_dir, cluster.num_workers)
+        log.warning(
+            "train.output_dir %s is local: with %d workers it must be one directory all of them see "
+            "(gs://…), or a restarted worker resumes from nothing",
+            t.output_dir,
+            cluster.num_workers,
+        )
     gpus = tf.config.list_physical_devices("GPU")
     model = _compiled_model(cfg, strategy, job, on_gpu=bool(gpus))
 
@@ -64,8 +70,11 @@ def train(cfg, *, config_path=None) -> dict:
         storage.makedirs(out.root)
         trim_csv(out.csv, start)
     if start >= t.epochs:
-        print(f"train: all {t.epochs} epochs already done in {out.backup}; raise train.epochs to go on, "
-              f"or use another train.output_dir to start over", file=sys.stderr)
+        print(
+            f"train: all {t.epochs} epochs already done in {out.backup}; raise train.epochs to go on, "
+            f"or use another train.output_dir to start over",
+            file=sys.stderr,
+        )
     elif start:
         print(f"train: resuming after epoch {start} of {t.epochs} from {out.backup}", file=sys.stderr)
 
@@ -74,19 +83,32 @@ def train(cfg, *, config_path=None) -> dict:
         run = stack.enter_context(tracking.start_run(cfg, is_chief=job.is_chief, state_dir=out.root))
         stop_after_sigterm = stack.enter_context(_sigterm_stops(out.backup))
         if job.is_chief:
-            _log_setup(run, cfg, job, config_path=config_path, manifest=manifest, model=model, strategy=strategy, gpus=gpus)
+            _log_setup(
+                run, cfg, job, config_path=config_path, manifest=manifest, model=model, strategy=strategy, gpus=gpus
+            )
         show_images = job.is_chief and t.images.every_n_epochs and manifest.count("val")
         callbacks = cb.build_callbacks(
-            cfg, job, scratch_dir=scratch, has_validation=val_ds is not None,
+            cfg,
+            job,
+            scratch_dir=scratch,
+            has_validation=val_ds is not None,
             val_clips=pipeline.read_clips(cfg.data, manifest, "val", t.images.num_clips) if show_images else None,
-            val_clip_batches=lambda: pipeline.clip_batches(cfg.data, manifest, "val", cfg.evaluate.batch_size, cfg.evaluate.max_clips),
-            image_sink=run.log_image if run.active else None, tracking_callback=run.keras_callback(),
+            val_clip_batches=lambda: pipeline.clip_batches(
+                cfg.data, manifest, "val", cfg.evaluate.batch_size, cfg.evaluate.max_clips
+            ),
+            image_sink=run.log_image if run.active else None,
+            tracking_callback=run.keras_callback(),
         )
         try:
             with naming_bad_shards(cfg.data, manifest, "train", "val"):
                 history = model.fit(
-                    train_ds, epochs=t.epochs, steps_per_epoch=job.steps_per_epoch, validation_data=val_ds,
-                    validation_steps=val_steps, callbacks=[*callbacks, stop_after_sigterm], verbose=t.verbose,
+                    train_ds,
+                    epochs=t.epochs,
+                    steps_per_epoch=job.steps_per_epoch,
+                    validation_data=val_ds,
+                    validation_steps=val_steps,
+                    callbacks=[*callbacks, stop_after_sigterm],
+                    verbose=t.verbose,
                     shuffle=False,  # the pipeline shuffles; Keras would warn that it ignores shuffle=True
                 )
         except tf.errors.UnavailableError as err:
@@ -110,8 +132,11 @@ def train(cfg, *, config_path=None) -> dict:
         if job.is_chief and trained:  # a finished job re-run trains nothing and logs nothing again
             _log_results(run, cfg, job, model=model, manifest=manifest)
         if job.is_chief:
-            print(f"train: {trained} epoch(s) trained, outputs in {out.root}"
-                  + (f", MLflow run {run.run_id}" if run.active else ""), file=sys.stderr)
+            print(
+                f"train: {trained} epoch(s) trained, outputs in {out.root}"
+                + (f", MLflow run {run.run_id}" if run.active else ""),
+                file=sys.stderr,
+            )
         return {
             "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
             "run_id": run.run_id,
@@ -127,7 +152,11 @@ def _validation(cfg, manifest, job: Job):
 
     val_count = manifest.count("val")
     workers = job.cluster.num_workers
-    val_ds = pipeline.make_dataset(cfg.data, manifest, "val", job.global_batch, training=False, num_workers=workers) if val_count else None
+    val_ds = (
+        pipeline.make_dataset(cfg.data, manifest, "val", job.global_batch, training=False, num_workers=workers)
+        if val_count
+        else None
+    )
     val_steps = cfg.train.validation_steps  # None: one whole pass per epoch, the last partial batch included
     if workers > 1 and val_ds is not None:
         # Every worker must run the same count of full batches (a whole number of executions): repeat and count.
@@ -135,7 +164,11 @@ def _validation(cfg, manifest, job: Job):
         val_steps = val_steps or val_count // job.global_batch // spe * spe
         val_ds = val_ds.repeat() if val_steps else None
     if val_ds is None:
-        log.warning("validation split (%d clips) too small for the global batch (%d): training without validation", val_count, job.global_batch)
+        log.warning(
+            "validation split (%d clips) too small for the global batch (%d): training without validation",
+            val_count,
+            job.global_batch,
+        )
         return None, None
     return val_ds, val_steps
 
@@ -175,19 +208,27 @@ def _log_setup(run, cfg, job: Job, *, config_path, manifest, model, strategy, gp
 
     from nfp.distribute import strategy_name
 
-    run.log_params({
-        **cfg.flat(),
-        "replicas": job.replicas,
-        "num_workers": job.cluster.num_workers,
-        "global_batch_size": job.global_batch,
-        "steps_per_epoch": job.steps_per_epoch,
-        "model_params": model.count_params(),
-        "tensorflow_version": tf.__version__,
-        "keras_version": keras.__version__,
-        "mlflow_version": mlflow.__version__,
-        "data_manifest_id": manifest.id,
-    })
-    run.set_tags({"strategy": strategy_name(strategy), "device": _device_kind(gpus), **({"config_file": str(config_path)} if config_path else {})})
+    run.log_params(
+        {
+            **cfg.flat(),
+            "replicas": job.replicas,
+            "num_workers": job.cluster.num_workers,
+            "global_batch_size": job.global_batch,
+            "steps_per_epoch": job.steps_per_epoch,
+            "model_params": model.count_params(),
+            "tensorflow_version": tf.__version__,
+            "keras_version": keras.__version__,
+            "mlflow_version": mlflow.__version__,
+            "data_manifest_id": manifest.id,
+        }
+    )
+    run.set_tags(
+        {
+            "strategy": strategy_name(strategy),
+            "device": _device_kind(gpus),
+            **({"config_file": str(config_path)} if config_path else {}),
+        }
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for name, artifact, text in (
             ("config.yaml", "config/resolved.yaml", redact(cfg.to_yaml())),
@@ -227,7 +268,8 @@ def _log_results(run, cfg, job: Job, *, model, manifest):
             n = max(1, min(cfg.evaluate.predict_frames, frames.shape[1] - k))
             pred = rollout(export, frames[:, :k], n)[0]
             gif = visualize.write_gif(
-                visualize.side_by_side_frames(frames[0, : k + n], np.concatenate([frames[0, :k], pred])), os.path.join(tmp, "clip.gif")
+                visualize.side_by_side_frames(frames[0, : k + n], np.concatenate([frames[0, :k], pred])),
+                os.path.join(tmp, "clip.gif"),
             )
             storage.write_bytes(out.file("prediction.gif"), gif.read_bytes())
             run.log_artifact(str(gif), "predictions")
@@ -293,7 +335,11 @@ def _sigterm_stops(backup_dir: str):
 
     def _stop(signum, frame):
         if not received.is_set():
-            print(f"train: SIGTERM received, stopping; re-run the same command to resume from {backup_dir}", file=sys.stderr, flush=True)
+            print(
+                f"train: SIGTERM received, stopping; re-run the same command to resume from {backup_dir}",
+                file=sys.stderr,
+                flush=True,
+            )
         received.set()
         raise SystemExit(128 + signal.SIGTERM)
 

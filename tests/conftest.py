@@ -129,11 +129,24 @@ class MlflowServer:
         env.pop("MLFLOW_TRACKING_URI", None)
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-                "--backend-store-uri", f"sqlite:///{self.root}/server.db",
-                "--artifacts-destination", f"{self.root}/artifacts", "--workers", "1",
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--backend-store-uri",
+                f"sqlite:///{self.root}/server.db",
+                "--artifacts-destination",
+                f"{self.root}/artifacts",
+                "--workers",
+                "1",
             ],
-            env=env, stdout=subprocess.DEVNULL, stderr=open(f"{self.root}/server.log", "ab"),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(f"{self.root}/server.log", "ab"),
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout

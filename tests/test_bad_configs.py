@@ -23,7 +23,10 @@ BAD_OVERRIDES = [
     ("train.jit_compile=maybe", "train.jit_compile: got 'maybe', expected one of auto, on, off"),
     ("train.loss=l1", "train.loss: got 'l1', expected one of bce, mse"),
     ("train.optimizer=lion", "train.optimizer: got 'lion', expected one of adam, adamw, sgd"),
-    ("train.schedule.name=linear", "train.schedule.name: got 'linear', expected one of constant, step, cosine, plateau"),
+    (
+        "train.schedule.name=linear",
+        "train.schedule.name: got 'linear', expected one of constant, step, cosine, plateau",
+    ),
     ("train.schedule.gamma=2", "train.schedule.gamma: got 2.0, expected <= 1"),
     ("train.images.every_n_epochs=-1", "train.images.every_n_epochs: got -1, expected >= 0"),
     ("train=3", "train: expected a mapping, got 3"),
@@ -41,15 +44,28 @@ BAD_OVERRIDES = [
     ("data.split.train=800 data.split.val=0.5", "data.split: mixes counts and fractions"),
     ("data.digit_size=40", "data.digit_size: got 40, expected <= data.image_size (32)"),
     ("data.allowed_schemes=[ftp]", "data.allowed_schemes: got 'ftp', expected http, https, gs or file"),
-    ("data.protocol=context data.context_frames=15 data.predict_frames=10",
-     "data.context_frames + data.predict_frames: got 15+10, expected <= data.frames (20)"),
+    (
+        "data.protocol=context data.context_frames=15 data.predict_frames=10",
+        "data.context_frames + data.predict_frames: got 15+10, expected <= data.frames (20)",
+    ),
     ("evaluate.context_frames=20", "evaluate.context_frames: got 20, expected < data.frames (20)"),
-    ("evaluate.predict_frames=11", "evaluate.context_frames + evaluate.predict_frames: got 10+11, expected <= data.frames (20)"),
+    (
+        "evaluate.predict_frames=11",
+        "evaluate.context_frames + evaluate.predict_frames: got 10+11, expected <= data.frames (20)",
+    ),
     ("evaluate.split=dev", "evaluate.split: got 'dev', expected one of train, val, test"),
-    ("model.preset=custom model.filters=[4,4] model.kernel_sizes=[3]",
-     "model.kernel_sizes: got 1 sizes for 2 filters, expected one per layer"),
-    ("model.preset=custom model.filters=[] model.kernel_sizes=[]", "model.filters: empty, expected at least one ConvLSTM layer"),
-    ("distribute.strategy=horovod", "distribute.strategy: got 'horovod', expected one of auto, default, mirrored, multi_worker"),
+    (
+        "model.preset=custom model.filters=[4,4] model.kernel_sizes=[3]",
+        "model.kernel_sizes: got 1 sizes for 2 filters, expected one per layer",
+    ),
+    (
+        "model.preset=custom model.filters=[] model.kernel_sizes=[]",
+        "model.filters: empty, expected at least one ConvLSTM layer",
+    ),
+    (
+        "distribute.strategy=horovod",
+        "distribute.strategy: got 'horovod', expected one of auto, default, mirrored, multi_worker",
+    ),
     ("tracking.experiment=''", "tracking.experiment: got None, expected a non-empty string"),
     ("train.epochs.max=3", "train.epochs: is a value, cannot set train.epochs.max"),
     ("train.epochs", "override 'train.epochs': expected key.path=value"),
@@ -85,7 +101,9 @@ def _assert_refused(argv, expected, capsys, empty_cwd, mlflow_db):
 @pytest.mark.parametrize("overrides, expected", BAD_OVERRIDES, ids=[o for o, _ in BAD_OVERRIDES])
 def test_bad_override_is_refused_before_any_work(overrides, expected, capsys, empty_cwd, isolated_mlflow):
     quickstart = str(__import__("pathlib").Path(__file__).parents[1] / "configs/quickstart.yaml")
-    _assert_refused(["train", "--config", quickstart, "--overrides", overrides], expected, capsys, empty_cwd, isolated_mlflow)
+    _assert_refused(
+        ["train", "--config", quickstart, "--overrides", overrides], expected, capsys, empty_cwd, isolated_mlflow
+    )
 
 
 @pytest.mark.parametrize("text, expected", BAD_FILES, ids=[e for _, e in BAD_FILES])
@@ -96,7 +114,13 @@ def test_bad_config_file_is_refused_before_any_work(text, expected, capsys, empt
 
 
 def test_missing_config_file_is_named(capsys, empty_cwd, isolated_mlflow):
-    _assert_refused(["train", "--config", "nowhere/cfg.yaml"], "config file nowhere/cfg.yaml: not found", capsys, empty_cwd, isolated_mlflow)
+    _assert_refused(
+        ["train", "--config", "nowhere/cfg.yaml"],
+        "config file nowhere/cfg.yaml: not found",
+        capsys,
+        empty_cwd,
+        isolated_mlflow,
+    )
 
 
 def test_at_least_thirty_bad_configs_are_covered():

@@ -24,7 +24,10 @@ def quick_report(tmp_path_factory) -> str:
     out = tmp / "BENCHMARKS.md"
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--out", str(out), "--workdir", str(tmp / "work")],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out.read_text()
@@ -51,7 +54,10 @@ def test_quick_run_writes_each_benchmark_section(quick_report, name):
 
 
 def test_only_replaces_one_section_and_keeps_the_others():
-    old = "# header\n\n<!-- bench:pipeline -->\nold pipeline\n<!-- /bench:pipeline -->\n\n<!-- bench:quality -->\nq\n<!-- /bench:quality -->\n"
+    old = (
+        "# header\n\n<!-- bench:pipeline -->\nold pipeline\n<!-- /bench:pipeline -->\n\n"
+        "<!-- bench:quality -->\nq\n<!-- /bench:quality -->\n"
+    )
     new = {"pipeline": "<!-- bench:pipeline -->\nnew pipeline\n<!-- /bench:pipeline -->"}
     merged = merge(old, new, MODULES)
     assert list(merged) == ["pipeline", "quality"]
@@ -75,7 +81,17 @@ def test_flops_formula_implies_the_keras_parameter_count(preset):
 @pytest.mark.slow
 def test_pipeline_section_isolates_the_cost_of_reading_records(quick_report):
     section = sections_of(quick_report)["pipeline"]
-    for row in ("TFRecord reads → batch → uint8 clips only", "in-memory uint8 clips → batch only", "TFRecords, plain, `data.cache: true`"):
-        assert re.search(rf"^\| {re.escape(row)}.* \| [\d,.]+ \| [\d.]+ \|", section, re.M), row  # CPU µs/clip, cores busy
-    assert re.search(r"Reading and decoding them alone costs [\d,.]+ CPU µs/clip more .* at ≈ [\d.]+× \(an estimate", section)
-    assert re.search(r"Ratio within each round .*: TFRecords, plain [\d.]+, [\d.]+ \(median [\d.]+×\); TFRecords, GZIP ", section)
+    for row in (
+        "TFRecord reads → batch → uint8 clips only",
+        "in-memory uint8 clips → batch only",
+        "TFRecords, plain, `data.cache: true`",
+    ):
+        assert re.search(rf"^\| {re.escape(row)}.* \| [\d,.]+ \| [\d.]+ \|", section, re.M), (
+            row
+        )  # CPU µs/clip, cores busy
+    assert re.search(
+        r"Reading and decoding them alone costs [\d,.]+ CPU µs/clip more .* at ≈ [\d.]+× \(an estimate", section
+    )
+    assert re.search(
+        r"Ratio within each round .*: TFRecords, plain [\d.]+, [\d.]+ \(median [\d.]+×\); TFRecords, GZIP ", section
+    )

@@ -53,14 +53,19 @@ class Tracker(keras.callbacks.Callback):
 def _job(cfg, *, output_dir: str | None = None, is_chief: bool = True) -> Job:
     """A one-replica job of 2 steps × 4 clips per epoch writing to `output_dir` (default: train.output_dir)."""
     cluster = ClusterInfo(is_chief=is_chief, task_index=0 if is_chief else 1, num_workers=1 if is_chief else 2)
-    return Job(cluster, replicas=1, global_batch=4, steps_per_epoch=2, output=RunDir(output_dir or cfg.train.output_dir))
+    return Job(
+        cluster, replicas=1, global_batch=4, steps_per_epoch=2, output=RunDir(output_dir or cfg.train.output_dir)
+    )
 
 
 def _build(tiny_overrides, extra, *, output_dir=None, is_chief=True, **kwargs):
     cfg = load_config(None, [*tiny_overrides, *extra])
     val_clips = np.random.default_rng(1).integers(0, 256, (2, 6, 16, 16), dtype=np.uint8)
-    args = dict(val_clips=val_clips, tracking_callback=Tracker(),
-                val_clip_batches=lambda: __import__("tensorflow").data.Dataset.from_tensor_slices(val_clips).batch(2))
+    args = dict(
+        val_clips=val_clips,
+        tracking_callback=Tracker(),
+        val_clip_batches=lambda: __import__("tensorflow").data.Dataset.from_tensor_slices(val_clips).batch(2),
+    )
     return cfg, cb.build_callbacks(cfg, _job(cfg, output_dir=output_dir, is_chief=is_chief), **{**args, **kwargs})
 
 
@@ -102,7 +107,11 @@ def test_switched_off_callbacks_are_absent(tiny_overrides):
 
 def test_fit_with_everything_on_writes_and_logs_each_epoch(tiny_overrides, tmp_path):
     images = []
-    cfg, callbacks = _build(tiny_overrides, EVERYTHING_ON, image_sink=lambda img, key, step: images.append((img.shape, img.dtype, key, step)))
+    cfg, callbacks = _build(
+        tiny_overrides,
+        EVERYTHING_ON,
+        image_sink=lambda img, key, step: images.append((img.shape, img.dtype, key, step)),
+    )
     tracker = callbacks[-2]
     _, history = _fit(cfg, callbacks)
     out = tmp_path / "out"
@@ -124,7 +133,14 @@ def test_fit_with_everything_on_writes_and_logs_each_epoch(tiny_overrides, tmp_p
 
 def test_scheduler_sets_the_optimizer_learning_rate_each_epoch(tiny_overrides):
     cfg, callbacks = _build(
-        tiny_overrides, [*EVERYTHING_OFF, "train.learning_rate=0.01", "train.schedule.name=step", "train.schedule.step_epochs=1", "train.schedule.gamma=0.1"]
+        tiny_overrides,
+        [
+            *EVERYTHING_OFF,
+            "train.learning_rate=0.01",
+            "train.schedule.name=step",
+            "train.schedule.step_epochs=1",
+            "train.schedule.gamma=0.1",
+        ],
     )
     _, history = _fit(cfg, callbacks, epochs=3)
     assert history.history["learning_rate"] == pytest.approx([0.01, 0.001, 0.0001], rel=1e-5)
@@ -132,7 +148,7 @@ def test_scheduler_sets_the_optimizer_learning_rate_each_epoch(tiny_overrides):
 
 def test_non_chief_saves_into_scratch_and_restores_from_the_chief(tiny_overrides, tmp_path):
     scratch = tmp_path / "scratch"
-    cfg, callbacks = _build(tiny_overrides, EVERYTHING_ON, is_chief=False, scratch_dir=str(scratch))
+    _, callbacks = _build(tiny_overrides, EVERYTHING_ON, is_chief=False, scratch_dir=str(scratch))
     assert not any(isinstance(c, cb.PredictionImages) for c in callbacks)
     for c in callbacks:
         if isinstance(c, cb.AtomicCheckpoint):
@@ -164,7 +180,9 @@ def test_stale_temporary_checkpoint_is_never_promoted(tiny_overrides, tmp_path):
 
 
 def test_nan_loss_raises_instead_of_checkpointing(tiny_overrides, tmp_path):
-    cfg, callbacks = _build(tiny_overrides, [*EVERYTHING_OFF, "train.terminate_on_nan=true", "train.checkpoint.save_last=true"])
+    cfg, callbacks = _build(
+        tiny_overrides, [*EVERYTHING_OFF, "train.terminate_on_nan=true", "train.checkpoint.save_last=true"]
+    )
     x = np.full((4, 6, 16, 16, 1), np.nan, np.float32)
     ds = __import__("tensorflow").data.Dataset.from_tensor_slices((x[:, :-1], x[:, 1:])).batch(4)
     model = build_model(cfg.model, image_size=16)
@@ -181,7 +199,13 @@ def test_callbacks_write_to_a_non_local_filesystem(tiny_overrides):
     out = "ram://callbacks-test/out"
     cfg, callbacks = _build(tiny_overrides, EVERYTHING_ON, output_dir=out)
     _fit(cfg, callbacks)
-    for name in ("history.csv", "checkpoints/best.keras", "checkpoints/last.keras", "backup/latest.weights.h5", "images/epoch_002.png"):
+    for name in (
+        "history.csv",
+        "checkpoints/best.keras",
+        "checkpoints/last.keras",
+        "backup/latest.weights.h5",
+        "images/epoch_002.png",
+    ):
         assert tf.io.gfile.exists(f"{out}/{name}"), name
     run_dir = RunDir(out)
     assert run_dir.resume_epoch() == 2
@@ -190,6 +214,8 @@ def test_callbacks_write_to_a_non_local_filesystem(tiny_overrides):
 
 
 def test_best_checkpoint_can_monitor_the_periodic_evaluation_metrics(tiny_overrides, tmp_path):
-    cfg, callbacks = _build(tiny_overrides, [*EVERYTHING_ON, "train.checkpoint.monitor=val_mse", "train.schedule.name=constant"])
+    cfg, callbacks = _build(
+        tiny_overrides, [*EVERYTHING_ON, "train.checkpoint.monitor=val_mse", "train.schedule.name=constant"]
+    )
     _fit(cfg, callbacks, epochs=1)
     assert (tmp_path / "out/checkpoints/best.keras").is_file()

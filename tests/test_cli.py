@@ -19,14 +19,19 @@ def test_every_subcommand_has_help(command, capsys):
 def test_bad_override_is_one_line_exit_2_no_traceback():
     proc = subprocess.run(
         [sys.executable, "-m", "nfp", "train", "--config", "configs/quickstart.yaml", "train.epochs=-1"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: train.epochs: got -1, expected >= 1"
 
 
 def test_overrides_string_is_shell_split_like_mlproject_passes_it(capsys):
-    assert main(["config", "--config", "configs/quickstart.yaml", "--overrides", "train.epochs=7 model.filters='[4, 4]'"]) == 0
+    assert (
+        main(["config", "--config", "configs/quickstart.yaml", "--overrides", "train.epochs=7 model.filters='[4, 4]'"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "epochs: 7" in out and "- 4\n  - 4" in out
 

@@ -10,10 +10,10 @@ import pytest
 
 from nfp.config import DataConfig, SplitConfig
 from nfp.data import download
+from nfp.data.manifest import load_manifest
 from nfp.data.pipeline import read_clips
 from nfp.data.prepare import prepare
 from nfp.errors import DataError
-from nfp.data.manifest import load_manifest
 
 CLIPS = 12
 
@@ -68,14 +68,21 @@ def server(real_layout):
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield {"url": f"http://127.0.0.1:{httpd.server_port}", "hits": hits, "sha256": hashlib.sha256(good).hexdigest(),
-           "md5": hashlib.md5(good).hexdigest(), "size": len(good)}
+    yield {
+        "url": f"http://127.0.0.1:{httpd.server_port}",
+        "hits": hits,
+        "sha256": hashlib.sha256(good).hexdigest(),
+        "md5": hashlib.md5(good).hexdigest(),
+        "size": len(good),
+    }
     httpd.shutdown()
     httpd.server_close()
 
 
 def cfg_for(tmp_path, url, **kw) -> DataConfig:
-    base = dict(source="download", url=url, cache_dir=str(tmp_path / "cache"), dir=str(tmp_path / "data"), num_shards=2, seed=0)
+    base = dict(
+        source="download", url=url, cache_dir=str(tmp_path / "cache"), dir=str(tmp_path / "data"), num_shards=2, seed=0
+    )
     return DataConfig(**{**base, **kw})
 
 
@@ -180,7 +187,9 @@ def test_unreachable_host_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("url", ["ftp://example.org/mnist_test_seq.npy", "gs://bucket/mnist_test_seq.npy"])
 def test_schemes_outside_allowed_schemes_are_refused(tmp_path, url):
-    with pytest.raises(DataError, match="data.url: scheme '(ftp|gs)' .* is not allowed; data.allowed_schemes: http, https"):
+    with pytest.raises(
+        DataError, match="data.url: scheme '(ftp|gs)' .* is not allowed; data.allowed_schemes: http, https"
+    ):
         download.fetch(cfg_for(tmp_path, url, allowed_schemes=["http", "https"]), progress=False)
 
 
@@ -193,7 +202,9 @@ def test_the_toronto_url_has_a_known_size_and_md5():
 def test_a_known_md5_is_checked_and_a_mismatch_is_not_kept(tmp_path, server, monkeypatch):
     url = server["url"] + "/mnist_test_seq.npy"
     monkeypatch.setitem(download.KNOWN, url, {"size_bytes": server["size"], "sha256": None, "md5": "f" * 32})
-    with pytest.raises(DataError, match=r"mnist_test_seq.npy has md5 [0-9a-f]{32}, expected f{32} \(the known md5 of this URL\)"):
+    with pytest.raises(
+        DataError, match=r"mnist_test_seq.npy has md5 [0-9a-f]{32}, expected f{32} \(the known md5 of this URL\)"
+    ):
         download.fetch(cfg_for(tmp_path, url), progress=False)
     assert cached_files(tmp_path) == []
     monkeypatch.setitem(download.KNOWN, url, {"size_bytes": server["size"], "sha256": None, "md5": server["md5"]})

@@ -14,10 +14,11 @@ import tensorflow as tf
 
 from nfp.cli import main
 from nfp.config import load_config
-from nfp.data import pipeline, prepare as prep
-from nfp.errors import DataError
+from nfp.data import pipeline
+from nfp.data import prepare as prep
 from nfp.data.manifest import load_manifest
 from nfp.data.shards import naming_bad_shards
+from nfp.errors import DataError
 
 BUCKET = "nfp-test"
 
@@ -32,7 +33,8 @@ def emulator(tmp_path_factory):
     root = tmp_path_factory.mktemp("gcs")
     proc = subprocess.Popen(
         [exe, "-d", str(root), "start", "--host", "127.0.0.1", "--port", str(port), "--default-bucket", BUCKET],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     host = f"http://127.0.0.1:{port}"
     deadline = time.time() + 30
@@ -61,7 +63,10 @@ def gcs():
 
 def configs(tiny_overrides, tmp_path, prefix):
     local = load_config(None, tiny_overrides).data
-    remote = load_config(None, tiny_overrides + [f"data.dir=gs://{BUCKET}/{prefix}", "data.stage=true", f"data.stage_dir={tmp_path}/staged"]).data
+    remote = load_config(
+        None,
+        tiny_overrides + [f"data.dir=gs://{BUCKET}/{prefix}", "data.stage=true", f"data.stage_dir={tmp_path}/staged"],
+    ).data
     return local, remote
 
 
@@ -69,8 +74,13 @@ def test_nfp_prepare_writes_shards_and_manifest_to_gcs(emulator, gcs, tiny_overr
     assert main(["prepare", *tiny_overrides, f"data.dir=gs://{BUCKET}/cli"]) == 0
     gcs.invalidate_cache()
     names = sorted(p.rsplit("/", 1)[1] for p in gcs.ls(f"{BUCKET}/cli"))
-    assert names == ["manifest.json", "test-00000-of-00001.tfrecord", "train-00000-of-00002.tfrecord",
-                     "train-00001-of-00002.tfrecord", "val-00000-of-00001.tfrecord"]
+    assert names == [
+        "manifest.json",
+        "test-00000-of-00001.tfrecord",
+        "train-00000-of-00002.tfrecord",
+        "train-00001-of-00002.tfrecord",
+        "val-00000-of-00001.tfrecord",
+    ]
     assert "prepared gs://nfp-test/cli: train=20, val=2, test=2" in capsys.readouterr().out
 
 
@@ -84,7 +94,10 @@ def test_staged_gcs_shards_yield_the_same_arrays_as_a_local_dir(emulator, tiny_o
         np.testing.assert_array_equal(np.concatenate(a), np.concatenate(b))
     staged = sorted(os.listdir(tmp_path / "staged" / manifest["id"]))
     assert staged == ["train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord", "val-00000-of-00001.tfrecord"]
-    np.testing.assert_array_equal(pipeline.read_clips(remote, load_manifest(remote.dir), "test", 2), pipeline.read_clips(local, load_manifest(local.dir), "test", 2))
+    np.testing.assert_array_equal(
+        pipeline.read_clips(remote, load_manifest(remote.dir), "test", 2),
+        pipeline.read_clips(local, load_manifest(local.dir), "test", 2),
+    )
     assert prep.ensure_prepared(remote).content == manifest
 
 
@@ -102,7 +115,9 @@ def test_a_corrupted_gcs_shard_fails_staging_naming_it(emulator, gcs, tiny_overr
     data = bytearray(gcs.cat_file(path))
     data[40] ^= 1
     gcs.pipe_file(path, bytes(data))
-    with pytest.raises(DataError, match="shard gs://nfp-test/corrupt/val-00000-of-00001.tfrecord: sha256 .* from the manifest"):
+    with pytest.raises(
+        DataError, match="shard gs://nfp-test/corrupt/val-00000-of-00001.tfrecord: sha256 .* from the manifest"
+    ):
         pipeline.make_dataset(remote, load_manifest(remote.dir), "val", 2, training=False)
     assert not [n for n in os.listdir(next((tmp_path / "staged").iterdir())) if n.startswith("val")]  # nothing kept
 
@@ -116,7 +131,9 @@ def test_a_record_error_on_a_direct_gcs_read_names_the_corrupted_shard(emulator,
     data[len(data) // 2] ^= 1
     gcs.pipe_file(path, bytes(data))
     # TF's GCS filesystem cannot reach the emulator, so raise the DataLossError its reader would raise
-    with pytest.raises(DataError, match="shard gs://nfp-test/direct/train-00001-of-00002.tfrecord: sha256 .* from the manifest"):
+    with pytest.raises(
+        DataError, match="shard gs://nfp-test/direct/train-00001-of-00002.tfrecord: sha256 .* from the manifest"
+    ):
         with naming_bad_shards(direct, load_manifest(direct.dir), "val", "train"):
             raise tf.errors.DataLossError(None, None, "corrupted record at 1234")
 

@@ -8,9 +8,9 @@ import tensorflow as tf
 
 from nfp.config import DataConfig
 from nfp.data import pipeline
+from nfp.data.manifest import load_manifest
 from nfp.data.prepare import prepare
 from nfp.errors import DataError
-from nfp.data.manifest import load_manifest
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,9 @@ def test_read_clips_gives_the_first_clips_in_a_fixed_order(prepared):
 
 def test_clip_batches_streams_uint8_batches_up_to_max_clips(prepared):
     cfg, clips = prepared
-    batches = [b.numpy() for b in pipeline.clip_batches(cfg, load_manifest(cfg.dir), "train", batch_size=4, max_clips=10)]
+    batches = [
+        b.numpy() for b in pipeline.clip_batches(cfg, load_manifest(cfg.dir), "train", batch_size=4, max_clips=10)
+    ]
     assert [len(b) for b in batches] == [4, 4, 2] and batches[0].dtype == np.uint8
     np.testing.assert_array_equal(np.concatenate(batches), clips["train"][:10])
 
@@ -72,7 +74,10 @@ def test_evaluation_order_is_deterministic_and_one_pass(prepared):
     np.testing.assert_array_equal(first[0], second[0])
     assert [int(x.shape[0]) for x, _ in ds] == [8, 8, 4]  # the last batch is kept
     assert int(ds.cardinality()) == 3  # from the manifest: Keras knows the pass's length up front
-    assert pipeline.make_dataset(cfg, load_manifest(cfg.dir), "train", 8, training=True).cardinality() == tf.data.INFINITE_CARDINALITY
+    assert (
+        pipeline.make_dataset(cfg, load_manifest(cfg.dir), "train", 8, training=True).cardinality()
+        == tf.data.INFINITE_CARDINALITY
+    )
 
 
 def test_training_shuffles_repeats_and_keeps_full_batches(prepared):
@@ -108,7 +113,9 @@ def test_file_sharding_gives_each_worker_its_own_shards(prepared):
     first_frames = clips["train"][:, 0] / 255.0
     seen = []
     for worker in range(2):
-        ds = _AutoShardDataset(pipeline.make_dataset(cfg, load_manifest(cfg.dir), "train", 2, training=True, num_workers=2), 2, worker, 2)
+        ds = _AutoShardDataset(
+            pipeline.make_dataset(cfg, load_manifest(cfg.dir), "train", 2, training=True, num_workers=2), 2, worker, 2
+        )
         frames = np.concatenate([x.numpy()[:, 0, ..., 0] for x, _ in ds.take(15)])
         seen.append({int(np.argmin(np.abs(first_frames - f).sum(axis=(1, 2)))) for f in frames})
     assert seen == [set(range(10)), set(range(10, 20))]  # shard 0 → worker 0, shard 1 → worker 1
@@ -130,9 +137,15 @@ def test_cache_option_keeps_decoded_clips_after_the_first_pass(prepared, tmp_pat
     import shutil
 
     cfg, clips = prepared
-    assert "CacheDataset" not in _dataset_kinds(pipeline.make_dataset(cfg, load_manifest(cfg.dir), "train", 4, training=True))
+    assert "CacheDataset" not in _dataset_kinds(
+        pipeline.make_dataset(cfg, load_manifest(cfg.dir), "train", 4, training=True)
+    )
     cfg = dataclasses.replace(cfg, dir=str(shutil.copytree(cfg.dir, tmp_path / "data")), cache=True)
-    (cache,) = [d for d in _datasets(pipeline.make_dataset(cfg, load_manifest(cfg.dir), "train", 4, training=True)) if type(d).__name__ == "CacheDataset"]
+    (cache,) = [
+        d
+        for d in _datasets(pipeline.make_dataset(cfg, load_manifest(cfg.dir), "train", 4, training=True))
+        if type(d).__name__ == "CacheDataset"
+    ]
     assert cache.element_spec == tf.TensorSpec([6, 16, 16], tf.uint8)  # clips, not records: later passes parse nothing
     val = pipeline.make_dataset(cfg, load_manifest(cfg.dir), "val", 4, training=False)
     first = as_arrays(val)
@@ -147,10 +160,14 @@ def test_tf_data_service_serves_training_batches(prepared):
     cfg, clips = prepared
     dispatcher = tf.data.experimental.service.DispatchServer(tf.data.experimental.service.DispatcherConfig(port=0))
     address = dispatcher.target.split("://")[1]
-    worker = tf.data.experimental.service.WorkerServer(tf.data.experimental.service.WorkerConfig(dispatcher_address=address))
-    ds = pipeline.make_dataset(dataclasses.replace(cfg, service_address=dispatcher.target), load_manifest(cfg.dir), "train", 4, training=True)
+    worker = tf.data.experimental.service.WorkerServer(
+        tf.data.experimental.service.WorkerConfig(dispatcher_address=address)
+    )
+    ds = pipeline.make_dataset(
+        dataclasses.replace(cfg, service_address=dispatcher.target), load_manifest(cfg.dir), "train", 4, training=True
+    )
     assert "_DataServiceDatasetV2" in _dataset_kinds(ds)  # the input work runs on the service workers
-    x, y = next(iter(ds))
+    x, _ = next(iter(ds))
     assert x.shape == (4, 5, 16, 16, 1)
     first_frames = clips["train"][:, 0] / 255.0
     assert min(np.abs(first_frames - x[0, 0, ..., 0].numpy()).sum(axis=(1, 2))) < 1e-4  # a real clip
@@ -180,14 +197,24 @@ def test_read_buffer_follows_the_config(prepared, monkeypatch):
     assert buffers == [256 * 1024]  # TF's own default: safe on network filesystems
     unbuffered = dataclasses.replace(cfg, read_buffer_kb=0)
     x, _ = next(iter(pipeline.make_dataset(unbuffered, load_manifest(unbuffered.dir), "train", 4, training=True)))
-    np.testing.assert_array_equal(pipeline.read_clips(unbuffered, load_manifest(unbuffered.dir), "val", 2), clips["val"])
+    np.testing.assert_array_equal(
+        pipeline.read_clips(unbuffered, load_manifest(unbuffered.dir), "val", 2), clips["val"]
+    )
     assert x.shape == (4, 5, 16, 16, 1) and set(buffers[1:]) == {0}
 
 
 def test_an_empty_split_is_an_error(tmp_path):
     from nfp.config import SplitConfig
 
-    cfg = DataConfig(image_size=16, digit_size=8, frames=6, num_clips=12, num_shards=1, dir=str(tmp_path / "d"), split=SplitConfig(train=1.0, val=0.0, test=0.0))
+    cfg = DataConfig(
+        image_size=16,
+        digit_size=8,
+        frames=6,
+        num_clips=12,
+        num_shards=1,
+        dir=str(tmp_path / "d"),
+        split=SplitConfig(train=1.0, val=0.0, test=0.0),
+    )
     prepare(cfg, progress=False)
     with pytest.raises(DataError, match="split 'val': no clips"):
         pipeline.make_dataset(cfg, load_manifest(cfg.dir), "val", 4, training=False)

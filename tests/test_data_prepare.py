@@ -10,9 +10,9 @@ import pytest
 from nfp.config import DataConfig, SplitConfig
 from nfp.data import moving_mnist as mm
 from nfp.data import prepare as prep
+from nfp.data.manifest import load_manifest
 from nfp.data.pipeline import read_clips
 from nfp.errors import DataError
-from nfp.data.manifest import load_manifest
 
 
 def tiny(tmp_path, **kw) -> DataConfig:
@@ -29,8 +29,11 @@ def test_prepare_writes_named_shards_and_a_manifest_describing_them(tmp_path):
     manifest = prep.prepare(cfg, progress=False).content
     data = tmp_path / "data"
     assert sorted(p.name for p in data.iterdir()) == [
-        "manifest.json", "test-00000-of-00001.tfrecord", "train-00000-of-00002.tfrecord",
-        "train-00001-of-00002.tfrecord", "val-00000-of-00001.tfrecord",
+        "manifest.json",
+        "test-00000-of-00001.tfrecord",
+        "train-00000-of-00002.tfrecord",
+        "train-00001-of-00002.tfrecord",
+        "val-00000-of-00001.tfrecord",
     ]
     assert json.loads((data / "manifest.json").read_text()) == manifest
     assert manifest["format_version"] == 2 and manifest["clip_shape"] == [6, 16, 16] and manifest["dtype"] == "uint8"
@@ -123,7 +126,11 @@ def test_shard_counts_follow_size_and_worker_guidance():
     assert prep.shard_counts(DataConfig(num_workers=4), counts, clip)["train"] == 40
     assert prep.shard_counts(DataConfig(shard_mb=20), counts, clip) == {"train": 33, "val": 4, "test": 4}
     tiny_counts = {"train": 480, "val": 60, "test": 60}
-    assert prep.shard_counts(DataConfig(), tiny_counts, 20 * 32 * 32) == {"train": 1, "val": 1, "test": 1}  # 10 MB floor
+    assert prep.shard_counts(DataConfig(), tiny_counts, 20 * 32 * 32) == {
+        "train": 1,
+        "val": 1,
+        "test": 1,
+    }  # 10 MB floor
     assert prep.shard_counts(DataConfig(num_workers=2), tiny_counts, 20 * 32 * 32)["train"] == 2  # one per worker
 
 

@@ -47,7 +47,9 @@ def test_a_shard_that_changes_after_the_check_is_named_when_tf_trips_on_it(copy_
     flip_a_byte(f"{copy_of.dir}/train-00001-of-00002.tfrecord")
     with pytest.raises(tf.errors.DataLossError, match="corrupted record"):
         list(ds)  # TF's own error names no file…
-    with pytest.raises(DataError, match=r"^shard .*/train-00001-of-00002.tfrecord: sha256 .* expected .* from the manifest"):
+    with pytest.raises(
+        DataError, match=r"^shard .*/train-00001-of-00002.tfrecord: sha256 .* expected .* from the manifest"
+    ):
         with naming_bad_shards(copy_of, load_manifest(copy_of.dir), "val", "train"):  # …so hash the shards to find it
             list(ds)
     assert "hashing the val/train shards" in capsys.readouterr().err
@@ -61,13 +63,23 @@ def rewrite_records(shard, change) -> None:
             writer.write(record)
 
 
-@pytest.mark.parametrize("shard, batch, change, symptom", [
-    ("train-00000-of-00002", 2, lambda rs: [r[:-8] for r in rs], "Input to reshape"),  # a batch of short records
-    ("train-00000-of-00002", 2, lambda rs: [r + r for r in rs], "Input to reshape"),  # would pass as twice the clips
-    ("train-00001-of-00002", 4, lambda rs: [r + r for r in rs], "DecodeRaw requires"),  # a batch across two shards
-])
+@pytest.mark.parametrize(
+    "shard, batch, change, symptom",
+    [
+        ("train-00000-of-00002", 2, lambda rs: [r[:-8] for r in rs], "Input to reshape"),  # a batch of short records
+        (
+            "train-00000-of-00002",
+            2,
+            lambda rs: [r + r for r in rs],
+            "Input to reshape",
+        ),  # would pass as twice the clips
+        ("train-00001-of-00002", 4, lambda rs: [r + r for r in rs], "DecodeRaw requires"),  # a batch across two shards
+    ],
+)
 def test_a_shard_rewritten_with_records_of_another_size_is_named(copy_of, shard, batch, change, symptom):
-    ds = pipeline.clip_batches(copy_of, load_manifest(copy_of.dir), "train", batch)  # verified here, against the manifest
+    ds = pipeline.clip_batches(
+        copy_of, load_manifest(copy_of.dir), "train", batch
+    )  # verified here, against the manifest
     rewrite_records(f"{copy_of.dir}/{shard}.tfrecord", change)
     with pytest.raises(tf.errors.InvalidArgumentError, match=symptom):
         list(ds)  # a record of another size: never regrouped into other clips, and TF names no file…
@@ -77,7 +89,9 @@ def test_a_shard_rewritten_with_records_of_another_size_is_named(copy_of, shard,
 
 
 def test_a_shard_with_fewer_records_than_its_manifest_is_named_by_evaluation(copy_of):
-    ds = pipeline.make_dataset(copy_of, load_manifest(copy_of.dir), "train", 4, training=False)  # carries the manifest's 5 batches
+    ds = pipeline.make_dataset(
+        copy_of, load_manifest(copy_of.dir), "train", 4, training=False
+    )  # carries the manifest's 5 batches
     rewrite_records(f"{copy_of.dir}/train-00000-of-00002.tfrecord", lambda rs: rs[:1])
     with pytest.raises(DataError, match=r"^shard .*/train-00000-of-00002.tfrecord: sha256 .* from the manifest"):
         with naming_bad_shards(copy_of, load_manifest(copy_of.dir), "train"):
@@ -95,7 +109,9 @@ def test_a_flipped_byte_that_keeps_size_and_mtime_is_still_named(copy_of, flip_a
     import os
 
     shard = f"{copy_of.dir}/val-00000-of-00001.tfrecord"
-    pipeline.make_dataset(copy_of, load_manifest(copy_of.dir), "val", 4, training=False)  # hashed once and remembered by (size, mtime)
+    pipeline.make_dataset(
+        copy_of, load_manifest(copy_of.dir), "val", 4, training=False
+    )  # hashed once and remembered by (size, mtime)
     stat = os.stat(shard)
     flip_a_byte(shard)
     os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as media errors or `cp -p` leave it
@@ -103,7 +119,9 @@ def test_a_flipped_byte_that_keeps_size_and_mtime_is_still_named(copy_of, flip_a
         with naming_bad_shards(copy_of, load_manifest(copy_of.dir), "val"):
             raise tf.errors.DataLossError(None, None, "corrupted record at 0")
     with pytest.raises(DataError, match="val-00000-of-00001.tfrecord: sha256"):
-        pipeline.make_dataset(copy_of, load_manifest(copy_of.dir), "val", 4, training=False)  # and the memo no longer vouches for it
+        pipeline.make_dataset(
+            copy_of, load_manifest(copy_of.dir), "val", 4, training=False
+        )  # and the memo no longer vouches for it
 
 
 def test_tfs_error_stands_when_the_shards_cannot_be_hashed(copy_of, monkeypatch, capsys):

@@ -96,7 +96,8 @@ _MIRRORED = textwrap.dedent(
         with strategy.scope():
             model = build_model(cfg.model, image_size=16)
             model.compile(keras.optimizers.SGD(0.05), "bce")
-        out[name] = {"replicas": strategy.num_replicas_in_sync, "name": strategy_name(strategy), "loss": model.fit(ds, epochs=3, verbose=0).history["loss"]}
+        loss = model.fit(ds, epochs=3, verbose=0).history["loss"]
+        out[name] = {"replicas": strategy.num_replicas_in_sync, "name": strategy_name(strategy), "loss": loss}
     print(json.dumps(out))
     """
 )
@@ -124,7 +125,9 @@ def _fake_multi_worker(monkeypatch):
 
     monkeypatch.setattr(tf.distribute, "MultiWorkerMirroredStrategy", FakeMultiWorker)
     monkeypatch.setattr(multiworker, "_applied", False)
-    monkeypatch.setattr(tf_trainer.TensorFlowTrainer, "_maybe_symbolic_build", tf_trainer.TensorFlowTrainer._maybe_symbolic_build)
+    monkeypatch.setattr(
+        tf_trainer.TensorFlowTrainer, "_maybe_symbolic_build", tf_trainer.TensorFlowTrainer._maybe_symbolic_build
+    )
     monkeypatch.setattr(tf_trainer, "reduce_per_replica", tf_trainer.reduce_per_replica)
     return multiworker, tf_trainer, FakeMultiWorker()
 

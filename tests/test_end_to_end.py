@@ -28,7 +28,9 @@ def test_training_against_a_real_server_logs_a_complete_run(mlflow_server, tiny_
     from nfp.train import train
 
     secret_url = "https://alice:s3cret@data.example.com/mnist_test_seq.npy"  # unused by generate; must not leak
-    cfg = load_config("configs/quickstart.yaml", [*tiny_overrides, "tracking.experiment=e2e-server", f"data.url={secret_url}"])
+    cfg = load_config(
+        "configs/quickstart.yaml", [*tiny_overrides, "tracking.experiment=e2e-server", f"data.url={secret_url}"]
+    )
     summary = train(cfg)
 
     client = mlflow.MlflowClient()
@@ -62,7 +64,9 @@ def test_training_against_a_real_server_logs_a_complete_run(mlflow_server, tiny_
     assert sorted(int(p.split("+step+")[1].split("+")[0]) for p in series) == [1, 2]
 
     (model_info,) = mlflow.search_logged_models(
-        experiment_ids=[experiment.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'", output_format="list"
+        experiment_ids=[experiment.experiment_id],
+        filter_string=f"source_run_id = '{run.info.run_id}'",
+        output_format="list",
     )
     loaded = mlflow.pyfunc.load_model(model_info.model_uri)
     clip = np.random.rand(1, 5, 16, 16, 1).astype(np.float32)
@@ -70,11 +74,31 @@ def test_training_against_a_real_server_logs_a_complete_run(mlflow_server, tiny_
 
 
 def test_mlflow_run_entry_point_trains_into_the_local_store(tmp_path, tiny_overrides):
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    overrides = " ".join([*tiny_overrides, "train.epochs=1", "tracking.log_model=false", "tracking.experiment=e2e-project"])
+    env = dict(
+        os.environ,
+        MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db",
+        PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    )
+    overrides = " ".join(
+        [*tiny_overrides, "train.epochs=1", "tracking.log_model=false", "tracking.experiment=e2e-project"]
+    )
     proc = subprocess.run(
-        ["mlflow", "run", str(REPO), "--env-manager", "local", "-P", "config=configs/quickstart.yaml", "-P", f"overrides={overrides}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        [
+            "mlflow",
+            "run",
+            str(REPO),
+            "--env-manager",
+            "local",
+            "-P",
+            "config=configs/quickstart.yaml",
+            "-P",
+            f"overrides={overrides}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])

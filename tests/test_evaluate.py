@@ -21,7 +21,7 @@ def trained(tiny_overrides, tiny_checkpoint):
 def test_nfp_evaluate_writes_report_csv_and_plot(trained, tiny_overrides, tmp_path, capsys):
     from nfp.cli import main
 
-    cfg, checkpoint = trained
+    _, checkpoint = trained
     out = tmp_path / "report"
     assert main(["evaluate", "--model", checkpoint, "--out", str(out), *tiny_overrides]) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -41,7 +41,9 @@ def test_a_shard_corrupted_behind_the_check_is_named_and_nothing_is_written(trai
     from nfp.evaluate import run_evaluate
 
     cfg, checkpoint = trained
-    corrupt_after_building("clip_batches", lambda data_cfg, split: Path(data_cfg.dir) / f"{split}-00000-of-00001.tfrecord")
+    corrupt_after_building(
+        "clip_batches", lambda data_cfg, split: Path(data_cfg.dir) / f"{split}-00000-of-00001.tfrecord"
+    )
     with pytest.raises(DataError, match=r"^shard .*/test-00000-of-00001.tfrecord: sha256 .* from the manifest"):
         run_evaluate(cfg, model_uri=checkpoint, out_dir=str(tmp_path / "report"))
     assert not (tmp_path / "report").exists()
@@ -60,7 +62,9 @@ def test_evaluate_logs_metrics_report_and_plot_to_a_new_run_tagged_with_the_mode
     assert run.data.tags["nfp.eval.test.protocol"] == "rollout"
     assert run.info.status == "FINISHED"
     assert run.data.metrics["test_mse"] == pytest.approx(report["summary"]["test_mse"])
-    assert run.data.metrics["test_baseline_mean_frame_ssim"] == pytest.approx(report["summary"]["test_baseline_mean_frame_ssim"])
+    assert run.data.metrics["test_baseline_mean_frame_ssim"] == pytest.approx(
+        report["summary"]["test_baseline_mean_frame_ssim"]
+    )
     history = client.get_metric_history(run.info.run_id, "test_mse_by_frame")
     assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2, 3]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval/test")}
@@ -94,18 +98,26 @@ def test_evaluate_errors_are_one_line(trained, tiny_overrides, tmp_path):
     from nfp.model import build_model
 
     cfg, checkpoint = trained
-    cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, enabled=False))  # errors come before MLflow
+    cfg = dataclasses.replace(
+        cfg, tracking=dataclasses.replace(cfg.tracking, enabled=False)
+    )  # errors come before MLflow
     wrong_size = tmp_path / "eight.keras"
     build_model(cfg.model, image_size=8).save(wrong_size)
     with pytest.raises(ModelError, match="8×8×1, the clips are 16×16×1"):
         run_evaluate(cfg, model_uri=str(wrong_size))
-    long_clips = load_config(None, tiny_overrides + ["tracking.enabled=false", "data.frames=20", "evaluate.context_frames=10", "evaluate.predict_frames=10"])
+    long_clips = load_config(
+        None,
+        tiny_overrides
+        + ["tracking.enabled=false", "data.frames=20", "evaluate.context_frames=10", "evaluate.predict_frames=10"],
+    )
     with pytest.raises(ConfigError, match="evaluate.context_frames: got 10, expected < the clip length 6"):
         run_evaluate(long_clips, model_uri=checkpoint)
     with pytest.raises(ModelError, match="not found"):
         run_evaluate(cfg, model_uri=str(tmp_path / "missing.keras"))
     with pytest.raises(DataError, match="manifest.json: not found"):
-        run_evaluate(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir=f"{tmp_path}/nodata")), model_uri=checkpoint)
+        run_evaluate(
+            dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir=f"{tmp_path}/nodata")), model_uri=checkpoint
+        )
 
 
 def test_evaluate_of_an_empty_split_is_a_data_error(tiny_overrides, tmp_path):
@@ -113,7 +125,10 @@ def test_evaluate_of_an_empty_split_is_a_data_error(tiny_overrides, tmp_path):
     from nfp.data.prepare import prepare
     from nfp.evaluate import run_evaluate
 
-    cfg = load_config(None, tiny_overrides + ["tracking.enabled=false", "data.split.train=20", "data.split.val=4", "data.split.test=0"])
+    cfg = load_config(
+        None,
+        tiny_overrides + ["tracking.enabled=false", "data.split.train=20", "data.split.val=4", "data.split.test=0"],
+    )
     prepare(cfg.data, progress=False)
     path = tmp_path / "m.keras"
     tiny_model().save(path)

@@ -16,10 +16,18 @@ def test_global_batch_is_the_per_replica_batch_times_the_replicas():
 
 
 def test_steps_per_epoch_from_the_config_wins():
-    job = plan(load_config(None, ["train.batch_size=2", "train.steps_per_epoch=7"]).train, cluster=CHIEF, replicas=1, train_clips=100)
+    job = plan(
+        load_config(None, ["train.batch_size=2", "train.steps_per_epoch=7"]).train,
+        cluster=CHIEF,
+        replicas=1,
+        train_clips=100,
+    )
     assert job.steps_per_epoch == 7
 
 
 def test_a_global_batch_larger_than_the_training_split_is_a_config_error():
-    with pytest.raises(ConfigError, match=r"train.batch_size: global batch 16 \(8 × 2 replicas\) exceeds the 10 training clips, expected at most 5"):
+    with pytest.raises(
+        ConfigError,
+        match=r"train.batch_size: global batch 16 \(8 × 2 replicas\) exceeds the 10 training clips, expected at most 5",
+    ):
         plan(load_config(None, ["train.batch_size=8"]).train, cluster=CHIEF, replicas=2, train_clips=10)

@@ -20,8 +20,22 @@ SKY = REPO / "launch" / "skypilot"
 TASKS = sorted(SKY.glob("*.yaml"))
 # Top-level keys of a SkyPilot task (sky/utils/schemas.py get_task_schema, SkyPilot 0.14).
 SKY_TASK_KEYS = {
-    "name", "workdir", "num_nodes", "resources", "file_mounts", "setup", "run", "envs", "secrets",
-    "service", "volumes", "config", "event_callback", "inputs", "outputs", "pool",
+    "name",
+    "workdir",
+    "num_nodes",
+    "resources",
+    "file_mounts",
+    "setup",
+    "run",
+    "envs",
+    "secrets",
+    "service",
+    "volumes",
+    "config",
+    "event_callback",
+    "inputs",
+    "outputs",
+    "pool",
 }
 REQUIRED_ENVS = {"NFP_BUCKET", "MLFLOW_TRACKING_URI"}  # null in the YAML: `sky launch` refuses to start without --env
 
@@ -94,7 +108,9 @@ def _run_with_fake(tmp_path, cfg: dict, fake: str, **env) -> list[str]:
 
 
 def test_single_vm_run_hands_bucket_paths_and_overrides_to_mlflow_run(tmp_path):
-    argv = _run_with_fake(tmp_path, task("single_vm.yaml"), "mlflow", NFP_OVERRIDES="train.epochs=3 model.filters=[4,4]")
+    argv = _run_with_fake(
+        tmp_path, task("single_vm.yaml"), "mlflow", NFP_OVERRIDES="train.epochs=3 model.filters=[4,4]"
+    )
     assert argv[:6] == ["run", ".", "--env-manager", "local", "-P", "config=configs/multi_gpu.yaml"]
     assert argv[6] == "-P" and argv[7].startswith("overrides=")
     cfg = load_config(REPO / "configs/multi_gpu.yaml", argv[7].removeprefix("overrides="))
@@ -115,7 +131,9 @@ def test_task_shell_is_shellcheck_clean():
     for path in TASKS:
         cfg = yaml.safe_load(path.read_text())
         for key in ("setup", "run"):
-            out = subprocess.run(["shellcheck", "--shell=bash", "-"], input=env_header(cfg) + cfg[key], capture_output=True, text=True)
+            out = subprocess.run(
+                ["shellcheck", "--shell=bash", "-"], input=env_header(cfg) + cfg[key], capture_output=True, text=True
+            )
             assert out.returncode == 0, f"{path.name} {key}:\n{out.stdout}"
 
 
@@ -201,7 +219,9 @@ def test_gce_dry_run_one_vm(tmp_path):
     scripts, commands = create_dry_run(tmp_path, "train.epochs=7")
     git, upload, create = commands
     assert git[:2] == ["git", "-C"] and "archive" in git and git[-1] == "HEAD"
-    assert upload[:3] == ["gcloud", "storage", "cp"] and re.fullmatch(r"gs://bkt/nfp/nfp/src/[0-9a-f]{40}\.tar\.gz", upload[4])
+    assert upload[:3] == ["gcloud", "storage", "cp"] and re.fullmatch(
+        r"gs://bkt/nfp/nfp/src/[0-9a-f]{40}\.tar\.gz", upload[4]
+    )
 
     assert create[:5] == ["gcloud", "compute", "instances", "create", "nfp-0"]
     f = flags(create)
@@ -223,7 +243,9 @@ def test_gce_dry_run_one_vm(tmp_path):
 
 
 def test_gce_dry_run_three_spot_vms_each_with_its_tf_config(tmp_path):
-    scripts, commands = create_dry_run(tmp_path, "--num-vms", "3", "--spot", "--name", "mm", "--source", "gs://bkt/src.tar.gz")
+    scripts, commands = create_dry_run(
+        tmp_path, "--num-vms", "3", "--spot", "--name", "mm", "--source", "gs://bkt/src.tar.gz"
+    )
     assert len(commands) == 3  # --source: nothing to upload
     hosts = [f"mm-{i}.us-central1-a.c.my-proj.internal:2222" for i in range(3)]
     for i, cmd in enumerate(commands):
@@ -241,7 +263,15 @@ def test_gce_dry_run_three_spot_vms_each_with_its_tf_config(tmp_path):
 
 
 def test_gce_n1_machines_get_the_accelerator_flag(tmp_path):
-    _, commands = create_dry_run(tmp_path, "--machine-type", "n1-standard-16", "--accelerator-type", "nvidia-tesla-t4", "--accelerator-count", "2")
+    _, commands = create_dry_run(
+        tmp_path,
+        "--machine-type",
+        "n1-standard-16",
+        "--accelerator-type",
+        "nvidia-tesla-t4",
+        "--accelerator-count",
+        "2",
+    )
     assert flags(commands[-1])["accelerator"] == "type=nvidia-tesla-t4,count=2"
 
 
@@ -256,7 +286,10 @@ def test_gce_start_and_delete_name_every_vm():
     ("argv", "message"),
     [
         (["--bucket", "my-bucket"], "--bucket: got 'my-bucket', expected gs://BUCKET"),
-        (["--tracking-uri", "sqlite:///mlflow.db"], "--tracking-uri: got 'sqlite:///mlflow.db', expected a tracking server URL"),
+        (
+            ["--tracking-uri", "sqlite:///mlflow.db"],
+            "--tracking-uri: got 'sqlite:///mlflow.db', expected a tracking server URL",
+        ),
         (["--name", "NFP_job"], "--name: got 'NFP_job'"),
         (["--num-vms", "0"], "--num-vms: got 0, expected >= 1"),
         (["--config", "configs/nope.yaml"], "--config: configs/nope.yaml not found"),
@@ -269,7 +302,9 @@ def test_gce_bad_arguments_are_one_line_errors(argv, message):
     for key in argv[::2]:
         base.pop(key, None)
     out = launch("create", *BASE, *[x for kv in base.items() for x in kv], "--dry-run", *argv, check=False)
-    assert out.returncode == 2 and out.stderr.startswith(f"error: {message}") and out.stderr.count("\n") == 1, out.stderr
+    assert out.returncode == 2 and out.stderr.startswith(f"error: {message}") and out.stderr.count("\n") == 1, (
+        out.stderr
+    )
 
 
 def test_gce_startup_scripts_are_shellcheck_clean(tmp_path):
@@ -285,24 +320,42 @@ def test_gce_create_writes_the_scripts_then_runs_gcloud(tmp_path):
     bin_dir.mkdir()
     log = tmp_path / "gcloud.log"
     fake = bin_dir / "gcloud"
-    fake.write_text(f"#!/bin/sh\necho \"$*\" >> {log}\n")
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
     fake.chmod(0o755)
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
-    argv = ["create", *BASE, "--bucket", "gs://b", "--tracking-uri", "http://m:5000", "--num-vms", "2", "--source", "gs://b/s.tgz"]
+    argv = [
+        "create",
+        *BASE,
+        "--bucket",
+        "gs://b",
+        "--tracking-uri",
+        "http://m:5000",
+        "--num-vms",
+        "2",
+        "--source",
+        "gs://b/s.tgz",
+    ]
     launch(*argv, "--script-dir", str(tmp_path / "s"), env=env)
     scripts, _ = parse_dry_run(launch(*argv, "--script-dir", str(tmp_path / "s"), "--dry-run").stdout)
     for path, text in scripts.items():
         assert Path(path).read_text() == text
     calls = log.read_text().splitlines()
-    assert [c.split()[:4] for c in calls] == [["compute", "instances", "create", "nfp-0"], ["compute", "instances", "create", "nfp-1"]]
+    assert [c.split()[:4] for c in calls] == [
+        ["compute", "instances", "create", "nfp-0"],
+        ["compute", "instances", "create", "nfp-1"],
+    ]
 
 
 @pytest.mark.external
 def test_gcloud_accepts_every_flag_the_launcher_builds(tmp_path):
     """Real gcloud, no account: parsing passes (exit 1, 'no active account') unless a flag is wrong (exit 2)."""
     assert shutil.which("gcloud"), "gcloud not installed (Google Cloud CLI)"
-    _, commands = create_dry_run(tmp_path, "--num-vms", "2", "--spot", "--max-run-duration", "8h", "--network", "default")
-    _, n1 = create_dry_run(tmp_path, "--machine-type", "n1-standard-8", "--accelerator-type", "nvidia-tesla-t4", "--accelerator-count", "1")
+    _, commands = create_dry_run(
+        tmp_path, "--num-vms", "2", "--spot", "--max-run-duration", "8h", "--network", "default"
+    )
+    _, n1 = create_dry_run(
+        tmp_path, "--machine-type", "n1-standard-8", "--accelerator-type", "nvidia-tesla-t4", "--accelerator-count", "1"
+    )
     delete = parse_dry_run(launch("delete", *BASE, "--num-vms", "2", "--dry-run").stdout)[1]
     env = dict(os.environ, CLOUDSDK_CONFIG=str(tmp_path / "gcloud-config"), CLOUDSDK_CORE_DISABLE_PROMPTS="1")
     upload, create_spot = commands[1], commands[2]  # commands[0] is git archive
@@ -314,10 +367,21 @@ def test_gcloud_accepts_every_flag_the_launcher_builds(tmp_path):
 def test_gce_stops_at_the_first_failing_gcloud_call(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "gcloud").write_text(f"#!/bin/sh\necho \"$*\" >> {tmp_path}/calls\nexit 1\n")
+    (bin_dir / "gcloud").write_text(f'#!/bin/sh\necho "$*" >> {tmp_path}/calls\nexit 1\n')
     (bin_dir / "gcloud").chmod(0o755)
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
-    argv = ["create", *BASE, "--bucket", "gs://b", "--tracking-uri", "http://m:5000", "--num-vms", "2", "--source", "gs://b/s.tgz"]
+    argv = [
+        "create",
+        *BASE,
+        "--bucket",
+        "gs://b",
+        "--tracking-uri",
+        "http://m:5000",
+        "--num-vms",
+        "2",
+        "--source",
+        "gs://b/s.tgz",
+    ]
     out = launch(*argv, "--script-dir", str(tmp_path / "s"), env=env, check=False)
     assert out.returncode == 1 and "`delete` removes them" in out.stderr
     assert len((tmp_path / "calls").read_text().splitlines()) == 1  # nfp-1 is not created after nfp-0 failed
@@ -328,24 +392,30 @@ def test_gce_stops_at_the_first_failing_gcloud_call(tmp_path):
 def test_multi_node_task_trains_two_workers_on_one_machine_into_one_mlflow_run(tmp_path, tiny_overrides):
     """Two processes run multi_node.yaml's `run` as SkyPilot runs it on two nodes (here: one host, two ports)."""
     import mlflow
-
     from conftest import free_port
 
     mlflow.MlflowClient().search_experiments()  # create the sqlite schema once, as a tracking server would have
     cfg = task("multi_node.yaml")
     bucket = tmp_path / "bucket"
-    overrides = [o for o in tiny_overrides if not o.startswith(("data.dir=", "train.output_dir="))]  # the task's gs:// layout
+    overrides = [
+        o for o in tiny_overrides if not o.startswith(("data.dir=", "train.output_dir="))
+    ]  # the task's gs:// layout
     ips = "\n".join(f"127.0.0.1:{free_port()}" for _ in range(2))
     procs = []
     for rank in range(2):
         env = dict(os.environ, **{k: v for k, v in cfg["envs"].items() if v is not None})
         env.update(
-            NFP_VENV=str(Path(sys.executable).parent.parent), NFP_BUCKET=str(bucket),
+            NFP_VENV=str(Path(sys.executable).parent.parent),
+            NFP_BUCKET=str(bucket),
             NFP_OVERRIDES=" ".join([*overrides, "tracking.experiment=mn-e2e"]),
-            SKYPILOT_NODE_IPS=ips, SKYPILOT_NODE_RANK=str(rank), SKYPILOT_NUM_NODES="2",
+            SKYPILOT_NODE_IPS=ips,
+            SKYPILOT_NODE_RANK=str(rank),
+            SKYPILOT_NUM_NODES="2",
         )
         log = open(tmp_path / f"node{rank}.log", "w")
-        procs.append((subprocess.Popen(["bash", "-c", cfg["run"]], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+        procs.append(
+            (subprocess.Popen(["bash", "-c", cfg["run"]], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log)
+        )
     for proc, log in procs:
         try:
             proc.wait(timeout=400)
@@ -356,7 +426,10 @@ def test_multi_node_task_trains_two_workers_on_one_machine_into_one_mlflow_run(t
     logs = [(tmp_path / f"node{rank}.log").read_text() for rank in range(2)]
     for rank, (proc, _) in enumerate(procs):
         assert proc.returncode == 0, logs[rank][-4000:]
-        assert f'node {rank} of 2: TF_CONFIG={{"cluster": {{"worker": ["{ips.splitlines()[0]}", "{ips.splitlines()[1]}"]}}' in logs[rank]
+        assert (
+            f'node {rank} of 2: TF_CONFIG={{"cluster": {{"worker": ["{ips.splitlines()[0]}", "{ips.splitlines()[1]}"]}}'
+            in logs[rank]
+        )
 
     client = mlflow.MlflowClient()
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
@@ -368,4 +441,3 @@ def test_multi_node_task_trains_two_workers_on_one_machine_into_one_mlflow_run(t
     out = bucket / "runs" / "multi-node"  # the chief writes into the task's $NFP_BUCKET/runs/$NFP_RUN_NAME
     assert (out / "mlflow_run_id").read_text().strip() == run.info.run_id
     assert len((out / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs
-

@@ -48,5 +48,7 @@ def test_model_code_imports_without_tensorflow():
         assert "tensorflow" not in sys.modules
         """
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env={"KERAS_BACKEND": "numpy"})
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env={"KERAS_BACKEND": "numpy"}
+    )
     assert done.returncode == 0, done.stderr[-2000:]

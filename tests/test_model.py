@@ -43,7 +43,13 @@ def test_output_is_a_probability_per_pixel():
 
 
 def test_custom_stack_follows_the_config():
-    cfg = _model_cfg("model.filters=[4, 6]", "model.kernel_sizes=[3, 1]", "model.norm=layer", "model.dropout=0.2", "model.activation=relu")
+    cfg = _model_cfg(
+        "model.filters=[4, 6]",
+        "model.kernel_sizes=[3, 1]",
+        "model.norm=layer",
+        "model.dropout=0.2",
+        "model.activation=relu",
+    )
     model = build_model(cfg, image_size=16)
     kinds = [type(layer).__name__ for layer in model.layers]
     assert kinds.count("ConvLSTM2D") == 2 and kinds.count("Dropout") == 2
@@ -73,4 +79,6 @@ def test_rollout_feeds_back_its_predictions():
     pred = rollout(model, context, 4)
     assert pred.shape == (2, 4, 16, 16, 1)
     np.testing.assert_allclose(pred[:, 0], np.asarray(model(context))[:, -1], atol=1e-6)
-    np.testing.assert_allclose(pred[:, 1], np.asarray(model(np.concatenate([context, pred[:, :1]], 1)))[:, -1], atol=1e-6)
+    np.testing.assert_allclose(
+        pred[:, 1], np.asarray(model(np.concatenate([context, pred[:, :1]], 1)))[:, -1], atol=1e-6
+    )

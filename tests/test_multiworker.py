@@ -58,16 +58,32 @@ def _free_ports(n):
 
 @pytest.mark.slow
 def test_two_workers_train_in_lock_step_and_only_the_chief_writes(tiny_overrides, tmp_path):
-    overrides = [*tiny_overrides, "distribute.strategy=multi_worker", "train.images.every_n_epochs=1", "tracking.log_model=false"]
+    overrides = [
+        *tiny_overrides,
+        "distribute.strategy=multi_worker",
+        "train.images.every_n_epochs=1",
+        "tracking.log_model=false",
+    ]
     from nfp.data.prepare import ensure_prepared
 
     ensure_prepared(load_config(None, overrides).data)  # shared data dir, prepared once up front
     hosts = [f"127.0.0.1:{p}" for p in _free_ports(2)]
     procs = []
     for index in range(2):
-        env = dict(os.environ, NFP_TEST_OUT=str(tmp_path / f"worker{index}"),
-                   TF_CONFIG=json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}))
-        procs.append(subprocess.Popen([sys.executable, "-c", _WORKER, *overrides], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = dict(
+            os.environ,
+            NFP_TEST_OUT=str(tmp_path / f"worker{index}"),
+            TF_CONFIG=json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}),
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _WORKER, *overrides],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     try:
         results = [p.communicate(timeout=300) for p in procs]
     finally:
@@ -75,7 +91,9 @@ def test_two_workers_train_in_lock_step_and_only_the_chief_writes(tiny_overrides
             p.kill()
     for p, (_, err) in zip(procs, results):
         assert p.returncode == 0, err[-3000:]
-    summaries = [json.loads(next(line[8:] for line in out.splitlines() if line.startswith("SUMMARY "))) for out, _ in results]
+    summaries = [
+        json.loads(next(line[8:] for line in out.splitlines() if line.startswith("SUMMARY "))) for out, _ in results
+    ]
     assert summaries[0]["loss"] == summaries[1]["loss"] and len(summaries[0]["loss"]) == 2
 
     # identical weights: trainable ones bit for bit, BatchNorm moving statistics to float precision
@@ -116,17 +134,32 @@ def test_a_lost_worker_stops_the_other_with_one_line_saying_how_to_resume(tiny_o
 
     from nfp.data.prepare import ensure_prepared
 
-    overrides = [*tiny_overrides, "distribute.strategy=multi_worker", "train.epochs=500", "train.verbose=2", "tracking.log_model=false"]
+    overrides = [
+        *tiny_overrides,
+        "distribute.strategy=multi_worker",
+        "train.epochs=500",
+        "train.verbose=2",
+        "tracking.log_model=false",
+    ]
     ensure_prepared(load_config(None, overrides).data)
     hosts = [f"127.0.0.1:{p}" for p in _free_ports(2)]
     logs = [tmp_path / f"worker{index}.log" for index in range(2)]
     procs = []
     try:
         for index, log in enumerate(logs):
-            env = dict(os.environ, PYTHONUNBUFFERED="1",
-                       TF_CONFIG=json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}))
-            procs.append(subprocess.Popen([sys.executable, "-m", "nfp.cli", "train", *overrides], env=env,
-                                          stdout=log.open("w"), stderr=subprocess.STDOUT))
+            env = dict(
+                os.environ,
+                PYTHONUNBUFFERED="1",
+                TF_CONFIG=json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}),
+            )
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "nfp.cli", "train", *overrides],
+                    env=env,
+                    stdout=log.open("w"),
+                    stderr=subprocess.STDOUT,
+                )
+            )
         deadline = time.monotonic() + 240
         while "Epoch 3/" not in logs[1].read_text() and time.monotonic() < deadline and procs[1].poll() is None:
             time.sleep(0.5)
@@ -139,8 +172,13 @@ def test_a_lost_worker_stops_the_other_with_one_line_saying_how_to_resume(tiny_o
     output = logs[0].read_text()
     assert returncode == 2, output[-3000:]
     error = [line for line in output.splitlines() if line.startswith("error: ")]
-    assert re.fullmatch(r"error: a worker was lost in epoch \d+ \(.+\): stopped; start every worker again with the same "
-                        r"command: training resumes from .*backup.*", error[-1]), error
+    assert re.fullmatch(
+        r"error: a worker was lost in epoch \d+ \(.+\): stopped; start every worker again with the same "
+        r"command: training resumes from .*backup.*",
+        error[-1],
+    ), error
     client = mlflow.MlflowClient()
     (run,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
-    assert run.info.status == "FAILED" and "a worker was lost" in run.data.tags["error"]  # its id stays in output_dir: a restart resumes it
+    assert (
+        run.info.status == "FAILED" and "a worker was lost" in run.data.tags["error"]
+    )  # its id stays in output_dir: a restart resumes it

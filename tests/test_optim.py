@@ -1,5 +1,6 @@
 """Loss, optimizer and learning-rate schedule from `cfg.train`."""
 
+import itertools
 import math
 
 import keras
@@ -10,7 +11,10 @@ from nfp.optim import build_loss, build_optimizer, learning_rate_at
 
 
 def test_optimizer_and_loss_follow_the_config(tiny_overrides):
-    t = load_config(None, [*tiny_overrides, "train.optimizer=adamw", "train.learning_rate=0.01", "train.scale_lr=true", "train.loss=mse"]).train
+    t = load_config(
+        None,
+        [*tiny_overrides, "train.optimizer=adamw", "train.learning_rate=0.01", "train.scale_lr=true", "train.loss=mse"],
+    ).train
     optimizer = build_optimizer(t, replicas=2)
     assert isinstance(optimizer, keras.optimizers.AdamW) and float(optimizer.learning_rate) == pytest.approx(0.02)
     assert isinstance(build_loss(t), keras.losses.MeanSquaredError)
@@ -28,6 +32,6 @@ def test_learning_rate_schedules(tiny_overrides):
     cosine = lrs("train.schedule.name=cosine", "train.schedule.warmup_epochs=2")
     assert cosine[:3] == pytest.approx([0.05, 0.1, 0.1])  # linear warm-up, then the cosine from the peak
     assert cosine[3] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi / 4)))
-    assert all(a >= b for a, b in zip(cosine[1:], cosine[2:]))
+    assert all(a >= b for a, b in itertools.pairwise(cosine[1:]))
     assert lrs("train.scale_lr=true", replicas=4)[0] == pytest.approx(0.4)
     assert lrs("train.scale_lr=false", replicas=4)[0] == pytest.approx(0.1)

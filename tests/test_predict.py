@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from nfp.data.manifest import load_manifest
 from nfp.errors import ConfigError, DataError
 from nfp.predict import load_input, run_predict
-from nfp.data.manifest import load_manifest
 
 
 @pytest.fixture
@@ -36,7 +36,15 @@ def test_predict_from_npy_writes_strip_gif_and_npy_of_the_rollout(cfg, checkpoin
 
     clips = _noise_npy(tmp_path / "clips.npy")
     out = tmp_path / "pred"
-    paths = run_predict(cfg, model_uri=checkpoint, inputs=f"{tmp_path}/clips.npy:2", context_frames=2, horizon=4, out_dir=out, save_npy=True)
+    paths = run_predict(
+        cfg,
+        model_uri=checkpoint,
+        inputs=f"{tmp_path}/clips.npy:2",
+        context_frames=2,
+        horizon=4,
+        out_dir=out,
+        save_npy=True,
+    )
     assert set(paths) == {"strip", "gif", "npy"}
     assert paths["strip"] == out / "clips_2.png"
     with Image.open(paths["gif"]) as gif:
@@ -83,7 +91,12 @@ def test_inputs_resolve_to_one_uint8_clip(cfg, tmp_path):
 @pytest.mark.parametrize(
     "make, spec, error, message",
     [
-        (lambda p: _noise_npy(p, dtype=np.float32), "{p}", DataError, r"got float32 .*expected uint8 \(time, clips, H, W\)"),
+        (
+            lambda p: _noise_npy(p, dtype=np.float32),
+            "{p}",
+            DataError,
+            r"got float32 .*expected uint8 \(time, clips, H, W\)",
+        ),
         (lambda p: np.save(p, np.zeros((6, 16, 16), np.uint8)), "{p}", DataError, r"got uint8 \(6, 16, 16\), expected"),
         (lambda p: _noise_npy(p), "{p}:3", DataError, "index 3 out of range, .* has 3 clips"),
         (lambda p: p.write_text("not numpy"), "{p}", DataError, "not a .npy array"),

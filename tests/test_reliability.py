@@ -21,14 +21,14 @@ import mlflow
 import pytest
 from conftest import MlflowServer, free_port
 
-from nfp.rundir import RunDir
 from nfp import tracking
 from nfp.cli import main
-from nfp.config import DataConfig, load_config
+from nfp.config import load_config
 from nfp.data import pipeline
 from nfp.data import prepare as prep
-from nfp.errors import TrackingError
 from nfp.data.manifest import load_manifest
+from nfp.errors import TrackingError
+from nfp.rundir import RunDir
 
 
 def _sha(path) -> str:
@@ -60,8 +60,13 @@ def prepared(tiny_overrides):
 def test_an_extra_unlisted_shard_is_ignored_with_a_warning_naming_it(prepared):
     data = Path(prepared.data.dir)
     expected = pipeline.read_clips(prepared.data, load_manifest(prepared.data.dir), "train", 100)
-    shutil.copy(data / "train-00000-of-00002.tfrecord", data / "train-00002-of-00003.tfrecord")  # e.g. left by another layout
-    with pytest.warns(UserWarning, match=r"data[/\\]?: ignoring 1 shard file\(s\) not listed in manifest.json: train-00002-of-00003.tfrecord"):
+    shutil.copy(
+        data / "train-00000-of-00002.tfrecord", data / "train-00002-of-00003.tfrecord"
+    )  # e.g. left by another layout
+    with pytest.warns(
+        UserWarning,
+        match=r"data[/\\]?: ignoring 1 shard file\(s\) not listed in manifest.json: train-00002-of-00003.tfrecord",
+    ):
         clips = pipeline.read_clips(prepared.data, load_manifest(prepared.data.dir), "train", 100)
     assert (clips == expected).all() and len(clips) == 20  # only the listed shards are read
 
@@ -70,7 +75,9 @@ def test_a_missing_listed_shard_stops_nfp_train_with_one_line_naming_it(prepared
     os.remove(Path(prepared.data.dir) / "train-00001-of-00002.tfrecord")
     assert main(["train", *tiny_overrides]) == 2
     (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith(("error", "Traceback"))]
-    assert line.startswith("error: shard ") and line.endswith("train-00001-of-00002.tfrecord: missing; run `nfp prepare` again")
+    assert line.startswith("error: shard ") and line.endswith(
+        "train-00001-of-00002.tfrecord: missing; run `nfp prepare` again"
+    )
     assert not (tmp_path / "out").exists()
     client = mlflow.MlflowClient()
     assert [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])] == []
@@ -79,13 +86,24 @@ def test_a_missing_listed_shard_stops_nfp_train_with_one_line_naming_it(prepared
 # --------------------------------------------------------------------------- faults during prepare
 def test_prepare_killed_mid_write_leaves_no_partial_shard_and_a_rerun_completes_byte_identical(tmp_path):
     # Big enough (12 train shards of 100 clips at 64×64) that shards are written one after another for a second or two.
-    overrides = ["data.image_size=64", "data.digit_size=28", "data.frames=10", "data.num_clips=1200", "data.num_shards=12",
-                 "evaluate.context_frames=5", "evaluate.predict_frames=5"]
+    overrides = [
+        "data.image_size=64",
+        "data.digit_size=28",
+        "data.frames=10",
+        "data.num_clips=1200",
+        "data.num_shards=12",
+        "evaluate.context_frames=5",
+        "evaluate.predict_frames=5",
+    ]
     reference = load_config(None, [*overrides, f"data.dir={tmp_path}/reference"]).data
     expected = prep.prepare(reference, progress=False).content
     data = tmp_path / "data"
-    proc = subprocess.Popen([sys.executable, "-m", "nfp", "prepare", *overrides, f"data.dir={data}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nfp", "prepare", *overrides, f"data.dir={data}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     final, temporary = [], []
     deadline = time.monotonic() + 120
     while not (len(final) >= 2 and temporary):  # some shards done, the next one half-written
@@ -116,7 +134,14 @@ def test_prepare_killed_mid_write_leaves_no_partial_shard_and_a_rerun_completes_
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert len(pipeline.read_clips(load_config(None, [*overrides, f"data.dir={data}"]).data, load_manifest(str(data)), "val", 500)) == 120
+        assert (
+            len(
+                pipeline.read_clips(
+                    load_config(None, [*overrides, f"data.dir={data}"]).data, load_manifest(str(data)), "val", 500
+                )
+            )
+            == 120
+        )
 
 
 # --------------------------------------------------------------------------- faults during training
@@ -129,7 +154,9 @@ class Trainer:
 
     def __init__(self, overrides, env=None):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nfp", "train", *overrides], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [sys.executable, "-m", "nfp", "train", *overrides],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         self.stdout, self._err = "", []
@@ -165,8 +192,15 @@ class Trainer:
 
 
 def _train_overrides(tiny_overrides, *extra):
-    return [*tiny_overrides, f"train.epochs={EPOCHS}", f"train.steps_per_epoch={STEPS}", "train.verbose=1",
-            "train.images.every_n_epochs=0", "tracking.log_model=false", *extra]
+    return [
+        *tiny_overrides,
+        f"train.epochs={EPOCHS}",
+        f"train.steps_per_epoch={STEPS}",
+        "train.verbose=1",
+        "train.images.every_n_epochs=0",
+        "tracking.log_model=false",
+        *extra,
+    ]
 
 
 def _backed_up(out) -> int:
@@ -191,7 +225,9 @@ def _rerun_finishes_from(overrides, out, done: int, rows_before: dict) -> None:
     assert run.info.status == "FINISHED"
     client = mlflow.MlflowClient()
     for key in ("loss", "val_loss", "learning_rate", "epoch_time"):
-        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == list(range(1, EPOCHS + 1)), key
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == list(range(1, EPOCHS + 1)), (
+            key
+        )
 
 
 def _rows_by_epoch(out) -> dict:
@@ -246,14 +282,18 @@ def test_resuming_into_an_evaluation_epoch_keeps_the_csv_columns_of_the_file(tin
 
     every_2 = [*tiny_overrides, "train.steps_per_epoch=3", "evaluate.every_n_epochs=2", "tracking.enabled=false"]
     train(load_config(None, [*every_2, "train.epochs=1"]))
-    summary = train(load_config(None, [*every_2, "train.epochs=3"]))  # the first resumed epoch adds val_mse, val_ssim, …
+    summary = train(
+        load_config(None, [*every_2, "train.epochs=3"])
+    )  # the first resumed epoch adds val_mse, val_ssim, …
     lines = (tmp_path / "out/history.csv").read_text().splitlines()
     assert [len(line.split(",")) for line in lines] == [len(lines[0].split(","))] * 4  # header + 3 rows, same columns
     assert len(summary["history"]["loss"]) == 2 and "val_mse" in summary["history"]
 
 
 # --------------------------------------------------------------------------- tracking faults
-def test_train_against_a_dead_tracking_server_fails_in_seconds_and_writes_nothing(tiny_overrides, tmp_path, monkeypatch, capsys):
+def test_train_against_a_dead_tracking_server_fails_in_seconds_and_writes_nothing(
+    tiny_overrides, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     start = time.monotonic()
     assert main(["train", *tiny_overrides]) == 2
@@ -264,7 +304,9 @@ def test_train_against_a_dead_tracking_server_fails_in_seconds_and_writes_nothin
 
 
 @pytest.mark.slow
-def test_tracking_server_dying_mid_training_costs_a_warning_and_the_backlog_is_replayed_on_rerun(tiny_overrides, tmp_path, monkeypatch):
+def test_tracking_server_dying_mid_training_costs_a_warning_and_the_backlog_is_replayed_on_rerun(
+    tiny_overrides, tmp_path, monkeypatch
+):
     (tmp_path / "srv").mkdir()
     server = MlflowServer(tmp_path / "srv").start()
     # Fail fast once the server is gone (MLflow's default retries would hold training up ~2 minutes, once).
@@ -307,7 +349,13 @@ def test_nan_loss_exits_2_with_one_line_and_keeps_the_last_good_checkpoint(tiny_
 
     from nfp.train import train
 
-    sgd = [*tiny_overrides, "model.output_activation=linear", "train.optimizer=sgd", "train.loss=mse", "train.steps_per_epoch=6"]
+    sgd = [
+        *tiny_overrides,
+        "model.output_activation=linear",
+        "train.optimizer=sgd",
+        "train.loss=mse",
+        "train.steps_per_epoch=6",
+    ]
     train(load_config(None, [*sgd, "train.epochs=1", "train.learning_rate=0.01"]))  # one good epoch
     out = tmp_path / "out"
     good = {name: _sha(out / "checkpoints" / name) for name in ("last.keras", "best.keras")}
@@ -315,8 +363,10 @@ def test_nan_loss_exits_2_with_one_line_and_keeps_the_last_good_checkpoint(tiny_
     # Resumed with a learning rate that blows up: epoch 2 diverges.
     assert main(["train", *sgd, "train.epochs=2", "train.learning_rate=1.0e+30"]) == 2
     (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith(("error", "Traceback"))]
-    assert line == (f"error: loss became NaN/Inf in epoch 2: stopped; last good state kept in {out}/backup "
-                    f"and {out}/checkpoints (try a lower train.learning_rate)")
+    assert line == (
+        f"error: loss became NaN/Inf in epoch 2: stopped; last good state kept in {out}/backup "
+        f"and {out}/checkpoints (try a lower train.learning_rate)"
+    )
     assert {name: _sha(out / "checkpoints" / name) for name in good} == good
     model = keras.saving.load_model(out / "checkpoints/last.keras")
     assert np.isfinite(model.predict(np.zeros((1, 5, 16, 16, 1), np.float32), verbose=0)).all()
@@ -361,7 +411,18 @@ def test_an_unreachable_tracking_uri_with_credentials_is_reported_redacted(monke
 
 def test_a_failing_download_with_credentials_in_data_url_never_prints_them(tmp_path, capsys):
     url = f"http://alice:s3cret@127.0.0.1:{free_port()}/mnist_test_seq.npy"
-    assert main(["prepare", "data.source=download", f"data.url={url}", f"data.dir={tmp_path}/data", f"data.cache_dir={tmp_path}/cache"]) == 2
+    assert (
+        main(
+            [
+                "prepare",
+                "data.source=download",
+                f"data.url={url}",
+                f"data.dir={tmp_path}/data",
+                f"data.cache_dir={tmp_path}/cache",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert f"error: data.url: cannot download http://***@127.0.0.1:{url.split(':')[3]}" in err
     assert "s3cret" not in err and "alice" not in err

@@ -62,7 +62,9 @@ def test_static_clip_copy_last_frame_scores_zero_mse():
 
 def test_rollout_baselines_score_as_hand_computed():
     # context black, white; truth white, black (8×8 = 64 pixels)
-    result = evaluate_model(affine, clips_ds([whole_frames(0, 255, 255, 0)]), protocol="rollout", context_frames=2, predict_frames=2)
+    result = evaluate_model(
+        affine, clips_ds([whole_frames(0, 255, 255, 0)]), protocol="rollout", context_frames=2, predict_frames=2
+    )
     per_frame = result["per_frame"]
     assert per_frame["copy_last"]["mse"] == pytest.approx([0, 64])  # predicts white, white
     assert per_frame["mean_frame"]["mse"] == pytest.approx([16, 16])  # predicts grey 0.5 twice
@@ -73,7 +75,9 @@ def test_rollout_baselines_score_as_hand_computed():
 
 
 def test_one_step_is_teacher_forced_shift_and_baselines_use_frames_seen_so_far():
-    result = evaluate_model(affine, clips_ds([whole_frames(0, 255, 255)]), protocol="one_step", context_frames=1, predict_frames=1)
+    result = evaluate_model(
+        affine, clips_ds([whole_frames(0, 255, 255)]), protocol="one_step", context_frames=1, predict_frames=1
+    )
     assert result["protocol"] == "one_step"
     assert result["frames"] == [1, 2]
     per_frame = result["per_frame"]
@@ -84,7 +88,9 @@ def test_one_step_is_teacher_forced_shift_and_baselines_use_frames_seen_so_far()
 
 
 def test_flat_metrics_prefix_the_split_and_name_the_baselines():
-    result = evaluate_model(affine, clips_ds([whole_frames(0, 255, 255, 0)]), protocol="rollout", context_frames=2, predict_frames=2)
+    result = evaluate_model(
+        affine, clips_ds([whole_frames(0, 255, 255, 0)]), protocol="rollout", context_frames=2, predict_frames=2
+    )
     flat = flat_metrics(result, "test")
     assert flat["test_mse"] == result["scores"]["model"]["mse"]
     assert flat["test_baseline_copy_last_mse"] == pytest.approx(32)
@@ -95,12 +101,16 @@ def test_flat_metrics_prefix_the_split_and_name_the_baselines():
 # --------------------------------------------------------------------------- errors
 def test_model_frame_size_incompatible_with_clips_is_a_model_error():
     with pytest.raises(ModelError, match="16×16×1.*8×8×1"):
-        evaluate_model(tiny_model(), clips_ds([whole_frames(0, 0, 0, 0)]), protocol="rollout", context_frames=2, predict_frames=2)
+        evaluate_model(
+            tiny_model(), clips_ds([whole_frames(0, 0, 0, 0)]), protocol="rollout", context_frames=2, predict_frames=2
+        )
 
 
 def test_context_not_shorter_than_the_clips_is_a_config_error():
     with pytest.raises(ConfigError, match="evaluate.context_frames: got 4, expected < the clip length 4"):
-        evaluate_model(affine, clips_ds([whole_frames(0, 0, 0, 0)]), protocol="rollout", context_frames=4, predict_frames=1)
+        evaluate_model(
+            affine, clips_ds([whole_frames(0, 0, 0, 0)]), protocol="rollout", context_frames=4, predict_frames=1
+        )
 
 
 def test_empty_dataset_is_a_data_error():

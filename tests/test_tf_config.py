@@ -11,7 +11,11 @@ from nfp.errors import ConfigError
 
 
 def skypilot_env(rank, ips=("10.0.0.1", "10.0.0.2", "10.0.0.3"), **extra):
-    env = {"SKYPILOT_NODE_IPS": "\n".join(ips) + "\n", "SKYPILOT_NODE_RANK": str(rank), "SKYPILOT_NUM_NODES": str(len(ips))}
+    env = {
+        "SKYPILOT_NODE_IPS": "\n".join(ips) + "\n",
+        "SKYPILOT_NODE_RANK": str(rank),
+        "SKYPILOT_NUM_NODES": str(len(ips)),
+    }
     env.update(extra)
     return env
 
@@ -29,7 +33,9 @@ def test_skypilot_env_gives_every_rank_the_same_cluster_and_its_own_task(rank):
 
 def test_skypilot_port_comes_from_the_argument_then_the_env_var():
     assert tf_config.resolve(skypilot_env(0, NFP_WORKER_PORT="3000"))["cluster"]["worker"][1] == "10.0.0.2:3000"
-    assert tf_config.resolve(skypilot_env(0, NFP_WORKER_PORT="3000"), port=4000)["cluster"]["worker"][1] == "10.0.0.2:4000"
+    assert (
+        tf_config.resolve(skypilot_env(0, NFP_WORKER_PORT="3000"), port=4000)["cluster"]["worker"][1] == "10.0.0.2:4000"
+    )
 
 
 def test_skypilot_ips_with_ports_let_workers_share_one_host():
@@ -117,11 +123,23 @@ def test_existing_tf_config_wins_over_skypilot_env():
         ("[]", 'TF_CONFIG: expected {"cluster"'),
         ('{"cluster": {"worker": ["a:1"]}}', "TF_CONFIG.task: missing"),
         ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}', "TF_CONFIG.task.type: got 'chief'"),
-        ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}', "TF_CONFIG.task.index: got 1, expected 0..0"),
-        ('{"cluster": {"worker": ["a:1", "a"]}, "task": {"type": "worker"}}', "TF_CONFIG.cluster.worker: 'a' has no port"),
-        ('{"cluster": {"chief": ["a:1"], "worker": ["a:1"]}, "task": {"type": "chief"}}', "TF_CONFIG.cluster: a:1 appears twice"),
+        (
+            '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}',
+            "TF_CONFIG.task.index: got 1, expected 0..0",
+        ),
+        (
+            '{"cluster": {"worker": ["a:1", "a"]}, "task": {"type": "worker"}}',
+            "TF_CONFIG.cluster.worker: 'a' has no port",
+        ),
+        (
+            '{"cluster": {"chief": ["a:1"], "worker": ["a:1"]}, "task": {"type": "chief"}}',
+            "TF_CONFIG.cluster: a:1 appears twice",
+        ),
         ('{"cluster": {"ps": ["a:1"]}, "task": {"type": "ps"}}', "TF_CONFIG.cluster.ps: unknown task type"),
-        ('{"cluster": {"worker": []}, "task": {"type": "worker"}}', "TF_CONFIG.cluster.worker: got [], expected a list"),
+        (
+            '{"cluster": {"worker": []}, "task": {"type": "worker"}}',
+            "TF_CONFIG.cluster.worker: got [], expected a list",
+        ),
     ],
 )
 def test_bad_tf_config_is_a_one_line_config_error(text, message):
@@ -154,8 +172,13 @@ def test_ensure_keeps_and_validates_an_existing_tf_config():
 
 def test_cli_prints_tf_config_from_skypilot_env():
     env = {"PATH": "", **skypilot_env(1, ips=("10.0.0.1", "10.0.0.2"))}
-    out = subprocess.run([sys.executable, "-m", "nfp", "tf-config"], env=env, capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout) == {"cluster": {"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]}, "task": {"type": "worker", "index": 1}}
+    out = subprocess.run(
+        [sys.executable, "-m", "nfp", "tf-config"], env=env, capture_output=True, text=True, check=True
+    )
+    assert json.loads(out.stdout) == {
+        "cluster": {"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]},
+        "task": {"type": "worker", "index": 1},
+    }
 
 
 def test_cli_prints_tf_config_from_hosts_and_reports_bad_input_in_one_line():

@@ -121,7 +121,9 @@ def test_unwritable_artifact_location_is_refused_before_training(tmp_path, tiny_
     blocker.write_text("")  # a directory cannot be made under a file, even as root
     mlflow.create_experiment("blocked", artifact_location=str(blocker / "artifacts"))
     cfg = load_config(None, [*tiny_overrides, "tracking.experiment=blocked"])
-    with pytest.raises(TrackingError, match=r"^MLflow artifact location .*a-file/artifacts of experiment 'blocked' is not writable"):
+    with pytest.raises(
+        TrackingError, match=r"^MLflow artifact location .*a-file/artifacts of experiment 'blocked' is not writable"
+    ):
         train(cfg)
     assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
 

@@ -43,20 +43,43 @@ def test_train_attaches_every_enabled_callback_and_logs_the_run(tiny_overrides, 
 
     def spy_fit(self, *args, **kwargs):
         seen.extend(kwargs["callbacks"])
-        compiled.append((self.jit_compile, self.steps_per_execution, type(self.optimizer).__name__, type(self.loss).__name__))
+        compiled.append(
+            (self.jit_compile, self.steps_per_execution, type(self.optimizer).__name__, type(self.loss).__name__)
+        )
         return real_fit(self, *args, **kwargs)
 
     monkeypatch.setattr(keras.Model, "fit", spy_fit)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        summary = train(load_config(None, [*tiny_overrides, *ALL_ON, "train.steps_per_execution=2", "train.optimizer=adamw", "tracking.log_model=true"]))
+        summary = train(
+            load_config(
+                None,
+                [
+                    *tiny_overrides,
+                    *ALL_ON,
+                    "train.steps_per_execution=2",
+                    "train.optimizer=adamw",
+                    "tracking.log_model=true",
+                ],
+            )
+        )
     noise = [str(w.message) for w in caught if "ran out of data" in str(w.message) or "shuffle=True" in str(w.message)]
     assert not noise  # validation's length is known up front; the pipeline shuffles, not Keras
     assert compiled[0] == (False, 2, "AdamW", "BinaryCrossentropy")  # jit_compile auto: off without a GPU
 
     kinds = {type(c).__name__ for c in seen}
-    assert {"LearningRateScheduler", "EpochStats", "TerminateOnNaN", "AtomicCheckpoint", "PredictionImages",
-            "CSVLog", "EarlyStopping", "PeriodicEvaluation", "EpochMetricsToMlflow", "Backup"} <= kinds
+    assert {
+        "LearningRateScheduler",
+        "EpochStats",
+        "TerminateOnNaN",
+        "AtomicCheckpoint",
+        "PredictionImages",
+        "CSVLog",
+        "EarlyStopping",
+        "PeriodicEvaluation",
+        "EpochMetricsToMlflow",
+        "Backup",
+    } <= kinds
     assert sum(isinstance(c, cb.AtomicCheckpoint) for c in seen) == 2
     assert len(summary["history"]["loss"]) == 2
     assert summary["best_checkpoint"].endswith("best.keras") and os.path.isfile(summary["last_checkpoint"])
@@ -64,17 +87,39 @@ def test_train_attaches_every_enabled_callback_and_logs_the_run(tiny_overrides, 
     run = _run()
     assert run.info.run_id == summary["run_id"] and run.info.status == "FINISHED"
     client = mlflow.MlflowClient()
-    for key in ("loss", "val_loss", "learning_rate", "epoch_time", "clips_per_sec", "val_mse", "val_ssim", "val_baseline_copy_last_mse"):
+    for key in (
+        "loss",
+        "val_loss",
+        "learning_rate",
+        "epoch_time",
+        "clips_per_sec",
+        "val_mse",
+        "val_ssim",
+        "val_baseline_copy_last_mse",
+    ):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2], key
-    assert {"replicas", "global_batch_size", "data_manifest_id", "tensorflow_version", "train.epochs"} <= set(run.data.params)
-    assert run.data.params["global_batch_size"] == "4" and run.data.tags["strategy"] == "DefaultStrategy" and run.data.tags["device"] == "CPU"
+    assert {"replicas", "global_batch_size", "data_manifest_id", "tensorflow_version", "train.epochs"} <= set(
+        run.data.params
+    )
+    assert (
+        run.data.params["global_batch_size"] == "4"
+        and run.data.tags["strategy"] == "DefaultStrategy"
+        and run.data.tags["device"] == "CPU"
+    )
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config", "data", "logs", "plots", "predictions", "checkpoints", "images"} <= artifacts
     assert [a.path for a in client.list_artifacts(run.info.run_id, "logs")] == ["logs/history.csv"]
     assert [a.path for a in client.list_artifacts(run.info.run_id, "config")] == ["config/resolved.yaml"]
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")} == {"checkpoints/best.keras", "checkpoints/last.keras"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")} == {
+        "checkpoints/best.keras",
+        "checkpoints/last.keras",
+    }
     assert [a.path for a in client.list_artifacts(run.info.run_id, "predictions")] == ["predictions/clip.gif"]
-    logged = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'", output_format="list")
+    logged = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run.info.run_id}'",
+        output_format="list",
+    )
     assert len(logged) == 1
 
     # Re-running a finished job trains nothing and leaves the CSV as it was.
@@ -93,7 +138,11 @@ def test_train_reads_the_manifest_once_and_hands_it_on(tiny_overrides, tmp_path,
         return real_read(url)
 
     monkeypatch.setattr(storage, "read_bytes", counting_read)
-    overrides = [*tiny_overrides, *ALL_ON, "tracking.log_model=true"]  # every reader: images, periodic evaluation, GIF, model
+    overrides = [
+        *tiny_overrides,
+        *ALL_ON,
+        "tracking.log_model=true",
+    ]  # every reader: images, periodic evaluation, GIF, model
     for attempt in ("fresh-data-dir", "prepared-data-dir"):
         reads.clear()
         train(load_config(None, [*overrides, f"train.output_dir={tmp_path}/{attempt}"]))
@@ -101,9 +150,21 @@ def test_train_reads_the_manifest_once_and_hands_it_on(tiny_overrides, tmp_path,
 
 
 def test_diverging_loss_is_a_one_line_training_error(tiny_overrides, tmp_path):
-    cfg = load_config(None, [*tiny_overrides, "model.output_activation=linear", "train.optimizer=sgd", "train.loss=mse", "train.learning_rate=1.0e+30",
-                             "train.steps_per_epoch=6", "tracking.enabled=false"])
-    with pytest.raises(TrainingError, match=r"loss became NaN/Inf in epoch 1: stopped; last good state kept in .*backup"):
+    cfg = load_config(
+        None,
+        [
+            *tiny_overrides,
+            "model.output_activation=linear",
+            "train.optimizer=sgd",
+            "train.loss=mse",
+            "train.learning_rate=1.0e+30",
+            "train.steps_per_epoch=6",
+            "tracking.enabled=false",
+        ],
+    )
+    with pytest.raises(
+        TrainingError, match=r"loss became NaN/Inf in epoch 1: stopped; last good state kept in .*backup"
+    ):
         train(cfg)
     assert not (tmp_path / "out/checkpoints/last.keras").exists()
 
@@ -111,14 +172,22 @@ def test_diverging_loss_is_a_one_line_training_error(tiny_overrides, tmp_path):
 def test_a_shard_corrupted_behind_the_check_is_named_by_training(tiny_overrides, tmp_path, corrupt_after_building):
     """As when TF reads gs:// shards directly (no up-front hash): fit trips on TF's CRC check, nfp names the shard."""
     cfg = load_config(None, [*tiny_overrides, "tracking.enabled=false"])
-    corrupt_after_building("make_dataset", lambda data_cfg, split: tmp_path / "data/train-00000-of-00002.tfrecord" if split == "train" else None)
-    with pytest.raises(DataError, match=r"^shard .*/data/train-00000-of-00002.tfrecord: sha256 .* from the manifest; run `nfp prepare` again$"):
+    corrupt_after_building(
+        "make_dataset",
+        lambda data_cfg, split: tmp_path / "data/train-00000-of-00002.tfrecord" if split == "train" else None,
+    )
+    with pytest.raises(
+        DataError,
+        match=r"^shard .*/data/train-00000-of-00002.tfrecord: sha256 .* from the manifest; run `nfp prepare` again$",
+    ):
         train(cfg)
 
 
 # --------------------------------------------------------------------------- killed and restarted
 def _start(overrides):
-    return subprocess.Popen([sys.executable, "-m", "nfp", "train", *overrides], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "nfp", "train", *overrides], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _rows(path):
@@ -138,7 +207,13 @@ def _wait_for_rows(proc, path, n, timeout=180):
 
 @pytest.mark.slow
 def test_sigkill_then_rerun_resumes_after_the_last_completed_epoch(tiny_overrides, tmp_path):
-    overrides = [*tiny_overrides, "train.epochs=5", "train.steps_per_epoch=12", "train.images.every_n_epochs=0", "tracking.log_model=false"]
+    overrides = [
+        *tiny_overrides,
+        "train.epochs=5",
+        "train.steps_per_epoch=12",
+        "train.images.every_n_epochs=0",
+        "tracking.log_model=false",
+    ]
     history = tmp_path / "out/history.csv"
     proc = _start(overrides)
     _wait_for_rows(proc, history, 2)
@@ -163,7 +238,13 @@ def test_sigkill_then_rerun_resumes_after_the_last_completed_epoch(tiny_override
 
 @pytest.mark.slow
 def test_sigterm_stops_at_once_with_the_backup_kept(tiny_overrides, tmp_path):
-    overrides = [*tiny_overrides, "train.epochs=50", "train.steps_per_epoch=12", "train.images.every_n_epochs=0", "tracking.log_model=false"]
+    overrides = [
+        *tiny_overrides,
+        "train.epochs=50",
+        "train.steps_per_epoch=12",
+        "train.images.every_n_epochs=0",
+        "tracking.log_model=false",
+    ]
     proc = _start(overrides)
     _wait_for_rows(proc, tmp_path / "out/history.csv", 2)  # the CSV row comes before the backup: epoch 1 is backed up
     proc.send_signal(signal.SIGTERM)
@@ -199,6 +280,10 @@ def test_a_sigterm_whose_exit_python_drops_still_stops_training_at_the_next_batc
 def test_global_batch_larger_than_the_training_split_names_the_batch_size(tiny_overrides):
     from nfp.errors import ConfigError
 
-    cfg = load_config(None, [*tiny_overrides, "train.batch_size=64", "train.steps_per_epoch=3", "tracking.enabled=false"])
-    with pytest.raises(ConfigError, match=r"train.batch_size: global batch 64 \(64 × 1 replicas\) exceeds the \d+ training clips"):
+    cfg = load_config(
+        None, [*tiny_overrides, "train.batch_size=64", "train.steps_per_epoch=3", "tracking.enabled=false"]
+    )
+    with pytest.raises(
+        ConfigError, match=r"train.batch_size: global batch 64 \(64 × 1 replicas\) exceeds the \d+ training clips"
+    ):
         train(cfg)

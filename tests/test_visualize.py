@@ -15,7 +15,7 @@ def test_strip_has_context_truth_and_prediction_rows_aligned():
     strip = visualize.prediction_strip(context, truth, prediction)
     assert strip.dtype == np.uint8
     assert strip.shape == (3 * 8 + 2 * 2, 5 * 8 + 4 * 2)
-    col = lambda i: slice(i * 10, i * 10 + 8)  # noqa: E731 - frame i's columns
+    col = lambda i: slice(i * 10, i * 10 + 8)
     assert (strip[0:8, col(2)] == 51).all() and (strip[0:8, col(3)] == 0).all()
     assert (strip[10:18, col(2)] == 0).all() and (strip[10:18, col(3)] == 153).all()
     assert (strip[20:28, col(4)] == 255).all()

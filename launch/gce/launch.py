@@ -28,6 +28,7 @@ if str(REPO) not in sys.path:
 
 from nfp.distribute import tf_config  # noqa: E402
 from nfp.errors import ConfigError, NfpError  # noqa: E402
+
 # These families have their GPUs built in: `--accelerator` is only for N1 machines.
 _BUILT_IN_GPUS = ("a2-", "a3-", "a4-", "a4x-", "g2-", "g4-")
 _NAME = re.compile(r"[a-z]([-a-z0-9]{0,50}[a-z0-9])?")
@@ -69,7 +70,9 @@ def plan_create(args: argparse.Namespace) -> Plan:
     for index, name in enumerate(names):
         config = tf_config.from_hosts(hosts, index) if args.num_vms > 1 else None
         script = script_dir / f"{name}.startup.sh"
-        plan.files[script] = startup_script(args, name=name, index=index, source=source, tf_config_json=config and json.dumps(config))
+        plan.files[script] = startup_script(
+            args, name=name, index=index, source=source, tf_config_json=config and json.dumps(config)
+        )
         plan.commands.append(_create_command(args, name, script))
     return plan
 
@@ -86,7 +89,11 @@ def plan_start(args: argparse.Namespace) -> Plan:
     """The command that starts stopped VMs again (after a spot preemption): each resumes from its backup."""
     _check_name(args.name, args.num_vms)
     names = vm_names(args.name, args.num_vms)
-    return Plan(commands=[["gcloud", "compute", "instances", "start", *names, f"--project={args.project}", f"--zone={args.zone}"]])
+    return Plan(
+        commands=[
+            ["gcloud", "compute", "instances", "start", *names, f"--project={args.project}", f"--zone={args.zone}"]
+        ]
+    )
 
 
 def startup_script(args: argparse.Namespace, *, name: str, index: int, source: str, tf_config_json: str | None) -> str:
@@ -172,7 +179,9 @@ def _create_command(args: argparse.Namespace, name: str, script: Path) -> list[s
 def _check(args: argparse.Namespace) -> None:
     _check_name(args.name, args.num_vms)
     if not args.bucket.startswith("gs://") or len(args.bucket) <= len("gs://"):
-        raise ConfigError(f"--bucket: got {args.bucket!r}, expected gs://BUCKET[/prefix] (data and checkpoints every VM can reach)")
+        raise ConfigError(
+            f"--bucket: got {args.bucket!r}, expected gs://BUCKET[/prefix] (data and checkpoints every VM can reach)"
+        )
     if not args.tracking_uri.startswith(("http://", "https://", "databricks")):
         raise ConfigError(
             f"--tracking-uri: got {args.tracking_uri!r}, expected a tracking server URL (http(s)://…), not a store on the VM's disk"
@@ -192,12 +201,16 @@ def _check_name(name: str, num_vms: int) -> None:
     if num_vms < 1:
         raise ConfigError(f"--num-vms: got {num_vms}, expected >= 1")
     if not _NAME.fullmatch(name):
-        raise ConfigError(f"--name: got {name!r}, expected lowercase letters, digits and '-', starting with a letter, at most 52 characters")
+        raise ConfigError(
+            f"--name: got {name!r}, expected lowercase letters, digits and '-', starting with a letter, at most 52 characters"
+        )
 
 
 def _git(*argv: str) -> str:
     try:
-        return subprocess.run(["git", "-C", str(REPO), *argv], capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(REPO), *argv], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         raise ConfigError(f"--source: {REPO} is not a git checkout, expected --source gs://…/nfp-src.tar.gz") from None
 
@@ -212,28 +225,54 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--zone", required=True, help="zone with the GPUs, e.g. us-central1-a")
         sub.add_argument("--name", default="nfp", help="VM name prefix: VMs are NAME-0 … NAME-(N-1) (default: nfp)")
         sub.add_argument("--num-vms", type=int, default=1, help="VMs; > 1 trains with MultiWorkerMirroredStrategy")
-        sub.add_argument("--dry-run", action="store_true", help="print the commands (and startup scripts) instead of running them")
+        sub.add_argument(
+            "--dry-run", action="store_true", help="print the commands (and startup scripts) instead of running them"
+        )
         return sub
 
     create = command("create", "Create the training VMs; each installs nfp and trains at boot.")
-    create.add_argument("--bucket", required=True, help="gs://BUCKET[/prefix] for shards, checkpoints, backups and the project tarball")
-    create.add_argument("--tracking-uri", required=True, help="MLflow tracking server the chief logs to, e.g. http://10.0.0.5:5000")
-    create.add_argument("--config", default=None, help="config inside the project (default: configs/multi_gpu.yaml, multi_node.yaml for N > 1)")
-    create.add_argument("--run-name", default=None, help="train.output_dir = BUCKET/runs/RUN_NAME (default: --name); reuse it to resume")
+    create.add_argument(
+        "--bucket", required=True, help="gs://BUCKET[/prefix] for shards, checkpoints, backups and the project tarball"
+    )
+    create.add_argument(
+        "--tracking-uri", required=True, help="MLflow tracking server the chief logs to, e.g. http://10.0.0.5:5000"
+    )
+    create.add_argument(
+        "--config",
+        default=None,
+        help="config inside the project (default: configs/multi_gpu.yaml, multi_node.yaml for N > 1)",
+    )
+    create.add_argument(
+        "--run-name", default=None, help="train.output_dir = BUCKET/runs/RUN_NAME (default: --name); reuse it to resume"
+    )
     create.add_argument("--machine-type", default="a3-highgpu-8g", help="default a3-highgpu-8g (8× H100 80GB built in)")
-    create.add_argument("--accelerator-type", default="nvidia-h100-80gb", help="for N1 machines, e.g. nvidia-tesla-t4, nvidia-tesla-v100")
-    create.add_argument("--accelerator-count", type=int, default=8, help="GPUs per VM (ignored for A2/A3/A4/G2: built in)")
-    create.add_argument("--image-family", default="common-cu128-ubuntu-2204-nvidia-570", help="Deep Learning VM image family")
+    create.add_argument(
+        "--accelerator-type",
+        default="nvidia-h100-80gb",
+        help="for N1 machines, e.g. nvidia-tesla-t4, nvidia-tesla-v100",
+    )
+    create.add_argument(
+        "--accelerator-count", type=int, default=8, help="GPUs per VM (ignored for A2/A3/A4/G2: built in)"
+    )
+    create.add_argument(
+        "--image-family", default="common-cu128-ubuntu-2204-nvidia-570", help="Deep Learning VM image family"
+    )
     create.add_argument("--image-project", default="deeplearning-platform-release")
     create.add_argument("--boot-disk-size", default="200GB")
     create.add_argument("--network", default=None, help="VPC network (default: the project's default network)")
     create.add_argument("--service-account", default=None, help="VM service account (needs read/write on the bucket)")
-    create.add_argument("--spot", action="store_true", help="Spot VMs (much cheaper, may be stopped at any time; restart resumes)")
+    create.add_argument(
+        "--spot", action="store_true", help="Spot VMs (much cheaper, may be stopped at any time; restart resumes)"
+    )
     create.add_argument("--max-run-duration", default=None, help="stop the VMs after this long, e.g. 8h (a cost cap)")
     create.add_argument("--port", type=int, default=tf_config.DEFAULT_PORT, help="workers' gRPC port (N > 1)")
     create.add_argument("--source", default=None, help="gs:// project tarball (default: upload `git archive HEAD`)")
-    create.add_argument("--keep-running", dest="stop_when_done", action="store_false", help="do not stop the VM when training ends")
-    create.add_argument("--script-dir", default=str(Path(tempfile.gettempdir()) / "nfp-gce"), help="where startup scripts are written")
+    create.add_argument(
+        "--keep-running", dest="stop_when_done", action="store_false", help="do not stop the VM when training ends"
+    )
+    create.add_argument(
+        "--script-dir", default=str(Path(tempfile.gettempdir()) / "nfp-gce"), help="where startup scripts are written"
+    )
     create.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="nfp config overrides, e.g. train.epochs=20")
     command("start", "Start stopped VMs again (all of them after a spot preemption); training resumes from the backup.")
     command("delete", "Delete the training VMs and their boot disks (the bucket is kept).")
@@ -262,7 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     for cmd in plan.commands:
         print("+ " + shlex.join(cmd), file=sys.stderr)
         if subprocess.run(cmd).returncode != 0:
-            print(f"error: {shlex.join(cmd[:4])} … failed (see above); VMs created so far keep running: `delete` removes them", file=sys.stderr)
+            print(
+                f"error: {shlex.join(cmd[:4])} … failed (see above); VMs created so far keep running: `delete` removes them",
+                file=sys.stderr,
+            )
             return 1
     return 0
 

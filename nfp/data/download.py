@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nfp.config import MOVING_MNIST_URL, DataConfig
 from nfp import storage
+from nfp.config import MOVING_MNIST_URL, DataConfig
 from nfp.errors import DataError, redact
 
 # Known files: 20·10000·64·64 uint8 = 819,200,000 bytes + a 96-byte .npy header, and the md5 torchvision
@@ -25,7 +25,9 @@ def fetch(data_cfg: DataConfig, *, progress: bool = True) -> Path:
     url = data_cfg.url
     scheme = storage.scheme(url)
     if scheme not in data_cfg.allowed_schemes:
-        raise DataError(f"data.url: scheme {scheme!r} of {url} is not allowed; data.allowed_schemes: {', '.join(data_cfg.allowed_schemes)}")
+        raise DataError(
+            f"data.url: scheme {scheme!r} of {url} is not allowed; data.allowed_schemes: {', '.join(data_cfg.allowed_schemes)}"
+        )
     known = KNOWN.get(url, {})
     digests = {"sha256": data_cfg.sha256 or known.get("sha256"), "md5": known.get("md5")}
     size = data_cfg.size_bytes or known.get("size_bytes")
@@ -62,14 +64,15 @@ def _download(url: str, dest: Path, progress: bool) -> int | None:
     """Copy url to dest with a byte progress bar; returns the size the server announced, if any."""
     from fsspec.callbacks import TqdmCallback
 
-
-    bar = TqdmCallback(tqdm_kwargs={"unit": "B", "unit_scale": True, "desc": f"download {redact(url)}", "disable": not progress})
+    bar = TqdmCallback(
+        tqdm_kwargs={"unit": "B", "unit_scale": True, "desc": f"download {redact(url)}", "disable": not progress}
+    )
     try:
         fs, path = storage.filesystem(url)
         fs.get_file(path, str(dest), callback=bar)
     except FileNotFoundError:
         raise DataError(f"data.url: {url} not found (404)") from None
-    except Exception as err:  # aiohttp/gcsfs/OS errors: unreachable host, refused, closed early
+    except Exception as err:  # noqa: BLE001 - aiohttp/gcsfs/OS errors: unreachable host, refused, closed early
         raise DataError(f"data.url: cannot download {url} ({type(err).__name__}: {err})") from None
     finally:
         bar.close()
@@ -84,7 +87,9 @@ def _verify(path: Path, url: str, digests: dict, size: int | None) -> None:
     for algo, expected in digests.items():
         if expected is not None and file_digest(path, algo) != expected.lower():
             source = "data.sha256" if algo == "sha256" else "the known md5 of this URL"
-            raise DataError(f"data.url: {url} has {algo} {file_digest(path, algo)}, expected {expected.lower()} ({source})")
+            raise DataError(
+                f"data.url: {url} has {algo} {file_digest(path, algo)}, expected {expected.lower()} ({source})"
+            )
     open_clips(path, name=url)
 
 
@@ -132,5 +137,10 @@ def _sidecar(path: Path) -> Path:
 
 def _remember_digests(path: Path) -> None:
     st = path.stat()
-    record = {"sha256": file_digest(path, "sha256"), "md5": file_digest(path, "md5"), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    record = {
+        "sha256": file_digest(path, "sha256"),
+        "md5": file_digest(path, "md5"),
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+    }
     _sidecar(path).write_text(json.dumps(record))

@@ -63,7 +63,7 @@ class ClipParams:
     def __len__(self) -> int:
         return len(self.theta)
 
-    def __getitem__(self, s: slice) -> "ClipParams":
+    def __getitem__(self, s: slice) -> ClipParams:
         return ClipParams(self.start[s], self.theta[s], self.digit[s])
 
 

@@ -19,8 +19,15 @@ from nfp.errors import DataError
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def make_dataset(data_cfg: DataConfig, manifest: Manifest, split: str, global_batch_size: int, *, training: bool,
-                 num_workers: int = 1) -> tf.data.Dataset:
+def make_dataset(
+    data_cfg: DataConfig,
+    manifest: Manifest,
+    split: str,
+    global_batch_size: int,
+    *,
+    training: bool,
+    num_workers: int = 1,
+) -> tf.data.Dataset:
     """(inputs, targets) float32 in [0, 1], each (batch, time, H, W, 1); training: shuffled, repeated, full batches."""
     files = readable_paths(data_cfg, manifest, split)
     to_pairs = _pairs_fn(data_cfg, manifest)
@@ -61,12 +68,15 @@ def make_dataset(data_cfg: DataConfig, manifest: Manifest, split: str, global_ba
     options.experimental_distribute.auto_shard_policy = policy.FILE if len(files) >= num_workers else policy.DATA
     ds = ds.with_options(options)
     if training and data_cfg.service_address:
-        ds = ds.apply(tf.data.experimental.service.distribute(processing_mode="parallel_epochs", service=data_cfg.service_address))
+        ds = ds.apply(
+            tf.data.experimental.service.distribute(processing_mode="parallel_epochs", service=data_cfg.service_address)
+        )
     return ds.prefetch(AUTOTUNE)
 
 
-def clip_batches(data_cfg: DataConfig, manifest: Manifest, split: str, batch_size: int,
-                 max_clips: int | None = None) -> tf.data.Dataset:
+def clip_batches(
+    data_cfg: DataConfig, manifest: Manifest, split: str, batch_size: int, max_clips: int | None = None
+) -> tf.data.Dataset:
     """uint8 clips (batch, T, H, W) of a split in manifest order, at most max_clips of them."""
     ds = _reader(data_cfg, manifest)(readable_paths(data_cfg, manifest, split))
     if max_clips is not None:
@@ -95,7 +105,9 @@ def _pairs_fn(data_cfg: DataConfig, manifest: Manifest):
     frames = manifest.clip_shape[0]
     k, n = data_cfg.context_frames, data_cfg.predict_frames
     if data_cfg.protocol == "context" and k + n > frames:
-        raise DataError(f"data.context_frames + data.predict_frames: got {k}+{n}, but the clips in {data_cfg.dir} have {frames} frames")
+        raise DataError(
+            f"data.context_frames + data.predict_frames: got {k}+{n}, but the clips in {data_cfg.dir} have {frames} frames"
+        )
 
     def to_pairs(clips: tf.Tensor):
         x = tf.cast(clips, tf.float32)[..., None] / 255.0

@@ -14,13 +14,13 @@ import json
 import math
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from nfp.config import DataConfig
 from nfp import storage
+from nfp.config import DataConfig
 from nfp.data.manifest import FORMAT_VERSION, RECORD, SHARD_NAME, Manifest, load_manifest
 from nfp.data.moving_mnist import SPLITS
 from nfp.errors import DataError
@@ -39,8 +39,22 @@ def ensure_prepared(data_cfg: DataConfig) -> Manifest:
 
 def content_config(data_cfg: DataConfig) -> dict:
     """The config keys that determine the shards' bytes (compared to reuse a prepared dir)."""
-    keys = ["source", "num_clips", "frames", "image_size", "seed", "num_shards", "shard_mb", "num_workers", "compression"]
-    keys += ["url", "sha256"] if data_cfg.source == "download" else ["digit_bank", "digit_size", "digits_per_clip", "step_length"]
+    keys = [
+        "source",
+        "num_clips",
+        "frames",
+        "image_size",
+        "seed",
+        "num_shards",
+        "shard_mb",
+        "num_workers",
+        "compression",
+    ]
+    keys += (
+        ["url", "sha256"]
+        if data_cfg.source == "download"
+        else ["digit_bank", "digit_size", "digits_per_clip", "step_length"]
+    )
     out = {k: getattr(data_cfg, k) for k in keys}
     out["split"] = dataclasses.asdict(data_cfg.split)
     return out
@@ -54,7 +68,9 @@ def split_counts(data_cfg: DataConfig, available: int) -> dict[str, int]:
     if any(v > 1 for v in wanted.values()):
         counts = {k: int(v) for k, v in wanted.items()}
         if sum(counts.values()) > available:
-            raise DataError(f"data.split: counts sum to {sum(counts.values())}, but only {available} clips are available")
+            raise DataError(
+                f"data.split: counts sum to {sum(counts.values())}, but only {available} clips are available"
+            )
         return counts
     counts = {k: round(available * wanted[k]) for k in ("val", "test")}
     counts["train"] = available - counts["val"] - counts["test"]
@@ -69,7 +85,9 @@ def shard_counts(data_cfg: DataConfig, counts: dict[str, int], clip_bytes: int) 
     if data_cfg.num_shards > 0:
         n = data_cfg.num_shards
         if n > train:
-            raise DataError(f"data.num_shards: got {n} shards for {train} training clips, expected at most one shard per clip")
+            raise DataError(
+                f"data.num_shards: got {n} shards for {train} training clips, expected at most one shard per clip"
+            )
     else:
         mb = train * clip_bytes / 1e6
         n = max(math.ceil(mb / data_cfg.shard_mb), 10 * data_cfg.num_workers)  # >= 10 files per reading host
@@ -133,7 +151,13 @@ def _downloaded(data_cfg: DataConfig, progress: bool) -> _Source:
         clips[sort] = np.asarray(array[: data_cfg.frames, idx[sort]]).transpose(1, 0, 2, 3)
         return clips
 
-    info = {"kind": "download", "url": data_cfg.url, "sha256": download.file_digest(path, "sha256"), "clips_in_file": total, "seed": data_cfg.seed}
+    info = {
+        "kind": "download",
+        "url": data_cfg.url,
+        "sha256": download.file_digest(path, "sha256"),
+        "clips_in_file": total,
+        "seed": data_cfg.seed,
+    }
     return _Source(info, counts, (data_cfg.frames, h, w), read)
 
 
@@ -165,21 +189,30 @@ def _write(data_cfg: DataConfig, old: Manifest | None, *, progress: bool) -> Man
     known = {s["name"]: s for entry in (old.content["splits"].values() if old else ()) for s in entry["shards"]}
 
     splits = {}
-    with tempfile.TemporaryDirectory(prefix="nfp-prepare-") as tmp, tqdm(
-        total=sum(source.counts.values()), unit="clip", desc=f"prepare {data_cfg.dir}", disable=not progress
-    ) as bar:
+    with (
+        tempfile.TemporaryDirectory(prefix="nfp-prepare-") as tmp,
+        tqdm(
+            total=sum(source.counts.values()), unit="clip", desc=f"prepare {data_cfg.dir}", disable=not progress
+        ) as bar,
+    ):
         # Local shards are finished next to their final name so the rename is atomic.
         tmp_dir = storage.local_path(data_cfg.dir) if storage.is_local(data_cfg.dir) else Path(tmp)
         for split in SPLITS:
             shards = []
-            sizes = [len(a) for a in np.array_split(np.arange(source.counts[split]), n_shards[split])] if n_shards[split] else []
+            sizes = (
+                [len(a) for a in np.array_split(np.arange(source.counts[split]), n_shards[split])]
+                if n_shards[split]
+                else []
+            )
             start = 0
             for i, size in enumerate(sizes):
                 name = shard_name(split, i, len(sizes), data_cfg.compression)
                 url = storage.join(data_cfg.dir, name)
                 entry = _reuse(url, known.get(name), size)
                 if entry is None:
-                    chunks = (source.read(split, a, min(a + _CHUNK, start + size)) for a in range(start, start + size, _CHUNK))
+                    chunks = (
+                        source.read(split, a, min(a + _CHUNK, start + size)) for a in range(start, start + size, _CHUNK)
+                    )
                     entry = _write_shard(url, name, chunks, data_cfg.compression, tmp_dir, bar)
                 else:
                     bar.update(size)
@@ -245,7 +278,6 @@ def _write_shard(url: str, name: str, chunks, compression: str, tmp_dir: Path, b
     finally:
         tmp.unlink(missing_ok=True)
     return {"name": name, "records": records, "sha256": digest, "bytes": size}
-
 
 
 def _content_id(content: dict) -> str:

@@ -25,8 +25,11 @@ from nfp.errors import DataError
 
 # Besides TF's record check (DataLossError, "corrupted record"), what a shard with other valid records makes TF
 # raise: a record of another size (when decoding), or fewer clips than the manifest counts (assert_cardinality).
-_SHARD_SYMPTOMS = ("DecodeRaw requires input strings to all be the same size", "Input to reshape is a tensor with",
-                   "Input dataset was expected to contain")
+_SHARD_SYMPTOMS = (
+    "DecodeRaw requires input strings to all be the same size",
+    "Input to reshape is a tensor with",
+    "Input dataset was expected to contain",
+)
 
 
 def readable_paths(data_cfg: DataConfig, manifest: Manifest, split: str) -> list[str]:
@@ -55,8 +58,11 @@ def naming_bad_shards(data_cfg: DataConfig, manifest: Manifest, *splits: str):
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.FailedPreconditionError) as original:
         if not isinstance(original, tf.errors.DataLossError) and not any(s in str(original) for s in _SHARD_SYMPTOMS):
             raise
-        print(f"nfp: reading a record failed ({type(original).__name__}); hashing the {'/'.join(splits)} shards to name "
-              "the one that changed", file=sys.stderr)
+        print(
+            f"nfp: reading a record failed ({type(original).__name__}); hashing the {'/'.join(splits)} shards to name "
+            "the one that changed",
+            file=sys.stderr,
+        )
         try:
             bad = _first_bad_shard(data_cfg, manifest, splits)
         except Exception as err:  # noqa: BLE001 - naming is best effort: TF's error must not be lost to it
@@ -110,11 +116,17 @@ def _warn_unlisted(manifest: Manifest) -> None:
         return
     _LISTED.add(manifest)
     listed = manifest.shard_names()
-    extra = [n for n in storage.listdir(manifest.dir)
-             if n.endswith((".tfrecord", ".tfrecord.gz")) and not n.startswith(".") and n not in listed]
+    extra = [
+        n
+        for n in storage.listdir(manifest.dir)
+        if n.endswith((".tfrecord", ".tfrecord.gz")) and not n.startswith(".") and n not in listed
+    ]
     if extra:
-        warnings.warn(f"{manifest.dir}: ignoring {len(extra)} shard file(s) not listed in manifest.json: {', '.join(extra[:5])}"
-                      f"{' …' if len(extra) > 5 else ''} (only listed shards are read)", stacklevel=4)
+        warnings.warn(
+            f"{manifest.dir}: ignoring {len(extra)} shard file(s) not listed in manifest.json: {', '.join(extra[:5])}"
+            f"{' …' if len(extra) > 5 else ''} (only listed shards are read)",
+            stacklevel=4,
+        )
 
 
 # --------------------------------------------------------------------------- checking bytes
@@ -134,7 +146,10 @@ def _verify(path: str, shard: dict, *, rehash: bool = False, fix: str = "run `nf
         raise
     if digest != shard["sha256"] or size != shard["bytes"]:
         _VERIFIED.discard(key)
-        raise DataError(f"shard {path}: sha256 {digest[:12]}… ({size} bytes), expected {shard['sha256'][:12]}… ({shard['bytes']} bytes) from the manifest; {fix}")
+        raise DataError(
+            f"shard {path}: sha256 {digest[:12]}… ({size} bytes), "
+            f"expected {shard['sha256'][:12]}… ({shard['bytes']} bytes) from the manifest; {fix}"
+        )
     if stamp is not None:
         _VERIFIED.add(key)
 
@@ -172,13 +187,16 @@ def stage(data_cfg: DataConfig, manifest: Manifest, split: str) -> list[str]:
             storage.get(url, part)
             digest, size = storage.sha256(str(part))
             if digest != shard["sha256"]:
-                raise DataError(f"shard {url}: sha256 {digest[:12]}… ({size} bytes), expected {shard['sha256'][:12]}… from the manifest; run `nfp prepare` again")
+                raise DataError(
+                    f"shard {url}: sha256 {digest[:12]}… ({size} bytes), "
+                    f"expected {shard['sha256'][:12]}… from the manifest; run `nfp prepare` again"
+                )
             os.replace(part, local)
         except DataError:
             raise
         except FileNotFoundError:
             raise DataError(f"shard {url}: missing; run `nfp prepare` again") from None
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - gcsfs/OS errors: any failed copy is a shard that cannot be staged
             raise DataError(f"shard {url}: cannot stage to {root} ({type(err).__name__}: {err})") from None
         finally:
             part.unlink(missing_ok=True)

@@ -60,7 +60,9 @@ def apply(strategy) -> bool:
         for _, _, it in iterator:
             batch = next(it)
             data_batch = tf.nest.map_structure(
-                lambda v: strategy.experimental_local_results(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v,
+                lambda v: (
+                    strategy.experimental_local_results(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v
+                ),
                 batch,
             )
             break

@@ -16,7 +16,9 @@ DEFAULT_PORT = 2222  # the port Vertex AI gives its replicas
 _TASK_TYPES = ("chief", "worker", "evaluator")  # what MultiWorkerMirroredStrategy understands
 
 
-def resolve(environ: Mapping[str, str], *, hosts: str | None = None, index: int | None = None, port: int | None = None) -> dict:
+def resolve(
+    environ: Mapping[str, str], *, hosts: str | None = None, index: int | None = None, port: int | None = None
+) -> dict:
     """The TF_CONFIG dict for this node: from --hosts/--index, else environ['TF_CONFIG'], else SkyPilot env."""
     if hosts is not None:
         if index is None:
@@ -69,8 +71,12 @@ def from_skypilot(environ: Mapping[str, str], *, port: int | None = None) -> dic
         raise ConfigError("SKYPILOT_NODE_RANK: missing, expected this node's rank (SkyPilot sets it on every node)")
     rank = _int("SKYPILOT_NODE_RANK", environ["SKYPILOT_NODE_RANK"])
     if not 0 <= rank < len(hosts):
-        raise ConfigError(f"SKYPILOT_NODE_RANK: got {rank}, expected 0..{len(hosts) - 1} (SKYPILOT_NODE_IPS lists {len(hosts)} nodes)")
-    return _build(_addresses(hosts, _port(environ, port, required=True), "SKYPILOT_NODE_IPS"), rank, "SKYPILOT_NODE_IPS")
+        raise ConfigError(
+            f"SKYPILOT_NODE_RANK: got {rank}, expected 0..{len(hosts) - 1} (SKYPILOT_NODE_IPS lists {len(hosts)} nodes)"
+        )
+    return _build(
+        _addresses(hosts, _port(environ, port, required=True), "SKYPILOT_NODE_IPS"), rank, "SKYPILOT_NODE_IPS"
+    )
 
 
 def from_hosts(hosts: str, index: int, *, port: int | None = None) -> dict:
@@ -108,7 +114,9 @@ def parse(text: str) -> dict:
     if kind not in cluster:
         raise ConfigError(f"TF_CONFIG.task.type: got {kind!r}, expected one of the cluster's: {', '.join(cluster)}")
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
-        raise ConfigError(f"TF_CONFIG.task.index: got {index!r}, expected 0..{len(cluster[kind]) - 1} for type {kind!r}")
+        raise ConfigError(
+            f"TF_CONFIG.task.index: got {index!r}, expected 0..{len(cluster[kind]) - 1} for type {kind!r}"
+        )
     return config
 
 
@@ -150,7 +158,9 @@ def _check_unique(addresses: list[str], where: str) -> None:
     seen = set()
     for address in addresses:
         if address in seen:
-            raise ConfigError(f"{where}: {address} appears twice, expected one address per worker (give ports to share a host)")
+            raise ConfigError(
+                f"{where}: {address} appears twice, expected one address per worker (give ports to share a host)"
+            )
         seen.add(address)
 
 
