@@ -1,4 +1,4 @@
-"""GPU figures: the keras_io and large presets at 64×64 on configs/multi_gpu.yaml, mixed precision and XLA on/off.
+"""GPU figures: the keras_io and convlstm_s presets at 64×64 on configs/multi_gpu.yaml, mixed precision and XLA on/off.
 
 Each variant runs in its own child process (`python -m bench.gpu JSON`): a clean mixed-precision
 policy and XLA cache, and a peak-memory figure (`tf.config.experimental.get_memory_info`) that
@@ -23,9 +23,9 @@ CONFIG = REPO / "configs/multi_gpu.yaml"
 FLAGS = list(itertools.product((False, True), (False, True)))  # (mixed precision, XLA)
 
 SIZES = {
-    # steps per epoch per preset. Projected at 20 TFLOP/s sustained: ≈ 3 min per keras_io variant, ≈ 7 min per large one
+    # steps per epoch per preset. Projected at 20 TFLOP/s sustained: ≈ 3 min per keras_io variant, ≈ 2 min per convlstm_s one
     False: dict(
-        presets={"keras_io": 200, "large": 50},
+        presets={"keras_io": 200, "convlstm_s": 100},
         epochs=3,
         eval_clips=500,
         ref_train=3200,

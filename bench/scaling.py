@@ -23,7 +23,7 @@ from bench.common import Section, child_main, nfp_config, ratio_check, run_child
 
 NAME = "scaling"
 TITLE = "4. Scaling on paper: MirroredStrategy step time, FLOPs per clip"
-PRESETS = ("tiny", "keras_io", "large")
+PRESETS = ("tiny", "keras_io", "convlstm_s")
 FLOPS_SHAPE = (19, 64, 64)  # frames in (shift protocol on 20-frame clips), H, W
 
 SIZES = {
@@ -34,26 +34,26 @@ SIZES = {
 
 def flops_per_clip(model_cfg, *, image_size: int, frames: int) -> dict:
     """{"forward", "train" (FLOPs per clip of `frames` frames), "params" (implied count)} for a model config."""
-    from nfp.model import HEAD_KERNEL, layer_spec
+    from nfp.model import HEAD_KERNEL
 
-    filters, kernels, _, norm = layer_spec(model_cfg)
-    hw = image_size * image_size
-    per_frame, params, channels = 0, 0, 1
-    for i, (f, k) in enumerate(zip(filters, kernels)):
-        per_frame += 2 * hw * k * k * (channels + f) * 4 * f + 13 * f * hw
+    p = model_cfg.patch_size
+    hw = (image_size // p) ** 2  # positions of the grid the recurrent stack works on
+    per_frame, params, channels = 0, 0, p * p
+    for i, (f, k) in enumerate(zip(model_cfg.filters, model_cfg.kernel_sizes)):
+        per_frame += 2 * hw * k * k * (channels + f) * 4 * f + 13 * f * hw  # gate convolutions + elementwise
         params += k * k * (channels + f) * 4 * f + 4 * f
         channels = f
-        if i == len(filters) - 1:  # no normalisation after the last recurrent layer (nfp.model)
+        if model_cfg.cell == "nfp" or i == len(model_cfg.filters) - 1:  # keras: norm between recurrent layers only
             continue
-        if norm == "batch":
+        if model_cfg.norm == "batch":
             per_frame += 2 * f * hw
             params += 4 * f  # gamma, beta, moving mean, moving variance
-        elif norm == "layer":
+        elif model_cfg.norm == "layer":
             per_frame += 8 * f * hw
             params += 2 * f
-    head = HEAD_KERNEL[0] * HEAD_KERNEL[1] * HEAD_KERNEL[2] * channels
-    per_frame += 2 * hw * head + 2 * hw
-    params += head + 1
+    head = channels * p * p * (1 if model_cfg.cell == "nfp" else HEAD_KERNEL[0] * HEAD_KERNEL[1] * HEAD_KERNEL[2])
+    per_frame += 2 * hw * head + 2 * hw * p * p
+    params += head + p * p + (1 if model_cfg.cell == "nfp" else 0)  # head bias; the nfp stack's step counter
     forward = frames * per_frame
     return {"forward": forward, "train": 3 * forward, "params": params}
 

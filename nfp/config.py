@@ -8,6 +8,7 @@ before any work starts.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import shlex
 import types
@@ -83,15 +84,45 @@ class DataConfig:
 
 
 # --------------------------------------------------------------------------- model
+# A preset is a bundle of model keys: it fills every key the config does not set (keys you set win).
+MODEL_PRESETS: dict[str, dict] = {
+    "tiny": {},  # the ModelConfig defaults: CPU quickstart and tests
+    # the keras-io example's model (746,689 params): keras.layers.ConvLSTM2D + BatchNorm, full-size frames
+    "keras_io": dict(
+        cell="keras",
+        filters=[64, 64, 64],
+        kernel_sizes=[5, 3, 1],
+        activation="relu",
+        norm="batch",
+        patch_size=1,
+        output_activation="sigmoid",
+    ),
+    # OpenSTL's ConvLSTM-S (configs/mmnist/ConvLSTM.py): 4 × 128 hidden, 5×5, 4×4 patches, linear head (MSE)
+    "convlstm_s": dict(
+        cell="nfp",
+        filters=[128, 128, 128, 128],
+        kernel_sizes=[5, 5, 5, 5],
+        activation="tanh",
+        norm="none",
+        patch_size=4,
+        output_activation="linear",
+    ),
+    "custom": {},  # no bundle: every key at its default unless set
+}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    preset: Literal["tiny", "keras_io", "large", "custom"] = "tiny"
-    # custom stack (used when preset is custom)
-    filters: list[int] = _knob([8, 8])
-    kernel_sizes: list[int] = _knob([3, 3])
-    activation: str = "tanh"
-    norm: Literal["batch", "layer", "none"] = "batch"
-    dropout: float = _knob(0.0, min=0, max=0.99)
+    preset: Literal["tiny", "keras_io", "convlstm_s", "custom"] = "tiny"
+    # nfp: nfp.layers.ConvLSTMStack (OpenSTL's cell, float32 cell state, scheduled sampling);
+    # keras: keras.layers.ConvLSTM2D layers with normalisation between them and a causal Conv3D head
+    cell: Literal["nfp", "keras"] = "nfp"
+    filters: list[int] = _knob([16, 16], min=1, help="hidden channels per recurrent layer")
+    kernel_sizes: list[int] = _knob([3, 3], min=1)
+    patch_size: int = _knob(1, min=1, help="p: frames become (H/p)×(W/p) grids of p·p channels before the stack")
+    activation: Literal["tanh", "relu", "elu", "gelu", "silu"] = "tanh"
+    norm: Literal["batch", "layer", "none"] = "none"  # keras cell only: between recurrent layers
+    dropout: float = _knob(0.0, min=0, max=0.99)  # keras cell only
     output_activation: Literal["sigmoid", "linear"] = "sigmoid"
 
 
@@ -135,7 +166,11 @@ class TrainConfig:
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     learning_rate: float = _knob(1e-3, min=0)
     scale_lr: bool = False  # linear scaling by replicas (use with schedule.warmup_epochs)
-    loss: Literal["bce", "mse"] = "bce"
+    loss: Literal["auto", "bce", "mse"] = _knob("auto", help="auto: bce for a sigmoid head, mse for a linear one")
+    scheduled_sampling: int = _knob(
+        0, min=0, help="steps over which training goes from teacher forcing to feeding the model its own predictions "
+        "after evaluate.context_frames (OpenSTL trains ConvLSTM over 50000); 0 = teacher forcing only",
+    )  # fmt: skip
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     backup: bool = True  # BackupAndRestore: resume after preemption
@@ -220,9 +255,29 @@ def load_config(path: str | Path | None = None, overrides: list[str] | str | Non
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r}: expected key.path=value")
         _set_path(raw, key.strip(), _parse_value(text))
+    _fill_in_preset(raw)
     cfg = _build(Config, raw, "")
+    if cfg.train.loss == "auto":
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, loss=loss_for(cfg.model.output_activation)))
     _check_consistency(cfg)
     return cfg
+
+
+def loss_for(output_activation: str) -> str:
+    """The loss `train.loss: auto` means: BCE on probabilities from a sigmoid head, MSE on a linear head."""
+    return "bce" if output_activation == "sigmoid" else "mse"
+
+
+def _fill_in_preset(raw: dict) -> None:
+    """Set every model key the config leaves unset to the value of its preset."""
+    model = raw.get("model")
+    if model is None:
+        model = raw["model"] = {}
+    if not isinstance(model, dict):
+        return  # _build names the bad section
+    preset = model.get("preset", ModelConfig.preset)
+    for key, value in MODEL_PRESETS.get(preset, {}).items() if isinstance(preset, str) else ():
+        model.setdefault(key, copy.deepcopy(value))
 
 
 def _read_yaml(path: Path) -> dict:
@@ -358,12 +413,38 @@ def _check_consistency(cfg: Config) -> None:
             f"evaluate.context_frames + evaluate.predict_frames: got {e.context_frames}+{e.predict_frames}, "
             f"expected <= data.frames ({d.frames})"
         )
-    if m.preset == "custom" and len(m.filters) != len(m.kernel_sizes):
+    if len(m.filters) != len(m.kernel_sizes):
+        hint = f" (set both to change the depth of model.preset {m.preset})" if MODEL_PRESETS[m.preset] else ""
         raise ConfigError(
-            f"model.kernel_sizes: got {len(m.kernel_sizes)} sizes for {len(m.filters)} filters, expected one per layer"
+            f"model.kernel_sizes: got {len(m.kernel_sizes)} sizes for {len(m.filters)} filters, expected one per layer{hint}"
         )
-    if m.preset == "custom" and not m.filters:
+    if not m.filters:
         raise ConfigError("model.filters: empty, expected at least one ConvLSTM layer")
+    if d.image_size % m.patch_size:
+        raise ConfigError(
+            f"model.patch_size: got {m.patch_size}, expected a divisor of data.image_size ({d.image_size})"
+        )
+    if m.cell == "nfp" and m.norm != "none":
+        raise ConfigError(
+            f"model.norm: got {m.norm!r}, expected none with model.cell: nfp (normalisation is for the keras cell)"
+        )
+    if m.cell == "nfp" and m.dropout:
+        raise ConfigError(
+            f"model.dropout: got {m.dropout:g}, expected 0 with model.cell: nfp (dropout is for the keras cell)"
+        )
+    t = cfg.train
+    if t.loss == "bce" and m.output_activation != "sigmoid":
+        raise ConfigError(
+            f"train.loss: got bce, expected mse with model.output_activation: {m.output_activation} (BCE needs probabilities)"
+        )
+    if t.scheduled_sampling and m.cell != "nfp":
+        raise ConfigError(
+            f"train.scheduled_sampling: needs model.cell: nfp (got {m.cell}, from model.preset: {m.preset})"
+        )
+    if t.scheduled_sampling and d.protocol != "shift":
+        raise ConfigError(
+            "train.scheduled_sampling: needs data.protocol: shift (the model must see the frames it predicts)"
+        )
     bad_scheme = [s for s in d.allowed_schemes if s not in ("http", "https", "gs", "file")]
     if bad_scheme:
         raise ConfigError(f"data.allowed_schemes: got {bad_scheme[0]!r}, expected http, https, gs or file")

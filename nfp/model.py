@@ -1,43 +1,60 @@
-"""ConvLSTM2D next-frame models, built from `cfg.model` by preset name.
+"""Next-frame models from `cfg.model`: (batch, time, H, W, 1) frames → (batch, time, H, W, 1) float32 predictions.
 
-Input and output are (batch, time, H, W, 1) float32 in [0, 1]; output t predicts frame t+1.
-The head is causal in time: a Conv3D with temporal kernel 3 whose padding is on the past side
-only (keras-io#1003: the reference's `same`-padded Conv3D sees frame t+1 when predicting it).
+Output t predicts frame t+1 and sees input frames 0..t only (causal in time), so a model can be
+rolled out autoregressively. With `model.patch_size` p > 1 the frames are cut into p×p patches
+(space-to-depth) before the recurrent stack and put back after. Two stacks (`model.cell`):
+- nfp: nfp.layers.ConvLSTMStack — OpenSTL's ConvLSTM cell, float32 cell state under mixed
+  precision, a 1×1 head per step, scheduled sampling in training;
+- keras: keras.layers.ConvLSTM2D layers (normalisation between them) and a Conv3D head whose
+  temporal padding is on the past side only (keras-io#1003: the reference's `same`-padded Conv3D
+  sees frame t+1 when predicting it).
+Importable without TensorFlow (Keras is imported when a model is built), so the GPU probe can
+run these models under Keras 3 on JAX.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-# name → (filters, kernel sizes, activation, norm); dropout and output_activation always come from cfg.model.
-PRESETS = {
-    "tiny": ([16, 16], [3, 3], "tanh", "batch"),  # CPU quickstart and tests
-    "keras_io": ([64, 64, 64], [5, 3, 1], "relu", "batch"),  # the keras-io reference: 746,689 params
-    "large": ([128, 128, 128, 128], [5, 5, 3, 3], "tanh", "layer"),  # ≈7.3M params, for GPUs
-}
-HEAD_KERNEL = (3, 3, 3)  # (time, H, W), same shape as the keras-io head so parameter counts match
+HEAD_KERNEL = (3, 3, 3)  # keras cell: (time, H, W), the keras-io head's shape, so its parameter count matches
 
 
-def layer_spec(model_cfg) -> tuple[list[int], list[int], str, str]:
-    """(filters, kernel_sizes, activation, norm) for the configured preset or custom stack."""
-    if model_cfg.preset == "custom":
-        return list(model_cfg.filters), list(model_cfg.kernel_sizes), model_cfg.activation, model_cfg.norm
-    return PRESETS[model_cfg.preset]
-
-
-def build_model(model_cfg, *, image_size: int):
-    """Uncompiled ConvLSTM2D stack: (batch, time, H, W, 1) → (batch, time, H, W, 1), causal in time."""
+def build_model(model_cfg, *, image_size: int, scheduled_sampling: int = 0, context_frames: int = 10):
+    """Uncompiled model for `model_cfg` on image_size² frames; `scheduled_sampling` steps after `context_frames`
+    (nfp cell only, see nfp.layers.ConvLSTMStack)."""
     import keras
+
+    from nfp import layers as nfp_layers
+    from nfp.errors import ConfigError
+
+    p = model_cfg.patch_size
+    if image_size % p:
+        raise ConfigError(f"model.patch_size: got {p}, expected a divisor of the frame size {image_size}")
+    inputs = keras.Input(shape=(None, image_size, image_size, 1), name="frames")
+    x = nfp_layers.SpaceToDepth(p, name="to_patches")(inputs) if p > 1 else inputs
+    if model_cfg.cell == "nfp":
+        x = nfp_layers.ConvLSTMStack(
+            model_cfg.filters, model_cfg.kernel_sizes, activation=model_cfg.activation,
+            output_activation=model_cfg.output_activation, sampling_steps=scheduled_sampling,
+            context_frames=context_frames, name="convlstm",
+        )(x)  # fmt: skip
+    else:
+        x = _keras_stack(model_cfg, x, channels=p * p)
+    # float32 so mixed precision still yields float32 frames and loss
+    outputs = nfp_layers.DepthToSpace(p, dtype="float32", name="next_frame")(x) if p > 1 else x
+    return keras.Model(inputs, outputs, name=f"convlstm_{model_cfg.preset}")
+
+
+def _keras_stack(model_cfg, x, *, channels: int):
+    """ConvLSTM2D layers, normalisation and dropout between them, and the causal Conv3D head."""
     from keras import layers
 
-    filters, kernel_sizes, activation, norm = layer_spec(model_cfg)
-    inputs = keras.Input(shape=(None, image_size, image_size, 1), name="frames")
-    x = inputs
-    normalization = {"batch": layers.BatchNormalization, "layer": layers.LayerNormalization}.get(norm)
-    for i, (f, k) in enumerate(zip(filters, kernel_sizes)):
-        x = layers.ConvLSTM2D(f, k, padding="same", activation=activation, return_sequences=True, name=f"convlstm_{i}")(
-            x
-        )
+    normalization = {"batch": layers.BatchNormalization, "layer": layers.LayerNormalization}.get(model_cfg.norm)
+    filters = model_cfg.filters
+    for i, (f, k) in enumerate(zip(filters, model_cfg.kernel_sizes)):
+        x = layers.ConvLSTM2D(
+            f, k, padding="same", activation=model_cfg.activation, return_sequences=True, name=f"convlstm_{i}"
+        )(x)
         if normalization and i < len(filters) - 1:  # between recurrent layers only, as in the keras-io reference
             x = normalization(name=f"norm_{i}")(x)
         if model_cfg.dropout > 0:
@@ -47,21 +64,26 @@ def build_model(model_cfg, *, image_size: int):
     # (On CPU, TF's oneDNN remapper logs "remapper failed … causal_pad/Pad" once per trace: it cannot
     # fuse this Pad into the Conv3D gradient and leaves the graph unfused. Results are unchanged.)
     x = layers.ZeroPadding3D(((kt - 1, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)), name="causal_pad")(x)
-    x = layers.Conv3D(1, HEAD_KERNEL, padding="valid", name="head")(x)
-    # float32 activation so mixed precision still yields float32 probabilities and loss.
-    outputs = layers.Activation(model_cfg.output_activation, dtype="float32", name="next_frame")(x)
-    return keras.Model(inputs, outputs, name=f"convlstm_{model_cfg.preset}")
+    x = layers.Conv3D(channels, HEAD_KERNEL, padding="valid", name="head")(x)
+    return layers.Activation(model_cfg.output_activation, dtype="float32", name="prediction")(x)
 
 
 def rollout(model, context, horizon: int) -> np.ndarray:
-    """Feed (batch, k, H, W, 1) context frames, then the model's own predictions: → (batch, horizon, H, W, 1)."""
-    frames = np.asarray(context, np.float32)
+    """Feed (batch, k, H, W, 1) context frames, then the model's own predictions: → (batch, horizon, H, W, 1).
+
+    Every call sees the same k + horizon - 1 frames, the ones not predicted yet zero: a causal model's
+    output at t ignores them, and one input shape means one traced graph for the whole rollout."""
+    context = np.asarray(context, np.float32)
+    k = context.shape[1]
+    frames = np.zeros((context.shape[0], k + horizon - 1, *context.shape[2:]), np.float32)
+    frames[:, :k] = context
     preds = []
-    for _ in range(horizon):
-        nxt = np.asarray(model(frames, training=False))[:, -1:]
+    for i in range(horizon):
+        nxt = np.asarray(model(frames, training=False), np.float32)[:, k - 1 + i]
         preds.append(nxt)
-        frames = np.concatenate([frames, nxt], axis=1)
-    return np.concatenate(preds, axis=1)
+        if k + i < frames.shape[1]:
+            frames[:, k + i] = nxt
+    return np.stack(preds, axis=1)
 
 
 def check_compatible(model, frame_shape) -> None:

@@ -37,6 +37,8 @@ def resolve_model(model_uri: str):
 def _load_checkpoint(path: str):
     import keras
 
+    import nfp.layers  # noqa: F401 - registers nfp's layers for deserialisation
+
     if not storage.exists(path):
         raise ModelError(
             f"checkpoint {path}: not found (expected a .keras file, an MLflow run id, runs:/… or models:/… URI)"
@@ -51,6 +53,8 @@ def _load_checkpoint(path: str):
 
 def _load_mlflow_model(uri: str):
     import mlflow.keras
+
+    import nfp.layers  # noqa: F401 - registers nfp's layers for deserialisation
 
     try:
         return mlflow.keras.load_model(uri)

@@ -62,7 +62,7 @@ def train(cfg, *, config_path=None) -> dict:
             cluster.num_workers,
         )
     gpus = tf.config.list_physical_devices("GPU")
-    model = _compiled_model(cfg, strategy, job, on_gpu=bool(gpus))
+    model = _compiled_model(cfg, strategy, job, gpus=gpus)
 
     out = job.output
     start = out.resume_epoch() if t.backup else 0
@@ -173,31 +173,41 @@ def _validation(cfg, manifest, job: Job):
     return val_ds, val_steps
 
 
-def _compiled_model(cfg, strategy, job: Job, *, on_gpu: bool):
+def _compiled_model(cfg, strategy, job: Job, *, gpus: list):
     """The configured model, built and compiled in the strategy's scope (mixed precision only on a GPU)."""
     import keras
+    import tensorflow as tf
 
-    from nfp.model import build_model
+    from nfp.distribute import mixed_precision_policy
     from nfp.optim import build_loss, build_optimizer
 
     t = cfg.train
     policy = keras.mixed_precision.global_policy()
-    if t.mixed_precision and on_gpu:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    if t.mixed_precision and gpus:
+        keras.mixed_precision.set_global_policy(
+            mixed_precision_policy([tf.config.experimental.get_device_details(g) for g in gpus])
+        )
     elif t.mixed_precision:
         log.warning("train.mixed_precision: no GPU visible, training in float32")
     try:
         with strategy.scope():
-            model = build_model(cfg.model, image_size=cfg.data.image_size)
+            model = _build_model(cfg)
             model.compile(
                 optimizer=build_optimizer(t, job.replicas),
                 loss=build_loss(t),
-                jit_compile=t.jit_compile == "on" or (t.jit_compile == "auto" and on_gpu),
+                jit_compile=t.jit_compile == "on" or (t.jit_compile == "auto" and bool(gpus)),
                 steps_per_execution=t.steps_per_execution,
             )
     finally:
         keras.mixed_precision.set_global_policy(policy)  # the process-wide policy is not ours to keep
     return model
+
+
+def _build_model(cfg):
+    from nfp.model import build_model
+
+    return build_model(cfg.model, image_size=cfg.data.image_size, scheduled_sampling=cfg.train.scheduled_sampling,
+                       context_frames=cfg.evaluate.context_frames)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- tracking
@@ -244,11 +254,11 @@ def _log_setup(run, cfg, job: Job, *, config_path, manifest, model, strategy, gp
 def _log_results(run, cfg, job: Job, *, model, manifest):
     """CSV, loss/LR curves (from the whole CSV, so a resumed run shows every epoch), a predicted-clip GIF, checkpoints, the model."""
     from nfp.data import pipeline
-    from nfp.model import build_model, rollout
+    from nfp.model import rollout
 
     out = job.output
     # A plain copy outside the strategy: predicting with a multi-worker model would wait on the other workers.
-    export = build_model(cfg.model, image_size=cfg.data.image_size)
+    export = _build_model(cfg)
     export.set_weights(model.get_weights())
     with tempfile.TemporaryDirectory() as tmp:
         csv_local = _local_copy(out.csv, tmp)

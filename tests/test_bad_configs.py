@@ -21,7 +21,17 @@ BAD_OVERRIDES = [
     ("train.mixed_precision='yes please'", "train.mixed_precision: got 'yes please', expected true or false"),
     ("train.backup=1", "train.backup: got 1, expected true or false"),
     ("train.jit_compile=maybe", "train.jit_compile: got 'maybe', expected one of auto, on, off"),
-    ("train.loss=l1", "train.loss: got 'l1', expected one of bce, mse"),
+    ("train.loss=l1", "train.loss: got 'l1', expected one of auto, bce, mse"),
+    (
+        "train.loss=bce model.output_activation=linear",
+        "train.loss: got bce, expected mse with model.output_activation: linear",
+    ),
+    ("train.scheduled_sampling=-1", "train.scheduled_sampling: got -1, expected >= 0"),
+    (
+        "train.scheduled_sampling=100 model.preset=keras_io",
+        "train.scheduled_sampling: needs model.cell: nfp (got keras, from model.preset: keras_io)",
+    ),
+    ("train.scheduled_sampling=100 data.protocol=context", "train.scheduled_sampling: needs data.protocol: shift"),
     ("train.optimizer=lion", "train.optimizer: got 'lion', expected one of adam, adamw, sgd"),
     (
         "train.schedule.name=linear",
@@ -30,7 +40,14 @@ BAD_OVERRIDES = [
     ("train.schedule.gamma=2", "train.schedule.gamma: got 2.0, expected <= 1"),
     ("train.images.every_n_epochs=-1", "train.images.every_n_epochs: got -1, expected >= 0"),
     ("train=3", "train: expected a mapping, got 3"),
-    ("model.preset=resnet", "model.preset: got 'resnet', expected one of tiny, keras_io, large, custom"),
+    ("model.preset=resnet", "model.preset: got 'resnet', expected one of tiny, keras_io, convlstm_s, custom"),
+    ("model.cell=lstm", "model.cell: got 'lstm', expected one of nfp, keras"),
+    ("model.patch_size=0", "model.patch_size: got 0, expected >= 1"),
+    ("model.patch_size=3", "model.patch_size: got 3, expected a divisor of data.image_size (32)"),
+    ("model.filters=[0]", "model.filters[0]: got 0, expected >= 1"),
+    ("model.activation=bogus", "model.activation: got 'bogus', expected one of tanh, relu, elu, gelu, silu"),
+    ("model.norm=batch", "model.norm: got 'batch', expected none with model.cell: nfp"),
+    ("model.dropout=0.2", "model.dropout: got 0.2, expected 0 with model.cell: nfp"),
     ("model.filters=8", "model.filters: got 8, expected a list of int"),
     ("model.filters='[8, x]'", "model.filters[1]: got 'x', expected an integer"),
     ("model.dropout=1", "model.dropout: got 1.0, expected <= 0.99"),
@@ -57,6 +74,10 @@ BAD_OVERRIDES = [
     (
         "model.preset=custom model.filters=[4,4] model.kernel_sizes=[3]",
         "model.kernel_sizes: got 1 sizes for 2 filters, expected one per layer",
+    ),
+    (
+        "model.preset=convlstm_s model.filters=[64,64]",
+        "model.kernel_sizes: got 4 sizes for 2 filters, expected one per layer (set both to change the depth of model.preset convlstm_s)",
     ),
     (
         "model.preset=custom model.filters=[] model.kernel_sizes=[]",

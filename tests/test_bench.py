@@ -65,7 +65,7 @@ def test_only_replaces_one_section_and_keeps_the_others():
     assert "\nq\n" in merged["quality"]
 
 
-@pytest.mark.parametrize("preset", ["tiny", "keras_io", "large"])
+@pytest.mark.parametrize("preset", ["tiny", "keras_io", "convlstm_s"])
 def test_flops_formula_implies_the_keras_parameter_count(preset):
     from bench.common import nfp_config
     from bench.scaling import flops_per_clip
@@ -74,6 +74,7 @@ def test_flops_formula_implies_the_keras_parameter_count(preset):
     cfg = nfp_config([f"model.preset={preset}"]).model
     counted = flops_per_clip(cfg, image_size=16, frames=1)
     assert counted["params"] == build_model(cfg, image_size=16).count_params()
+    assert counted["params"] == flops_per_clip(cfg, image_size=64, frames=1)["params"]  # convolutions: size-free
     assert flops_per_clip(cfg, image_size=16, frames=19)["forward"] == 19 * counted["forward"]
     assert counted["train"] == 3 * counted["forward"]
 

@@ -20,6 +20,49 @@ def test_overrides_apply_with_yaml_types():
     assert cfg.tracking.run_name == "abc"
 
 
+def test_a_preset_fills_the_model_keys_the_config_leaves_unset():
+    s = load_config(None, ["model.preset=convlstm_s"]).model
+    assert (s.cell, s.filters, s.kernel_sizes, s.patch_size, s.output_activation) == (
+        "nfp",
+        [128] * 4,
+        [5] * 4,
+        4,
+        "linear",
+    )
+    keras_io = load_config(None, ["model.preset=keras_io"]).model
+    assert (keras_io.cell, keras_io.filters, keras_io.norm, keras_io.activation) == (
+        "keras",
+        [64, 64, 64],
+        "batch",
+        "relu",
+    )
+    narrower = load_config(
+        None, ["model.preset=convlstm_s", "model.filters=[32, 32]", "model.kernel_sizes=[3, 3]"]
+    ).model
+    assert (narrower.filters, narrower.patch_size) == ([32, 32], 4)  # keys you set win, the rest come from the preset
+
+
+def test_shipped_configs_train_what_their_comments_say():
+    quickstart = load_config("configs/quickstart.yaml")
+    assert (quickstart.model.preset, quickstart.distribute.strategy, quickstart.data.source) == (
+        "tiny",
+        "auto",
+        "generate",
+    )
+    for name, strategy in (("multi_gpu", "mirrored"), ("multi_node", "multi_worker")):
+        cfg = load_config(f"configs/{name}.yaml")
+        assert cfg.distribute.strategy == strategy and cfg.train.mixed_precision and cfg.data.source == "download"
+        assert cfg.model.preset == "convlstm_s" and cfg.train.loss == "mse" and cfg.train.scheduled_sampling > 0
+        assert cfg.data.image_size == 64 and cfg.train.epochs >= 50
+
+
+def test_loss_auto_follows_the_output_head():
+    assert load_config(None, []).train.loss == "bce"  # sigmoid head: probabilities
+    assert load_config(None, ["model.preset=convlstm_s"]).train.loss == "mse"  # linear head
+    assert load_config(None, ["model.preset=convlstm_s", "train.loss=mse"]).train.loss == "mse"
+    assert load_config(None, ["train.loss=mse"]).train.loss == "mse"
+
+
 def test_on_off_switches_survive_yaml_booleans():
     assert load_config(None, ["train.jit_compile=on"]).train.jit_compile == "on"
     assert load_config(None, ["train.jit_compile=off"]).train.jit_compile == "off"
@@ -47,7 +90,7 @@ def test_flat_params_use_dotted_key_paths():
         ("train.bogus=1", "train.bogus: unknown key"),
         ("bogus.key=1", "bogus: unknown key"),
         ("train.batch_size=0", "train.batch_size: got 0, expected >= 1"),
-        ("model.preset=huge", "model.preset: got 'huge', expected one of tiny, keras_io, large, custom"),
+        ("model.preset=huge", "model.preset: got 'huge', expected one of tiny, keras_io, convlstm_s, custom"),
         ("data.stage=maybe", "data.stage: got 'maybe', expected true or false"),
         ("data.split.train=0.5", "data.split: fractions sum to 0.7"),
         ("model.dropout=1.5", "model.dropout: got 1.5, expected <= 0.99"),

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from nfp.config import load_config
-from nfp.distribute import cluster_info, make_strategy
+from nfp.distribute import cluster_info, make_strategy, mixed_precision_policy
 from nfp.errors import ConfigError, TrainingError
 
 
@@ -87,17 +87,30 @@ _MIRRORED = textwrap.dedent(
 
     x = np.random.default_rng(0).random((16, 5, 16, 16, 1), dtype=np.float32)
     ds = tf.data.Dataset.from_tensor_slices((x[:, :-1], x[:, 1:])).batch(8)
+    models = {
+        "keras": ["model.cell=keras", "model.norm=layer"],
+        "nfp": ["model.patch_size=2"],
+        "nfp_sampling": ["model.patch_size=2", "train.scheduled_sampling=4"],
+    }
     out = {}
     for name, devices in (("default", "[]"), ("mirrored", "['/cpu:0', '/cpu:1']")):
-        cfg = load_config(None, [f"distribute.strategy={name}", f"distribute.devices={devices}", "model.preset=custom",
-                                 "model.filters=[4]", "model.kernel_sizes=[3]", "model.norm=layer"])
-        strategy = make_strategy(cfg.distribute)
-        keras.utils.set_random_seed(0)
-        with strategy.scope():
-            model = build_model(cfg.model, image_size=16)
-            model.compile(keras.optimizers.SGD(0.05), "bce")
-        loss = model.fit(ds, epochs=3, verbose=0).history["loss"]
-        out[name] = {"replicas": strategy.num_replicas_in_sync, "name": strategy_name(strategy), "loss": loss}
+        # one strategy for every model: a second MirroredStrategy in a process collides with the first's collectives
+        strategy = None
+        for model_name, model_overrides in models.items():
+            cfg = load_config(None, [f"distribute.strategy={name}", f"distribute.devices={devices}", "model.preset=custom",
+                                     "model.filters=[4]", "model.kernel_sizes=[3]", "data.image_size=16",
+                                     "data.digit_size=8", "data.frames=5", "evaluate.context_frames=2",
+                                     "evaluate.predict_frames=2", *model_overrides])
+            strategy = strategy or make_strategy(cfg.distribute)
+            keras.utils.set_random_seed(0)
+            with strategy.scope():
+                model = build_model(cfg.model, image_size=16, scheduled_sampling=cfg.train.scheduled_sampling,
+                                    context_frames=cfg.evaluate.context_frames)
+                model.compile(keras.optimizers.SGD(0.05), "bce")
+            loss = model.fit(ds, epochs=3, verbose=0).history["loss"]
+            steps = [int(w.numpy()) for w in model.non_trainable_weights if "sampling_step" in w.path]
+            out[f"{model_name}/{name}"] = {"replicas": strategy.num_replicas_in_sync, "name": strategy_name(strategy),
+                                           "loss": loss, "steps": steps}
     print(json.dumps(out))
     """
 )
@@ -107,10 +120,15 @@ def test_mirrored_on_two_logical_cpus_matches_one_device():
     proc = subprocess.run([sys.executable, "-c", _MIRRORED], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["mirrored"]["replicas"] == 2 and out["default"]["replicas"] == 1
-    assert (out["mirrored"]["name"], out["default"]["name"]) == ("MirroredStrategy", "DefaultStrategy")
-    assert out["mirrored"]["loss"] == pytest.approx(out["default"]["loss"], rel=1e-4)
-    assert out["default"]["loss"][-1] < out["default"]["loss"][0]  # it trained
+    for cell in ("keras", "nfp"):
+        one, two = out[f"{cell}/default"], out[f"{cell}/mirrored"]
+        assert two["replicas"] == 2 and one["replicas"] == 1
+        assert (two["name"], one["name"]) == ("MirroredStrategy", "DefaultStrategy")
+        assert two["loss"] == pytest.approx(one["loss"], rel=1e-4), cell
+        assert one["loss"][-1] < one["loss"][0], cell  # it trained
+    # scheduled sampling draws per replica, so the losses differ; every replica counts each step once
+    assert out["nfp_sampling/mirrored"]["steps"] == out["nfp_sampling/default"]["steps"] == [6]
+    assert out["nfp_sampling/mirrored"]["loss"][-1] < out["nfp_sampling/mirrored"]["loss"][0]
 
 
 def _fake_multi_worker(monkeypatch):
@@ -148,3 +166,10 @@ def test_multiworker_workaround_refuses_when_keras_internals_changed(monkeypatch
     monkeypatch.delattr(tf_trainer, "reduce_per_replica")
     with pytest.raises(TrainingError, match="trainer internals changed .*reduce_per_replica"):
         multiworker.apply(strategy)
+
+
+def test_mixed_precision_is_bfloat16_only_where_every_gpu_computes_it():
+    h100, t4 = {"compute_capability": (9, 0)}, {"compute_capability": (7, 5)}
+    assert mixed_precision_policy([h100, h100]) == "mixed_bfloat16"
+    assert mixed_precision_policy([h100, t4]) == "mixed_float16"  # one policy for all replicas: the weakest decides
+    assert mixed_precision_policy([{}]) == "mixed_float16"

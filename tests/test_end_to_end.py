@@ -68,6 +68,8 @@ def test_training_against_a_real_server_logs_a_complete_run(mlflow_server, tiny_
         filter_string=f"source_run_id = '{run.info.run_id}'",
         output_format="list",
     )
+    import nfp.layers  # noqa: F401 - registers nfp's layers: a logged model loads wherever nfp is installed
+
     loaded = mlflow.pyfunc.load_model(model_info.model_uri)
     clip = np.random.rand(1, 5, 16, 16, 1).astype(np.float32)
     assert np.asarray(loaded.predict(clip)).shape == (1, 5, 16, 16, 1)

@@ -109,13 +109,13 @@ def _run_with_fake(tmp_path, cfg: dict, fake: str, **env) -> list[str]:
 
 def test_single_vm_run_hands_bucket_paths_and_overrides_to_mlflow_run(tmp_path):
     argv = _run_with_fake(
-        tmp_path, task("single_vm.yaml"), "mlflow", NFP_OVERRIDES="train.epochs=3 model.filters=[4,4]"
+        tmp_path, task("single_vm.yaml"), "mlflow", NFP_OVERRIDES="train.epochs=3 model.filters=[4,4,4,4]"
     )
     assert argv[:6] == ["run", ".", "--env-manager", "local", "-P", "config=configs/multi_gpu.yaml"]
     assert argv[6] == "-P" and argv[7].startswith("overrides=")
     cfg = load_config(REPO / "configs/multi_gpu.yaml", argv[7].removeprefix("overrides="))
     assert (cfg.data.dir, cfg.train.output_dir) == ("gs://b/x/data/moving_mnist", "gs://b/x/runs/single-vm")
-    assert (cfg.train.epochs, cfg.model.filters) == (3, [4, 4])
+    assert (cfg.train.epochs, cfg.model.filters) == (3, [4, 4, 4, 4])
 
 
 def test_managed_job_run_trains_into_the_bucket(tmp_path):

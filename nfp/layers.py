@@ -1,0 +1,185 @@
+"""The Keras layers nfp's models are made of, in keras.ops only (they run on the TensorFlow and JAX backends).
+
+- SpaceToDepth / DepthToSpace: frames ↔ patches (OpenSTL's reshape_patch), so the recurrent stack
+  works on a p×-smaller grid with p² channels.
+- ConvLSTMStack: OpenSTL's ConvLSTM cell, all layers stepped together through time with a 1×1 head
+  that predicts the next frame at every step. Unlike keras.layers.ConvLSTM2D it keeps the cell state
+  in float32 under mixed precision (as PyTorch autocast does) and can feed its own predictions back
+  during training (scheduled sampling).
+
+Imported by nfp.model when a model is built or loaded; importing it registers the layers for
+`keras.saving.load_model`.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="nfp")
+class SpaceToDepth(keras.layers.Layer):
+    """(batch, time, H, W, C) → (batch, time, H/p, W/p, p·p·C): each p×p patch of a frame becomes channels."""
+
+    def __init__(self, patch_size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.patch_size = patch_size
+
+    def call(self, x):
+        p, (h, w, c) = self.patch_size, x.shape[2:]
+        x = ops.reshape(x, (-1, ops.shape(x)[1], h // p, p, w // p, p, c))
+        x = ops.transpose(x, (0, 1, 2, 4, 3, 5, 6))
+        return ops.reshape(x, (-1, ops.shape(x)[1], h // p, w // p, p * p * c))
+
+    def compute_output_shape(self, shape):
+        p = self.patch_size
+        return (shape[0], shape[1], shape[2] // p, shape[3] // p, shape[4] * p * p)
+
+    def get_config(self):
+        return {**super().get_config(), "patch_size": self.patch_size}
+
+
+@keras.saving.register_keras_serializable(package="nfp")
+class DepthToSpace(keras.layers.Layer):
+    """The inverse of SpaceToDepth: (batch, time, h, w, p·p·C) → (batch, time, h·p, w·p, C)."""
+
+    def __init__(self, patch_size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.patch_size = patch_size
+
+    def call(self, x):
+        p, (h, w, pc) = self.patch_size, x.shape[2:]
+        c = pc // (p * p)
+        x = ops.reshape(x, (-1, ops.shape(x)[1], h, w, p, p, c))
+        x = ops.transpose(x, (0, 1, 2, 4, 3, 5, 6))
+        return ops.reshape(x, (-1, ops.shape(x)[1], h * p, w * p, c))
+
+    def compute_output_shape(self, shape):
+        p = self.patch_size
+        return (shape[0], shape[1], shape[2] * p, shape[3] * p, shape[4] // (p * p))
+
+    def get_config(self):
+        return {**super().get_config(), "patch_size": self.patch_size}
+
+
+def torch_default_init():
+    """U(±1/√fan_in), the init of PyTorch's Conv2d that OpenSTL's cell trains from."""
+    return keras.initializers.VarianceScaling(scale=1 / 3, mode="fan_in", distribution="uniform")
+
+
+@keras.saving.register_keras_serializable(package="nfp")
+class ConvLSTMStack(keras.layers.Layer):
+    """Stacked ConvLSTM cells stepped together through time, and a 1×1 head predicting the next frame at each step.
+
+    (batch, time, h, w, c) frames → (batch, time, h, w, c) float32 predictions; output t is the prediction
+    of frame t+1 and depends on inputs 0..t only. Per cell and step (OpenSTL's layout, one convolution
+    over [x, h] instead of conv_x(x) + conv_h(h), which is the same sum):
+
+        i, f, g, o = split(conv_k×k([x, h]) + b);  c = σ(f)·c + σ(i)·act(g);  h = σ(o)·act(c)
+
+    The gates and c are float32 whatever the compute dtype (the convolutions run in it): under
+    mixed precision a bf16/fp16 cell state loses what the forget gate keeps over the steps.
+
+    Scheduled sampling (training only, `sampling_steps` > 0): from step `context_frames` on, each
+    clip's input frame is the true one with probability η, else the model's own previous prediction;
+    η falls linearly from 1 to 0 over `sampling_steps` training steps (OpenSTL trains ConvLSTM so),
+    counted in the non-trainable `sampling_step` variable, which checkpoints and backups carry.
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_sizes,
+        *,
+        activation="tanh",
+        output_activation="linear",
+        sampling_steps=0,
+        context_frames=10,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.filters, self.kernel_sizes = list(filters), list(kernel_sizes)
+        self.activation, self.output_activation = activation, output_activation
+        self.sampling_steps, self.context_frames, self.seed = sampling_steps, context_frames, seed
+        self._act, self._out_act = keras.activations.get(activation), keras.activations.get(output_activation)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.cells = []
+        for i, (units, k) in enumerate(zip(self.filters, self.kernel_sizes)):
+            inputs = channels if i == 0 else self.filters[i - 1]
+            kernel_x = self.add_weight((k, k, inputs, 4 * units), torch_default_init(), name=f"kernel_x_{i}")
+            kernel_h = self.add_weight((k, k, units, 4 * units), torch_default_init(), name=f"kernel_h_{i}")
+            # forget gate starts at 1 (open): the state carries over from the first steps
+            bias = self.add_weight((4 * units,), _forget_bias_one(units), name=f"bias_{i}")
+            self.cells.append((kernel_x, kernel_h, bias))
+        self.head = self.add_weight((1, 1, self.filters[-1], channels), torch_default_init(), name="head_kernel")
+        self.head_bias = self.add_weight((channels,), "zeros", name="head_bias")
+        self.sampling_step = self.add_weight(
+            (), "zeros", dtype="int32", trainable=False, name="sampling_step",
+            aggregation="only_first_replica",  # every replica counts the same steps
+        )  # fmt: skip
+
+    def call(self, frames, training=False):
+        dtype = self.compute_dtype
+        batch, steps = ops.shape(frames)[0], ops.shape(frames)[1]
+        kernels = [(ops.concatenate([kx, kh], axis=2), b) for kx, kh, b in self.cells]  # conv([x, h]) = conv_x + conv_h
+        grid = frames.shape[2:4]
+        carry = []
+        for units in self.filters:
+            carry += [ops.zeros((batch, *grid, units), dtype), ops.zeros((batch, *grid, units), "float32")]
+        carry.append(ops.zeros((batch, *grid, frames.shape[-1]), "float32"))  # the previous prediction
+        feedback = bool(training) and self.sampling_steps > 0
+        truth = self._use_truth(batch, steps) if feedback else ops.ones((batch, steps), "bool")
+
+        def step(carry, inputs):
+            frame, use_truth = inputs
+            states, previous = carry[:-1], carry[-1]
+            x = ops.where(use_truth[:, None, None, None], frame, ops.cast(previous, dtype)) if feedback else frame
+            new_states = []
+            for (kernel, bias), h, c in zip(kernels, states[0::2], states[1::2]):
+                z = ops.cast(ops.conv(ops.concatenate([x, h], axis=-1), kernel, padding="same") + bias, "float32")
+                i, f, g, o = ops.split(z, 4, axis=-1)
+                c = ops.sigmoid(f) * c + ops.sigmoid(i) * self._act(g)
+                x = h = ops.cast(ops.sigmoid(o) * self._act(c), dtype)
+                new_states += [h, c]
+            prediction = self._out_act(ops.cast(ops.conv(x, self.head, padding="valid") + self.head_bias, "float32"))
+            carry = (*new_states, prediction)
+            return carry, carry  # Keras's TF scan wants outputs shaped as the carry; only the predictions are used
+
+        time_major = (ops.moveaxis(frames, 1, 0), ops.moveaxis(truth, 1, 0))
+        _, outputs = ops.scan(step, tuple(carry), time_major)
+        if feedback:
+            self.sampling_step.assign_add(1)
+        return ops.moveaxis(outputs[-1], 0, 1)
+
+    def _use_truth(self, batch, steps):
+        """(batch, steps) bool: feed the true frame (always before context_frames), else the last prediction."""
+        eta = ops.clip(1.0 - ops.cast(self.sampling_step, "float32") / self.sampling_steps, 0.0, 1.0)
+        draws = keras.random.uniform((batch, steps), seed=self.seed_generator)
+        in_context = ops.arange(steps)[None, :] < self.context_frames
+        return ops.logical_or(in_context, draws < eta)
+
+    def compute_output_shape(self, shape):
+        return shape
+
+    def compute_output_spec(self, frames, training=False):
+        return keras.KerasTensor(frames.shape, dtype="float32")
+
+    def get_config(self):
+        return {
+            **super().get_config(), "filters": self.filters, "kernel_sizes": self.kernel_sizes,
+            "activation": self.activation, "output_activation": self.output_activation,
+            "sampling_steps": self.sampling_steps, "context_frames": self.context_frames, "seed": self.seed,
+        }  # fmt: skip
+
+
+def _forget_bias_one(units: int):
+    """Gate biases (i, f, g, o) at 0, 1, 0, 0."""
+
+    def init(shape, dtype=None):
+        return ops.cast(ops.concatenate([ops.zeros((units,)), ops.ones((units,)), ops.zeros((2 * units,))]), dtype)
+
+    return init
