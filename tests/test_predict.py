@@ -134,3 +134,18 @@ def test_nfp_predict_cli_prints_the_paths(tiny_overrides, checkpoint, tmp_path, 
     assert main([*args, "--out", str(tmp_path / "o"), *tiny_overrides]) == 0
     printed = capsys.readouterr().out
     assert f"gif: {tmp_path}/o/c_1.gif" in printed and "npy" not in printed
+
+
+def test_a_shard_corrupted_behind_the_check_is_named_by_predict(
+    tiny_overrides, checkpoint, tmp_path, corrupt_after_building, capsys
+):
+    from nfp.cli import main
+
+    corrupt_after_building(
+        "clip_batches", lambda data_cfg, split: tmp_path / "data" / f"{split}-00000-of-00001.tfrecord"
+    )
+    argv = ["predict", "--model", checkpoint, "--input", "split:val:1", "--out", str(tmp_path / "pred")]
+    assert main([*argv, *tiny_overrides, "tracking.enabled=false"]) == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith(("error", "Traceback"))]
+    assert line.startswith("error: shard ") and "val-00000-of-00001.tfrecord: sha256" in line
+    assert not (tmp_path / "pred").exists()

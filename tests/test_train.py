@@ -149,6 +149,20 @@ def test_train_reads_the_manifest_once_and_hands_it_on(tiny_overrides, tmp_path,
         assert sum(url.endswith("manifest.json") for url in reads) == 1, attempt
 
 
+def test_scheduled_sampling_continues_its_schedule_when_training_resumes(tiny_overrides, tmp_path):
+    from nfp.model_source import load_model
+
+    overrides = [*tiny_overrides, "train.scheduled_sampling=100", "train.steps_per_epoch=3", "tracking.enabled=false"]
+
+    def sampling_step() -> int:
+        return int(load_model(str(tmp_path / "out/checkpoints/last.keras")).get_layer("convlstm").sampling_step.numpy())
+
+    train(load_config(None, [*overrides, "train.epochs=2"]))
+    assert sampling_step() == 6
+    train(load_config(None, [*overrides, "train.epochs=3"]))  # resumes from the backup after epoch 2
+    assert sampling_step() == 9  # not 3: η goes on falling from where it was
+
+
 def test_diverging_loss_is_a_one_line_training_error(tiny_overrides, tmp_path):
     cfg = load_config(
         None,
@@ -181,6 +195,36 @@ def test_a_shard_corrupted_behind_the_check_is_named_by_training(tiny_overrides,
         match=r"^shard .*/data/train-00000-of-00002.tfrecord: sha256 .* from the manifest; run `nfp prepare` again$",
     ):
         train(cfg)
+
+
+@pytest.mark.parametrize("reader", ["prediction images", "periodic evaluation"])
+def test_a_val_shard_corrupted_behind_the_check_is_named(reader, tiny_overrides, tmp_path, corrupt_after_building):
+    """read_clips (the strips' clips) and the periodic evaluation's clip batches name the shard TF trips on."""
+    images, evaluation = ("1", "0") if reader == "prediction images" else ("0", "1")
+    cfg = load_config(None, [*tiny_overrides, "tracking.enabled=false", f"train.images.every_n_epochs={images}",
+                             f"evaluate.every_n_epochs={evaluation}"])  # fmt: skip
+    corrupt_after_building("clip_batches", lambda data_cfg, split: tmp_path / "data/val-00000-of-00001.tfrecord")
+    with pytest.raises(DataError, match=r"^shard .*/data/val-00000-of-00001.tfrecord: sha256 .* from the manifest"):
+        train(cfg)
+
+
+def test_a_csv_row_written_after_the_last_backup_is_trimmed_on_resume(tiny_overrides, tmp_path):
+    """The window a kill can land in: epoch N's CSV row is written, its backup is not. The rerun redoes epoch N
+    and history.csv holds it once."""
+    import shutil
+
+    overrides = [*tiny_overrides, "train.images.every_n_epochs=0", "tracking.enabled=false"]
+    out = tmp_path / "out"
+    train(load_config(None, [*overrides, "train.epochs=2"]))
+    shutil.copytree(out / "backup", tmp_path / "backup-after-epoch-2")
+    train(load_config(None, [*overrides, "train.epochs=3"]))
+    shutil.rmtree(out / "backup")
+    shutil.copytree(tmp_path / "backup-after-epoch-2", out / "backup")  # epoch 3's row is in the CSV, not in the backup
+    assert [row["epoch"] for row in _rows(out / "history.csv")] == ["0", "1", "2"]
+
+    summary = train(load_config(None, [*overrides, "train.epochs=3"]))
+    assert len(summary["history"]["loss"]) == 1  # epoch 3 again, and only it
+    assert [row["epoch"] for row in _rows(out / "history.csv")] == ["0", "1", "2"]
 
 
 # --------------------------------------------------------------------------- killed and restarted
