@@ -8,6 +8,7 @@ import os
 import shlex
 import sys
 
+from nfp import storage
 from nfp.errors import NfpError, redact
 
 _OVERRIDES_HELP = "config overrides as key.path=value (e.g. train.epochs=2 model.preset=tiny)"
@@ -37,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
 
     command("prepare", "Build sharded TFRecords + manifest.json from Moving MNIST (download or generate).")
     command("train", "Train a ConvLSTM (prepares the data first if its manifest is missing); logs to MLflow.")
+    pv = command(
+        "preview",
+        "Draw the first clips of each split (PNG rows of frames, GIF of one clip); prepares the data if needed.",
+    )
+    pv.add_argument("--split", default="all", help="train | val | test | all (default: all)")
+    pv.add_argument("--clips", default="3", help="clips per split (default: 3)")
+    pv.add_argument("--out", default=None, help="output directory (default: <train.output_dir>/preview)")
     command("config", "Print the resolved config (after overrides) as YAML and exit.")
 
     ev = command(
@@ -104,6 +112,21 @@ def _dispatch(args: argparse.Namespace) -> int:
         from nfp.train import train
 
         train(cfg, config_path=args.config)
+    elif args.command == "preview":
+        from nfp.data import preview
+        from nfp.data.prepare import ensure_prepared
+
+        splits, clips = preview.parse_request(args.split, args.clips)  # before any data work
+        manifest = ensure_prepared(cfg.data)
+        preview.check_has_clips(manifest, splits)
+        out_dir = args.out or storage.join(cfg.train.output_dir, "preview")
+        paths = preview.write(out_dir, preview.from_shards(cfg.data, manifest, splits, clips))
+        if cfg.tracking.enabled and os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run -e preview`: into its run
+            from nfp import tracking
+
+            tracking.log_files(os.environ["MLFLOW_RUN_ID"], paths.values(), "data")
+        for name, path in paths.items():
+            print(f"{name}: {path}")
     elif args.command == "evaluate":
         from nfp.evaluate import run_evaluate
 

@@ -93,6 +93,22 @@ def check_artifact_location(experiment_name: str) -> None:
         ) from None
 
 
+def log_files(run_id: str, paths, artifact_dir: str) -> None:
+    """Log files (local or remote paths) into an existing run's `artifact_dir`."""
+    import tempfile
+
+    import mlflow
+
+    from nfp import storage
+
+    client = mlflow.MlflowClient()
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in paths:
+            local = Path(tmp, Path(str(path)).name)
+            storage.get(str(path), local)
+            client.log_artifact(run_id, str(local), artifact_dir)
+
+
 def check_register_name(name: str | None) -> None:
     """Registered model names cannot be empty or contain '/' or ':' (MLflow's own rule), checked before training."""
     if name is not None and (not name.strip() or "/" in name or ":" in name):

@@ -86,6 +86,8 @@ def train(cfg, *, config_path=None) -> dict:
             _log_setup(
                 run, cfg, job, config_path=config_path, manifest=manifest, model=model, strategy=strategy, gpus=gpus
             )
+        if job.is_chief and not start:  # the data's look belongs to the run once, not again on each resume
+            _log_preview(run, cfg.data.dir)
         show_images = job.is_chief and t.images.every_n_epochs and manifest.count("val")
         callbacks = cb.build_callbacks(
             cfg,
@@ -249,6 +251,17 @@ def _log_setup(run, cfg, job: Job, *, config_path, manifest, model, strategy, gp
             local = Path(tmp, base)
             local.write_text(text)
             run.log_artifact(str(local), folder)
+
+
+def _log_preview(run, data_dir: str) -> None:
+    """preview.png/.gif of the data dir (written by prepare) → the run's data/ artifacts, next to the manifest."""
+    from nfp.data import preview
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in (preview.PNG, preview.GIF):
+            local = _local_copy(storage.join(data_dir, name), tmp)
+            if local:
+                run.log_artifact(local, "data")
 
 
 def _log_results(run, cfg, job: Job, *, model, manifest):

@@ -76,6 +76,8 @@ def test_nfp_prepare_writes_shards_and_manifest_to_gcs(emulator, gcs, tiny_overr
     names = sorted(p.rsplit("/", 1)[1] for p in gcs.ls(f"{BUCKET}/cli"))
     assert names == [
         "manifest.json",
+        "preview.gif",
+        "preview.png",
         "test-00000-of-00001.tfrecord",
         "train-00000-of-00002.tfrecord",
         "train-00001-of-00002.tfrecord",

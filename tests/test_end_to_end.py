@@ -52,6 +52,8 @@ def test_training_against_a_real_server_logs_a_complete_run(mlflow_server, tiny_
     for expected in (
         "config/resolved.yaml",
         "data/manifest.json",
+        "data/preview.png",
+        "data/preview.gif",
         "logs/history.csv",
         "plots/history.png",
         "predictions/clip.gif",

@@ -3,7 +3,8 @@
 One record per clip: its raw uint8 bytes, C order (T, H, W); shape and dtype are in the manifest. (No
 tf.train.Example: parsing one cost ~20–40 CPU µs per 64×64 clip, up to a fifth of the pipeline.) Shards are
 named `train-00000-of-00010.tfrecord[.gz]`; the manifest, written last, lists per shard its
-record count, size and sha256, and is the only entry point readers use.
+record count, size and sha256, and is the only entry point readers use. preview.png/.gif, a look
+at each split's first clips, go beside it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 
 from nfp import storage
 from nfp.config import DataConfig
+from nfp.data import preview
 from nfp.data.manifest import FORMAT_VERSION, RECORD, SHARD_NAME, Manifest, load_manifest
 from nfp.data.moving_mnist import SPLITS
 from nfp.errors import DataError
@@ -32,9 +34,11 @@ _MIN_SHARD_MB = 10  # TF guidance: shards of at least 10 MB (ideally 100 MB)
 def ensure_prepared(data_cfg: DataConfig) -> Manifest:
     """The existing manifest when it was prepared from this config, else prepare it now: one manifest read either way."""
     existing = _existing_manifest(data_cfg.dir)
-    if existing is not None and existing.content.get("config") == content_config(data_cfg):
-        return existing
-    return _write(data_cfg, existing, progress=True)
+    if existing is None or existing.content.get("config") != content_config(data_cfg):
+        return _write(data_cfg, existing, progress=True)
+    if not storage.exists(storage.join(data_cfg.dir, preview.PNG)):  # prepared before previews existed
+        preview.write(data_cfg.dir, preview.from_shards(data_cfg, existing))
+    return existing
 
 
 def content_config(data_cfg: DataConfig) -> dict:
@@ -234,6 +238,7 @@ def _write(data_cfg: DataConfig, old: Manifest | None, *, progress: bool) -> Man
         written = Manifest(data_cfg.dir, content)
         storage.write_bytes(written.url, json.dumps(content, indent=2).encode(), tmp_dir)
     _prune(data_cfg.dir, written.shard_names())
+    preview.write(data_cfg.dir, {s: source.read(s, 0, min(preview.CLIPS, n)) for s, n in source.counts.items() if n})
     return written
 
 
