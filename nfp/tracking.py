@@ -79,9 +79,13 @@ def check_artifact_location(experiment_name: str) -> None:
     else:
         experiment = mlflow.get_experiment_by_name(experiment_name)
         location = experiment.artifact_location if experiment else None
-    if not location or ("://" in location and not location.startswith("file://")):
+    from mlflow.utils.file_utils import local_file_uri_to_path
+    from mlflow.utils.uri import is_local_uri
+
+    # MLflow's own test: a server's proxied `mlflow-artifacts:/1` is no more local than gs://
+    if not location or not is_local_uri(location, is_tracking_or_registry_uri=False):
         return
-    path = Path(location.removeprefix("file://"))
+    path = Path(local_file_uri_to_path(location))
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".nfp-write-check-{os.getpid()}"

@@ -128,6 +128,18 @@ def test_unwritable_artifact_location_is_refused_before_training(tmp_path, tiny_
     assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
 
 
+def test_a_servers_proxied_artifact_location_is_not_taken_for_a_local_path(mlflow_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    mlflow.set_tracking_uri(None)
+    mlflow.MlflowClient().create_experiment("proxied-artifacts")
+    assert mlflow.get_experiment_by_name("proxied-artifacts").artifact_location.startswith("mlflow-artifacts:")
+    work = tmp_path / "read-only-work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    tracking.check_artifact_location("proxied-artifacts")
+    assert list(work.iterdir()) == []  # no ./mlflow-artifacts:/… tree, and no probe file
+
+
 def test_credentials_are_redacted():
     assert redact("https://alice:s3cret@mlflow.example.com/x") == "https://***@mlflow.example.com/x"
     assert redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
