@@ -16,6 +16,9 @@ BAD_OVERRIDES = [
     ("train.batch_size=-4", "train.batch_size: got -4, expected >= 1"),
     ("train.learning_rate=-0.1", "train.learning_rate: got -0.1, expected >= 0"),
     ("train.learning_rate=fast", "train.learning_rate: got 'fast', expected a number"),
+    ("train.learning_rate=.nan", "train.learning_rate: got nan, expected a finite number"),
+    ("train.learning_rate=.inf", "train.learning_rate: got inf, expected a finite number"),
+    ("data.step_length=-.inf", "data.step_length: got -inf, expected a finite number"),
     ("train.steps_per_epoch=0", "train.steps_per_epoch: got 0, expected >= 1"),
     ("train.verbose=3", "train.verbose: got 3, expected <= 2"),
     ("train.mixed_precision='yes please'", "train.mixed_precision: got 'yes please', expected true or false"),
@@ -98,6 +101,8 @@ BAD_FILES = [
     ("- train\n- model\n", "expected a mapping of sections, got list"),
     ("data: {frames: 20}\nmodell: {preset: tiny}\n", "modell: unknown key"),
     ("train:\n  epochs: 0\n", "train.epochs: got 0, expected >= 1"),
+    ("train:\n  epochs: 3\n  epochs: 4\n", "key 'epochs' given twice (line 3), expected once"),
+    ("train: {epochs: 3}\ntrain: {epochs: 4}\n", "key 'train' given twice (line 2), expected once"),
 ]
 
 
@@ -132,6 +137,14 @@ def test_bad_config_file_is_refused_before_any_work(text, expected, capsys, empt
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     _assert_refused(["train", "--config", str(path)], expected, capsys, empty_cwd, isolated_mlflow)
+
+
+def test_a_binary_config_file_is_refused_as_not_utf8(capsys, empty_cwd, isolated_mlflow, tmp_path):
+    path = tmp_path / "model.keras"
+    path.write_bytes(b"PK\x03\x04\x14\x00\x00\x00\x08\x00\xff\xfe binary junk")
+    _assert_refused(
+        ["train", "--config", str(path)], "model.keras: not UTF-8 text (byte 10)", capsys, empty_cwd, isolated_mlflow
+    )
 
 
 def test_missing_config_file_is_named(capsys, empty_cwd, isolated_mlflow):
