@@ -19,6 +19,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="nfp", description="Next-frame video prediction with ConvLSTM, tracked in MLflow."
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    parser.add_argument("--version", action="version", version=f"nfp {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
@@ -75,6 +76,15 @@ def _parser() -> argparse.ArgumentParser:
     tf.add_argument("--index", type=int, default=None, help="this node's index in --hosts")
     tf.add_argument("--port", type=int, default=None, help="port for hosts given without one")
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nfp")
+    except PackageNotFoundError:  # a checkout on sys.path, not installed
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ import pytest
 from nfp.cli import main
 
 
-@pytest.mark.parametrize("command", ["prepare", "train", "evaluate", "predict", "config", "tf-config"])
+@pytest.mark.parametrize("command", ["prepare", "preview", "train", "evaluate", "predict", "config", "tf-config"])
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
@@ -41,3 +41,19 @@ def test_debug_shows_the_traceback():
 
     with pytest.raises(ConfigError):
         main(["--debug", "config", "train.epochs=0"])
+
+
+def test_version_is_printed(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out == f"nfp {version('nfp')}\n"
+
+
+def test_a_plain_install_brings_tensorflow():
+    """`pip install nfp` must run every command: TensorFlow is a base dependency, the gpu extra only adds CUDA."""
+    from importlib.metadata import requires
+
+    base = [r for r in requires("nfp") if "extra ==" not in r]
+    assert any(r.startswith("tensorflow") for r in base), base
