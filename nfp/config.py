@@ -63,6 +63,7 @@ class DataConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     # shards (local dir or gs://bucket/prefix)
     dir: str = "data/moving_mnist"
+    overwrite: bool = _knob(False, help="replace a data.dir that holds other clips (another source, seed, size, …)")
     num_shards: int = _knob(0, min=0, help="shards of the train split; 0 = from shard_mb and num_workers")
     shard_mb: float = _knob(100.0, min=0.001)
     num_workers: int = _knob(1, min=1, help="reading hosts the shards must feed (>= 10 shards each)")

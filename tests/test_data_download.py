@@ -4,6 +4,7 @@ import hashlib
 import http.server
 import io
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,3 +215,23 @@ def test_a_known_md5_is_checked_and_a_mismatch_is_not_kept(tmp_path, server, mon
     hits = len(server["hits"])
     assert download.fetch(cfg_for(tmp_path, url), progress=False) == path
     assert len(server["hits"]) == hits + 1 and download.file_digest(path, "md5") == server["md5"]  # downloaded again
+
+
+def test_a_generate_config_does_not_replace_downloaded_clips_in_the_same_dir(tmp_path, server, capsys):
+    """The newcomer's trap: real data prepared into data.dir, then a quickstart-like config pointed at it."""
+    from nfp.cli import main
+
+    real = cfg_for(tmp_path, server["url"] + "/mnist_test_seq.npy", num_clips=6, num_shards=1)
+    prepare(real, progress=False)
+    shards = {p.name: p.read_bytes() for p in Path(real.dir).iterdir()}
+    argv = ["prepare", "data.source=generate", f"data.dir={real.dir}", "data.num_clips=24", "data.image_size=16",
+            "data.digit_size=8", "data.frames=6", "data.num_shards=2", "evaluate.context_frames=3",
+            "evaluate.predict_frames=3"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: data.dir {real.dir}: holds another data set (download of {server['url']}")
+    assert (
+        "this config makes (generate from sklearn digits, seed 0, 24 clips of 6×16×16)" in err and err.count("\n") == 1
+    )
+    assert {p.name: p.read_bytes() for p in Path(real.dir).iterdir()} == shards
+    assert main([*argv, "data.overwrite=true"]) == 0

@@ -30,6 +30,8 @@ def test_prepare_writes_named_shards_and_a_manifest_describing_them(tmp_path):
     data = tmp_path / "data"
     assert sorted(p.name for p in data.iterdir()) == [
         "manifest.json",
+        "preview.gif",
+        "preview.png",
         "test-00000-of-00001.tfrecord",
         "train-00000-of-00002.tfrecord",
         "train-00001-of-00002.tfrecord",
@@ -89,7 +91,7 @@ def test_rerun_skips_verified_shards_and_rewrites_missing_ones_byte_identical(tm
 def test_a_changed_config_replaces_the_data_set_and_prunes_old_shards(tmp_path):
     prep.prepare(tiny(tmp_path), progress=False)
     manifest = prep.prepare(tiny(tmp_path, num_shards=4, compression="gzip"), progress=False).content
-    names = sorted(p.name for p in (tmp_path / "data").iterdir())
+    names = sorted(p.name for p in (tmp_path / "data").iterdir() if not p.name.startswith("preview."))
     assert names == sorted(["manifest.json"] + [s["name"] for e in manifest["splits"].values() for s in e["shards"]])
     assert all(n.endswith(".gz") for n in names if n != "manifest.json")
 
@@ -97,11 +99,27 @@ def test_a_changed_config_replaces_the_data_set_and_prunes_old_shards(tmp_path):
 def test_ensure_prepared_reuses_a_matching_manifest_and_prepares_otherwise(tmp_path, monkeypatch):
     cfg = tiny(tmp_path)
     first = prep.ensure_prepared(cfg).content
-    monkeypatch.setattr(prep, "prepare", lambda *a, **k: pytest.fail("prepared again"))
+    monkeypatch.setattr(prep, "_write", lambda *a, **k: pytest.fail("prepared again"))
     assert prep.ensure_prepared(cfg).content == first
     monkeypatch.undo()
-    other = prep.ensure_prepared(dataclasses.replace(cfg, seed=1)).content
+    resharded = prep.ensure_prepared(dataclasses.replace(cfg, num_shards=1)).content  # the same clips, laid out anew
+    assert resharded["id"] != first["id"] and len(resharded["splits"]["train"]["shards"]) == 1
+    other = prep.ensure_prepared(dataclasses.replace(cfg, seed=1, overwrite=True)).content
     assert other["id"] != first["id"] and other["config"]["seed"] == 1
+
+
+def test_a_data_dir_holding_other_clips_is_not_replaced_without_data_overwrite(tmp_path):
+    cfg = tiny(tmp_path)
+    first = prep.prepare(cfg, progress=False).content
+    before = {p.name: p.read_bytes() for p in (tmp_path / "data").iterdir()}
+    with pytest.raises(DataError, match=(
+        r"^data.dir .*data: holds another data set \(generate from sklearn digits, seed 0, 24 clips of 6×16×16\) than "
+        r"this config makes \(generate from sklearn digits, seed 7, 24 clips of 6×16×16\); use another data.dir, or "
+        r"set data.overwrite=true to replace it$"
+    )):  # fmt: skip
+        prep.ensure_prepared(dataclasses.replace(cfg, seed=7))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "data").iterdir()} == before  # nothing touched
+    assert prep.load_manifest(cfg.dir).content == first
 
 
 def test_progress_bar_counts_clips(tmp_path, capsys):

@@ -25,7 +25,7 @@ from nfp.config import DataConfig
 from nfp.data import preview
 from nfp.data.manifest import FORMAT_VERSION, RECORD, SHARD_NAME, Manifest, load_manifest
 from nfp.data.moving_mnist import SPLITS
-from nfp.errors import DataError
+from nfp.errors import DataError, redact
 
 _CHUNK = 256  # clips rendered/read at a time: bounds memory whatever the shard size
 _MIN_SHARD_MB = 10  # TF guidance: shards of at least 10 MB (ideally 100 MB)
@@ -188,6 +188,7 @@ def _write(data_cfg: DataConfig, old: Manifest | None, *, progress: bool) -> Man
     config = content_config(data_cfg)
     _check_writable(data_cfg.dir)
     if old is not None and old.content.get("config") != config:
+        _check_replaceable(data_cfg, old, config)
         storage.remove(old.url)  # readers must not pair the old manifest with new shards
         old = None
     known = {s["name"]: s for entry in (old.content["splits"].values() if old else ()) for s in entry["shards"]}
@@ -240,6 +241,29 @@ def _write(data_cfg: DataConfig, old: Manifest | None, *, progress: bool) -> Man
     _prune(data_cfg.dir, written.shard_names())
     preview.write(data_cfg.dir, {s: source.read(s, 0, min(preview.CLIPS, n)) for s, n in source.counts.items() if n})
     return written
+
+
+# How the clips are laid out in files, not which clips: changing these only re-shards the same data set.
+_LAYOUT_KEYS = ("num_shards", "shard_mb", "num_workers", "compression")
+
+
+def _check_replaceable(data_cfg: DataConfig, old: Manifest, config: dict) -> None:
+    """DataError unless data.dir holds the same clips in another layout, or data.overwrite allows replacing them."""
+    clips = {k: v for k, v in config.items() if k not in _LAYOUT_KEYS}
+    if data_cfg.overwrite or {k: v for k, v in old.content.get("config", {}).items() if k not in _LAYOUT_KEYS} == clips:
+        return
+    raise DataError(
+        f"data.dir {data_cfg.dir}: holds another data set ({_describe(old.content.get('config', {}), old.clip_shape)}) "
+        f"than this config makes ({_describe(config, (data_cfg.frames, data_cfg.image_size, data_cfg.image_size))}); "
+        "use another data.dir, or set data.overwrite=true to replace it"
+    )
+
+
+def _describe(config: dict, clip_shape) -> str:
+    """ "download of URL, 10000 clips of 20×64×64" / "generate (seed 0), 600 clips of 20×32×32"."""
+    origin = f"download of {redact(str(config.get('url')))}" if config.get("source") == "download" else (
+        f"generate from {config.get('digit_bank')} digits, seed {config.get('seed')}")  # fmt: skip
+    return f"{origin}, {config.get('num_clips')} clips of {'×'.join(map(str, clip_shape))}"
 
 
 def _check_writable(data_dir: str) -> None:
