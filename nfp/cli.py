@@ -127,9 +127,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         from nfp.data.prepare import ensure_prepared
 
         splits, clips = preview.parse_request(args.split, args.clips)  # before any data work
+        out_dir = storage.output_dir_flag(args.out, storage.join(cfg.train.output_dir, "preview"))
         manifest = ensure_prepared(cfg.data)
         preview.check_has_clips(manifest, splits)
-        out_dir = args.out or storage.join(cfg.train.output_dir, "preview")
         paths = preview.write(out_dir, preview.from_shards(cfg.data, manifest, splits, clips))
         if cfg.tracking.enabled and os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run -e preview`: into its run
             from nfp import tracking

@@ -30,6 +30,7 @@ def run_evaluate(
     split = split or e.split
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split: got {split!r}, expected train, val or test")
+    out_dir = storage.output_dir_flag(out_dir, storage.join(cfg.train.output_dir, "eval"))
     track = cfg.tracking.enabled or run_id is not None
     if track:
         tracking.check_reachable()
@@ -61,7 +62,6 @@ def run_evaluate(
         "split": split,
         **result,
     }
-    out_dir = out_dir or storage.join(cfg.train.output_dir, "eval")
     with tempfile.TemporaryDirectory(prefix="nfp-eval-") as tmp:
         files = _write_report(report, Path(tmp))
         if track:

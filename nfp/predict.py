@@ -31,6 +31,7 @@ def run_predict(
         raise ConfigError(f"--context: got {k}, expected >= 1")
     if n < 1:
         raise ConfigError(f"--horizon: got {n}, expected >= 1")
+    out_dir = storage.output_dir_flag(out_dir, storage.join(cfg.train.output_dir, "predict"))
     clip, tag = load_input(cfg, inputs)
     if k >= len(clip):
         raise ConfigError(f"--context: got {k}, expected < the clip length {len(clip)} of {inputs}")
@@ -43,7 +44,6 @@ def run_predict(
     known = clip[k : k + n]
     truth[: len(known)] = known
 
-    out_dir = str(out_dir or storage.join(cfg.train.output_dir, "predict"))
     with tempfile.TemporaryDirectory(prefix="nfp-predict-") as tmp:
         tmp = Path(tmp)
         visualize.write_png(visualize.prediction_strip(clip[:k], truth, predicted), tmp / f"{tag}.png")

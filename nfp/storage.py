@@ -93,6 +93,44 @@ def makedirs(url: str) -> None:
     # object stores have no directories
 
 
+def make_writable_dir(url: str) -> None:
+    """Create the directory and prove a file can be made in it (local disk; object stores have no directories).
+    OSError (NotADirectoryError, PermissionError, …) when not."""
+    makedirs(url)
+    if is_local(url):
+        probe = local_path(url) / f".write-probe-{uuid.uuid4().hex[:8]}"
+        probe.touch()
+        probe.unlink()
+
+
+def output_dir_flag(out_dir: str | None, default: str, flag: str = "--out") -> str:
+    """out_dir (or the default) once a directory could be created there; ConfigError naming the flag otherwise."""
+    from nfp.errors import ConfigError
+
+    target = str(out_dir or default)
+    try:
+        check_could_write(target)
+    except OSError as err:
+        key = flag if out_dir else "train.output_dir"
+        raise ConfigError(f"{key}: cannot write to {target} ({err.strerror}: {err.filename})") from None
+    return target
+
+
+def check_could_write(url: str) -> None:
+    """OSError unless a local directory could be created at url (nothing is created); remote urls pass."""
+    import errno
+
+    if not is_local(url):
+        return
+    existing = local_path(url).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(existing))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, "Permission denied", str(existing))
+
+
 def put(local: Path, url: str) -> None:
     """Move a finished local file to url atomically (the local file is consumed)."""
     if is_local(url):

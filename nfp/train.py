@@ -20,7 +20,7 @@ import numpy as np
 
 from nfp import callbacks as cb
 from nfp import storage, tracking, visualize
-from nfp.errors import TrainingError, redact
+from nfp.errors import ConfigError, TrainingError, redact
 from nfp.job import Job, plan
 from nfp.rundir import read_csv_history, trim_csv
 
@@ -32,6 +32,8 @@ def train(cfg, *, config_path=None) -> dict:
     from nfp.distribute import cluster_info
 
     cluster = cluster_info()  # reads TF_CONFIG (set from SkyPilot env if need be); no TF work yet
+    if cluster.is_chief:
+        _check_output_dir(cfg.train.output_dir)  # before any data or model work
     if cfg.tracking.enabled and cluster.is_chief:
         tracking.check_reachable()  # before any compute: a dead server must not cost a run
         tracking.check_register_name(cfg.tracking.register_as)
@@ -146,6 +148,13 @@ def train(cfg, *, config_path=None) -> dict:
             "best_checkpoint": out.best if t.checkpoint.save_best and storage.exists(out.best) else None,
             "last_checkpoint": out.last if t.checkpoint.save_last and storage.exists(out.last) else None,
         }
+
+
+def _check_output_dir(output_dir: str) -> None:
+    try:
+        storage.make_writable_dir(output_dir)
+    except OSError as err:
+        raise ConfigError(f"train.output_dir: cannot write to {output_dir} ({err.strerror or err})") from None
 
 
 def _validation(cfg, manifest, job: Job):

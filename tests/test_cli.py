@@ -57,3 +57,20 @@ def test_a_plain_install_brings_tensorflow():
 
     base = [r for r in requires("nfp") if "extra ==" not in r]
     assert any(r.startswith("tensorflow") for r in base), base
+
+
+@pytest.mark.parametrize("command", ["train", "predict", "evaluate", "preview"])
+def test_an_output_dir_that_cannot_be_made_is_one_line_before_any_work(command, tiny_overrides, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")  # nothing can be made under a file, even as root
+    if command == "train":
+        argv = ["train", *tiny_overrides, f"train.output_dir={blocker}/out", "tracking.enabled=false"]
+        expected = f"error: train.output_dir: cannot write to {blocker}/out (Not a directory"
+    else:
+        model = ["--model", str(tmp_path / "m.keras")] if command in ("predict", "evaluate") else []
+        argv = [command, *model, "--out", f"{blocker}/out", *tiny_overrides, "tracking.enabled=false"]
+        expected = f"error: --out: cannot write to {blocker}/out (Not a directory: {blocker})"
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(expected) and err.count("\n") == 1, err
+    assert not (tmp_path / "data").exists()  # refused before any data work

@@ -268,11 +268,7 @@ def _describe(config: dict, clip_shape) -> str:
 
 def _check_writable(data_dir: str) -> None:
     try:
-        storage.makedirs(data_dir)
-        if storage.is_local(data_dir):
-            probe = storage.local_path(data_dir) / f".write-probe-{uuid.uuid4().hex[:8]}"
-            probe.touch()
-            probe.unlink()
+        storage.make_writable_dir(data_dir)
     except OSError as err:
         raise DataError(f"data.dir: cannot write to {data_dir} ({err.strerror or err})") from None
 
