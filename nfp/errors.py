@@ -24,6 +24,10 @@ class TrackingError(NfpError):
     """MLflow tracking cannot be used as configured (unreachable server, bad experiment or name)."""
 
 
+class StorageError(NfpError):
+    """A location that cannot be used as configured (no credentials for gs://, …); the message names it."""
+
+
 class TrainingError(NfpError):
     """Training cannot go on (loss became NaN/Inf, nothing to train on); the message says what is kept."""
 

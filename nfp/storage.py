@@ -46,8 +46,41 @@ def filesystem(url: str):
     options = {}
     if scheme(url) == "gs" and os.environ.get("STORAGE_EMULATOR_HOST"):
         options["token"] = "anon"  # the emulator takes no credentials
+    elif scheme(url) == "gs":
+        check_credentials(url)
     fs, path = fsspec.core.url_to_fs(url, **options)
     return fs, path
+
+
+_GCS_CREDENTIALS_FOUND = False
+
+
+def check_credentials(*urls: str) -> None:
+    """StorageError up front, in seconds, when gs:// urls are to be used without Google credentials (else gcsfs
+    retries for minutes, then falls back to anonymous access)."""
+    for url in urls:
+        if scheme(url) == "gs" and not os.environ.get("STORAGE_EMULATOR_HOST"):
+            _check_gcs_credentials(url)
+
+
+def _check_gcs_credentials(url: str) -> None:
+    """StorageError in seconds when no Google credentials exist (gcsfs would retry for minutes, then read anonymously)."""
+    global _GCS_CREDENTIALS_FOUND
+    if _GCS_CREDENTIALS_FOUND:
+        return
+    import google.auth
+    import google.auth.exceptions
+
+    try:
+        google.auth.default()
+    except google.auth.exceptions.DefaultCredentialsError:
+        from nfp.errors import StorageError
+
+        raise StorageError(
+            f"{url}: no Google Cloud credentials found; run `gcloud auth application-default login`, or set "
+            "GOOGLE_APPLICATION_CREDENTIALS to a service-account key file (VMs on Google Cloud use their service account)"
+        ) from None
+    _GCS_CREDENTIALS_FOUND = True
 
 
 def _gfile():

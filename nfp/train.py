@@ -32,6 +32,7 @@ def train(cfg, *, config_path=None) -> dict:
     from nfp.distribute import cluster_info
 
     cluster = cluster_info()  # reads TF_CONFIG (set from SkyPilot env if need be); no TF work yet
+    storage.check_credentials(cfg.train.output_dir)
     if cluster.is_chief:
         _check_output_dir(cfg.train.output_dir)  # before any data or model work
     if cfg.tracking.enabled and cluster.is_chief:

@@ -158,3 +158,22 @@ def test_a_corrupted_staged_copy_is_named_with_staging_advice(emulator, tiny_ove
 def test_a_missing_gcs_manifest_is_an_error(emulator, tmp_path):
     with pytest.raises(DataError, match="gs://nfp-test/nowhere/manifest.json: not found"):
         load_manifest(f"gs://{BUCKET}/nowhere")
+
+
+def test_gs_without_credentials_is_one_line_in_seconds(tmp_path, capsys, monkeypatch):
+    """No emulator, no ADC file, no key, no metadata server: say how to authenticate instead of retrying for minutes."""
+    import time
+
+    from nfp import storage
+
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))  # no application-default credentials there
+    monkeypatch.setenv("GCE_METADATA_HOST", "127.0.0.1:9")  # nothing listens: not a Google Cloud VM
+    monkeypatch.setenv("GCE_METADATA_IP", "127.0.0.1:9")
+    monkeypatch.setattr(storage, "_GCS_CREDENTIALS_FOUND", False)
+    start = time.monotonic()
+    assert main(["prepare", "data.dir=gs://some-bucket/data", "data.num_clips=24"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: gs://some-bucket/data") and "no Google Cloud credentials found" in err, err
+    assert err.count("\n") == 1 and time.monotonic() - start < 30

@@ -33,6 +33,7 @@ _MIN_SHARD_MB = 10  # TF guidance: shards of at least 10 MB (ideally 100 MB)
 
 def ensure_prepared(data_cfg: DataConfig) -> Manifest:
     """The existing manifest when it was prepared from this config, else prepare it now: one manifest read either way."""
+    storage.check_credentials(data_cfg.dir, data_cfg.url if data_cfg.source == "download" else "")
     existing = _existing_manifest(data_cfg.dir)
     if existing is None or existing.content.get("config") != content_config(data_cfg):
         return _write(data_cfg, existing, progress=True)
@@ -168,6 +169,7 @@ def _downloaded(data_cfg: DataConfig, progress: bool) -> _Source:
 # --------------------------------------------------------------------------- writing
 def prepare(data_cfg: DataConfig, *, progress: bool = True) -> Manifest:
     """Write sharded TFRecords + manifest.json to data_cfg.dir; skips shards already written identically."""
+    storage.check_credentials(data_cfg.dir, data_cfg.url if data_cfg.source == "download" else "")
     return _write(data_cfg, _existing_manifest(data_cfg.dir), progress=progress)
 
 
