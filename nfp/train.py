@@ -129,9 +129,10 @@ def train(cfg, *, config_path=None) -> dict:
         except RuntimeError as err:
             if "NaN or Inf loss" not in str(err):
                 raise
+            kept = [p for p in (out.backup, out.best, out.last) if storage.exists(p)]
+            state = f"last good state kept in {', '.join(kept)}" if kept else "no epoch had finished, nothing kept"
             raise TrainingError(
-                f"loss became NaN/Inf in epoch {_epoch_of(callbacks) + 1}: stopped; last good state kept in {out.backup} "
-                f"and {out.checkpoints} (try a lower train.learning_rate)"
+                f"loss became NaN/Inf in epoch {_epoch_of(callbacks) + 1}: stopped; {state} (try a lower train.learning_rate)"
             ) from None
         trained = len(history.history.get("loss", []))
         if job.is_chief and trained:  # a finished job re-run trains nothing and logs nothing again

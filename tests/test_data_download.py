@@ -159,7 +159,7 @@ def test_a_transfer_cut_short_is_an_error_and_nothing_is_kept(tmp_path, server):
 
 
 def test_a_file_that_is_not_npy_is_an_error_naming_it(tmp_path, server):
-    with pytest.raises(DataError, match="garbage.npy.*: not a complete .npy file"):
+    with pytest.raises(DataError, match="garbage.npy.*: not a .npy file \\(no NumPy header\\)"):
         download.fetch(cfg_for(tmp_path, server["url"] + "/garbage.npy"), progress=False)
     assert cached_files(tmp_path) == []
 
@@ -235,3 +235,19 @@ def test_a_generate_config_does_not_replace_downloaded_clips_in_the_same_dir(tmp
     )
     assert {p.name: p.read_bytes() for p in Path(real.dir).iterdir()} == shards
     assert main([*argv, "data.overwrite=true"]) == 0
+
+
+def test_a_directory_or_a_renamed_text_file_as_data_url_says_what_it_is(tmp_path):
+    with pytest.raises(DataError, match=r"data.url: .* is a directory, expected the mnist_test_seq.npy file in it"):
+        download.fetch(cfg_for(tmp_path, str(tmp_path)), progress=False)
+    text = tmp_path / "notes.npy"
+    text.write_text("these are my notes, not clips\n")
+    with pytest.raises(DataError, match=r"notes.npy: not a .npy file \(no NumPy header\), expected mnist_test_seq.npy"):
+        download.fetch(cfg_for(tmp_path, str(text)), progress=False)
+
+
+def test_asking_for_more_clips_than_the_file_holds_warns(tmp_path, server):
+    cfg = cfg_for(tmp_path, server["url"] + "/mnist_test_seq.npy", num_clips=CLIPS + 5, num_shards=1)
+    with pytest.warns(UserWarning, match=rf"data.num_clips: {CLIPS + 5} asked for, mnist_test_seq.npy holds {CLIPS}"):
+        manifest = prepare(cfg, progress=False)
+    assert sum(manifest.count(s) for s in manifest.splits) == CLIPS

@@ -363,8 +363,8 @@ def test_nan_loss_exits_2_with_one_line_and_keeps_the_last_good_checkpoint(tiny_
     assert main(["train", *sgd, "train.epochs=2", "train.learning_rate=1.0e+30"]) == 2
     (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith(("error", "Traceback"))]
     assert line == (
-        f"error: loss became NaN/Inf in epoch 2: stopped; last good state kept in {out}/backup "
-        f"and {out}/checkpoints (try a lower train.learning_rate)"
+        f"error: loss became NaN/Inf in epoch 2: stopped; last good state kept in {out}/backup, "
+        f"{out}/checkpoints/best.keras, {out}/checkpoints/last.keras (try a lower train.learning_rate)"
     )
     assert {name: _sha(out / "checkpoints" / name) for name in good} == good
     model = load_model(str(out / "checkpoints/last.keras"))

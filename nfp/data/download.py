@@ -33,6 +33,8 @@ def fetch(data_cfg: DataConfig, *, progress: bool = True) -> Path:
     size = data_cfg.size_bytes or known.get("size_bytes")
     if storage.is_local(url):
         path = storage.local_path(url)
+        if path.is_dir():
+            raise DataError(f"data.url: {path} is a directory, expected the mnist_test_seq.npy file in it")
         if not path.is_file():
             raise DataError(f"data.url: {path} not found")
         _verify(path, url, digests, size)
@@ -96,6 +98,9 @@ def _verify(path: Path, url: str, digests: dict, size: int | None) -> None:
 def open_clips(path: Path, *, name: str | None = None) -> np.ndarray:
     """The .npy memory-mapped: (time, clips, H, W) uint8, never read into RAM as a whole; errors name `name` or path."""
     name = name or str(path)
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":  # the .npy magic: a text or other file named .npy is not one
+            raise DataError(f"{name}: not a .npy file (no NumPy header), expected mnist_test_seq.npy")
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:

@@ -15,6 +15,7 @@ import json
 import math
 import tempfile
 import uuid
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -144,6 +145,10 @@ def _downloaded(data_cfg: DataConfig, progress: bool) -> _Source:
     if data_cfg.image_size != h or h != w:
         raise DataError(f"data.image_size: got {data_cfg.image_size}, but {path} has {h}×{w} frames")
     available = min(total, data_cfg.num_clips)
+    if data_cfg.num_clips > total and data_cfg.num_clips != DataConfig.num_clips:  # the default means "all of them"
+        warnings.warn(
+            f"data.num_clips: {data_cfg.num_clips} asked for, {path.name} holds {total}: using {total}", stacklevel=2
+        )
     counts = split_counts(data_cfg, available)
     order = np.random.default_rng(data_cfg.seed).permutation(available)  # seeded split of the file's clips
     bounds = np.cumsum([0] + [counts[s] for s in SPLITS])
