@@ -88,7 +88,16 @@ class DataConfig:
 # --------------------------------------------------------------------------- model
 # A preset is a bundle of model keys: it fills every key the config does not set (keys you set win).
 MODEL_PRESETS: dict[str, dict] = {
-    "tiny": {},  # the ModelConfig defaults: CPU quickstart and tests
+    # CPU quickstart: the best measured per CPU-second at 32×32 (BENCHMARKS.md section 5): 4×4 patches, MSE
+    "tiny": dict(
+        cell="nfp",
+        filters=[64, 64],
+        kernel_sizes=[3, 3],
+        activation="tanh",
+        norm="none",
+        patch_size=4,
+        output_activation="linear",
+    ),
     # the keras-io example's model (746,689 params): keras.layers.ConvLSTM2D + BatchNorm, full-size frames
     "keras_io": dict(
         cell="keras",
@@ -109,12 +118,13 @@ MODEL_PRESETS: dict[str, dict] = {
         patch_size=4,
         output_activation="linear",
     ),
-    "custom": {},  # no bundle: every key at its default unless set
+    "custom": {},  # no bundle: every key at its ModelConfig default unless set
 }
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    # The defaults below are `custom`'s starting point (a small model for tests); any other preset overrides them
     preset: Literal["tiny", "keras_io", "convlstm_s", "custom"] = "tiny"
     # nfp: nfp.layers.ConvLSTMStack (OpenSTL's cell, float32 cell state, scheduled sampling);
     # keras: keras.layers.ConvLSTM2D layers with normalisation between them and a causal Conv3D head

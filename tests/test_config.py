@@ -57,8 +57,9 @@ def test_shipped_configs_train_what_their_comments_say():
 
 
 def test_loss_auto_follows_the_output_head():
-    assert load_config(None, []).train.loss == "bce"  # sigmoid head: probabilities
+    assert load_config(None, ["model.preset=keras_io"]).train.loss == "bce"  # sigmoid head: probabilities
     assert load_config(None, ["model.preset=convlstm_s"]).train.loss == "mse"  # linear head
+    assert load_config(None, []).train.loss == "mse"  # tiny
     assert load_config(None, ["model.preset=convlstm_s", "train.loss=mse"]).train.loss == "mse"
     assert load_config(None, ["train.loss=mse"]).train.loss == "mse"
 
