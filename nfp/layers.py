@@ -104,6 +104,9 @@ class ConvLSTMStack(keras.layers.Layer):
         self.sampling_steps, self.context_frames, self.seed = sampling_steps, context_frames, seed
         self._act, self._out_act = keras.activations.get(activation), keras.activations.get(output_activation)
         self.seed_generator = keras.random.SeedGenerator(seed)
+        # Set by nfp.model.rollout for one call: from this step on, inputs are the layer's own predictions, so a
+        # whole rollout takes one pass instead of one per predicted frame. Not part of the config.
+        self.free_run_after: int | None = None
 
     def build(self, input_shape):
         channels = input_shape[-1]
@@ -131,8 +134,12 @@ class ConvLSTMStack(keras.layers.Layer):
         for units in self.filters:
             carry += [ops.zeros((batch, *grid, units), dtype), ops.zeros((batch, *grid, units), "float32")]
         carry.append(ops.zeros((batch, *grid, frames.shape[-1]), "float32"))  # the previous prediction
-        feedback = bool(training) and self.sampling_steps > 0
-        truth = self._use_truth(batch, steps) if feedback else ops.ones((batch, steps), "bool")
+        sampling = bool(training) and self.sampling_steps > 0
+        feedback = sampling or self.free_run_after is not None
+        if self.free_run_after is not None:
+            truth = ops.broadcast_to(ops.arange(steps)[None, :] < self.free_run_after, (batch, steps))
+        else:
+            truth = self._use_truth(batch, steps) if sampling else ops.ones((batch, steps), "bool")
 
         def step(carry, inputs):
             frame, use_truth = inputs
@@ -151,7 +158,7 @@ class ConvLSTMStack(keras.layers.Layer):
 
         time_major = (ops.moveaxis(frames, 1, 0), ops.moveaxis(truth, 1, 0))
         _, outputs = ops.scan(step, tuple(carry), time_major)
-        if feedback:
+        if sampling:
             self.sampling_step.assign_add(1)
         return ops.moveaxis(outputs[-1], 0, 1)
 

@@ -68,22 +68,38 @@ def _keras_stack(model_cfg, x, *, channels: int):
     return layers.Activation(model_cfg.output_activation, dtype="float32", name="prediction")(x)
 
 
-def rollout(model, context, horizon: int) -> np.ndarray:
+def rollout(model, context, horizon: int, *, call=None) -> np.ndarray:
     """Feed (batch, k, H, W, 1) context frames, then the model's own predictions: → (batch, horizon, H, W, 1).
 
-    Every call sees the same k + horizon - 1 frames, the ones not predicted yet zero: a causal model's
-    output at t ignores them, and one input shape means one traced graph for the whole rollout."""
+    An nfp-cell model feeds its predictions back itself: one pass. Otherwise `call` (default: the model)
+    runs once per predicted frame, always on the same k + horizon - 1 frames, those not predicted yet
+    zero: a causal model's output at t ignores them, and one input shape means one traced graph."""
     context = np.asarray(context, np.float32)
     k = context.shape[1]
     frames = np.zeros((context.shape[0], k + horizon - 1, *context.shape[2:]), np.float32)
     frames[:, :k] = context
+    stack = _nfp_stack(model)
+    if stack is not None:
+        stack.free_run_after = k
+        try:
+            return np.asarray(model(frames, training=False), np.float32)[:, k - 1 :]
+        finally:
+            stack.free_run_after = None
+    call = call or model
     preds = []
     for i in range(horizon):
-        nxt = np.asarray(model(frames, training=False), np.float32)[:, k - 1 + i]
+        nxt = np.asarray(call(frames, training=False), np.float32)[:, k - 1 + i]
         preds.append(nxt)
         if k + i < frames.shape[1]:
             frames[:, k + i] = nxt
     return np.stack(preds, axis=1)
+
+
+def _nfp_stack(model):
+    """The model's ConvLSTMStack, if it is an nfp-cell model (not a stand-in callable)."""
+    from nfp.layers import ConvLSTMStack
+
+    return next((layer for layer in getattr(model, "layers", ()) if isinstance(layer, ConvLSTMStack)), None)
 
 
 def check_compatible(model, frame_shape) -> None:

@@ -68,7 +68,7 @@ def evaluate_model(model, clip_batches_ds, *, protocol: str, context_frames: int
             check_compatible(model, tuple(x.shape[2:]))
         if protocol == "rollout":
             inputs, truth = x[:, :context_frames], x[:, context_frames : context_frames + predict_frames]
-            preds = {"model": rollout(forward, inputs, predict_frames), **baselines(inputs, predict_frames)}
+            preds = {"model": rollout(model, inputs, predict_frames, call=forward), **baselines(inputs, predict_frames)}
         else:
             inputs, truth = x[:, :-1], x[:, 1:]
             preds = {"model": tf.cast(forward(inputs), tf.float32), **baselines(inputs, None)}

@@ -173,6 +173,16 @@ def test_scheduled_sampling_feeds_predictions_after_the_context_and_counts_steps
     np.testing.assert_allclose(np.asarray(model(changed)), np.asarray(model(changed, training=False)))  # inference: off
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_rollout_is_the_frame_by_frame_feedback_loop(cell):
+    """An nfp-cell model rolls out in one pass (its stack feeds itself); any model must match the plain loop."""
+    model = build_model(_model_cfg(*CELLS[cell], "model.output_activation=linear"), image_size=16)
+    frames = _frames((2, 3, 16, 16, 1), seed=4)
+    for _ in range(4):  # the loop a user would write
+        frames = np.concatenate([frames, np.asarray(model(frames))[:, -1:]], axis=1)
+    np.testing.assert_allclose(rollout(model, frames[:, :3], 4), frames[:, 3:], atol=1e-5)
+
+
 def test_rollout_feeds_back_its_predictions():
     model = build_model(_model_cfg(), image_size=16)
     context = _frames((2, 3, 16, 16, 1), seed=2)
