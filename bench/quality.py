@@ -25,10 +25,10 @@ SIZES = {
         frames=20,
         train=4000,
         val=64,
-        test=256,
+        test=64,  # the same 64 for every preset; a keras-cell rollout costs ten passes per clip on the CPU
         batch=16,
         budget=600,
-        curve=[60, 150, 300, 450, 600],
+        curve=[150, 300, 600],
         context=10,
         presets={"tiny": [], "convlstm_s": [], "keras_io": []},
     ),
