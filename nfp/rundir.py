@@ -1,16 +1,22 @@
-"""A training job's output dir (local or gs://): where each file goes, and reading back what an earlier attempt left.
+"""A training job's output dir (local or gs://): where each file goes, reading back what an earlier attempt left,
+and holding it against a second job.
 
 <output_dir>/checkpoints/{best,last}.keras   backup/ (BackupAndRestore)   history.csv   images/epoch_NNN.png
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import datetime
 import io
 import json
+import os
+import socket
 from dataclasses import dataclass
 
 from nfp import storage
+from nfp.errors import TrainingError
 
 BACKUP_METADATA = "training_metadata.json"  # written by keras.callbacks.BackupAndRestore
 
@@ -59,6 +65,39 @@ class RunDir:
         if not storage.exists(path):
             return 0
         return int(json.loads(storage.read_bytes(path))["epoch"])
+
+
+LOCK = ".nfp-train.lock"
+
+
+@contextlib.contextmanager
+def held(run_dir: RunDir):
+    """Hold a local output dir for this job: a second `nfp train` on it stops with one line naming the holder.
+
+    An flock on <output_dir>/.nfp-train.lock: the kernel releases it when the holder exits or is killed, so a
+    killed job never leaves it stuck. Output dirs on object stores (gs://) are not held (no flock there)."""
+    if not storage.is_local(run_dir.root):
+        yield
+        return
+    import fcntl
+
+    path = storage.local_path(run_dir.root) / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+            raise TrainingError(
+                f"train.output_dir {run_dir.root}: in use by another nfp train ({holder}); wait for it to end, "
+                "or use another train.output_dir"
+            ) from None
+        since = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"host {socket.gethostname()}, pid {os.getpid()}, since {since}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def trim_csv(path: str, keep_below: int) -> None:

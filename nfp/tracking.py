@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -298,6 +299,10 @@ def start_run(cfg, *, is_chief: bool, state_dir) -> Iterator[RunLogger]:
         run = mlflow.start_run(run_id=run_id)
         if saved_run_id and saved_run_id != run_id:
             mlflow.set_tag("nfp.resumed_from_run", saved_run_id)
+            _end_orphan(saved_run_id, continued_in=run_id)
+        if "error" in run.data.tags:  # an earlier attempt's failure; this attempt's outcome is what counts
+            mlflow.delete_tag("error")
+        _say_where_it_logs(run, cfg.tracking.experiment)
     else:
         experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
         if not experiment_id:
@@ -325,6 +330,32 @@ def start_run(cfg, *, is_chief: bool, state_dir) -> Iterator[RunLogger]:
         _end(mlflow, "FAILED")
         raise
     _end(mlflow, "FINISHED")
+
+
+def _end_orphan(run_id: str, *, continued_in: str) -> None:
+    """A killed attempt's run that `mlflow run` did not resume: end it KILLED, pointing at the run that goes on."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    if client.get_run(run_id).info.status != "RUNNING":
+        return
+    client.set_tag(run_id, "nfp.continued_in_run", continued_in)
+    client.set_terminated(run_id, status="KILLED")
+    print(f"train: MLflow run {run_id} of the earlier attempt ended KILLED; this job continues in run {continued_in} "
+          f"(to keep one run, rerun with `mlflow run --run-id {run_id}`)", file=sys.stderr)  # fmt: skip
+
+
+def _say_where_it_logs(run, experiment_name: str) -> None:
+    """Under `mlflow run` the run's experiment is mlflow's choice, not tracking.experiment: say so when they differ."""
+    import mlflow
+
+    if not os.environ.get("MLFLOW_RUN_ID"):
+        return
+    actual = mlflow.get_experiment(run.info.experiment_id).name
+    if actual != experiment_name:
+        print(f"train: logging into run {run.info.run_id} of experiment {actual!r}, which `mlflow run` chose; "
+              f"tracking.experiment {experiment_name!r} applies outside `mlflow run` "
+              f"(pass --experiment-name {experiment_name} to use it)", file=sys.stderr)  # fmt: skip
 
 
 def get_run(run_id: str, *, missing_ok: bool = False, error: type[Exception] = TrackingError, purpose: str = ""):

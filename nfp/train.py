@@ -22,7 +22,7 @@ from nfp import callbacks as cb
 from nfp import storage, tracking, visualize
 from nfp.errors import ConfigError, TrainingError, redact
 from nfp.job import Job, plan
-from nfp.rundir import read_csv_history, trim_csv
+from nfp.rundir import RunDir, held, read_csv_history, trim_csv
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,12 @@ def train(cfg, *, config_path=None) -> dict:
         tracking.check_reachable()  # before any compute: a dead server must not cost a run
         tracking.check_register_name(cfg.tracking.register_as)
         tracking.check_artifact_location(cfg.tracking.experiment)
+    # The chief holds the output dir for the whole job; the other workers write to scratch dirs.
+    with held(RunDir(cfg.train.output_dir)) if cluster.is_chief else contextlib.nullcontext():
+        return _train(cfg, cluster, config_path)
 
+
+def _train(cfg, cluster, config_path) -> dict:
     import keras
     import tensorflow as tf
 

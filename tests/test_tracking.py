@@ -186,3 +186,29 @@ def test_logged_model_has_signature_and_example_and_loads_with_pyfunc(cfg, tmp_p
     np.testing.assert_allclose(loaded.predict(example), model.predict(example, verbose=0), rtol=1e-5)
     longer = np.random.rand(2, 7, 8, 8, 1).astype(np.float32)
     assert loaded.predict(longer).shape == (2, 7, 8, 8, 1)
+
+
+def test_a_successful_rerun_clears_the_error_of_a_failed_attempt(cfg, tmp_path):
+    with pytest.raises(RuntimeError):
+        with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path):
+            raise RuntimeError("disk on fire")
+    (failed,) = _runs()
+    assert failed.info.status == "FAILED" and "disk on fire" in failed.data.tags["error"]
+    with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path):  # the same job again: the same run
+        pass
+    (run,) = _runs()
+    assert run.info.status == "FINISHED" and "error" not in run.data.tags
+
+
+def test_under_mlflow_run_a_killed_attempts_run_is_ended_and_the_experiment_named(cfg, tmp_path, monkeypatch, capsys):
+    earlier = mlflow.MlflowClient().create_run(mlflow.create_experiment("t-exp")).info.run_id  # RUNNING forever
+    (tmp_path / tracking.RUN_ID_FILE).write_text(earlier)
+    launched = mlflow.MlflowClient().create_run("0").info.run_id  # `mlflow run` without --experiment-name: Default
+    monkeypatch.setenv("MLFLOW_RUN_ID", launched)
+    with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path) as run:
+        assert run.run_id == launched
+    old = mlflow.get_run(earlier)
+    assert old.info.status == "KILLED" and old.data.tags["nfp.continued_in_run"] == launched
+    err = capsys.readouterr().err
+    assert f"MLflow run {earlier} of the earlier attempt ended KILLED; this job continues in run {launched}" in err
+    assert "of experiment 'Default', which `mlflow run` chose; tracking.experiment 't-exp' applies outside" in err

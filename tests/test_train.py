@@ -332,3 +332,28 @@ def test_global_batch_larger_than_the_training_split_names_the_batch_size(tiny_o
         ConfigError, match=r"train.batch_size: global batch 64 \(64 × 1 replicas\) exceeds the \d+ training clips"
     ):
         train(cfg)
+
+
+@pytest.mark.slow
+def test_a_second_train_on_a_busy_output_dir_refuses_and_a_killed_holder_frees_it(tiny_overrides, tmp_path, capsys):
+    from nfp.cli import main
+
+    overrides = [*tiny_overrides, "train.images.every_n_epochs=0", "tracking.enabled=false"]
+    out = tmp_path / "out"
+    proc = _start([*overrides, "train.epochs=500"])
+    try:
+        _wait_for_rows(proc, out / "history.csv", 1)
+        rows = len(_rows(out / "history.csv"))
+        assert main(["train", *overrides, "train.epochs=500"]) == 2
+        (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith(("error", "Traceback"))]
+        assert line.startswith(f"error: train.output_dir {out}: in use by another nfp train (host ")
+        assert f"pid {proc.pid}, since " in line and line.endswith(
+            "wait for it to end, or use another train.output_dir"
+        )
+        assert proc.poll() is None and len(_rows(out / "history.csv")) >= rows  # the first job goes on, untouched
+    finally:
+        proc.kill()  # SIGKILL: no cleanup runs, the kernel drops the lock
+        proc.wait()
+    done = RunDir(str(out)).resume_epoch()
+    summary = train(load_config(None, [*overrides, f"train.epochs={done + 1}"]))
+    assert len(summary["history"]["loss"]) == 1  # it took the dir over and resumed
