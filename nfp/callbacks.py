@@ -139,7 +139,8 @@ class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
 
 
 class CSVLog(keras.callbacks.CSVLogger):
-    """CSVLogger that also closes a remote (gs://) file: Keras's on_train_end asks tf.io.gfile.GFile for `.closed`, which it lacks."""
+    """CSVLogger with epochs numbered from 1 (as MLflow's steps), that also closes a remote (gs://) file: Keras's
+    on_train_end asks tf.io.gfile.GFile for `.closed`, which it lacks."""
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
@@ -148,6 +149,9 @@ class CSVLog(keras.callbacks.CSVLogger):
         if not self.append_header:
             header = storage.read_bytes(self.filename).decode().partition("\n")[0]
             self.keys = header.rstrip("\r").split(self.sep)[1:] or None
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch + 1, logs)  # epochs numbered from 1, as MLflow steps and Keras's progress lines
 
     def on_train_end(self, logs=None):
         if self.csv_file is not None:

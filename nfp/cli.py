@@ -89,6 +89,8 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if not args.debug:
+        _quiet_tensorflow()
     try:
         return _dispatch(args)
     except NfpError as err:
@@ -99,6 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _quiet_tensorflow() -> None:
+    """TF's C++ start-up lines (oneDNN, absl, XLA, "failed call to cuInit" on a machine without a GPU) are not news:
+    warnings and up are kept on GPU machines, only fatal ones elsewhere. An explicit TF_CPP_MIN_LOG_LEVEL wins;
+    `nfp --debug` leaves TF as it is."""
+    has_gpu = os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvidiactl")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1" if has_gpu else "3")
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -195,7 +195,10 @@ class TrainConfig:
     steps_per_execution: int = _knob(1, min=1)
     output_dir: str = "outputs/run"
     seed: int = _knob(0, min=0)
-    verbose: int = _knob(1, min=0, max=2)
+    verbose: int | None = _knob(
+        None, min=0, max=2, help="Keras fit output: 0 silent, 1 progress bar, 2 a line per epoch; "
+        "default: 1 on a terminal, 2 when stdout is a file or pipe (no progress-bar escapes in logs)",
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- distribute / tracking / evaluate

@@ -100,15 +100,16 @@ def held(run_dir: RunDir):
         os.close(fd)  # releases the flock
 
 
-def trim_csv(path: str, keep_below: int) -> None:
-    """Drop CSV rows of epochs >= `keep_below` (and a torn last line): a resumed run writes each epoch once."""
+def trim_csv(path: str, epochs_done: int) -> None:
+    """Keep the CSV rows of epochs 1..`epochs_done` (the backup's), dropping later ones and a torn last line: a
+    resumed run writes each epoch once."""
     if not storage.exists(path):
         return
     lines = storage.read_bytes(path).decode().splitlines(keepends=True)
     kept = lines[:1] + [
         line
         for line in lines[1:]
-        if line.endswith("\n") and line.split(",", 1)[0].isdigit() and int(line.split(",", 1)[0]) < keep_below
+        if line.endswith("\n") and line.split(",", 1)[0].isdigit() and int(line.split(",", 1)[0]) <= epochs_done
     ]
     if kept != lines:
         storage.write_bytes(path, "".join(kept).encode())

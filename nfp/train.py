@@ -118,7 +118,7 @@ def _train(cfg, cluster, config_path) -> dict:
                     validation_data=val_ds,
                     validation_steps=val_steps,
                     callbacks=[*callbacks, stop_after_sigterm],
-                    verbose=t.verbose,
+                    verbose=t.verbose if t.verbose is not None else (1 if sys.stdout.isatty() else 2),
                     shuffle=False,  # the pipeline shuffles; Keras would warn that it ignores shuffle=True
                 )
         except tf.errors.UnavailableError as err:

@@ -122,7 +122,7 @@ def test_fit_with_everything_on_writes_and_logs_each_epoch(tiny_overrides, tmp_p
     assert [(key, step) for *_, key, step in images] == [("predictions", 1), ("predictions", 2)]
     assert images[0][1] == np.uint8 and images[0][0][2] == 3
     rows = (out / "history.csv").read_text().splitlines()
-    assert rows[0].split(",")[0] == "epoch" and [r.split(",")[0] for r in rows[1:]] == ["0", "1"]
+    assert rows[0].split(",")[0] == "epoch" and [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
     # the tracking callback sees what the earlier callbacks added
     for logs in tracker.logs:
         assert {"loss", "val_loss", "learning_rate", "epoch_time", "clips_per_sec", "val_mse", "val_ssim"} <= set(logs)
@@ -162,7 +162,7 @@ def test_non_chief_saves_into_scratch_and_restores_from_the_chief(tiny_overrides
 def test_resumed_best_checkpoint_is_not_replaced_by_a_worse_epoch(tiny_overrides, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "history.csv").write_text("epoch,loss,val_loss\n0,0.1,0.0001\n")
+    (out / "history.csv").write_text("epoch,loss,val_loss\n1,0.1,0.0001\n")
     _, callbacks = _build(tiny_overrides, ["train.checkpoint.save_best=true"])
     best = next(c for c in callbacks if isinstance(c, cb.AtomicCheckpoint) and c.save_best_only)
     assert best.best == pytest.approx(0.0001)
@@ -173,7 +173,7 @@ def test_stale_temporary_checkpoint_is_never_promoted(tiny_overrides, tmp_path):
     ckpt = tmp_path / "out/checkpoints"
     ckpt.mkdir(parents=True)
     (ckpt / "best.tmp.keras").write_text("half-written by a killed run")
-    (tmp_path / "out/history.csv").write_text("epoch,val_loss\n0,0.0\n")  # nothing will beat this
+    (tmp_path / "out/history.csv").write_text("epoch,val_loss\n1,0.0\n")  # nothing will beat this
     callbacks = cb.build_callbacks(cfg, _job(cfg, output_dir=str(tmp_path / "out")))
     _fit(cfg, callbacks, epochs=1)
     assert not (ckpt / "best.keras").exists() and not (ckpt / "best.tmp.keras").exists()

@@ -74,3 +74,24 @@ def test_an_output_dir_that_cannot_be_made_is_one_line_before_any_work(command, 
     err = capsys.readouterr().err
     assert err.startswith(expected) and err.count("\n") == 1, err
     assert not (tmp_path / "data").exists()  # refused before any data work
+
+
+@pytest.mark.slow
+def test_train_on_a_cpu_is_quiet_and_logs_a_line_per_epoch_to_a_pipe(tiny_overrides):
+    """No TF start-up noise on a machine without a GPU, no progress-bar escapes in a redirected log; --debug shows all."""
+    import os
+
+    overrides = [o for o in tiny_overrides if not o.startswith("train.verbose")] + ["tracking.enabled=false"]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-m", "nfp", "train", *overrides], capture_output=True, text=True, env=env,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    if not os.path.exists("/dev/nvidia0"):
+        noise = [
+            line
+            for line in done.stderr.splitlines()
+            if line.startswith(("E0000", "W0000", "I0000", "WARNING: All log"))
+        ]
+        assert noise == [], noise
+    assert "\x1b[" not in done.stdout and "\b" not in done.stdout  # verbose 2 on a pipe: plain lines
+    assert sum(line.startswith("Epoch ") for line in done.stdout.splitlines()) == 2

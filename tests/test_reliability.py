@@ -248,7 +248,7 @@ def test_sigkill_mid_epoch_then_rerun_resumes_from_the_last_completed_epoch(tiny
 
     first.wait_until(mid_epoch_3, "step 5 of epoch 3")
     first.kill()
-    assert _backed_up(out) == 2 and _csv_epochs(out / "history.csv") == ["0", "1"]  # killed inside epoch 3
+    assert _backed_up(out) == 2 and _csv_epochs(out / "history.csv") == ["1", "2"]  # killed inside epoch 3
     _rerun_finishes_from(overrides, out, 2, _rows_by_epoch(out))
 
 
@@ -258,7 +258,7 @@ def test_sigkill_right_after_a_checkpoint_then_rerun_resumes_after_it(tiny_overr
     first = Trainer(overrides)
     first.wait_until(lambda: _backed_up(out) == 2, "backup of epoch 2")  # the backup is the last thing an epoch writes
     first.kill()
-    assert _backed_up(out) == 2 and _csv_epochs(out / "history.csv") == ["0", "1"]
+    assert _backed_up(out) == 2 and _csv_epochs(out / "history.csv") == ["1", "2"]
     _rerun_finishes_from(overrides, out, 2, _rows_by_epoch(out))
 
 
@@ -320,7 +320,7 @@ def test_tracking_server_dying_mid_training_costs_a_warning_and_the_backlog_is_r
         server.proc.wait()
         assert first.finish() == 0, first.stderr[-3000:]
         assert "MLflow logging failed" in first.stderr and "training continues" in first.stderr
-        assert _csv_epochs(out / "history.csv") == [str(e) for e in range(EPOCHS)] and _backed_up(out) == EPOCHS
+        assert _csv_epochs(out / "history.csv") == [str(e) for e in range(1, EPOCHS + 1)] and _backed_up(out) == EPOCHS
         assert (out / "checkpoints/last.keras").is_file() and (out / "checkpoints/best.keras").is_file()
         backlog = [json.loads(line) for line in (out / tracking.BACKLOG_FILE).read_text().splitlines()]
         unlogged = {r["step"] for r in backlog if "metrics" in r}
@@ -369,7 +369,7 @@ def test_nan_loss_exits_2_with_one_line_and_keeps_the_last_good_checkpoint(tiny_
     assert {name: _sha(out / "checkpoints" / name) for name in good} == good
     model = load_model(str(out / "checkpoints/last.keras"))
     assert np.isfinite(model.predict(np.zeros((1, 5, 16, 16, 1), np.float32), verbose=0)).all()
-    assert _backed_up(out) == 1 and _csv_epochs(out / "history.csv") == ["0"]
+    assert _backed_up(out) == 1 and _csv_epochs(out / "history.csv") == ["1"]
     run = _only_run()
     assert run.info.status == "FAILED" and "loss became NaN/Inf in epoch 2" in run.data.tags["error"]
 

@@ -20,7 +20,7 @@ def test_resume_epoch_comes_from_the_backup_metadata(tmp_path):
 
 def test_csv_trim_drops_epochs_past_the_backup_and_a_torn_line(tmp_path):
     csv = tmp_path / "history.csv"
-    csv.write_text("epoch,loss\n0,0.5\n1,0.4\n2,0.3\n3,0.")  # epoch 2 done after the backup, epoch 3 torn
+    csv.write_text("epoch,loss\n1,0.5\n2,0.4\n3,0.3\n4,0.")  # epoch 3 done after the backup, epoch 4 torn
     trim_csv(str(csv), 2)
-    assert csv.read_text() == "epoch,loss\n0,0.5\n1,0.4\n"
+    assert csv.read_text() == "epoch,loss\n1,0.5\n2,0.4\n"
     assert read_csv_history(str(csv)) == {"loss": [0.5, 0.4]}

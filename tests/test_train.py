@@ -221,11 +221,11 @@ def test_a_csv_row_written_after_the_last_backup_is_trimmed_on_resume(tiny_overr
     train(load_config(None, [*overrides, "train.epochs=3"]))
     shutil.rmtree(out / "backup")
     shutil.copytree(tmp_path / "backup-after-epoch-2", out / "backup")  # epoch 3's row is in the CSV, not in the backup
-    assert [row["epoch"] for row in _rows(out / "history.csv")] == ["0", "1", "2"]
+    assert [row["epoch"] for row in _rows(out / "history.csv")] == ["1", "2", "3"]
 
     summary = train(load_config(None, [*overrides, "train.epochs=3"]))
     assert len(summary["history"]["loss"]) == 1  # epoch 3 again, and only it
-    assert [row["epoch"] for row in _rows(out / "history.csv")] == ["0", "1", "2"]
+    assert [row["epoch"] for row in _rows(out / "history.csv")] == ["1", "2", "3"]
 
 
 # --------------------------------------------------------------------------- killed and restarted
@@ -273,7 +273,7 @@ def test_sigkill_then_rerun_resumes_after_the_last_completed_epoch(tiny_override
     assert proc.returncode == 0, err[-3000:]
     assert f"resuming after epoch {done} of 5" in err
     rows = _rows(history)
-    assert [row["epoch"] for row in rows] == ["0", "1", "2", "3", "4"]  # each epoch once
+    assert [row["epoch"] for row in rows] == ["1", "2", "3", "4", "5"]  # each epoch once
     for row in rows[:done]:
         assert row == before[row["epoch"]]  # the epochs before the kill were not trained again
     run = _run()
