@@ -55,7 +55,8 @@ class EpochStats(keras.callbacks.Callback):
 
 
 class PredictionImages(keras.callbacks.Callback):
-    """Every `every` epochs: context / truth / rollout-prediction strips of fixed clips → PNG + sink(image, key, step)."""
+    """Every `every` epochs (and at step 0 when `at_start`): context / truth / rollout-prediction strips of fixed
+    clips → PNG + sink(image, key, step)."""
 
     def __init__(
         self,
@@ -67,30 +68,38 @@ class PredictionImages(keras.callbacks.Callback):
         images_dir: str,
         sink: Callable | None = None,
         key: str = "predictions",
+        at_start: bool = False,
     ):
         super().__init__()
         self.clips = np.asarray(clips)  # (N, T, H, W) uint8
         t = self.clips.shape[1]
         self.context = max(1, min(context_frames, t - 1))
         self.horizon = max(1, min(predict_frames, t - self.context))
-        self.every, self.images_dir, self.sink, self.key = every, images_dir, sink, key
+        self.every, self.images_dir, self.sink, self.key, self.at_start = every, images_dir, sink, key, at_start
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every == 0:
             self.render(epoch + 1)
 
+    def on_train_begin(self, logs=None):
+        if self.at_start:  # step 0, the untrained model: the UI's image slider opens on it
+            self.render(0)
+
     def render(self, step: int) -> np.ndarray:
-        """Draw the strips grid (H, W, 3) uint8 for `step` (1-based epoch), write it and hand it to the sink."""
+        """Draw the strips (H, W, 3) uint8 for `step` (epochs from 1), write it and hand it to the sink: per clip,
+        labelled rows of context, truth and prediction, frames scaled up to be legible, long rows wrapped."""
         from nfp.model import rollout
 
         frames = self.clips.astype(np.float32)[..., None] / 255.0
         k, n = self.context, self.horizon
         pred = rollout(self.model, frames[:, :k], n)
-        image = visualize.strips_grid(
-            [visualize.prediction_strip(c[:k], c[k : k + n], p) for c, p in zip(frames, pred)]
-        )
+        rows = []
+        for i, (clip, p) in enumerate(zip(frames, pred)):
+            rows += [(f"#{i} context", clip[:k]), ("truth", clip[k : k + n]), ("prediction", p)]
+        gray = visualize.labelled_rows(rows, visualize.frame_scale(self.clips.shape[2]), wrap=visualize.ROW_FRAMES)
+        image = np.repeat(gray[..., None], 3, axis=-1)
         with tempfile.TemporaryDirectory() as tmp:
-            local = visualize.write_png(image, os.path.join(tmp, "x.png"))
+            local = visualize.write_png(image, os.path.join(tmp, "x.png"), scale=1)
             storage.write_bytes(storage.join(self.images_dir, f"epoch_{step:03d}.png"), local.read_bytes())
         if self.sink is not None:
             self.sink(image, self.key, step)
@@ -133,7 +142,12 @@ class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
             storage.remove(self.filepath)
 
     def on_epoch_end(self, epoch, logs=None):
-        super().on_epoch_end(epoch, logs)
+        try:
+            super().on_epoch_end(epoch, logs)
+        except OSError:  # a full disk: leave the last complete checkpoint, not a partial one beside it
+            if storage.exists(self.filepath):
+                storage.remove(self.filepath)
+            raise
         if storage.exists(self.filepath):
             storage.rename(self.filepath, self.final_path)
 
@@ -171,7 +185,12 @@ class Backup(keras.callbacks.BackupAndRestore):
     def _save_model(self):
         storage.makedirs(self.save_dir)
         partial = storage.join(self.save_dir, "latest.tmp.weights.h5")
-        self.model.save_weights(partial, overwrite=True)
+        try:
+            self.model.save_weights(partial, overwrite=True)
+        except OSError:
+            if storage.exists(partial):
+                storage.remove(partial)
+            raise
         storage.rename(partial, storage.join(self.save_dir, "latest.weights.h5"))
         # Metadata last: a kill between the two renames redoes one epoch, never skips one.
         meta = {"epoch": self._current_epoch, "batch": self._last_batch_seen}
@@ -183,6 +202,7 @@ def build_callbacks(
     cfg,
     job: Job,
     *,
+    fresh: bool = True,
     scratch_dir: str | None = None,
     has_validation: bool = True,
     val_clips: np.ndarray | None = None,
@@ -194,6 +214,7 @@ def build_callbacks(
     `tracking_callback` goes after every callback that adds to the logs.
 
     Off the chief, files go to `scratch_dir` (default: a new temporary dir) instead of the job's output dir.
+    `fresh`: no epoch done yet (prediction strips then start with the untrained model, step 0).
     """
     t = cfg.train
     out = job.output
@@ -250,6 +271,7 @@ def build_callbacks(
                 predict_frames=cfg.evaluate.predict_frames,
                 images_dir=out.images,
                 sink=image_sink,
+                at_start=fresh,
             )
         )
     if t.csv_log:

@@ -100,6 +100,7 @@ def _train(cfg, cluster, config_path) -> dict:
         callbacks = cb.build_callbacks(
             cfg,
             job,
+            fresh=not start,
             scratch_dir=scratch,
             has_validation=val_ds is not None,
             val_clips=pipeline.read_clips(cfg.data, manifest, "val", t.images.num_clips) if show_images else None,
@@ -131,13 +132,17 @@ def _train(cfg, cluster, config_path) -> dict:
                 f"a worker was lost in epoch {_epoch_of(callbacks) + 1} ({reason}): stopped; start every worker again "
                 f"with the same command: training resumes from {out.backup}"
             ) from None
+        except OSError as err:  # a full disk, a vanished mount: one line, and the last complete state named
+            raise TrainingError(
+                f"writing under {out.root} failed in epoch {_epoch_of(callbacks) + 1} ({err.strerror or err}): stopped; "
+                f"{_kept(out)}"
+            ) from None
         except RuntimeError as err:
             if "NaN or Inf loss" not in str(err):
                 raise
-            kept = [p for p in (out.backup, out.best, out.last) if storage.exists(p)]
-            state = f"last good state kept in {', '.join(kept)}" if kept else "no epoch had finished, nothing kept"
             raise TrainingError(
-                f"loss became NaN/Inf in epoch {_epoch_of(callbacks) + 1}: stopped; {state} (try a lower train.learning_rate)"
+                f"loss became NaN/Inf in epoch {_epoch_of(callbacks) + 1}: stopped; {_kept(out)} "
+                "(try a lower train.learning_rate)"
             ) from None
         trained = len(history.history.get("loss", []))
         if job.is_chief and trained:  # a finished job re-run trains nothing and logs nothing again
@@ -340,6 +345,12 @@ def _device_kind(gpus) -> str:
         return "CPU"
     name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
     return f"{len(gpus)}x {name}"
+
+
+def _kept(out: RunDir) -> str:
+    """What a stopped job leaves to resume or use: only the files that exist."""
+    kept = [p for p in (out.backup, out.best, out.last) if storage.exists(p)]
+    return f"last good state kept in {', '.join(kept)}" if kept else "no epoch had finished, nothing kept"
 
 
 def _epoch_of(callbacks) -> int:

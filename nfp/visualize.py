@@ -58,6 +58,44 @@ def strips_grid(strips: list[np.ndarray]) -> np.ndarray:
     return np.repeat(gray[..., None], 3, axis=-1)
 
 
+MIN_FRAME_PX = 64  # smaller frames are drawn scaled up by a whole factor to at least this
+LABEL_PX = 64  # the column that names each row
+ROW_FRAMES = 10  # longer rows wrap
+
+
+def frame_scale(frame_px: int) -> int:
+    """The whole factor that brings a frame to at least MIN_FRAME_PX pixels (nearest neighbour: no blur)."""
+    return max(1, -(-MIN_FRAME_PX // frame_px))
+
+
+def labelled_rows(rows: list[tuple[str, np.ndarray]], scale: int, *, wrap: int | None = None) -> np.ndarray:
+    """(label, (T, H, W) frames) rows → one (H', W') uint8 image: a label column, then each row's frames left to
+    right, scaled `scale`×; rows longer than `wrap` frames continue on the next line, labelled "… (cont.)"."""
+    from PIL import Image, ImageDraw
+
+    lines = []
+    for label, frames in rows:
+        frames = to_uint8(frames)
+        step = wrap or len(frames)
+        for start in range(0, len(frames), step):
+            lines.append((label if start == 0 else f"{label} (cont.)", frames[start : start + step]))
+    h, w = lines[0][1].shape[1:]
+    fh, fw = h * scale, w * scale
+    width = LABEL_PX + max(len(f) for _, f in lines) * (fw + _GAP) - _GAP
+    image = np.full((len(lines) * (fh + _GAP) - _GAP, width), 255, np.uint8)
+    for r, (_, frames) in enumerate(lines):
+        top = r * (fh + _GAP)
+        big = frames.repeat(scale, axis=1).repeat(scale, axis=2)
+        for t, frame in enumerate(big):
+            left = LABEL_PX + t * (fw + _GAP)
+            image[top : top + fh, left : left + fw] = frame
+    canvas = Image.fromarray(image)
+    draw = ImageDraw.Draw(canvas)
+    for r, (label, _) in enumerate(lines):
+        draw.text((4, r * (fh + _GAP) + fh // 2 - 5), label, fill=0)
+    return np.asarray(canvas)
+
+
 def side_by_side_frames(truth, prediction) -> np.ndarray:
     """(time, H, 2W+gap) uint8: ground truth left, prediction right, frame by frame."""
     truth, prediction = to_uint8(truth), to_uint8(prediction)

@@ -118,8 +118,8 @@ def test_fit_with_everything_on_writes_and_logs_each_epoch(tiny_overrides, tmp_p
     assert (out / "checkpoints/best.keras").is_file() and (out / "checkpoints/last.keras").is_file()
     assert not list((out / "checkpoints").glob("*.tmp.keras"))
     assert json.loads((out / "backup/training_metadata.json").read_text())["epoch"] == 2
-    assert [p.name for p in sorted((out / "images").iterdir())] == ["epoch_001.png", "epoch_002.png"]
-    assert [(key, step) for *_, key, step in images] == [("predictions", 1), ("predictions", 2)]
+    assert [p.name for p in sorted((out / "images").iterdir())] == ["epoch_000.png", "epoch_001.png", "epoch_002.png"]
+    assert [(key, step) for *_, key, step in images] == [("predictions", 0), ("predictions", 1), ("predictions", 2)]
     assert images[0][1] == np.uint8 and images[0][0][2] == 3
     rows = (out / "history.csv").read_text().splitlines()
     assert rows[0].split(",")[0] == "epoch" and [r.split(",")[0] for r in rows[1:]] == ["1", "2"]

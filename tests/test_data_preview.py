@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from nfp import visualize
 from nfp.cli import main
 from nfp.config import load_config
-from nfp.data import preview
 from nfp.data.prepare import prepare
 
 
@@ -31,9 +31,9 @@ def test_prepare_writes_a_labelled_preview_of_every_split_next_to_the_manifest(c
     data = Path(cfg.data.dir)
     scale = 64 // 16  # 16-px frames drawn 4× so digits are readable
     rows = 3 + 2 + 2  # up to 3 clips per split: train 3, val 2, test 2
-    assert _size(data / "preview.png") == (preview.LABEL_PX + 6 * (16 * scale + 2) - 2, rows * (16 * scale + 2) - 2)
+    assert _size(data / "preview.png") == (visualize.LABEL_PX + 6 * (16 * scale + 2) - 2, rows * (16 * scale + 2) - 2)
     assert _size(data / "preview.gif") == (16 * scale, (16 + 2) * scale) and _frames(data / "preview.gif") == 6
-    assert preview.frame_scale(64) == 1 and preview.frame_scale(28) == 3
+    assert visualize.frame_scale(64) == 1 and visualize.frame_scale(28) == 3
 
 
 def test_previews_are_identical_across_reruns_and_commands(cfg, tmp_path, capsys):

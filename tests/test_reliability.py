@@ -425,3 +425,68 @@ def test_a_failing_download_with_credentials_in_data_url_never_prints_them(tmp_p
     err = capsys.readouterr().err
     assert f"error: data.url: cannot download http://***@127.0.0.1:{url.split(':')[3]}" in err
     assert "s3cret" not in err and "alice" not in err
+
+
+# --------------------------------------------------------------------------- a full disk
+def test_a_full_disk_while_preparing_is_one_line_and_leaves_no_partial_shard(
+    tiny_overrides, tmp_path, monkeypatch, capsys
+):
+    import tensorflow as tf
+
+    written = []
+
+    class FullDisk:  # a TFRecordWriter whose disk fills up after two records
+        def __init__(self, path, options=None):
+            self.path = path
+            Path(path).write_bytes(b"partial")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write(self, record):
+            written.append(record)
+            if len(written) > 2:
+                raise tf.errors.ResourceExhaustedError(None, None, f"{self.path}; No space left on device")
+
+    monkeypatch.setattr(tf.io, "TFRecordWriter", FullDisk)
+    assert main(["prepare", *tiny_overrides]) == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith(("error", "Traceback"))]
+    assert line.startswith("error: data.dir: cannot write shard ") and "No space left on device" in line
+    left = sorted(p.name for p in (tmp_path / "data").iterdir())
+    assert not [n for n in left if ".tmp-" in n or n.endswith(".tfrecord") or n == "manifest.json"], left
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_partial_checkpoint(
+    tiny_overrides, tmp_path, monkeypatch
+):
+    import errno
+
+    import keras
+
+    from nfp.errors import TrainingError
+    from nfp.train import train
+
+    real_save, saves = keras.Model.save, []
+
+    def save(self, filepath, *args, **kwargs):
+        saves.append(str(filepath))
+        if len(saves) > 2:  # epoch 1's best and last fit; epoch 2's best does not
+            Path(filepath).write_bytes(b"half a zip")
+            raise OSError(errno.ENOSPC, "No space left on device", str(filepath))
+        return real_save(self, filepath, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save", save)
+    cfg = load_config(
+        None, [*tiny_overrides, "train.epochs=3", "tracking.enabled=false", "train.images.every_n_epochs=0"]
+    )
+    out = tmp_path / "out"
+    with pytest.raises(TrainingError, match=(
+        rf"^writing under {out} failed in epoch 2 \(No space left on device\): stopped; last good state kept in "
+        rf"{out}/backup, {out}/checkpoints/best.keras, {out}/checkpoints/last.keras$"
+    )):  # fmt: skip
+        train(cfg)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.keras", "last.keras"]  # no *.tmp.keras
+    assert RunDir(str(out)).resume_epoch() == 1

@@ -49,3 +49,29 @@ def test_history_figure_renders_losses_and_lr():
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     assert buf.getvalue().startswith(b"\x89PNG")
+
+
+def test_labelled_rows_scale_small_frames_and_wrap_long_rows():
+    rows = [("context", np.zeros((12, 16, 16), np.uint8)), ("truth", np.full((3, 16, 16), 255, np.uint8))]
+    scale = visualize.frame_scale(16)
+    image = visualize.labelled_rows(rows, scale, wrap=10)
+    assert scale == 4  # 16-px frames drawn at 64 px: legible at the MLflow UI's size
+    assert image.shape == (3 * (64 + 2) - 2, visualize.LABEL_PX + 10 * (64 + 2) - 2)  # 12 frames: 10, then 2
+    assert image[:64, :4].min() == 255 and image[:64, 4 : visualize.LABEL_PX].min() < 128  # a label is drawn
+    assert (image[2 * 66 : 2 * 66 + 64, visualize.LABEL_PX : visualize.LABEL_PX + 64] == 255).all()  # truth frame
+
+
+def test_prediction_images_start_at_step_zero_on_a_fresh_run_only(tmp_path):
+    import keras
+
+    from nfp.callbacks import PredictionImages
+
+    clips = np.zeros((2, 6, 16, 16), np.uint8)
+    steps = []
+    model = keras.Sequential([keras.Input((None, 16, 16, 1)), keras.layers.Conv3D(1, 1)])
+    for at_start in (True, False):
+        images = PredictionImages(clips, every=1, context_frames=3, predict_frames=3, images_dir=str(tmp_path),
+                                  sink=lambda image, key, step: steps.append(step), at_start=at_start)  # fmt: skip
+        images.set_model(model)
+        images.on_train_begin()
+    assert steps == [0]

@@ -26,7 +26,7 @@ from nfp.config import DataConfig
 from nfp.data import preview
 from nfp.data.manifest import FORMAT_VERSION, RECORD, SHARD_NAME, Manifest, load_manifest
 from nfp.data.moving_mnist import SPLITS
-from nfp.errors import DataError, redact
+from nfp.errors import DataError, first_line, redact
 
 _CHUNK = 256  # clips rendered/read at a time: bounds memory whatever the shard size
 _MIN_SHARD_MB = 10  # TF guidance: shards of at least 10 MB (ideally 100 MB)
@@ -302,7 +302,9 @@ def _write_shard(url: str, name: str, chunks, compression: str, tmp_dir: Path, b
         digest, size = storage.sha256(str(tmp))
         storage.put(tmp, url)
     except OSError as err:
-        raise DataError(f"data.dir: cannot write shard {url} ({err})") from None
+        raise DataError(f"data.dir: cannot write shard {url} ({err.strerror or err})") from None
+    except tf.errors.OpError as err:  # TF's writer: ResourceExhaustedError when the disk is full, …
+        raise DataError(f"data.dir: cannot write shard {url} ({first_line(err)})") from None
     except Exception as err:
         if storage.is_local(url):
             raise

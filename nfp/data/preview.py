@@ -8,7 +8,6 @@ rerun draws the same picture, byte for byte.
 from __future__ import annotations
 
 import io
-import math
 import tempfile
 from pathlib import Path
 
@@ -22,9 +21,6 @@ from nfp.errors import ConfigError
 
 PNG, GIF = "preview.png", "preview.gif"
 CLIPS = 3  # per split, by default
-MIN_FRAME_PX = 64  # smaller frames are scaled up by a whole factor to at least this
-LABEL_PX = 64  # the column that names each row ("train #0")
-GAP_PX = 2
 
 
 def write(out_dir: str, clips: dict[str, np.ndarray]) -> dict[str, str]:
@@ -32,12 +28,12 @@ def write(out_dir: str, clips: dict[str, np.ndarray]) -> dict[str, str]:
 
     The PNG has a row per clip, labelled "split #index"; the GIF plays the first clip."""
     rows = [(f"{split} #{i}", clip) for split, split_clips in clips.items() for i, clip in enumerate(split_clips)]
-    scale = frame_scale(rows[0][1].shape[1])
+    scale = visualize.frame_scale(rows[0][1].shape[1])
     with tempfile.TemporaryDirectory(prefix="nfp-preview-") as tmp:
         gif = visualize.write_gif(rows[0][1], Path(tmp, GIF), scale=scale).read_bytes()
     paths = {"png": storage.join(out_dir, PNG), "gif": storage.join(out_dir, GIF)}
     storage.makedirs(out_dir)
-    storage.write_bytes(paths["png"], _png_bytes(labelled_rows(rows, scale)))
+    storage.write_bytes(paths["png"], _png_bytes(visualize.labelled_rows(rows, scale)))
     storage.write_bytes(paths["gif"], gif)
     return paths
 
@@ -69,32 +65,6 @@ def check_has_clips(manifest: Manifest, splits: list[str] | None) -> None:
     for split in splits or ():
         if not manifest.count(split):
             raise ConfigError(f"--split: split {split!r} of {manifest.dir} has no clips (see data.split)")
-
-
-def frame_scale(frame_px: int) -> int:
-    """The whole factor that brings a frame to at least MIN_FRAME_PX pixels."""
-    return max(1, math.ceil(MIN_FRAME_PX / frame_px))
-
-
-def labelled_rows(rows: list[tuple[str, np.ndarray]], scale: int) -> np.ndarray:
-    """(label, (T, H, W) uint8 clip) rows → one (H', W') uint8 image: a label column, then the frames left to right."""
-    from PIL import Image, ImageDraw
-
-    frames, h, w = rows[0][1].shape
-    fh, fw = h * scale, w * scale
-    width = LABEL_PX + frames * (fw + GAP_PX) - GAP_PX
-    image = np.full((len(rows) * (fh + GAP_PX) - GAP_PX, width), 255, np.uint8)
-    for r, (_, clip) in enumerate(rows):
-        top = r * (fh + GAP_PX)
-        big = clip.repeat(scale, axis=1).repeat(scale, axis=2)
-        for t in range(frames):
-            left = LABEL_PX + t * (fw + GAP_PX)
-            image[top : top + fh, left : left + fw] = big[t]
-    canvas = Image.fromarray(image)
-    draw = ImageDraw.Draw(canvas)
-    for r, (label, _) in enumerate(rows):
-        draw.text((4, r * (fh + GAP_PX) + fh // 2 - 5), label, fill=0)
-    return np.asarray(canvas)
 
 
 def _png_bytes(image: np.ndarray) -> bytes:
