@@ -282,6 +282,8 @@ def build_callbacks(
         callbacks.append(
             keras.callbacks.EarlyStopping(monitor=monitor, mode=_mode(monitor), patience=t.early_stopping.patience)
         )
+    if t.tensorboard and job.is_chief:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=out.tensorboard))
     if tracking_callback is not None:
         callbacks.append(tracking_callback)
     if t.backup:

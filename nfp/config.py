@@ -189,6 +189,8 @@ class TrainConfig:
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     terminate_on_nan: bool = True
     csv_log: bool = True
+    tensorboard: bool = _knob(False, help="TensorBoard logs under <output_dir>/tensorboard, uploaded to the run "
+                              "(needs the tensorboard extra: pip install 'nfp[tensorboard]')")  # fmt: skip
     images: ImagesConfig = field(default_factory=ImagesConfig)
     mixed_precision: bool = False
     jit_compile: Literal["auto", "on", "off"] = "auto"  # auto: on for GPU, off for CPU

@@ -55,6 +55,10 @@ class RunDir:
     def images(self) -> str:
         return self._join("images")
 
+    @property
+    def tensorboard(self) -> str:
+        return self._join("tensorboard")
+
     def file(self, name: str) -> str:
         """Any other file directly under the output dir (config.yaml, history.png, …)."""
         return self._join(name)

@@ -33,6 +33,7 @@ def train(cfg, *, config_path=None) -> dict:
 
     cluster = cluster_info()  # reads TF_CONFIG (set from SkyPilot env if need be); no TF work yet
     storage.check_credentials(cfg.train.output_dir)
+    _check_tensorboard(cfg.train)
     if cluster.is_chief:
         _check_output_dir(cfg.train.output_dir)  # before any data or model work
     if cfg.tracking.enabled and cluster.is_chief:
@@ -160,6 +161,15 @@ def _train(cfg, cluster, config_path) -> dict:
             "best_checkpoint": out.best if t.checkpoint.save_best and storage.exists(out.best) else None,
             "last_checkpoint": out.last if t.checkpoint.save_last and storage.exists(out.last) else None,
         }
+
+
+def _check_tensorboard(train_cfg) -> None:
+    import importlib.util
+
+    if train_cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError(
+            "train.tensorboard: needs the tensorboard package; install it with pip install 'nfp[tensorboard]'"
+        )
 
 
 def _check_output_dir(output_dir: str) -> None:
@@ -318,6 +328,8 @@ def _log_results(run, cfg, job: Job, *, model, manifest):
             storage.write_bytes(out.file("prediction.gif"), gif.read_bytes())
             run.log_artifact(str(gif), "predictions")
 
+        if cfg.train.tensorboard and storage.is_local(out.tensorboard) and storage.exists(out.tensorboard):
+            run.log_artifact(str(storage.local_path(out.tensorboard)), "tensorboard")  # the whole dir, every attempt's
         if cfg.tracking.log_checkpoints:
             for path in (out.best, out.last):
                 local = _local_copy(path, tmp)

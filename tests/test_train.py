@@ -15,7 +15,7 @@ import pytest
 
 from nfp import callbacks as cb
 from nfp.config import load_config
-from nfp.errors import DataError, TrainingError
+from nfp.errors import ConfigError, DataError, TrainingError
 from nfp.rundir import RunDir
 from nfp.train import train
 
@@ -357,3 +357,29 @@ def test_a_second_train_on_a_busy_output_dir_refuses_and_a_killed_holder_frees_i
     done = RunDir(str(out)).resume_epoch()
     summary = train(load_config(None, [*overrides, f"train.epochs={done + 1}"]))
     assert len(summary["history"]["loss"]) == 1  # it took the dir over and resumed
+
+
+def test_tensorboard_logs_land_in_the_output_dir_and_the_run(tiny_overrides, tmp_path):
+    cfg = load_config(None, [*tiny_overrides, "train.tensorboard=true", "train.images.every_n_epochs=0",
+                             "tracking.log_model=false", "tracking.log_checkpoints=false"])  # fmt: skip
+    summary = train(cfg)
+    events = sorted(
+        p.relative_to(tmp_path / "out/tensorboard").parts[0]
+        for p in (tmp_path / "out/tensorboard").rglob("events.out.tfevents.*")
+    )
+    assert events == ["train", "validation"]
+    client = mlflow.MlflowClient()
+    logged = [a.path for a in client.list_artifacts(summary["run_id"], "tensorboard")]
+    assert sorted(logged) == ["tensorboard/train", "tensorboard/validation"]
+
+
+def test_tensorboard_without_its_package_is_one_line_before_any_work(tiny_overrides, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(
+        ConfigError, match=r"^train.tensorboard: needs the tensorboard package; install it with pip install"
+    ):
+        train(load_config(None, [*tiny_overrides, "train.tensorboard=true"]))
+    assert not (tmp_path / "data").exists()
