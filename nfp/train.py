@@ -76,7 +76,6 @@ def _train(cfg, cluster, config_path) -> dict:
     out = job.output
     start = out.resume_epoch() if t.backup else 0
     if job.is_chief:
-        storage.makedirs(out.root)
         trim_csv(out.csv, start)
     if start >= t.epochs:
         print(

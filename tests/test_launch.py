@@ -181,6 +181,8 @@ def test_tasks_load_with_skypilots_own_parser():
 # --------------------------------------------------------------------------- GCE
 GCE = [sys.executable, str(REPO / "launch" / "gce" / "launch.py")]
 BASE = ["--project", "my-proj", "--zone", "us-central1-a"]
+CREATE_TWO_VMS = ["create", *BASE, "--bucket", "gs://b", "--tracking-uri", "http://m:5000", "--num-vms", "2",
+                  "--source", "gs://b/s.tgz"]  # fmt: skip
 
 
 def launch(*argv, check=True, env=None):
@@ -323,18 +325,7 @@ def test_gce_create_writes_the_scripts_then_runs_gcloud(tmp_path):
     fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
     fake.chmod(0o755)
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
-    argv = [
-        "create",
-        *BASE,
-        "--bucket",
-        "gs://b",
-        "--tracking-uri",
-        "http://m:5000",
-        "--num-vms",
-        "2",
-        "--source",
-        "gs://b/s.tgz",
-    ]
+    argv = CREATE_TWO_VMS
     launch(*argv, "--script-dir", str(tmp_path / "s"), env=env)
     scripts, _ = parse_dry_run(launch(*argv, "--script-dir", str(tmp_path / "s"), "--dry-run").stdout)
     for path, text in scripts.items():
@@ -370,18 +361,7 @@ def test_gce_stops_at_the_first_failing_gcloud_call(tmp_path):
     (bin_dir / "gcloud").write_text(f'#!/bin/sh\necho "$*" >> {tmp_path}/calls\nexit 1\n')
     (bin_dir / "gcloud").chmod(0o755)
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
-    argv = [
-        "create",
-        *BASE,
-        "--bucket",
-        "gs://b",
-        "--tracking-uri",
-        "http://m:5000",
-        "--num-vms",
-        "2",
-        "--source",
-        "gs://b/s.tgz",
-    ]
+    argv = CREATE_TWO_VMS
     out = launch(*argv, "--script-dir", str(tmp_path / "s"), env=env, check=False)
     assert out.returncode == 1 and "`delete` removes them" in out.stderr
     assert len((tmp_path / "calls").read_text().splitlines()) == 1  # nfp-1 is not created after nfp-0 failed
