@@ -1,5 +1,3 @@
-import sys
+from nfp.cli import run
 
-from nfp.cli import main
-
-sys.exit(main())
+run()

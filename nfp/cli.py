@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import sys
 
@@ -89,8 +90,6 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if not args.debug:
-        _quiet_tensorflow()
     try:
         return _dispatch(args)
     except NfpError as err:
@@ -103,12 +102,43 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _quiet_tensorflow() -> None:
-    """TF's C++ start-up lines (oneDNN, absl, XLA, "failed call to cuInit" on a machine without a GPU) are not news:
-    warnings and up are kept on GPU machines, only fatal ones elsewhere. An explicit TF_CPP_MIN_LOG_LEVEL wins;
-    `nfp --debug` leaves TF as it is."""
-    has_gpu = os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvidiactl")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1" if has_gpu else "3")
+def run() -> None:
+    """The `nfp` executable (and `python -m nfp`): main() with TensorFlow's start-up chatter filtered out of stderr."""
+    if "--debug" not in sys.argv[1:]:
+        _filter_tensorflow_noise()
+    sys.exit(main())
+
+
+# What TF 2.21 writes to stderr from C++ on every start (absl logging, before any flag could silence it): news to
+# nobody. Lines of real warnings and errors pass.
+_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|To enable the following instructions: "
+    r"|I\d{4} [\d:.]+ +\d+ \S+\] "  # INFO
+    r"|E\d{4} [\d:.]+ +\d+ (cuda_platform|cuda_executor|cuda_diagnostics)\.cc:\d+\] failed call to cuInit"
+    r"|[EW]\d{4} [\d:.]+ +\d+ meta_optimizer\.cc:\d+\] remapper failed"
+    r"|[EW]\d{4} [\d:.]+ +\d+ util\.cc:\d+\] oneDNN supports DT_BOOL only)"
+)
+
+
+def _filter_tensorflow_noise() -> None:
+    """Route the process's stderr (fd 2, where TF's C++ logs go) through a thread that drops _NOISE lines; Python's own
+    sys.stderr keeps writing straight to the terminal or log, so nfp's messages are never delayed or lost."""
+    import threading
+
+    original = os.dup(2)
+    sys.stderr = open(os.dup(original), "w", buffering=1, errors="backslashreplace")
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward() -> None:
+        with open(read_end, "rb") as lines, open(original, "wb", buffering=0) as out:
+            for line in lines:
+                if not _NOISE.match(line.decode(errors="replace")):
+                    out.write(line)
+
+    threading.Thread(target=forward, name="nfp-stderr-filter", daemon=True).start()
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -40,12 +40,22 @@ def train(cfg, *, config_path=None) -> dict:
         tracking.check_reachable()  # before any compute: a dead server must not cost a run
         tracking.check_register_name(cfg.tracking.register_as)
         tracking.check_artifact_location(cfg.tracking.experiment)
-    # The chief holds the output dir for the whole job; the other workers write to scratch dirs.
-    with held(RunDir(cfg.train.output_dir)) if cluster.is_chief else contextlib.nullcontext():
-        return _train(cfg, cluster, config_path)
+    # The chief holds the output dir for the job (the other workers write to scratch dirs): at once when it exists,
+    # as a job may be at work in it; else when it is made, just before training writes to it.
+    with contextlib.ExitStack() as holding:
+        out = RunDir(cfg.train.output_dir)
+        if cluster.is_chief and storage.exists(out.root):
+            holding.enter_context(held(out))
+
+        def claim_output_dir() -> None:
+            if cluster.is_chief and not storage.exists(out.root):
+                _make_output_dir(out.root)
+                holding.enter_context(held(out))
+
+        return _train(cfg, cluster, config_path, claim_output_dir)
 
 
-def _train(cfg, cluster, config_path) -> dict:
+def _train(cfg, cluster, config_path, claim_output_dir) -> dict:
     import keras
     import tensorflow as tf
 
@@ -74,6 +84,7 @@ def _train(cfg, cluster, config_path) -> dict:
     model = _compiled_model(cfg, strategy, job, gpus=gpus)
 
     out = job.output
+    claim_output_dir()
     start = out.resume_epoch() if t.backup else 0
     if job.is_chief:
         trim_csv(out.csv, start)
@@ -172,6 +183,14 @@ def _check_tensorboard(train_cfg) -> None:
 
 
 def _check_output_dir(output_dir: str) -> None:
+    """ConfigError now, before any data or model work, when the output dir could not be made (nothing is made yet)."""
+    try:
+        storage.check_could_write(output_dir)
+    except OSError as err:
+        raise ConfigError(f"train.output_dir: cannot write to {output_dir} ({err.strerror}: {err.filename})") from None
+
+
+def _make_output_dir(output_dir: str) -> None:
     try:
         storage.make_writable_dir(output_dir)
     except OSError as err:

@@ -215,7 +215,7 @@ def _rerun_finishes_from(overrides, out, done: int, rows_before: dict) -> None:
     assert f"resuming after epoch {done} of {EPOCHS}" in again.stderr
     with (out / "history.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert [r["epoch"] for r in rows] == [str(e) for e in range(EPOCHS)]  # each epoch once
+    assert [r["epoch"] for r in rows] == [str(e) for e in range(1, EPOCHS + 1)]  # each epoch once
     for row in rows[:done]:
         assert row == rows_before[row["epoch"]]  # completed epochs were not trained again
     assert _backed_up(out) == EPOCHS
