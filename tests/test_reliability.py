@@ -272,7 +272,8 @@ def test_sigkill_during_image_logging_and_evaluation_then_rerun_redoes_that_epoc
     first.kill()
     assert _backed_up(out) == 1  # epoch 2 did not count as done
     _rerun_finishes_from(overrides, out, 1, _rows_by_epoch(out))
-    assert sorted(p.name for p in (out / "images").iterdir()) == ["epoch_002.png", "epoch_004.png"]
+    # step 0 (the untrained model, fresh run only), then every 2nd epoch, epoch 2 rewritten by the rerun
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["epoch_000.png", "epoch_002.png", "epoch_004.png"]
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(_only_run().info.run_id, "val_mse")]
     assert sorted(steps) == [2, 4]
 
