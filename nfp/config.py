@@ -196,6 +196,10 @@ class TrainConfig:
     jit_compile: Literal["auto", "on", "off"] = "auto"  # auto: on for GPU, off for CPU
     steps_per_execution: int = _knob(1, min=1)
     output_dir: str = "outputs/run"
+    output_dir_lease_s: float = _knob(
+        120.0, min=4, help="gs:// output dirs: a job holds its dir with a lock object renewed every lease/4 s; a "
+        "killed job's hold ends this many seconds after its last renewal (local dirs: an flock, freed at once)",
+    )  # fmt: skip
     seed: int = _knob(0, min=0)
     verbose: int | None = _knob(
         None, min=0, max=2, help="Keras fit output: 0 silent, 1 progress bar, 2 a line per epoch; "

@@ -13,6 +13,9 @@ import io
 import json
 import os
 import socket
+import sys
+import threading
+import time
 from dataclasses import dataclass
 
 from nfp import storage
@@ -74,15 +77,50 @@ class RunDir:
 LOCK = ".nfp-train.lock"
 
 
-@contextlib.contextmanager
-def held(run_dir: RunDir):
-    """Hold a local output dir for this job: a second `nfp train` on it stops with one line naming the holder.
+class Hold:
+    """A job's hold on its output dir. `lost` is set when another job took the dir over (a gs:// hold that could not
+    be renewed in time); `reason` then says so in one line."""
 
-    An flock on <output_dir>/.nfp-train.lock: the kernel releases it when the holder exits or is killed, so a
-    killed job never leaves it stuck. Output dirs on object stores (gs://) are not held (no flock there)."""
-    if not storage.is_local(run_dir.root):
-        yield
-        return
+    def __init__(self) -> None:
+        self.lost = threading.Event()
+        self.reason = ""
+
+    def lose(self, reason: str) -> None:
+        self.reason = reason
+        self.lost.set()
+
+
+@contextlib.contextmanager
+def held(run_dir: RunDir, lease_s: float = 120.0):
+    """Hold the output dir for this job: a second `nfp train` on it stops with one line naming the holder.
+
+    Local disk: an flock, which the kernel drops when the holder exits or is killed. gs://: a lease object created
+    only if absent and renewed while the job runs (see `_leased`); a killed job's hold ends `lease_s` after its last
+    renewal. Other remote schemes (TF-only ram://) are not held."""
+    if storage.is_local(run_dir.root):
+        with _flocked(run_dir) as hold:
+            yield hold
+    elif storage.has_generations(run_dir.root):
+        with _leased(run_dir, lease_s) as hold:
+            yield hold
+    else:
+        yield Hold()
+
+
+def _holder() -> str:
+    since = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"host {socket.gethostname()}, pid {os.getpid()}, since {since}"
+
+
+def _in_use(run_dir: RunDir, holder: str, note: str = "") -> TrainingError:
+    return TrainingError(
+        f"train.output_dir {run_dir.root}: in use by another nfp train ({holder}); wait for it to end, "
+        f"or use another train.output_dir{note}"
+    )
+
+
+@contextlib.contextmanager
+def _flocked(run_dir: RunDir):
     import fcntl
 
     path = storage.local_path(run_dir.root) / LOCK
@@ -91,17 +129,92 @@ def held(run_dir: RunDir):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
-            raise TrainingError(
-                f"train.output_dir {run_dir.root}: in use by another nfp train ({holder}); wait for it to end, "
-                "or use another train.output_dir"
-            ) from None
-        since = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+            raise _in_use(run_dir, os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process") from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"host {socket.gethostname()}, pid {os.getpid()}, since {since}".encode(), 0)
-        yield
+        os.pwrite(fd, _holder().encode(), 0)
+        yield Hold()
     finally:
         os.close(fd)  # releases the flock
+
+
+@contextlib.contextmanager
+def _leased(run_dir: RunDir, lease_s: float):
+    """Hold a gs:// output dir with <output_dir>/.nfp-train.lock, made atomic by GCS generation preconditions:
+
+    - take: create the object only if there is none. One renewed lately means a live holder: refuse. One whose
+      renewals stopped (killed, or its VM gone): wait for its lease to end, delete that version only (generation
+      and metageneration), create again. Two jobs racing for the dir cannot both win: one create succeeds, the
+      other gets GCS's 412.
+    - renew: every lease_s/4, move the expiry on, only while the object is still this job's generation; a 412 or
+      404 means another job took the dir over (this one was cut off for longer than lease_s): `Hold.lost`.
+    - release: delete this job's generation.
+    Expiry times are wall-clock seconds of the holder's host, compared with the reader's: hosts keep NTP time.
+    """
+    lock = run_dir.file(LOCK)
+    holder = _holder()
+    generation = _take_lease(run_dir, lock, holder, lease_s)
+    hold, stop = Hold(), threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(lease_s / 4):
+            try:
+                storage.update_metadata_if(lock, generation, _lease_metadata(holder, lease_s))
+            except (FileExistsError, FileNotFoundError):
+                hold.lose(
+                    f"train.output_dir {run_dir.root}: taken over by another nfp train after this job could not renew "
+                    f"its hold for {lease_s:g} s (train.output_dir_lease_s): stopped, so the two do not mix outputs"
+                )
+                return
+            except Exception as err:  # noqa: BLE001 — a network blip: try again at the next tick, 3/4 of the lease left
+                print(f"train: could not renew the hold on {run_dir.root} ({err}); retrying", file=sys.stderr)
+
+    renewer = threading.Thread(target=renew, name="nfp-output-dir-lease", daemon=True)
+    renewer.start()
+    try:
+        yield hold
+    finally:
+        stop.set()
+        renewer.join()
+        if not hold.lost.is_set():
+            with contextlib.suppress(FileExistsError, FileNotFoundError):
+                storage.remove_if(lock, generation)
+
+
+def _lease_metadata(holder: str, lease_s: float) -> dict[str, str]:
+    return {"holder": holder, "expires": f"{time.time() + lease_s:.3f}", "lease_s": f"{lease_s:g}"}
+
+
+def _take_lease(run_dir: RunDir, lock: str, holder: str, lease_s: float) -> str:
+    """Create the lock object, or wait out and take over a hold whose holder stopped renewing it."""
+    for _ in range(4):  # create; or wait for a silent holder's lease to end, delete that hold, create again
+        try:
+            return storage.create_object(lock, f"{holder}\n".encode(), _lease_metadata(holder, lease_s))
+        except FileExistsError:
+            pass
+        found = storage.object_version(lock)
+        if found is None:  # released meanwhile
+            continue
+        other = found.metadata.get("holder", "another process")
+        their_lease = float(found.metadata.get("lease_s", lease_s))
+        left = float(found.metadata.get("expires", "0")) - time.time()
+        if left > 0.6 * their_lease:  # renewed within the last 0.4 lease, renewing every 0.25: alive
+            raise _in_use(run_dir, other, f" (its hold was renewed {their_lease - left:.0f} s ago)")
+        if left > 0:  # a renewal missed: killed, or cut off for now; its lease decides
+            print(
+                f"train: {run_dir.root} is held by {other}, not renewed for {their_lease - left:.0f} s (killed?); "
+                f"waiting {left:.0f} s for its hold to end",
+                file=sys.stderr,
+                flush=True,
+            )
+            time.sleep(left + 0.5)
+            continue
+        print(f"train: {run_dir.root}: the hold of {other} ended {-left:.0f} s ago; taking it over", file=sys.stderr)
+        with contextlib.suppress(FileExistsError, FileNotFoundError):
+            # only that version: a holder that renewed meanwhile (a new metageneration) or a job that took the dir
+            # over (a new generation) keeps it
+            storage.remove_if(lock, found.generation, found.metageneration)
+    found = storage.object_version(lock)
+    raise _in_use(run_dir, found.metadata.get("holder", "another process") if found else "another process")
 
 
 def trim_csv(path: str, epochs_done: int) -> None:

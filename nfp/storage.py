@@ -10,6 +10,7 @@ import hashlib
 import os
 import posixpath
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 TF_ONLY = {"ram"}  # TF filesystems fsspec does not know
@@ -269,3 +270,61 @@ def sha256(url: str) -> tuple[str, int]:
             digest.update(chunk)
             size += len(chunk)
     return digest.hexdigest(), size
+
+
+# --------------------------------------------------------------------------- objects with generations (gs://)
+# GCS numbers each version of an object (its generation) and applies a request only if `ifGenerationMatch` still
+# holds (0: no live object): create-only and compare-and-swap, atomic across hosts. nfp holds gs:// output dirs so.
+
+
+def has_generations(url: str) -> bool:
+    return scheme(url) == "gs"
+
+
+def _gcs_object(url: str):
+    fs, path = filesystem(url)
+    bucket, key, _ = fs.split_path(path)
+    return fs, path, bucket, key
+
+
+def create_object(url: str, data: bytes, metadata: dict[str, str]) -> str:
+    """Create the object at url only if there is none; its generation. FileExistsError (GCS's 412) if one is."""
+    fs, path, _, _ = _gcs_object(url)
+    created = fs.pipe_file(path, data, metadata=metadata, mode="create")
+    fs.invalidate_cache(path)
+    return str(created["generation"])
+
+
+@dataclass(frozen=True)
+class ObjectVersion:
+    generation: str  # a new one for each upload
+    metageneration: str  # a new one for each metadata update of that upload
+    metadata: dict[str, str]  # custom metadata
+
+
+def object_version(url: str) -> ObjectVersion | None:
+    """The live version of the object at url; None when there is none."""
+    fs, _, bucket, key = _gcs_object(url)
+    try:
+        found = fs.call("GET", "b/{}/o/{}", bucket, key, json_out=True)
+    except FileNotFoundError:
+        return None
+    return ObjectVersion(str(found["generation"]), str(found["metageneration"]), dict(found.get("metadata") or {}))
+
+
+def update_metadata_if(url: str, generation: str, metadata: dict[str, str]) -> None:
+    """Set custom metadata on url's object while it is still `generation`; FileExistsError if it was replaced,
+    FileNotFoundError if it is gone."""
+    fs, _, bucket, key = _gcs_object(url)
+    fs.call("PATCH", "b/{}/o/{}", bucket, key, json={"metadata": metadata}, ifGenerationMatch=generation)
+
+
+def remove_if(url: str, generation: str, metageneration: str | None = None) -> None:
+    """Delete url's object only if it is still `generation` (and `metageneration`: its metadata unchanged);
+    FileExistsError if it changed, FileNotFoundError if it is gone."""
+    fs, path, bucket, key = _gcs_object(url)
+    unchanged = {"ifMetagenerationMatch": metageneration} if metageneration else {}
+    try:
+        fs.call("DELETE", "b/{}/o/{}", bucket, key, ifGenerationMatch=generation, **unchanged)
+    finally:
+        fs.invalidate_cache(path)

@@ -22,7 +22,7 @@ from nfp import callbacks as cb
 from nfp import storage, tracking, visualize
 from nfp.errors import ConfigError, TrainingError, redact
 from nfp.job import Job, plan
-from nfp.rundir import RunDir, held, read_csv_history, trim_csv
+from nfp.rundir import Hold, RunDir, held, read_csv_history, trim_csv
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +44,16 @@ def train(cfg, *, config_path=None) -> dict:
     # as a job may be at work in it; else when it is made, just before training writes to it.
     with contextlib.ExitStack() as holding:
         out = RunDir(cfg.train.output_dir)
-        if cluster.is_chief and storage.exists(out.root):
-            holding.enter_context(held(out))
+        lease_s = cfg.train.output_dir_lease_s
+        hold_at_once = (
+            holding.enter_context(held(out, lease_s)) if cluster.is_chief and storage.exists(out.root) else None
+        )
 
-        def claim_output_dir() -> None:
+        def claim_output_dir() -> Hold | None:
             if cluster.is_chief and not storage.exists(out.root):
                 _make_output_dir(out.root)
-                holding.enter_context(held(out))
+                return holding.enter_context(held(out, lease_s))
+            return hold_at_once
 
         return _train(cfg, cluster, config_path, claim_output_dir)
 
@@ -84,7 +87,7 @@ def _train(cfg, cluster, config_path, claim_output_dir) -> dict:
     model = _compiled_model(cfg, strategy, job, gpus=gpus)
 
     out = job.output
-    claim_output_dir()
+    hold = claim_output_dir()
     start = out.resume_epoch() if t.backup else 0
     if job.is_chief:
         trim_csv(out.csv, start)
@@ -129,7 +132,7 @@ def _train(cfg, cluster, config_path, claim_output_dir) -> dict:
                     steps_per_epoch=job.steps_per_epoch,
                     validation_data=val_ds,
                     validation_steps=val_steps,
-                    callbacks=[*callbacks, stop_after_sigterm],
+                    callbacks=[*callbacks, stop_after_sigterm, *([_stops_when_taken_over(hold)] if hold else [])],
                     verbose=t.verbose if t.verbose is not None else (1 if sys.stdout.isatty() else 2),
                     shuffle=False,  # the pipeline shuffles; Keras would warn that it ignores shuffle=True
                 )
@@ -388,7 +391,21 @@ def _epoch_of(callbacks) -> int:
     return getattr(stats, "epoch", 0) if stats else 0
 
 
-# --------------------------------------------------------------------------- preemption
+# --------------------------------------------------------------------------- preemption, takeover
+def _stops_when_taken_over(hold: Hold):
+    """A callback that stops training at the next batch once another job took the output dir over (see rundir)."""
+    import keras
+
+    class StopWhenTakenOver(keras.callbacks.Callback):
+        def _raise_if_lost(self, *args, **kwargs):
+            if hold.lost.is_set():
+                raise TrainingError(hold.reason)
+
+        on_train_batch_end = on_test_batch_end = on_epoch_end = _raise_if_lost
+
+    return StopWhenTakenOver()
+
+
 @contextlib.contextmanager
 def _sigterm_stops(backup_dir: str):
     """SIGTERM → SystemExit(143) with a message, at once (the backup holds the last completed epoch).

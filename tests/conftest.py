@@ -192,3 +192,43 @@ def tiny_model(size: int = 16):
             keras.layers.Conv3D(1, (1, 3, 3), padding="same", activation="sigmoid"),
         ]
     )
+
+
+# --------------------------------------------------------------------------- gs:// on 127.0.0.1
+BUCKET = "nfp-test"
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    """One gcp-storage-emulator on 127.0.0.1 for the module, keeping GCS's generation preconditions
+    (tests/gcs_emulator.py), with STORAGE_EMULATOR_HOST pointing at it."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = free_port()
+    root = tmp_path_factory.mktemp("gcs")
+    wrapper = os.path.join(os.path.dirname(__file__), "gcs_emulator.py")
+    proc = subprocess.Popen(
+        [sys.executable, wrapper, "-d", str(root), "start", "--host", "127.0.0.1", "--port", str(port),
+         "--default-bucket", BUCKET],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    host = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{host}/storage/v1/b/{BUCKET}", timeout=1)
+            break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("gcp-storage-emulator did not start")
+            time.sleep(0.2)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STORAGE_EMULATOR_HOST", host)
+        yield host
+    proc.terminate()
+    proc.wait(timeout=10)

@@ -2,15 +2,12 @@
 
 import dataclasses
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import BUCKET
 
 from nfp.cli import main
 from nfp.config import load_config
@@ -19,39 +16,6 @@ from nfp.data import prepare as prep
 from nfp.data.manifest import load_manifest
 from nfp.data.shards import naming_bad_shards
 from nfp.errors import DataError
-
-BUCKET = "nfp-test"
-
-
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    """One gcp-storage-emulator on 127.0.0.1 for the module, with STORAGE_EMULATOR_HOST pointing at it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    exe = os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator")
-    root = tmp_path_factory.mktemp("gcs")
-    proc = subprocess.Popen(
-        [exe, "-d", str(root), "start", "--host", "127.0.0.1", "--port", str(port), "--default-bucket", BUCKET],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    host = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{host}/storage/v1/b/{BUCKET}", timeout=1)
-            break
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail("gcp-storage-emulator did not start")
-            time.sleep(0.2)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("STORAGE_EMULATOR_HOST", host)
-        yield host
-    proc.terminate()
-    proc.wait(timeout=10)
 
 
 @pytest.fixture
@@ -162,7 +126,6 @@ def test_a_missing_gcs_manifest_is_an_error(emulator, tmp_path):
 
 def test_gs_without_credentials_is_one_line_in_seconds(tmp_path, capsys, monkeypatch):
     """No emulator, no ADC file, no key, no metadata server: say how to authenticate instead of retrying for minutes."""
-    import time
 
     from nfp import storage
 

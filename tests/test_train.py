@@ -12,11 +12,12 @@ import warnings
 import keras
 import mlflow
 import pytest
+from conftest import BUCKET
 
 from nfp import callbacks as cb
 from nfp.config import load_config
 from nfp.errors import ConfigError, DataError, TrainingError
-from nfp.rundir import RunDir
+from nfp.rundir import RunDir, held
 from nfp.train import train
 
 ALL_ON = [
@@ -357,6 +358,44 @@ def test_a_second_train_on_a_busy_output_dir_refuses_and_a_killed_holder_frees_i
     done = RunDir(str(out)).resume_epoch()
     summary = train(load_config(None, [*overrides, f"train.epochs={done + 1}"]))
     assert len(summary["history"]["loss"]) == 1  # it took the dir over and resumed
+
+
+def test_a_second_train_on_a_busy_gs_output_dir_refuses_before_any_data_work(
+    emulator, tiny_overrides, tmp_path, capsys
+):
+    from nfp.cli import main
+
+    out = RunDir(f"gs://{BUCKET}/busy")
+    with held(out, 60):  # the first job (tests/test_rundir.py holds it from another process too)
+        assert main(["train", *tiny_overrides, f"train.output_dir={out.root}"]) == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith(("error", "Traceback"))]
+    assert line.startswith(f"error: train.output_dir {out.root}: in use by another nfp train (host ")
+    assert f"pid {os.getpid()}, since " in line and line.endswith(" s ago)")
+    assert not (tmp_path / "data").exists()
+
+
+def test_training_stops_at_the_next_batch_once_its_output_dir_is_taken_over():
+    import numpy as np
+
+    from nfp.rundir import Hold
+    from nfp.train import _stops_when_taken_over
+
+    hold, batches = Hold(), []
+
+    class TakenOverAfterTwoBatches(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            batches.append(batch)
+            if batch == 1:
+                hold.lose("train.output_dir gs://b/o: taken over")
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    with pytest.raises(TrainingError, match=r"^train.output_dir gs://b/o: taken over$"):
+        model.fit(
+            np.zeros((40, 2)), np.zeros((40, 1)), batch_size=4, epochs=3, verbose=0,
+            callbacks=[TakenOverAfterTwoBatches(), _stops_when_taken_over(hold)],
+        )  # fmt: skip
+    assert batches == [0, 1]
 
 
 def test_tensorboard_logs_land_in_the_output_dir_and_the_run(tiny_overrides, tmp_path):
