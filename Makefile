@@ -1,12 +1,13 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11:
 #   make quickstart   creates .venv if missing, installs nfp, trains the offline CPU quickstart under `mlflow run`
-#   make test         creates .venv if missing, installs nfp with test extras, lints (ruff), runs the whole test suite
+#   make test         creates .venv if missing, installs nfp with test extras (and Chromium, as root on Debian),
+#                     lints (ruff), runs the whole test suite
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(abspath $(VENV))/bin
 TF     ?= cpu        # `make install TF=gpu` on a CUDA machine
 
-.PHONY: install quickstart test bench ui clean
+.PHONY: install quickstart test browser bench ui clean
 
 install: $(VENV)/.installed
 
@@ -20,10 +21,17 @@ quickstart: install
 	PATH="$(BIN):$$PATH" mlflow run . --env-manager local --experiment-name nfp-quickstart -P config=configs/quickstart.yaml
 	@echo "Done. See the run with: $(BIN)/mlflow ui   (then open http://127.0.0.1:5000)"
 
-test: install
+test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest
+
+# tests/test_mlflow_ui.py drives Debian's Chromium: installed here when missing and apt-get may (root); else skipped
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  echo "installing Debian's chromium for the MLflow UI test" && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "note: no Chromium; tests/test_mlflow_ui.py will skip (sudo apt-get install chromium to run it)"
 
 bench: install
 	$(BIN)/python -m bench

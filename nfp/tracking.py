@@ -123,12 +123,27 @@ def check_register_name(name: str | None) -> None:
 class RunLogger:
     """Logs into one MLflow run; every call is a no-op when inactive (non-chief, tracking off)."""
 
-    def __init__(self, run_id: str | None = None, state_dir: str | Path | None = None, logged_steps=()):
+    def __init__(
+        self, run_id: str | None = None, state_dir: str | Path | None = None, logged_steps=(), experiment_id: str = ""
+    ):
         self.run_id = run_id
+        self.experiment_id = experiment_id
         self.active = run_id is not None
         self._backlog = _backlog_path(state_dir, run_id) if state_dir and self.active else None
         self._logged_steps = set(logged_steps)
         self._offline = False
+
+    @property
+    def ui_url(self) -> str | None:
+        """The run's page on the tracking server's UI, opened in its model-training views (MLflow 3 opens the GenAI
+        ones unless asked); None off a server."""
+        import mlflow
+
+        uri = mlflow.get_tracking_uri()
+        if not (self.active and uri.startswith(("http://", "https://"))):
+            return None
+        page = f"#/experiments/{self.experiment_id}/runs/{self.run_id}?workflowType=machine_learning"
+        return f"{redact(uri).rstrip('/')}/{page}"
 
     # -- resilience: a failing server costs a warning, not the training run
     def _call(self, what: str, fn, *args, record: dict | None = None, **kwargs) -> Any:
@@ -313,11 +328,12 @@ def start_run(cfg, *, is_chief: bool, state_dir) -> Iterator[RunLogger]:
         run = mlflow.start_run(experiment_id=experiment_id, run_name=cfg.tracking.run_name)
     run_id = run.info.run_id
     _save_run_id(state_dir, run_id)
+    _mark_as_model_training(run.info.experiment_id)
     commit = _git_commit()
     if commit:  # MLflow's own tag, shown as the run's source version in the UI
         mlflow.set_tag("mlflow.source.git.commit", commit)
     logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "loss")}
-    logger = RunLogger(run_id, state_dir, logged_steps=logged)
+    logger = RunLogger(run_id, state_dir, logged_steps=logged, experiment_id=run.info.experiment_id)
     _replay_backlog(logger, state_dir)
     try:
         yield logger
@@ -343,6 +359,19 @@ def _end_orphan(run_id: str, *, continued_in: str) -> None:
     client.set_terminated(run_id, status="KILLED")
     print(f"train: MLflow run {run_id} of the earlier attempt ended KILLED; this job continues in run {continued_in} "
           f"(to keep one run, rerun with `mlflow run --run-id {run_id}`)", file=sys.stderr)  # fmt: skip
+
+
+EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow 3's UI: GenAI views unless the experiment says model training
+
+
+def _mark_as_model_training(experiment_id: str) -> None:
+    """Tag the experiment as model training, so `mlflow ui` opens it on runs, charts and images (not traces); an
+    experiment whose kind someone already set keeps it."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    if EXPERIMENT_KIND not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND, "custom_model_development")
 
 
 def _say_where_it_logs(run, experiment_name: str) -> None:

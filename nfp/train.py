@@ -164,7 +164,8 @@ def _train(cfg, cluster, config_path, claim_output_dir) -> dict:
         if job.is_chief:
             print(
                 f"train: {trained} epoch(s) trained, outputs in {out.root}"
-                + (f", MLflow run {run.run_id}" if run.active else ""),
+                + (f", MLflow run {run.run_id}" if run.active else "")
+                + (f" ({run.ui_url})" if run.ui_url else ""),
                 file=sys.stderr,
             )
         return {

@@ -31,6 +31,18 @@ def test_new_run_finishes_and_saves_its_id(cfg, tmp_path):
     assert (tmp_path / tracking.RUN_ID_FILE).read_text() == only.info.run_id
 
 
+def test_the_experiment_is_marked_as_model_training_unless_its_kind_is_set(cfg, tmp_path):
+    with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path / "a"):
+        pass
+    assert mlflow.get_experiment_by_name("t-exp").tags[tracking.EXPERIMENT_KIND] == "custom_model_development"
+    theirs = mlflow.create_experiment("t-genai", tags={tracking.EXPERIMENT_KIND: "genai_development"})
+    with tracking.start_run(
+        load_config(None, ["tracking.experiment=t-genai"]), is_chief=True, state_dir=tmp_path / "b"
+    ):
+        pass
+    assert mlflow.get_experiment(theirs).tags[tracking.EXPERIMENT_KIND] == "genai_development"
+
+
 def test_run_is_tagged_with_the_git_commit(cfg, tmp_path):
     import subprocess
 

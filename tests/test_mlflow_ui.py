@@ -1,0 +1,87 @@
+"""nfp's runs in the MLflow UI, as a user sees them: a real `mlflow server`, a real headless Chromium (Debian's,
+driven by Playwright).
+
+`make test` installs Chromium with apt-get when it is missing and it runs as root; elsewhere these tests skip,
+saying how to get it (`sudo apt-get install chromium`).
+"""
+
+import re
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nfp.config import load_config
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no Chromium to drive: `sudo apt-get install chromium` (Debian), or `make test` as root"
+)
+# Headless, and no calls home: this machine's network refuses them, many at a time.
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+FRAME_PX = 16  # tiny_overrides' frames; nfp draws them 4× (64 px) in the strips
+
+
+@pytest.fixture
+def page():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            yield browser.new_page(viewport={"width": 1400, "height": 1000})
+        finally:
+            browser.close()
+
+
+def test_the_prediction_strips_read_well_in_the_mlflow_ui(
+    mlflow_server, tiny_overrides, monkeypatch, tmp_path, capsys, page
+):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    from nfp.train import train
+
+    cfg = load_config(None, [*tiny_overrides, "tracking.experiment=ui", "tracking.log_model=false"])
+    run_id = train(cfg)["run_id"]
+    logged = Image.open(tmp_path / "out/images/epoch_000.png")  # the full-size strip of step 0
+
+    # nfp's last line links the run's page, opened in MLflow's model-training views (MLflow 3 defaults to GenAI).
+    (link,) = re.findall(rf"MLflow run {run_id} \((http://\S+)\)$", capsys.readouterr().err, re.MULTILINE)
+    page.goto(link)
+    page.get_by_role("tab", name="Model metrics").click()
+    card = page.locator("div").filter(has=page.get_by_text("predictions", exact=True)).filter(
+        has=page.locator("img[src*='get-artifact']")
+    ).last  # fmt: skip
+    image = card.locator("img[src*='get-artifact']").first
+    image.wait_for(state="visible", timeout=60_000)
+    page.screenshot(path=tmp_path / "model-metrics.png")
+    assert page.get_by_role("link", name="Runs").count() and not page.get_by_text("Evaluation runs").count()
+
+    # The step slider opens on step 0, and there is an image for it (the untrained model's strip).
+    assert card.get_by_role("spinbutton").input_value() == "0"
+    assert "predictions%2Bstep%2B0%2B" in image.get_attribute("src")
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+
+    # MLflow lists every run param above the image; nfp logs each config key, so the README says to switch the
+    # list off in the card's settings. Then the strip is in view, big enough to read.
+    card.locator("button").nth(1).click()  # ⋮
+    page.get_by_role("menuitem", name="Configure").click()
+    page.get_by_role("switch", name="Show run parameters").click()
+    page.get_by_role("button", name="Save changes").click()
+    page.wait_for_timeout(1000)
+    shown, inside = image.bounding_box(), card.bounding_box()
+    page.screenshot(path=tmp_path / "strip-card.png")
+    assert inside["y"] <= shown["y"] and shown["y"] + shown["height"] <= inside["y"] + inside["height"]
+    frame_on_screen = FRAME_PX * 4 * shown["height"] / logged.height
+    assert frame_on_screen >= 32, f"frames drawn {frame_on_screen:.0f} px high in the card"
+
+    # A click shows the strip at full size: frames at 64 px, labelled rows as nfp drew them.
+    image.click()
+    full = page.locator("img.rc-image-preview-img")
+    full.wait_for(state="visible")
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=full.element_handle())
+    assert full.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [logged.width, logged.height]
+    page.screenshot(path=tmp_path / "strip-full.png")
+    pixels = np.asarray(Image.open(tmp_path / "strip-full.png").convert("L"))
+    assert pixels.std() > 20  # an image is on screen, not a blank overlay
