@@ -86,24 +86,35 @@ class PredictionImages(keras.callbacks.Callback):
             self.render(0)
 
     def render(self, step: int) -> np.ndarray:
-        """Draw the strips (H, W, 3) uint8 for `step` (epochs from 1), write it and hand it to the sink: per clip,
-        labelled rows of context, truth and prediction, frames scaled up to be legible, long rows wrapped."""
+        """Draw the strips for `step` (epochs from 1): every clip's labelled rows of context, truth and prediction
+        (frames scaled up to be legible, long rows wrapped) in one PNG in the output dir, and one image per clip
+        to the sink, as `<key>/clip_<i>`, wrapped near-square so MLflow's 256 px thumbnail shows it large."""
         from nfp.model import rollout
 
         frames = self.clips.astype(np.float32)[..., None] / 255.0
         k, n = self.context, self.horizon
         pred = rollout(self.model, frames[:, :k], n)
-        rows = []
-        for i, (clip, p) in enumerate(zip(frames, pred)):
-            rows += [(f"#{i} context", clip[:k]), ("truth", clip[k : k + n]), ("prediction", p)]
-        gray = visualize.labelled_rows(rows, visualize.frame_scale(self.clips.shape[2]), wrap=visualize.ROW_FRAMES)
-        image = np.repeat(gray[..., None], 3, axis=-1)
+        per_clip = [
+            [(f"#{i} context", clip[:k]), ("truth", clip[k : k + n]), ("prediction", p)]
+            for i, (clip, p) in enumerate(zip(frames, pred))
+        ]
+        frame_px = self.clips.shape[2]
+        scale = visualize.frame_scale(frame_px)
+        image = _rgb(
+            visualize.labelled_rows([row for rows in per_clip for row in rows], scale, wrap=visualize.ROW_FRAMES)
+        )
         with tempfile.TemporaryDirectory() as tmp:
             local = visualize.write_png(image, os.path.join(tmp, "x.png"), scale=1)
             storage.write_bytes(storage.join(self.images_dir, f"epoch_{step:03d}.png"), local.read_bytes())
         if self.sink is not None:
-            self.sink(image, self.key, step)
+            wrap = visualize.squarest_wrap([k, n, n], frame_px, scale)
+            for i, rows in enumerate(per_clip):
+                self.sink(_rgb(visualize.labelled_rows(rows, scale, wrap=wrap)), f"{self.key}/clip_{i}", step)
         return image
+
+
+def _rgb(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(gray[..., None], 3, axis=-1)
 
 
 class PeriodicEvaluation(keras.callbacks.Callback):

@@ -61,6 +61,7 @@ def strips_grid(strips: list[np.ndarray]) -> np.ndarray:
 MIN_FRAME_PX = 64  # smaller frames are drawn scaled up by a whole factor to at least this
 LABEL_PX = 64  # the column that names each row
 ROW_FRAMES = 10  # longer rows wrap
+THUMBNAIL_PX = 256  # MLflow's UI shows a logged image as a thumbnail at most this big (mlflow.tracking.multimedia)
 
 
 def frame_scale(frame_px: int) -> int:
@@ -70,7 +71,7 @@ def frame_scale(frame_px: int) -> int:
 
 def labelled_rows(rows: list[tuple[str, np.ndarray]], scale: int, *, wrap: int | None = None) -> np.ndarray:
     """(label, (T, H, W) frames) rows → one (H', W') uint8 image: a label column, then each row's frames left to
-    right, scaled `scale`×; rows longer than `wrap` frames continue on the next line, labelled "… (cont.)"."""
+    right, scaled `scale`×; rows longer than `wrap` frames continue on the next line, labelled "(cont.)"."""
     from PIL import Image, ImageDraw
 
     lines = []
@@ -78,7 +79,7 @@ def labelled_rows(rows: list[tuple[str, np.ndarray]], scale: int, *, wrap: int |
         frames = to_uint8(frames)
         step = wrap or len(frames)
         for start in range(0, len(frames), step):
-            lines.append((label if start == 0 else f"{label} (cont.)", frames[start : start + step]))
+            lines.append((label if start == 0 else "(cont.)", frames[start : start + step]))
     h, w = lines[0][1].shape[1:]
     fh, fw = h * scale, w * scale
     width = LABEL_PX + max(len(f) for _, f in lines) * (fw + _GAP) - _GAP
@@ -94,6 +95,18 @@ def labelled_rows(rows: list[tuple[str, np.ndarray]], scale: int, *, wrap: int |
     for r, (label, _) in enumerate(lines):
         draw.text((4, r * (fh + _GAP) + fh // 2 - 5), label, fill=0)
     return np.asarray(canvas)
+
+
+def squarest_wrap(lengths: list[int], frame_px: int, scale: int) -> int:
+    """The row length (in frames) at which `labelled_rows` of rows this long comes out closest to square: MLflow's
+    square thumbnail then draws its frames largest."""
+    pitch = frame_px * scale + _GAP
+
+    def longest_side(wrap: int) -> int:
+        lines = sum(-(-n // wrap) for n in lengths)
+        return max(LABEL_PX + wrap * pitch - _GAP, lines * pitch - _GAP)
+
+    return min(range(1, max(lengths) + 1), key=longest_side)
 
 
 def side_by_side_frames(truth, prediction) -> np.ndarray:

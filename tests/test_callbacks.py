@@ -119,7 +119,9 @@ def test_fit_with_everything_on_writes_and_logs_each_epoch(tiny_overrides, tmp_p
     assert not list((out / "checkpoints").glob("*.tmp.keras"))
     assert json.loads((out / "backup/training_metadata.json").read_text())["epoch"] == 2
     assert [p.name for p in sorted((out / "images").iterdir())] == ["epoch_000.png", "epoch_001.png", "epoch_002.png"]
-    assert [(key, step) for *_, key, step in images] == [("predictions", 0), ("predictions", 1), ("predictions", 2)]
+    assert [(key, step) for *_, key, step in images] == [
+        (f"predictions/clip_{clip}", step) for step in (0, 1, 2) for clip in (0, 1)
+    ]  # one image per clip (tiny_overrides: 2), so MLflow's thumbnail of each is large
     assert images[0][1] == np.uint8 and images[0][0][2] == 3
     rows = (out / "history.csv").read_text().splitlines()
     assert rows[0].split(",")[0] == "epoch" and [r.split(",")[0] for r in rows[1:]] == ["1", "2"]

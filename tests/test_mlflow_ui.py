@@ -44,23 +44,33 @@ def test_the_prediction_strips_read_well_in_the_mlflow_ui(
 
     cfg = load_config(None, [*tiny_overrides, "tracking.experiment=ui", "tracking.log_model=false"])
     run_id = train(cfg)["run_id"]
-    logged = Image.open(tmp_path / "out/images/epoch_000.png")  # the full-size strip of step 0
+    import mlflow
+
+    # The full-size image of clip 0 at step 0 (the untrained model), as logged: MLflow files key
+    # "predictions/clip_0" as images/predictions~clip_0+step+0+….png, with a 256 px .webp thumbnail beside it.
+    (logged,) = [
+        a.path
+        for a in mlflow.MlflowClient().list_artifacts(run_id, "images")
+        if a.path.startswith("images/predictions~clip_0+step+0+") and a.path.endswith(".png")
+    ]
+    logged = Image.open(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=logged, dst_path=tmp_path))
 
     # nfp's last line links the run's page, opened in MLflow's model-training views (MLflow 3 defaults to GenAI).
     (link,) = re.findall(rf"MLflow run {run_id} \((http://\S+)\)$", capsys.readouterr().err, re.MULTILINE)
     page.goto(link)
     page.get_by_role("tab", name="Model metrics").click()
-    card = page.locator("div").filter(has=page.get_by_text("predictions", exact=True)).filter(
+    card = page.locator("div").filter(has=page.get_by_text("predictions/clip_0", exact=True)).filter(
         has=page.locator("img[src*='get-artifact']")
     ).last  # fmt: skip
     image = card.locator("img[src*='get-artifact']").first
     image.wait_for(state="visible", timeout=60_000)
     page.screenshot(path=tmp_path / "model-metrics.png")
     assert page.get_by_role("link", name="Runs").count() and not page.get_by_text("Evaluation runs").count()
+    assert page.get_by_text("predictions/clip_1", exact=True).count()  # one card per clip
 
-    # The step slider opens on step 0, and there is an image for it (the untrained model's strip).
+    # The step slider opens on step 0, and there is an image for it.
     assert card.get_by_role("spinbutton").input_value() == "0"
-    assert "predictions%2Bstep%2B0%2B" in image.get_attribute("src")
+    assert "clip_0%2Bstep%2B0%2B" in image.get_attribute("src")
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
 
     # MLflow lists every run param above the image; nfp logs each config key, so the README says to switch the
@@ -73,15 +83,15 @@ def test_the_prediction_strips_read_well_in_the_mlflow_ui(
     shown, inside = image.bounding_box(), card.bounding_box()
     page.screenshot(path=tmp_path / "strip-card.png")
     assert inside["y"] <= shown["y"] and shown["y"] + shown["height"] <= inside["y"] + inside["height"]
-    frame_on_screen = FRAME_PX * 4 * shown["height"] / logged.height
-    assert frame_on_screen >= 32, f"frames drawn {frame_on_screen:.0f} px high in the card"
+    frame_on_screen = FRAME_PX * 4 * max(shown["width"], shown["height"]) / max(logged.size)
+    assert frame_on_screen >= 40, f"frames drawn {frame_on_screen:.0f} px in the card"
 
     # A click shows the strip at full size: frames at 64 px, labelled rows as nfp drew them.
     image.click()
     full = page.locator("img.rc-image-preview-img")
     full.wait_for(state="visible")
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=full.element_handle())
-    assert full.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [logged.width, logged.height]
+    assert full.evaluate("img => [img.naturalWidth, img.naturalHeight]") == list(logged.size)
     page.screenshot(path=tmp_path / "strip-full.png")
     pixels = np.asarray(Image.open(tmp_path / "strip-full.png").convert("L"))
     assert pixels.std() > 20  # an image is on screen, not a blank overlay

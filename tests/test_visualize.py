@@ -61,6 +61,17 @@ def test_labelled_rows_scale_small_frames_and_wrap_long_rows():
     assert (image[2 * 66 : 2 * 66 + 64, visualize.LABEL_PX : visualize.LABEL_PX + 64] == 255).all()  # truth frame
 
 
+def test_a_clip_is_wrapped_near_square_so_mlflows_thumbnail_draws_its_frames_large():
+    rows = [("#0 context", np.zeros((10, 64, 64), np.uint8)), ("truth", np.zeros((10, 64, 64), np.uint8)),
+            ("prediction", np.zeros((10, 64, 64), np.uint8))]  # fmt: skip
+    wrap = visualize.squarest_wrap([10, 10, 10], 64, 1)
+    image = visualize.labelled_rows(rows, 1, wrap=wrap)
+    assert wrap == 5 and image.shape == (6 * 66 - 2, visualize.LABEL_PX + 5 * 66 - 2)
+    thumb = 64 * visualize.THUMBNAIL_PX / max(image.shape)
+    unwrapped = 64 * visualize.THUMBNAIL_PX / (visualize.LABEL_PX + 10 * 66 - 2)
+    assert thumb > 40 and thumb > 1.5 * unwrapped  # frames in the UI's thumbnail, px
+
+
 def test_prediction_images_start_at_step_zero_on_a_fresh_run_only(tmp_path):
     import keras
 
@@ -71,7 +82,7 @@ def test_prediction_images_start_at_step_zero_on_a_fresh_run_only(tmp_path):
     model = keras.Sequential([keras.Input((None, 16, 16, 1)), keras.layers.Conv3D(1, 1)])
     for at_start in (True, False):
         images = PredictionImages(clips, every=1, context_frames=3, predict_frames=3, images_dir=str(tmp_path),
-                                  sink=lambda image, key, step: steps.append(step), at_start=at_start)  # fmt: skip
+                                  sink=lambda image, key, step: steps.append((key, step)), at_start=at_start)  # fmt: skip
         images.set_model(model)
         images.on_train_begin()
-    assert steps == [0]
+    assert steps == [("predictions/clip_0", 0), ("predictions/clip_1", 0)]
