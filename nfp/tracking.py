@@ -227,13 +227,20 @@ class RunLogger:
         signature = ModelSignature(inputs=Schema([spec]), outputs=Schema([spec]))
 
         def _log():
-            with _keras_input_example_fix():
+            import keras
+            import tensorflow as tf
+
+            # Said, not inferred: MLflow infers them by loading the model in a subprocess that does not import
+            # nfp.layers, fails, warns and falls back to keras alone (no TensorFlow).
+            requirements = [f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}", f"numpy=={np.__version__}"]
+            with _keras_input_example_fix(), _no_progress_bars():  # MLflow predicts the example to validate it
                 return mlflow.keras.log_model(
                     model,
                     name="model",
                     signature=signature,
                     input_example=input_example,
                     registered_model_name=register_as,
+                    pip_requirements=requirements,
                 )
 
         self._call("model", _log)
@@ -249,6 +256,20 @@ class RunLogger:
                 logger.log_metrics(dict(logs or {}), step=epoch + 1)
 
         return EpochMetricsToMlflow()
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Keras progress bars off (they would put escape codes in a redirected log), restored after."""
+    import keras
+
+    was_on = keras.config.is_interactive_logging_enabled()
+    keras.config.disable_interactive_logging()
+    try:
+        yield
+    finally:
+        if was_on:
+            keras.config.enable_interactive_logging()
 
 
 @contextlib.contextmanager

@@ -200,6 +200,27 @@ def test_logged_model_has_signature_and_example_and_loads_with_pyfunc(cfg, tmp_p
     assert loaded.predict(longer).shape == (2, 7, 8, 8, 1)
 
 
+def test_a_logged_nfp_model_names_its_requirements_quietly(cfg, tmp_path, capfd, caplog):
+    """MLflow's requirement inference cannot load a model of nfp's layers (its subprocess does not import them): the
+    requirements are given, so no warning, no keras-only fallback, and no progress bar from the example's check."""
+    import keras
+    import tensorflow as tf
+
+    from nfp.model import build_model
+
+    model_cfg = load_config(None, ["model.preset=custom", "model.filters=[4]", "model.kernel_sizes=[3]"]).model
+    model = build_model(model_cfg, image_size=8)
+    with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path) as run:
+        run.log_model(model, input_example=np.zeros((1, 3, 8, 8, 1), np.float32))
+    (logged,) = mlflow.search_logged_models(output_format="list", experiment_ids=[_runs()[0].info.experiment_id])
+    requirements = mlflow.artifacts.load_text(f"{logged.artifact_location}/requirements.txt").split()
+    assert {f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"} <= set(requirements)
+    out, err = capfd.readouterr()
+    assert "inferring pip requirements" not in err + caplog.text
+    assert "\x1b[" not in out + err and "step" not in out  # no Keras progress bar
+    assert keras.config.is_interactive_logging_enabled()  # restored
+
+
 def test_a_successful_rerun_clears_the_error_of_a_failed_attempt(cfg, tmp_path):
     with pytest.raises(RuntimeError):
         with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path):
