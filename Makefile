@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 
 quickstart: install
 	PATH="$(BIN):$$PATH" mlflow run . --env-manager local --experiment-name nfp-quickstart -P config=configs/quickstart.yaml
-	@echo "Done. See the run with: $(BIN)/mlflow ui   (then open http://127.0.0.1:5000)"
+	@echo "Done. See the run with: $(BIN)/mlflow ui   (then open http://127.0.0.1:5000, pick Model training at the top left)"
 
 test: install browser
 	$(BIN)/ruff check .
