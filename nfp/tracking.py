@@ -391,8 +391,14 @@ def _mark_as_model_training(experiment_id: str) -> None:
     import mlflow
 
     client = mlflow.MlflowClient()
-    if EXPERIMENT_KIND not in client.get_experiment(experiment_id).tags:
+    if EXPERIMENT_KIND in client.get_experiment(experiment_id).tags:
+        return
+    try:
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND, "custom_model_development")
+    except mlflow.exceptions.MlflowException as err:  # a view hint: not worth a run (e.g. no edit right on it)
+        warnings.warn(
+            f"could not tag experiment {experiment_id} as model training ({first_line(err, 160)})", stacklevel=2
+        )
 
 
 def _say_where_it_logs(run, experiment_name: str) -> None:

@@ -162,10 +162,11 @@ def _train(cfg, cluster, config_path, claim_output_dir) -> dict:
         if job.is_chief and trained:  # a finished job re-run trains nothing and logs nothing again
             _log_results(run, cfg, job, model=model, manifest=manifest)
         if job.is_chief:
+            link = run.ui_url
             print(
                 f"train: {trained} epoch(s) trained, outputs in {out.root}"
                 + (f", MLflow run {run.run_id}" if run.active else "")
-                + (f" ({run.ui_url})" if run.ui_url else ""),
+                + (f" ({link})" if link else ""),
                 file=sys.stderr,
             )
         return {

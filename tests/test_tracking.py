@@ -43,6 +43,17 @@ def test_the_experiment_is_marked_as_model_training_unless_its_kind_is_set(cfg, 
     assert mlflow.get_experiment(theirs).tags[tracking.EXPERIMENT_KIND] == "genai_development"
 
 
+def test_an_experiment_that_cannot_be_tagged_costs_a_warning_not_the_run(cfg, tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise mlflow.exceptions.MlflowException("Permission denied")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_experiment_tag", refuse)
+    with pytest.warns(UserWarning, match=r"could not tag experiment \d+ as model training \(Permission denied\)"):
+        with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path) as run:
+            run.log_metrics({"loss": 1.0}, step=1)
+    assert _runs()[0].info.status == "FINISHED"
+
+
 def test_run_is_tagged_with_the_git_commit(cfg, tmp_path):
     import subprocess
 
