@@ -69,6 +69,7 @@ class PredictionImages(keras.callbacks.Callback):
         sink: Callable | None = None,
         key: str = "predictions",
         at_start: bool = False,
+        jit_compile: bool = False,
     ):
         super().__init__()
         self.clips = np.asarray(clips)  # (N, T, H, W) uint8
@@ -76,6 +77,7 @@ class PredictionImages(keras.callbacks.Callback):
         self.context = max(1, min(context_frames, t - 1))
         self.horizon = max(1, min(predict_frames, t - self.context))
         self.every, self.images_dir, self.sink, self.key, self.at_start = every, images_dir, sink, key, at_start
+        self.jit_compile = jit_compile
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every == 0:
@@ -93,7 +95,7 @@ class PredictionImages(keras.callbacks.Callback):
 
         frames = self.clips.astype(np.float32)[..., None] / 255.0
         k, n = self.context, self.horizon
-        pred = rollout(self.model, frames[:, :k], n)
+        pred = rollout(self.model, frames[:, :k], n, jit_compile=self.jit_compile)
         per_clip = [
             [(f"#{i} context", clip[:k]), ("truth", clip[k : k + n]), ("prediction", p)]
             for i, (clip, p) in enumerate(zip(frames, pred))
@@ -121,9 +123,9 @@ class PeriodicEvaluation(keras.callbacks.Callback):
     """Every `every` epochs: the OpenSTL metrics of a rollout on validation clips, next to the baselines,
     added to the epoch logs as val_mse, val_ssim, val_baseline_copy_last_mse, … (so MLflow steps them by epoch)."""
 
-    def __init__(self, make_clips: Callable, *, every: int, evaluate_cfg):
+    def __init__(self, make_clips: Callable, *, every: int, evaluate_cfg, jit_compile: bool = False):
         super().__init__()
-        self.make_clips, self.every, self.cfg = make_clips, every, evaluate_cfg
+        self.make_clips, self.every, self.cfg, self.jit_compile = make_clips, every, evaluate_cfg, jit_compile
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or (epoch + 1) % self.every:
@@ -137,6 +139,7 @@ class PeriodicEvaluation(keras.callbacks.Callback):
             protocol=e.protocol,
             context_frames=e.context_frames,
             predict_frames=e.predict_frames,
+            jit_compile=self.jit_compile,
         )
         logs.update(flat_metrics(result, "val"))
 
@@ -220,12 +223,14 @@ def build_callbacks(
     image_sink: Callable | None = None,
     val_clip_batches: Callable | None = None,
     tracking_callback=None,
+    jit_compile: bool = False,
 ) -> list:
     """The callbacks `cfg.train` (and evaluate.every_n_epochs) enable, in the order they must run;
     `tracking_callback` goes after every callback that adds to the logs.
 
     Off the chief, files go to `scratch_dir` (default: a new temporary dir) instead of the job's output dir.
     `fresh`: no epoch done yet (prediction strips then start with the untrained model, step 0).
+    `jit_compile`: the evaluation and the strips' rollouts XLA-compiled, as training is (nfp.devices).
     """
     t = cfg.train
     out = job.output
@@ -243,7 +248,9 @@ def build_callbacks(
     if cfg.evaluate.every_n_epochs and job.is_chief and val_clip_batches is not None:
         # before plateau, checkpoint and early-stopping callbacks, so they can monitor val_mse, val_ssim, …
         callbacks.append(
-            PeriodicEvaluation(val_clip_batches, every=cfg.evaluate.every_n_epochs, evaluate_cfg=cfg.evaluate)
+            PeriodicEvaluation(
+                val_clip_batches, every=cfg.evaluate.every_n_epochs, evaluate_cfg=cfg.evaluate, jit_compile=jit_compile
+            )
         )
     if t.schedule.name == "plateau":
         monitor = _monitor(t.checkpoint.monitor, has_validation)
@@ -283,6 +290,7 @@ def build_callbacks(
                 images_dir=out.images,
                 sink=image_sink,
                 at_start=fresh,
+                jit_compile=jit_compile,
             )
         )
     if t.csv_log:

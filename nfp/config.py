@@ -192,8 +192,14 @@ class TrainConfig:
     tensorboard: bool = _knob(False, help="TensorBoard logs under <output_dir>/tensorboard, uploaded to the run "
                               "(needs the tensorboard extra: pip install 'nfp[tensorboard]')")  # fmt: skip
     images: ImagesConfig = field(default_factory=ImagesConfig)
-    mixed_precision: bool = False
-    jit_compile: Literal["auto", "on", "off"] = "auto"  # auto: on for GPU, off for CPU
+    mixed_precision: Literal["auto", "bfloat16", "float16", "off"] = _knob(
+        "off", help="auto: bfloat16 on GPUs of compute capability >= 8.0 (A100, L4, H100), float16 on older ones, "
+        "off without a GPU; bfloat16/float16 force the policy (on a CPU: to test a GPU's choice); true = auto",
+    )  # fmt: skip
+    jit_compile: Literal["auto", "on", "off"] = _knob(
+        "auto", help="XLA. auto: on where a GPU is visible and the model compiles (else off, with a warning); "
+        "on: XLA or an error, also on a CPU (to test a GPU's choice); see nfp/devices.py",
+    )  # fmt: skip
     steps_per_execution: int = _knob(1, min=1)
     output_dir: str = "outputs/run"
     output_dir_lease_s: float = _knob(
@@ -399,8 +405,8 @@ def _coerce(hint, value, key: str, meta) -> Any:
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(inner, value, key, meta)
     if origin is Literal:
-        if isinstance(value, bool) and {"on", "off"} <= set(args):  # YAML 1.1 reads on/off as booleans
-            value = "on" if value else "off"
+        if isinstance(value, bool) and "off" in args:  # YAML 1.1 reads on/off as booleans; true means on, else auto
+            value = ("on" if "on" in args else "auto") if value else "off"
         if value not in args:
             raise ConfigError(f"{key}: got {value!r}, expected one of {', '.join(map(str, args))}")
         return value

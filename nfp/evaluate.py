@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nfp import storage, tracking
+from nfp import devices, storage, tracking
 from nfp.errors import ConfigError, DataError
 
 
@@ -45,12 +45,16 @@ def run_evaluate(
     if e.protocol == "rollout":
         check_lengths("rollout", e.context_frames, e.predict_frames, manifest.clip_shape[0])
     check_compatible(model, manifest.clip_shape[1:] + (1,))
+    # the inputs the model is called on: a rollout's k + n - 1 frames, or one step's T - 1
+    length = e.context_frames + e.predict_frames - 1 if e.protocol == "rollout" else manifest.clip_shape[0] - 1
+    choices = devices.for_inference(cfg.train, model, (e.batch_size, length, *manifest.clip_shape[1:], 1))
 
     dataset = clip_batches(cfg.data, manifest, split, e.batch_size, max_clips=e.max_clips)
     with naming_bad_shards(cfg.data, manifest, split):
         result = evaluate_model(
-            model, dataset, protocol=e.protocol, context_frames=e.context_frames, predict_frames=e.predict_frames
-        )
+            model, dataset, protocol=e.protocol, context_frames=e.context_frames, predict_frames=e.predict_frames,
+            jit_compile=choices.jit_compile,
+        )  # fmt: skip
     summary = {"protocol": e.protocol, "split": split, "clips": result["clips"], **flat_metrics(result, split)}
     report = {
         "summary": summary,

@@ -96,6 +96,7 @@ class ConvLSTMStack(keras.layers.Layer):
         sampling_steps=0,
         context_frames=10,
         seed=None,
+        jit_compile=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -104,9 +105,11 @@ class ConvLSTMStack(keras.layers.Layer):
         self.sampling_steps, self.context_frames, self.seed = sampling_steps, context_frames, seed
         self._act, self._out_act = keras.activations.get(activation), keras.activations.get(output_activation)
         self.seed_generator = keras.random.SeedGenerator(seed)
-        # Set by nfp.model.rollout for one call: from this step on, inputs are the layer's own predictions, so a
-        # whole rollout takes one pass instead of one per predicted frame. Not part of the config.
-        self.free_run_after: int | None = None
+        # True: the steps through time run as one XLA function of the weights' values (TensorFlow, clips of a known
+        # length). For replicated training, where Keras cannot compile the whole step: an XLA function that reads
+        # the variables of a MirroredStrategy fails on every replica but the first (keras-team/keras#19005).
+        # Passed by nfp.model.build_model, not saved: where a loaded model runs, its own devices decide.
+        self.jit_compile = jit_compile
 
     def build(self, input_shape):
         channels = input_shape[-1]
@@ -121,25 +124,57 @@ class ConvLSTMStack(keras.layers.Layer):
         self.head = self.add_weight((1, 1, self.filters[-1], channels), torch_default_init(), name="head_kernel")
         self.head_bias = self.add_weight((channels,), "zeros", name="head_bias")
         self.sampling_step = self.add_weight(
-            (), "zeros", dtype="int32", trainable=False, name="sampling_step",
+            (), "zeros", dtype="int64", trainable=False, name="sampling_step",  # int32 variables stay on the host,
+            # where an XLA step on a GPU cannot read them (tensorflow.org/xla/known_issues)
             aggregation="only_first_replica",  # every replica counts the same steps
         )  # fmt: skip
 
-    def call(self, frames, training=False):
-        dtype = self.compute_dtype
+    def call(self, frames, training=False, free_run_after=None):
+        """`free_run_after` k (a Python int): from step k on, the inputs are the layer's own predictions, so a whole
+        rollout takes one pass instead of one per predicted frame (nfp.model.rollout)."""
         batch, steps = ops.shape(frames)[0], ops.shape(frames)[1]
-        kernels = [(ops.concatenate([kx, kh], axis=2), b) for kx, kh, b in self.cells]  # conv([x, h]) = conv_x + conv_h
-        grid = frames.shape[2:4]
+        sampling = bool(training) and self.sampling_steps > 0
+        feedback = sampling or free_run_after is not None
+        if free_run_after is not None:
+            truth = ops.broadcast_to(ops.arange(steps)[None, :] < free_run_after, (batch, steps))
+        else:
+            truth = self._use_truth(batch, steps) if sampling else ops.ones((batch, steps), "bool")
+        # Read once here: the XLA function gets values, not variables (see __init__'s jit_compile)
+        weights = [ops.copy(w) for w in (*[w for cell in self.cells for w in cell], self.head, self.head_bias)]
+        if self.jit_compile and frames.shape[1] is not None:
+            outputs = self._xla_steps(feedback)(frames, truth, weights)
+        else:
+            outputs = self._steps(frames, truth, weights, feedback=feedback)
+        if sampling:
+            self.sampling_step.assign_add(1)
+        return outputs
+
+    def _xla_steps(self, feedback: bool):
+        """`_steps` as one XLA function of tensors (TensorFlow), made once per feedback mode."""
+        import tensorflow as tf
+
+        functions = self.__dict__.setdefault("_xla_functions", {})
+        if feedback not in functions:
+            functions[feedback] = tf.function(
+                lambda frames, truth, weights: self._steps(frames, truth, weights, feedback=feedback),
+                jit_compile=True, reduce_retracing=True,
+            )  # fmt: skip
+        return functions[feedback]
+
+    def _steps(self, frames, truth, weights, *, feedback: bool):
+        """The cells stepped through time: (batch, time, h, w, c) frames and (batch, time) bool "feed the true frame"
+        → (batch, time, h, w, c) float32 predictions. `weights`: each cell's kernel_x, kernel_h, bias, then the head's
+        kernel and bias."""
+        dtype = self.compute_dtype
+        layers = [weights[i : i + 3] for i in range(0, 3 * len(self.filters), 3)]
+        # conv([x, h]) = conv_x(x) + conv_h(h): one convolution per cell and step
+        kernels = [(ops.cast(ops.concatenate([kx, kh], axis=2), dtype), ops.cast(b, "float32")) for kx, kh, b in layers]
+        head, head_bias = ops.cast(weights[-2], dtype), ops.cast(weights[-1], "float32")
+        batch, grid, channels = ops.shape(frames)[0], frames.shape[2:4], frames.shape[-1]
         carry = []
         for units in self.filters:
             carry += [ops.zeros((batch, *grid, units), dtype), ops.zeros((batch, *grid, units), "float32")]
-        carry.append(ops.zeros((batch, *grid, frames.shape[-1]), "float32"))  # the previous prediction
-        sampling = bool(training) and self.sampling_steps > 0
-        feedback = sampling or self.free_run_after is not None
-        if self.free_run_after is not None:
-            truth = ops.broadcast_to(ops.arange(steps)[None, :] < self.free_run_after, (batch, steps))
-        else:
-            truth = self._use_truth(batch, steps) if sampling else ops.ones((batch, steps), "bool")
+        carry.append(ops.zeros((batch, *grid, channels), "float32"))  # the previous prediction
 
         def step(carry, inputs):
             frame, use_truth = inputs
@@ -147,20 +182,16 @@ class ConvLSTMStack(keras.layers.Layer):
             x = ops.where(use_truth[:, None, None, None], frame, ops.cast(previous, dtype)) if feedback else frame
             new_states = []
             for (kernel, bias), h, c in zip(kernels, states[0::2], states[1::2]):
-                z = ops.cast(ops.conv(ops.concatenate([x, h], axis=-1), kernel, padding="same") + bias, "float32")
+                z = ops.cast(ops.conv(ops.concatenate([x, h], axis=-1), kernel, padding="same"), "float32") + bias
                 i, f, g, o = ops.split(z, 4, axis=-1)
                 c = ops.sigmoid(f) * c + ops.sigmoid(i) * self._act(g)
                 x = h = ops.cast(ops.sigmoid(o) * self._act(c), dtype)
                 new_states += [h, c]
-            prediction = self._out_act(ops.cast(ops.conv(x, self.head, padding="valid") + self.head_bias, "float32"))
-            carry = (*new_states, prediction)
-            return carry, carry  # Keras's TF scan wants outputs shaped as the carry; only the predictions are used
+            prediction = ops.cast(ops.conv(x, head, padding="valid"), "float32") + head_bias
+            return (*new_states, self._out_act(prediction))
 
-        time_major = (ops.moveaxis(frames, 1, 0), ops.moveaxis(truth, 1, 0))
-        _, outputs = ops.scan(step, tuple(carry), time_major)
-        if sampling:
-            self.sampling_step.assign_add(1)
-        return ops.moveaxis(outputs[-1], 0, 1)
+        time_major = (ops.moveaxis(ops.cast(frames, dtype), 1, 0), ops.moveaxis(truth, 1, 0))
+        return ops.moveaxis(time_loop(step, tuple(carry), time_major)[-1], 0, 1)
 
     def _use_truth(self, batch, steps):
         """(batch, steps) bool: feed the true frame (always before context_frames), else the last prediction."""
@@ -172,7 +203,7 @@ class ConvLSTMStack(keras.layers.Layer):
     def compute_output_shape(self, shape):
         return shape
 
-    def compute_output_spec(self, frames, training=False):
+    def compute_output_spec(self, frames, training=False, free_run_after=None):
         return keras.KerasTensor(frames.shape, dtype="float32")
 
     def get_config(self):
@@ -190,3 +221,26 @@ def _forget_bias_one(units: int):
         return ops.cast(ops.concatenate([ops.zeros((units,)), ops.ones((units,)), ops.zeros((2 * units,))]), dtype)
 
     return init
+
+
+def time_loop(step, carry, xs):
+    """`step(carry, x_t) → carry` over time-major `xs` (a tuple of (time, …) tensors): each step's carry, stacked.
+
+    A loop XLA can compile on every backend. On TensorFlow, a known length runs as plain Python steps (no while
+    loop: an XLA function holding one cannot be differentiated from outside it: "TensorList crossing the XLA/TF
+    boundary") and an unknown one as tf.scan, whose while loop is bounded by the length: XLA sizes the gradient's
+    accumulators from that bound, which Keras's TF ops.scan leaves unset ("XLA compilation requires a fixed tensor
+    list size"). On JAX, ops.scan (lax.scan) is bounded already.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return ops.scan(lambda c, x: (step(c, x),) * 2, carry, xs)[1]
+    length = xs[0].shape[0]
+    if length is None:
+        import tensorflow as tf
+
+        return tf.scan(step, xs, initializer=carry)
+    outputs = []
+    for t in range(length):
+        carry = step(carry, tuple(x[t] for x in xs))
+        outputs.append(carry)
+    return tuple(ops.stack(column) for column in zip(*outputs))

@@ -14,14 +14,19 @@ run these models under Keras 3 on JAX.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 HEAD_KERNEL = (3, 3, 3)  # keras cell: (time, H, W), the keras-io head's shape, so its parameter count matches
 
 
-def build_model(model_cfg, *, image_size: int, scheduled_sampling: int = 0, context_frames: int = 10):
+def build_model(
+    model_cfg, *, image_size: int, scheduled_sampling: int = 0, context_frames: int = 10, xla_cell: bool = False
+):
     """Uncompiled model for `model_cfg` on image_size² frames; `scheduled_sampling` steps after `context_frames`
-    (nfp cell only, see nfp.layers.ConvLSTMStack)."""
+    (nfp cell only, see nfp.layers.ConvLSTMStack); `xla_cell`: the nfp cell's steps as one XLA function (TensorFlow;
+    nfp.devices decides when: replicated training, where Keras cannot compile the whole step)."""
     import keras
 
     from nfp import layers as nfp_layers
@@ -36,7 +41,7 @@ def build_model(model_cfg, *, image_size: int, scheduled_sampling: int = 0, cont
         x = nfp_layers.ConvLSTMStack(
             model_cfg.filters, model_cfg.kernel_sizes, activation=model_cfg.activation,
             output_activation=model_cfg.output_activation, sampling_steps=scheduled_sampling,
-            context_frames=context_frames, name="convlstm",
+            context_frames=context_frames, jit_compile=xla_cell, name="convlstm",
         )(x)  # fmt: skip
     else:
         x = _keras_stack(model_cfg, x, channels=p * p)
@@ -68,31 +73,57 @@ def _keras_stack(model_cfg, x, *, channels: int):
     return layers.Activation(model_cfg.output_activation, dtype="float32", name="prediction")(x)
 
 
-def rollout(model, context, horizon: int, *, call=None) -> np.ndarray:
+def rollout(model, context, horizon: int, *, jit_compile: bool = False) -> np.ndarray:
     """Feed (batch, k, H, W, 1) context frames, then the model's own predictions: → (batch, horizon, H, W, 1).
 
-    An nfp-cell model feeds its predictions back itself: one pass. Otherwise `call` (default: the model)
-    runs once per predicted frame, always on the same k + horizon - 1 frames, those not predicted yet
-    zero: a causal model's output at t ignores them, and one input shape means one traced graph."""
+    An nfp-cell model feeds its predictions back itself: one pass. Any other model runs once per predicted frame,
+    always on the same k + horizon - 1 frames, those not predicted yet zero: a causal model's output at t ignores
+    them. Either way one traced function per model, input shape and k (TensorFlow: a tf.function, XLA-compiled
+    when `jit_compile`, as nfp.devices chooses for the machine; XLA compiles once per shape)."""
     context = np.asarray(context, np.float32)
     k = context.shape[1]
     frames = np.zeros((context.shape[0], k + horizon - 1, *context.shape[2:]), np.float32)
     frames[:, :k] = context
-    stack = _nfp_stack(model)
-    if stack is not None:
-        stack.free_run_after = k
-        try:
-            return np.asarray(model(frames, training=False), np.float32)[:, k - 1 :]
-        finally:
-            stack.free_run_after = None
-    call = call or model
+    if _nfp_stack(model) is not None:
+        return np.asarray(_compiled(model, "free_run", jit_compile)(frames, k), np.float32)[:, k - 1 :]
+    forward = _compiled(model, "forward", jit_compile)
     preds = []
     for i in range(horizon):
-        nxt = np.asarray(call(frames, training=False), np.float32)[:, k - 1 + i]
+        nxt = np.asarray(forward(frames, k), np.float32)[:, k - 1 + i]
         preds.append(nxt)
         if k + i < frames.shape[1]:
             frames[:, k + i] = nxt
     return np.stack(preds, axis=1)
+
+
+def free_run(model, frames, free_run_after: int):
+    """An nfp-cell model's output when, from step `free_run_after` on, its inputs are its own predictions."""
+    x, stack = frames, _nfp_stack(model)
+    for layer in model.layers[1:]:  # to_patches, convlstm, next_frame: a chain (build_model)
+        x = layer(x, free_run_after=free_run_after) if layer is stack else layer(x)
+    return x
+
+
+_COMPILED = weakref.WeakKeyDictionary()  # model → {(kind, jit): function}: traced once, not per call
+
+
+def _compiled(model, kind: str, jit_compile: bool):
+    """model(frames) or free_run(model, frames, k) as a function of (frames, k): a tf.function on TensorFlow (k is
+    a Python int, part of the trace), the plain call elsewhere."""
+    import keras
+
+    functions = _COMPILED.setdefault(model, {})
+    if (kind, jit_compile) not in functions:
+        if kind == "free_run":
+            fn = lambda frames, k: free_run(model, frames, k)
+        else:
+            fn = lambda frames, k: model(frames, training=False)
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            fn = tf.function(fn, jit_compile=jit_compile, reduce_retracing=True)
+        functions[kind, jit_compile] = fn
+    return functions[kind, jit_compile]
 
 
 def _nfp_stack(model):

@@ -21,7 +21,7 @@ def run_predict(
     cfg, *, model_uri, inputs, context_frames=None, horizon=None, out_dir=None, save_npy=False
 ) -> dict[str, Path]:
     """Predict `horizon` frames from the first `context_frames` of one clip; → {"strip", "gif"[, "npy"]} paths."""
-    from nfp import storage, visualize
+    from nfp import devices, storage, visualize
     from nfp.model import check_compatible, rollout
     from nfp.model_source import load_model
 
@@ -39,7 +39,8 @@ def run_predict(
     check_compatible(model, clip.shape[1:] + (1,))
 
     context = clip[None, :k, :, :, None].astype(np.float32) / 255.0
-    predicted = visualize.to_uint8(rollout(model, context, n)[0])  # (n, H, W)
+    choices = devices.for_inference(cfg.train, model, (1, k + n - 1, *clip.shape[1:], 1))  # rollout's input shape
+    predicted = visualize.to_uint8(rollout(model, context, n, jit_compile=choices.jit_compile)[0])  # (n, H, W)
     truth = np.zeros_like(predicted)
     known = clip[k : k + n]
     truth[: len(known)] = known

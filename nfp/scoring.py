@@ -43,9 +43,12 @@ def baselines(inputs, steps: int | None):
     }
 
 
-def evaluate_model(model, clip_batches_ds, *, protocol: str, context_frames: int, predict_frames: int) -> dict:
+def evaluate_model(
+    model, clip_batches_ds, *, protocol: str, context_frames: int, predict_frames: int, jit_compile: bool = False
+) -> dict:
     """Stream uint8 clips (batch, T, H, W) through a protocol; OpenSTL metrics for the model and both baselines.
 
+    `jit_compile`: the model's calls XLA-compiled (nfp.devices chooses).
     Returns {"protocol", "context_frames", "predict_frames", "clips", "frames" (scored frame indices),
     "scores": {predictor: {metric: float}}, "per_frame": {predictor: {metric: [float per frame]}}}.
     """
@@ -57,8 +60,7 @@ def evaluate_model(model, clip_batches_ds, *, protocol: str, context_frames: int
     if protocol not in PROTOCOLS:
         raise ConfigError(f"evaluate.protocol: got {protocol!r}, expected one of {', '.join(PROTOCOLS)}")
     accumulators = {name: FrameMetrics() for name in PREDICTORS}
-    # one graph for every input length (rollout grows the input by a frame per step)
-    forward = tf.function(lambda x, training=False: model(x, training=training), reduce_retracing=True)
+    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True, jit_compile=jit_compile)
     length = None
     for clips in clip_batches_ds:
         x = to_frames(clips)
@@ -68,7 +70,10 @@ def evaluate_model(model, clip_batches_ds, *, protocol: str, context_frames: int
             check_compatible(model, tuple(x.shape[2:]))
         if protocol == "rollout":
             inputs, truth = x[:, :context_frames], x[:, context_frames : context_frames + predict_frames]
-            preds = {"model": rollout(model, inputs, predict_frames, call=forward), **baselines(inputs, predict_frames)}
+            preds = {
+                "model": rollout(model, inputs, predict_frames, jit_compile=jit_compile),
+                **baselines(inputs, predict_frames),
+            }
         else:
             inputs, truth = x[:, :-1], x[:, 1:]
             preds = {"model": tf.cast(forward(inputs), tf.float32), **baselines(inputs, None)}

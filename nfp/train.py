@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from nfp import callbacks as cb
-from nfp import storage, tracking, visualize
+from nfp import devices, storage, tracking, visualize
 from nfp.errors import ConfigError, TrainingError, redact
 from nfp.job import Job, plan
 from nfp.rundir import Hold, RunDir, held, read_csv_history, trim_csv
@@ -65,7 +65,7 @@ def _train(cfg, cluster, config_path, claim_output_dir) -> dict:
     from nfp.data import pipeline
     from nfp.data.prepare import ensure_prepared
     from nfp.data.shards import naming_bad_shards
-    from nfp.distribute import make_strategy
+    from nfp.distribute import make_strategy, strategy_name
 
     strategy = make_strategy(cfg.distribute)  # first TF work: MultiWorkerMirroredStrategy insists
     t = cfg.train
@@ -83,8 +83,12 @@ def _train(cfg, cluster, config_path, claim_output_dir) -> dict:
             t.output_dir,
             cluster.num_workers,
         )
-    gpus = tf.config.list_physical_devices("GPU")
-    model = _compiled_model(cfg, strategy, job, gpus=gpus)
+    seen = devices.visible_devices()
+    choices = devices.choose(t, cfg.model, seen, replicated=strategy_name(strategy) != "DefaultStrategy")
+    model, choices = _compiled_model(
+        cfg, strategy, job, choices, batch_shape=(t.batch_size, *train_ds.element_spec[0].shape[1:])
+    )
+    log.info("devices: %s", choices.why)
 
     out = job.output
     hold = claim_output_dir()
@@ -106,8 +110,9 @@ def _train(cfg, cluster, config_path, claim_output_dir) -> dict:
         stop_after_sigterm = stack.enter_context(_sigterm_stops(out.backup))
         if job.is_chief:
             _log_setup(
-                run, cfg, job, config_path=config_path, manifest=manifest, model=model, strategy=strategy, gpus=gpus
-            )
+                run, cfg, job, config_path=config_path, manifest=manifest, model=model, strategy=strategy,
+                devices_seen=seen, choices=choices,
+            )  # fmt: skip
         if job.is_chief and not start:  # the data's look belongs to the run once, not again on each resume
             _log_preview(run, cfg.data.dir)
         show_images = job.is_chief and t.images.every_n_epochs and manifest.count("val")
@@ -123,6 +128,7 @@ def _train(cfg, cluster, config_path, claim_output_dir) -> dict:
             ),
             image_sink=run.log_image if run.active else None,
             tracking_callback=run.keras_callback(),
+            jit_compile=choices.jit_compile,
         )
         try:
             with naming_bad_shards(cfg.data, manifest, "train", "val"):
@@ -229,45 +235,45 @@ def _validation(cfg, manifest, job: Job):
     return val_ds, val_steps
 
 
-def _compiled_model(cfg, strategy, job: Job, *, gpus: list):
-    """The configured model, built and compiled in the strategy's scope (mixed precision only on a GPU)."""
+def _compiled_model(cfg, strategy, job: Job, choices: devices.Choices, *, batch_shape):
+    """(model, choices): the configured model, built and compiled in the strategy's scope under `choices`' policy
+    and XLA mode; under jit_compile auto, without XLA (and the cause in choices) when the model does not compile."""
     import keras
-    import tensorflow as tf
 
-    from nfp.distribute import mixed_precision_policy
     from nfp.optim import build_loss, build_optimizer
 
     t = cfg.train
-    policy = keras.mixed_precision.global_policy()
-    if t.mixed_precision and gpus:
-        keras.mixed_precision.set_global_policy(
-            mixed_precision_policy([tf.config.experimental.get_device_details(g) for g in gpus])
-        )
-    elif t.mixed_precision:
-        log.warning("train.mixed_precision: no GPU visible, training in float32")
-    try:
-        with strategy.scope():
-            model = _build_model(cfg)
-            model.compile(
-                optimizer=build_optimizer(t, job.replicas),
-                loss=build_loss(t),
-                jit_compile=t.jit_compile == "on" or (t.jit_compile == "auto" and bool(gpus)),
-                steps_per_execution=t.steps_per_execution,
-            )
-    finally:
-        keras.mixed_precision.set_global_policy(policy)  # the process-wide policy is not ours to keep
-    return model
+
+    def build(xla: str):
+        policy = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy(choices.policy)
+        try:
+            with strategy.scope():
+                model = _build_model(cfg, xla_cell=xla == "cell")
+                model.compile(
+                    optimizer=build_optimizer(t, job.replicas),
+                    loss=build_loss(t),
+                    jit_compile=xla == "step",
+                    steps_per_execution=t.steps_per_execution,
+                )
+        finally:
+            keras.mixed_precision.set_global_policy(policy)  # the process-wide policy is not ours to keep
+        return model
+
+    model = build(choices.xla)
+    checked = devices.confirmed(choices, t.jit_compile, model, batch_shape, loss=build_loss(t))
+    return (model if checked.xla == choices.xla else build(checked.xla)), checked
 
 
-def _build_model(cfg):
+def _build_model(cfg, *, xla_cell: bool = False):
     from nfp.model import build_model
 
     return build_model(cfg.model, image_size=cfg.data.image_size, scheduled_sampling=cfg.train.scheduled_sampling,
-                       context_frames=cfg.evaluate.context_frames)  # fmt: skip
+                       context_frames=cfg.evaluate.context_frames, xla_cell=xla_cell)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- tracking
-def _log_setup(run, cfg, job: Job, *, config_path, manifest, model, strategy, gpus):
+def _log_setup(run, cfg, job: Job, *, config_path, manifest, model, strategy, devices_seen, choices):
     import keras
     import mlflow
     import tensorflow as tf
@@ -291,7 +297,10 @@ def _log_setup(run, cfg, job: Job, *, config_path, manifest, model, strategy, gp
     run.set_tags(
         {
             "strategy": strategy_name(strategy),
-            "device": _device_kind(gpus),
+            "device": _device_kind(devices_seen),
+            "precision": choices.policy,
+            "xla": choices.xla,
+            **({"xla_fallback": choices.fallback} if choices.fallback else {}),
             **({"config_file": str(config_path)} if config_path else {}),
         }
     )
@@ -373,13 +382,9 @@ def _local_copy(path: str, tmp: str) -> str | None:
     return local
 
 
-def _device_kind(gpus) -> str:
-    import tensorflow as tf
-
-    if not gpus:
-        return "CPU"
-    name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
-    return f"{len(gpus)}x {name}"
+def _device_kind(seen: list[devices.Device]) -> str:
+    gpus = [d for d in seen if d.kind == "GPU"]
+    return f"{len(gpus)}x {gpus[0].name}" if gpus else "CPU"
 
 
 def _kept(out: RunDir) -> str:

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from nfp.config import load_config
-from nfp.distribute import cluster_info, make_strategy, mixed_precision_policy
+from nfp.distribute import cluster_info, make_strategy
 from nfp.errors import ConfigError, TrainingError
 
 
@@ -166,10 +166,3 @@ def test_multiworker_workaround_refuses_when_keras_internals_changed(monkeypatch
     monkeypatch.delattr(tf_trainer, "reduce_per_replica")
     with pytest.raises(TrainingError, match="trainer internals changed .*reduce_per_replica"):
         multiworker.apply(strategy)
-
-
-def test_mixed_precision_is_bfloat16_only_where_every_gpu_computes_it():
-    h100, t4 = {"compute_capability": (9, 0)}, {"compute_capability": (7, 5)}
-    assert mixed_precision_policy([h100, h100]) == "mixed_bfloat16"
-    assert mixed_precision_policy([h100, t4]) == "mixed_float16"  # one policy for all replicas: the weakest decides
-    assert mixed_precision_policy([{}]) == "mixed_float16"

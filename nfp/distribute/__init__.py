@@ -61,13 +61,6 @@ def make_strategy(dist_cfg):
     return strategy
 
 
-def mixed_precision_policy(gpu_details: list[dict]) -> str:
-    """mixed_bfloat16 when every GPU computes bfloat16 natively (compute capability ≥ 8.0: A100, L4, H100, …): the
-    same range as float32, no loss scaling; else mixed_float16. `gpu_details`: tf.config.experimental.get_device_details."""
-    capabilities = [tuple(d.get("compute_capability") or (0, 0)) for d in gpu_details]
-    return "mixed_bfloat16" if capabilities and min(capabilities) >= (8, 0) else "mixed_float16"
-
-
 def strategy_name(strategy) -> str:
     """The public tf.distribute name (MultiWorkerMirroredStrategy's class is CollectiveAllReduceStrategy)."""
     import tensorflow as tf

@@ -1,0 +1,165 @@
+"""What the devices decide: XLA and the mixed-precision policy, in one place, testable without a GPU.
+
+`choose` is a pure function of the devices a process sees (and of the config's knobs), so a test can
+hand it an H100's description on a CPU, and `train.jit_compile: on` / `train.mixed_precision: bfloat16`
+make a CPU run take exactly a GPU's choices. `auto` means:
+- precision: mixed_bfloat16 where every GPU computes bfloat16 natively (compute capability ≥ 8.0: A100,
+  L4, H100, H200), mixed_float16 on older GPUs, float32 without a GPU;
+- XLA: on where a GPU is visible (on a CPU compiling a ConvLSTM takes minutes and runs no faster), and
+  only where it compiles: `xla_failure` converts the model's training step to XLA before training, and
+  a failure under `auto` falls back to no XLA with a warning (under `on` it is an error).
+Where XLA applies depends on the strategy: under the default strategy Keras compiles the whole step
+(`model.compile(jit_compile=True)`); under MirroredStrategy and MultiWorkerMirroredStrategy Keras cannot
+(an XLA step reads every replica's variables from the first replica's device: keras-team/keras#19005),
+so nfp's cell compiles its steps through time as one XLA function of the weights' values, on each replica.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from nfp.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+KERAS_19005 = "https://github.com/keras-team/keras/issues/19005"
+
+# Dense bfloat16 peak of each card (TFLOP/s, NVIDIA data sheets, without sparsity): model FLOP utilisation's
+# denominator. Matched by substring of the device name, first match wins.
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0}
+CPU_CORE_TFLOPS = 0.16  # nominal, per core: 2 AVX-512 FMA units × 16 float32 lanes × 2 FLOPs × 2.5 GHz
+
+
+@dataclass(frozen=True)
+class Device:
+    kind: str  # "GPU" or "CPU"
+    name: str = ""  # e.g. "NVIDIA H100 80GB HBM3"
+    compute_capability: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Choices:
+    policy: str  # Keras dtype policy: float32 | mixed_bfloat16 | mixed_float16
+    xla: str  # off | step (Keras compiles the training step) | cell (nfp's cell compiles its steps through time)
+    why: str  # one line: what was chosen and why
+    fallback: str | None = None  # the cause, when `auto` wanted XLA and the model did not compile
+
+    @property
+    def jit_compile(self) -> bool:
+        """XLA for whole functions nfp compiles itself (evaluation, rollouts): on wherever training uses it."""
+        return self.xla != "off"
+
+
+def visible_devices() -> list[Device]:
+    """The GPUs TensorFlow sees, with name and compute capability; [CPU] without one."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return [Device("CPU", "CPU")]
+    details = [tf.config.experimental.get_device_details(g) for g in gpus]
+    return [
+        Device(
+            "GPU", d.get("device_name", "GPU"), tuple(d["compute_capability"]) if d.get("compute_capability") else None
+        )
+        for d in details
+    ]
+
+
+def choose(train_cfg, model_cfg, devices: list[Device], *, replicated: bool) -> Choices:
+    """The policy and XLA mode for `devices` (visible_devices()); `replicated`: a Mirrored/MultiWorker strategy
+    (model_cfg.cell matters only then)."""
+    gpus = [d for d in devices if d.kind == "GPU"]
+    policy = _policy(train_cfg.mixed_precision, gpus)
+    wanted = train_cfg.jit_compile == "on" or (train_cfg.jit_compile == "auto" and bool(gpus))
+    if not wanted:
+        xla, reason = "off", "train.jit_compile: off" if train_cfg.jit_compile == "off" else "no GPU"
+    elif not replicated:
+        xla, reason = "step", "one replica: Keras compiles the training step"
+    elif model_cfg.cell == "nfp":
+        xla, reason = (
+            "cell",
+            f"replicated: the nfp cell compiles its steps (Keras cannot compile the step, {KERAS_19005})",
+        )
+    elif train_cfg.jit_compile == "on":
+        raise ConfigError(
+            "train.jit_compile: on, expected off or auto with model.cell: keras under a replicated strategy "
+            f"(Keras cannot compile a replicated step, {KERAS_19005}; model.cell: nfp compiles its own steps)"
+        )
+    else:
+        xla, reason = "off", f"model.cell: keras, replicated (Keras cannot compile a replicated step, {KERAS_19005})"
+    where = ", ".join(sorted({d.name for d in devices})) or "CPU"
+    return Choices(policy, xla, f"{len(gpus) or 1}x {where}: precision {policy}, XLA {xla} ({reason})")
+
+
+def _policy(setting: str, gpus: list[Device]) -> str:
+    if setting == "off":
+        return "float32"
+    if setting in ("bfloat16", "float16"):
+        return f"mixed_{setting}"
+    if not gpus:
+        return "float32"
+    capabilities = [d.compute_capability or (0, 0) for d in gpus]
+    return "mixed_bfloat16" if min(capabilities) >= (8, 0) else "mixed_float16"  # one policy: the weakest decides
+
+
+def confirmed(choices: Choices, jit_compile: str, model, batch_shape, *, loss=None) -> Choices:
+    """`choices` once the model is built: unchanged when XLA is off or the model compiles; without XLA, the cause
+    recorded and a warning, when it does not under train.jit_compile auto; under on, a TrainingError (one line)."""
+    from nfp.errors import TrainingError
+
+    if choices.xla == "off":
+        return choices
+    cause = xla_failure(model, batch_shape, loss=loss)
+    if cause is None:
+        return choices
+    if jit_compile == "on":
+        raise TrainingError(f"train.jit_compile: on, but XLA cannot compile the model ({cause}); use auto or off")
+    log.warning("train.jit_compile: auto: XLA cannot compile the model (%s); going on without XLA", cause)
+    return Choices(choices.policy, "off", f"{choices.why}; XLA off: it did not compile ({cause})", cause)
+
+
+def for_inference(train_cfg, model, batch_shape) -> Choices:
+    """What evaluate and predict run a loaded model with on this machine's devices (one replica, its own policy)."""
+    choices = choose(train_cfg, None, visible_devices(), replicated=False)
+    return confirmed(choices, train_cfg.jit_compile, model, batch_shape)
+
+
+def xla_failure(model, batch_shape, *, loss=None) -> str | None:
+    """None when the model's computation converts to XLA for inputs of `batch_shape` (batch, time, H, W, C) —
+    with a loss, the training computation (forward, loss, gradients); else the cause, one line. Converts only
+    (to HLO): runs nothing and changes no variable, so it is safe before training."""
+    import numpy as np
+    import tensorflow as tf
+
+    x = np.zeros(batch_shape, np.float32)
+
+    @tf.function(jit_compile=True)
+    def step(x):
+        if loss is None:
+            return model(x, training=False)
+        with tf.GradientTape() as tape:
+            y = model(x, training=True)
+            value = loss(tf.zeros_like(y), y)
+        return value, tape.gradient(value, model.trainable_weights)
+
+    try:
+        step.experimental_get_compiler_ir(x)(stage="hlo")
+    except Exception as err:  # noqa: BLE001 -- whatever tf2xla raises is the cause to report
+        return _first_meaningful_line(str(err)) or type(err).__name__
+    return None
+
+
+def _first_meaningful_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("[[")]
+    return lines[0][:300] if lines else ""
+
+
+def peak_tflops(device: Device) -> float | None:
+    """The card's dense bfloat16 peak (PEAK_BF16_TFLOPS); a CPU's nominal peak over its cores; None for other cards."""
+    if device.kind == "CPU":
+        import os
+
+        return CPU_CORE_TFLOPS * len(os.sched_getaffinity(0))
+    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in device.name), None)
