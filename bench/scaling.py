@@ -1,6 +1,6 @@
 """Scaling on paper: step time under MirroredStrategy on 1 and 2 logical CPU devices, and FLOPs per clip.
 
-FLOPs are counted analytically from the layer shapes (`flops_per_clip`), per frame on H×W with
+FLOPs are counted analytically from the layer shapes (`nfp.model.flops_per_clip`), per frame on H×W with
 `same` padding, a multiply-add counted as 2 FLOPs:
 - ConvLSTM2D (C input channels, F filters, k×k kernel): the 4 gates are one k×k conv of the
   input (C → 4F) and one of the hidden state (F → 4F): 2·H·W·k²·(C+F)·4F, plus ≈ 13·F·H·W for
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from bench.common import Section, child_main, nfp_config, ratio_check, run_child
+from nfp.model import flops_per_clip
 
 NAME = "scaling"
 TITLE = "4. Scaling on paper: MirroredStrategy step time, FLOPs per clip"
@@ -30,32 +31,6 @@ SIZES = {
     False: dict(preset="tiny", image=32, frames=19, batch=8, steps=10, epochs=3, timeout=1800),
     True: dict(preset="custom", image=16, frames=5, batch=2, steps=2, epochs=1, timeout=300),
 }
-
-
-def flops_per_clip(model_cfg, *, image_size: int, frames: int) -> dict:
-    """{"forward", "train" (FLOPs per clip of `frames` frames), "params" (implied count)} for a model config."""
-    from nfp.model import HEAD_KERNEL
-
-    p = model_cfg.patch_size
-    hw = (image_size // p) ** 2  # positions of the grid the recurrent stack works on
-    per_frame, params, channels = 0, 0, p * p
-    for i, (f, k) in enumerate(zip(model_cfg.filters, model_cfg.kernel_sizes)):
-        per_frame += 2 * hw * k * k * (channels + f) * 4 * f + 13 * f * hw  # gate convolutions + elementwise
-        params += k * k * (channels + f) * 4 * f + 4 * f
-        channels = f
-        if model_cfg.cell == "nfp" or i == len(model_cfg.filters) - 1:  # keras: norm between recurrent layers only
-            continue
-        if model_cfg.norm == "batch":
-            per_frame += 2 * f * hw
-            params += 4 * f  # gamma, beta, moving mean, moving variance
-        elif model_cfg.norm == "layer":
-            per_frame += 8 * f * hw
-            params += 2 * f
-    head = channels * p * p * (1 if model_cfg.cell == "nfp" else HEAD_KERNEL[0] * HEAD_KERNEL[1] * HEAD_KERNEL[2])
-    per_frame += 2 * hw * head + 2 * hw * p * p
-    params += head + p * p + (1 if model_cfg.cell == "nfp" else 0)  # head bias; the nfp stack's step counter
-    forward = frames * per_frame
-    return {"forward": forward, "train": 3 * forward, "params": params}
 
 
 def _model_cfg(preset: str):

@@ -72,6 +72,14 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", default=None, help="output directory (default: <train.output_dir>/predict)")
     pr.add_argument("--save-npy", action="store_true", help="also write the predicted frames as .npy")
 
+    dr = command(
+        "doctor",
+        "Preflight for a GPU VM: a few dozen training steps of the config on random clips; devices, precision, XLA, "
+        "step time, clips/s, peak memory and FLOP utilisation in a few lines (nfp train logs them to its run).",
+    )
+    dr.add_argument("--steps", type=int, default=30, help="training steps to time (default: 30; the first compiles)")
+    dr.add_argument("--out", default=None, help="report file (default: <train.output_dir>/doctor/<host>.txt)")
+
     tf = commands.add_parser("tf-config", help="Print the TF_CONFIG for this node (from SkyPilot env vars or --hosts).")
     tf.add_argument("--hosts", default=None, help="comma-separated host[:port] list, worker 0 first")
     tf.add_argument("--index", type=int, default=None, help="this node's index in --hosts")
@@ -182,6 +190,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         report = run_evaluate(cfg, model_uri=args.model, split=args.split, out_dir=args.out, run_id=args.run_id)
         print(json.dumps(report["summary"], indent=2))
+    elif args.command == "doctor":
+        from nfp.doctor import run_doctor
+
+        report = run_doctor(cfg, steps=args.steps, out=args.out)
+        print("\n".join(report["lines"]))
+        print(f"doctor: report in {report['path']}", file=sys.stderr)
     elif args.command == "predict":
         from nfp.predict import run_predict
 

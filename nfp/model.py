@@ -126,6 +126,36 @@ def _compiled(model, kind: str, jit_compile: bool):
     return functions[kind, jit_compile]
 
 
+def flops_per_clip(model_cfg, *, image_size: int, frames: int) -> dict:
+    """{"forward", "train" (FLOPs per clip of `frames` frames), "params" (implied count)} for a model config.
+
+    Counted from the layer shapes, per frame on the grid the stack works on, a multiply-add as 2 FLOPs: each
+    ConvLSTM layer's gates are one k×k conv of the input (C → 4F) and one of the state (F → 4F), 2·hw·k²·(C+F)·4F,
+    plus ≈ 13·F·hw elementwise; BatchNorm 2·F·hw, LayerNorm ≈ 8·F·hw; the head 2·hw·(its kernel)·F. A training
+    step ≈ 3× forward (the backward pass costs about twice the forward). bench/scaling.py checks the implied
+    parameter count against Keras's count_params()."""
+    p = model_cfg.patch_size
+    hw = (image_size // p) ** 2  # positions of the grid the recurrent stack works on
+    per_frame, params, channels = 0, 0, p * p
+    for i, (f, k) in enumerate(zip(model_cfg.filters, model_cfg.kernel_sizes)):
+        per_frame += 2 * hw * k * k * (channels + f) * 4 * f + 13 * f * hw  # gate convolutions + elementwise
+        params += k * k * (channels + f) * 4 * f + 4 * f
+        channels = f
+        if model_cfg.cell == "nfp" or i == len(model_cfg.filters) - 1:  # keras: norm between recurrent layers only
+            continue
+        if model_cfg.norm == "batch":
+            per_frame += 2 * f * hw
+            params += 4 * f  # gamma, beta, moving mean, moving variance
+        elif model_cfg.norm == "layer":
+            per_frame += 8 * f * hw
+            params += 2 * f
+    head = channels * p * p * (1 if model_cfg.cell == "nfp" else HEAD_KERNEL[0] * HEAD_KERNEL[1] * HEAD_KERNEL[2])
+    per_frame += 2 * hw * head + 2 * hw * p * p
+    params += head + p * p + (1 if model_cfg.cell == "nfp" else 0)  # head bias; the nfp stack's step counter
+    forward = frames * per_frame
+    return {"forward": forward, "train": 3 * forward, "params": params}
+
+
 def _nfp_stack(model):
     """The model's ConvLSTMStack, if it is an nfp-cell model (not a stand-in callable)."""
     from nfp.layers import ConvLSTMStack

@@ -2,6 +2,7 @@
 and holding it against a second job.
 
 <output_dir>/checkpoints/{best,last}.keras   backup/ (BackupAndRestore)   history.csv   images/epoch_NNN.png
+             doctor/<host>.txt (nfp doctor)
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ class RunDir:
     @property
     def tensorboard(self) -> str:
         return self._join("tensorboard")
+
+    @property
+    def doctor(self) -> str:
+        """`nfp doctor`'s reports, <host>.txt each."""
+        return self._join("doctor")
 
     def file(self, name: str) -> str:
         """Any other file directly under the output dir (config.yaml, history.png, …)."""

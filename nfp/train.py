@@ -85,8 +85,8 @@ def _train(cfg, cluster, config_path, claim_output_dir) -> dict:
         )
     seen = devices.visible_devices()
     choices = devices.choose(t, cfg.model, seen, replicated=strategy_name(strategy) != "DefaultStrategy")
-    model, choices = _compiled_model(
-        cfg, strategy, job, choices, batch_shape=(t.batch_size, *train_ds.element_spec[0].shape[1:])
+    model, choices = compiled_model(
+        cfg, strategy, job.replicas, choices, batch_shape=(t.batch_size, *train_ds.element_spec[0].shape[1:])
     )
     log.info("devices: %s", choices.why)
 
@@ -113,6 +113,8 @@ def _train(cfg, cluster, config_path, claim_output_dir) -> dict:
                 run, cfg, job, config_path=config_path, manifest=manifest, model=model, strategy=strategy,
                 devices_seen=seen, choices=choices,
             )  # fmt: skip
+        if job.is_chief:
+            _log_doctor_reports(run, out)
         if job.is_chief and not start:  # the data's look belongs to the run once, not again on each resume
             _log_preview(run, cfg.data.dir)
         show_images = job.is_chief and t.images.every_n_epochs and manifest.count("val")
@@ -235,9 +237,10 @@ def _validation(cfg, manifest, job: Job):
     return val_ds, val_steps
 
 
-def _compiled_model(cfg, strategy, job: Job, choices: devices.Choices, *, batch_shape):
+def compiled_model(cfg, strategy, replicas: int, choices: devices.Choices, *, batch_shape):
     """(model, choices): the configured model, built and compiled in the strategy's scope under `choices`' policy
-    and XLA mode; under jit_compile auto, without XLA (and the cause in choices) when the model does not compile."""
+    and XLA mode; under jit_compile auto, without XLA (and the cause in choices) when the model does not compile
+    for (per-replica) batches of `batch_shape`. Also nfp doctor's model."""
     import keras
 
     from nfp.optim import build_loss, build_optimizer
@@ -251,7 +254,7 @@ def _compiled_model(cfg, strategy, job: Job, choices: devices.Choices, *, batch_
             with strategy.scope():
                 model = _build_model(cfg, xla_cell=xla == "cell")
                 model.compile(
-                    optimizer=build_optimizer(t, job.replicas),
+                    optimizer=build_optimizer(t, replicas),
                     loss=build_loss(t),
                     jit_compile=xla == "step",
                     steps_per_execution=t.steps_per_execution,
@@ -314,6 +317,15 @@ def _log_setup(run, cfg, job: Job, *, config_path, manifest, model, strategy, de
             local = Path(tmp, base)
             local.write_text(text)
             run.log_artifact(str(local), folder)
+
+
+def _log_doctor_reports(run, out: RunDir) -> None:
+    """`nfp doctor`'s reports (one per host, written before training by the launch scripts) → the run's doctor/."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in storage.listdir(out.doctor):
+            local = _local_copy(storage.join(out.doctor, name), tmp) if name.endswith(".txt") else None
+            if local:
+                run.log_artifact(local, "doctor")
 
 
 def _log_preview(run, data_dir: str) -> None:

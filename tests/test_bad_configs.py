@@ -21,7 +21,10 @@ BAD_OVERRIDES = [
     ("data.step_length=-.inf", "data.step_length: got -inf, expected a finite number"),
     ("train.steps_per_epoch=0", "train.steps_per_epoch: got 0, expected >= 1"),
     ("train.verbose=3", "train.verbose: got 3, expected <= 2"),
-    ("train.mixed_precision='yes please'", "train.mixed_precision: got 'yes please', expected true or false"),
+    (
+        "train.mixed_precision='yes please'",
+        "train.mixed_precision: got 'yes please', expected one of auto, bfloat16, float16, off",
+    ),
     ("train.backup=1", "train.backup: got 1, expected true or false"),
     ("train.jit_compile=maybe", "train.jit_compile: got 'maybe', expected one of auto, on, off"),
     ("train.loss=l1", "train.loss: got 'l1', expected one of auto, bce, mse"),
