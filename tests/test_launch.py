@@ -93,24 +93,39 @@ def test_managed_job_is_spot_with_recovery_and_resumes_from_the_bucket():
     assert "mlflow run" not in cfg["run"]  # a new MLflow run per recovery otherwise
 
 
-def _run_with_fake(tmp_path, cfg: dict, fake: str, **env) -> list[str]:
-    """Run a task's `run` the way SkyPilot does, with `fake` (mlflow / nfp) recording its argv."""
+def _run_with_fakes(tmp_path, cfg: dict, **env) -> list[list[str]]:
+    """Run a task's `run` the way SkyPilot does, with stand-ins for mlflow and nfp: each call's argv, in order."""
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "activate").write_text(f'PATH="{venv}/bin:$PATH"\n')
-    record = tmp_path / "argv.json"
-    tool = venv / "bin" / fake
-    tool.write_text(f"#!{sys.executable}\nimport json, sys\njson.dump(sys.argv[1:], open({str(record)!r}, 'w'))\n")
-    tool.chmod(0o755)
+    record = tmp_path / "calls.jsonl"
+    for fake in ("mlflow", "nfp"):
+        tool = venv / "bin" / fake
+        tool.write_text(
+            f"#!{sys.executable}\nimport json, sys\n"
+            f"open({str(record)!r}, 'a').write(json.dumps([{fake!r}, *sys.argv[1:]]) + '\\n')\n"
+            + ("print('{}')\n" if fake == "nfp" else "")  # nfp tf-config's TF_CONFIG
+        )
+        tool.chmod(0o755)
     script = env_header(cfg, NFP_VENV=venv, NFP_BUCKET="gs://b/x", **env) + cfg["run"]
     subprocess.run(["bash", "-c", script], check=True, cwd=REPO, env={"PATH": os.environ["PATH"]})
-    return json.loads(record.read_text())
+    return [json.loads(line) for line in record.read_text().splitlines()]
 
 
-def test_single_vm_run_hands_bucket_paths_and_overrides_to_mlflow_run(tmp_path):
-    argv = _run_with_fake(
-        tmp_path, task("single_vm.yaml"), "mlflow", NFP_OVERRIDES="train.epochs=3 model.filters=[4,4,4,4]"
+def _nfp_config(argv: list[str]):
+    """The config an `nfp CMD --config C k=v … --overrides "…"` call resolves to."""
+    i = argv.index("--overrides")
+    return load_config(REPO / argv[3], [*argv[4:i], *shlex.split(argv[i + 1])])
+
+
+def test_single_vm_run_checks_the_vm_then_hands_bucket_paths_and_overrides_to_mlflow_run(tmp_path):
+    doctor, run = _run_with_fakes(
+        tmp_path, task("single_vm.yaml"), NFP_OVERRIDES="train.epochs=3 model.filters=[4,4,4,4]"
     )
+    assert doctor[:4] == ["nfp", "doctor", "--config", "configs/multi_gpu.yaml"]
+    assert _nfp_config(doctor).train.output_dir == "gs://b/x/runs/single-vm"  # its report lands in the run's dir
+    assert _nfp_config(doctor).model.filters == [4, 4, 4, 4]  # the model that will train
+    argv = run[1:]
     assert argv[:6] == ["run", ".", "--env-manager", "local", "-P", "config=configs/multi_gpu.yaml"]
     assert argv[6] == "-P" and argv[7].startswith("overrides=")
     cfg = load_config(REPO / "configs/multi_gpu.yaml", argv[7].removeprefix("overrides="))
@@ -118,12 +133,18 @@ def test_single_vm_run_hands_bucket_paths_and_overrides_to_mlflow_run(tmp_path):
     assert (cfg.train.epochs, cfg.model.filters) == (3, [4, 4, 4, 4])
 
 
-def test_managed_job_run_trains_into_the_bucket(tmp_path):
-    argv = _run_with_fake(tmp_path, task("managed_job.yaml"), "nfp", NFP_OVERRIDES="train.epochs=3")
-    assert argv[:3] == ["train", "--config", "configs/multi_gpu.yaml"]
-    i = argv.index("--overrides")
-    cfg = load_config(REPO / argv[2], [*argv[3:i], *shlex.split(argv[i + 1])])
+def test_managed_job_run_checks_the_vm_then_trains_into_the_bucket(tmp_path):
+    doctor, train = _run_with_fakes(tmp_path, task("managed_job.yaml"), NFP_OVERRIDES="train.epochs=3")
+    assert doctor[:2] == ["nfp", "doctor"] and _nfp_config(doctor).train.output_dir == "gs://b/x/runs/spot"
+    assert train[:4] == ["nfp", "train", "--config", "configs/multi_gpu.yaml"]
+    cfg = _nfp_config(train)
     assert (cfg.train.output_dir, cfg.train.backup, cfg.train.epochs) == ("gs://b/x/runs/spot", True, 3)
+
+
+def test_multi_node_run_checks_each_node_before_it_joins_the_cluster(tmp_path):
+    calls = _run_with_fakes(tmp_path, task("multi_node.yaml"), NFP_OVERRIDES="train.epochs=2")
+    assert [c[1] for c in calls] == ["doctor", "tf-config", "train"]  # the preflight sees no TF_CONFIG yet
+    assert _nfp_config(calls[0]).train.output_dir == _nfp_config(calls[2]).train.output_dir
 
 
 def test_task_shell_is_shellcheck_clean():
@@ -209,9 +230,9 @@ def flags(cmd: list[str]) -> dict[str, str]:
     return dict(a[2:].split("=", 1) if "=" in a else (a[2:], "") for a in cmd if a.startswith("--"))
 
 
-def train_config(script: str):
-    """The nfp config the startup script's `nfp train` line resolves to (parsed with nfp's own loader)."""
-    (line,) = [ln for ln in script.splitlines() if ln.startswith("nfp train")]
+def train_config(script: str, command: str = "train"):
+    """The nfp config the startup script's `nfp train` (or other command) line resolves to (nfp's own loader)."""
+    (line,) = [ln for ln in script.splitlines() if ln.startswith(f"nfp {command} ")]
     argv = shlex.split(line)
     assert argv[2] == "--config"
     return load_config(REPO / argv[3], argv[4:])
@@ -236,6 +257,11 @@ def test_gce_dry_run_one_vm(tmp_path):
 
     script = scripts[f"{tmp_path}/nfp-0.startup.sh"]
     assert "TF_CONFIG" not in script
+    lines = script.splitlines()
+    assert lines.index(next(ln for ln in lines if ln.startswith("nfp doctor "))) < lines.index(
+        next(ln for ln in lines if ln.startswith("nfp train "))
+    )  # the preflight first, under set -e: a VM that fails it never trains
+    assert train_config(script, "doctor") == train_config(script)
     assert f"gcloud storage cp {upload[4]} " in script
     assert "export MLFLOW_TRACKING_URI=http://10.0.0.5:5000" in script
     cfg = train_config(script)

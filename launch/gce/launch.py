@@ -104,6 +104,8 @@ def startup_script(args: argparse.Namespace, *, name: str, index: int, source: s
     if args.num_vms > 1:
         overrides.append(f"data.num_workers={args.num_vms}")
     train = shlex.join(["nfp", "train", "--config", config, *overrides, *args.overrides])
+    # preflight of this VM's GPUs: a failure stops the script (and the VM) before training
+    doctor = shlex.join(["nfp", "doctor", "--config", config, *overrides, *args.overrides])
     lines = [
         "#!/bin/bash",
         f"# nfp startup script for {name} (VM {index + 1} of {args.num_vms}), written by launch/gce/launch.py.",
@@ -137,6 +139,7 @@ def startup_script(args: argparse.Namespace, *, name: str, index: int, source: s
         'cd "$workdir"',
         "# shellcheck disable=SC1091",
         "source .venv/bin/activate",
+        doctor,
         train,
         'touch "$workdir/DONE"',
     ]
