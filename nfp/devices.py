@@ -111,7 +111,7 @@ def confirmed(choices: Choices, jit_compile: str, model, batch_shape, *, loss=No
 
     if choices.xla == "off":
         return choices
-    cause = xla_failure(model, batch_shape, loss=loss)
+    cause = xla_failure(model, batch_shape, loss=loss, cell_only=choices.xla == "cell")
     if cause is None:
         return choices
     if jit_compile == "on":
@@ -126,26 +126,44 @@ def for_inference(train_cfg, model, batch_shape) -> Choices:
     return confirmed(choices, train_cfg.jit_compile, model, batch_shape)
 
 
-def xla_failure(model, batch_shape, *, loss=None) -> str | None:
-    """None when the model's computation converts to XLA for inputs of `batch_shape` (batch, time, H, W, C) —
-    with a loss, the training computation (forward, loss, gradients); else the cause, one line. Converts only
-    (to HLO): runs nothing and changes no variable, so it is safe before training."""
+def xla_failure(model, batch_shape, *, loss=None, cell_only: bool = False) -> str | None:
+    """None when what XLA will compile converts to XLA for inputs of `batch_shape` (batch, time, H, W, C): the
+    model's computation (with a loss, the training one: forward, loss, gradients), or with `cell_only` the nfp
+    cell's steps and their gradients (XLA mode "cell"); else the cause, one line. Converts only (to HLO): runs
+    nothing and changes no variable, so it is safe before training, also on replicated variables."""
     import numpy as np
     import tensorflow as tf
 
-    x = np.zeros(batch_shape, np.float32)
+    if cell_only:
+        stack = next(layer for layer in model.layers if hasattr(layer, "_steps"))
+        _, _, *frame = stack.input.shape
+        args = (
+            np.zeros((*batch_shape[:2], *frame), np.float32),
+            np.ones(batch_shape[:2], bool),
+            [np.asarray(w.numpy()) for w in (*[w for cell in stack.cells for w in cell], stack.head, stack.head_bias)],
+        )
 
-    @tf.function(jit_compile=True)
-    def step(x):
-        if loss is None:
-            return model(x, training=False)
-        with tf.GradientTape() as tape:
-            y = model(x, training=True)
-            value = loss(tf.zeros_like(y), y)
-        return value, tape.gradient(value, model.trainable_weights)
+        @tf.function(jit_compile=True)
+        def step(frames, truth, weights):
+            with tf.GradientTape() as tape:
+                tape.watch(weights)
+                value = tf.reduce_sum(stack._steps(frames, truth, weights, feedback=True))
+            return value, tape.gradient(value, weights)
+
+    else:
+        args = (np.zeros(batch_shape, np.float32),)
+
+        @tf.function(jit_compile=True)
+        def step(x):
+            if loss is None:
+                return model(x, training=False)
+            with tf.GradientTape() as tape:
+                y = model(x, training=True)
+                value = loss(tf.zeros_like(y), y)
+            return value, tape.gradient(value, model.trainable_weights)
 
     try:
-        step.experimental_get_compiler_ir(x)(stage="hlo")
+        step.experimental_get_compiler_ir(*args)(stage="hlo")
     except Exception as err:  # noqa: BLE001 -- whatever tf2xla raises is the cause to report
         return _first_meaningful_line(str(err)) or type(err).__name__
     return None
