@@ -24,16 +24,15 @@ from nfp.errors import NfpError, TrainingError
 def run_doctor(cfg, *, steps: int = 30, out: str | None = None) -> dict:
     """Train `steps` steps of cfg's model on random clips; → the report (dict), its lines also written to `out`
     (default <train.output_dir>/doctor/<host>.txt, which nfp train logs to its run)."""
+    if steps < 2:
+        raise TrainingError(f"--steps: got {steps}, expected >= 2 (the first step compiles)")
     import numpy as np
     import tensorflow as tf
 
     from nfp.distribute import make_strategy, strategy_name
     from nfp.model import flops_per_clip
-    from nfp.train import compiled_model
-
-    if steps < 2:
-        raise TrainingError(f"--steps: got {steps}, expected >= 2 (the first step compiles)")
     from nfp.rundir import RunDir
+    from nfp.train import compiled_model
 
     out = out or storage.join(RunDir(cfg.train.output_dir).doctor, f"{_host()}.txt")
     seen = devices.visible_devices()
