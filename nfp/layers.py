@@ -5,7 +5,7 @@
 - ConvLSTMStack: OpenSTL's ConvLSTM cell, all layers stepped together through time with a 1×1 head
   that predicts the next frame at every step. Unlike keras.layers.ConvLSTM2D it keeps the cell state
   in float32 under mixed precision (as PyTorch autocast does) and can feed its own predictions back
-  during training (scheduled sampling).
+  during training (scheduled sampling). Its time loop (`time_loop`) is bounded, so XLA compiles it.
 
 Imported by nfp.model when a model is built or loaded; importing it registers the layers for
 `keras.saving.load_model`.

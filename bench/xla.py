@@ -1,0 +1,131 @@
+"""XLA and mixed precision under TensorFlow on this CPU: the same model on the same batches, side by side.
+
+Every variant is nfp's model from `nfp.model.build_model` compiled as `nfp train` compiles it
+(`nfp.train.compiled_model`), trained from the same initial weights on the same batches:
+- precision float32 or mixed_bfloat16 (`train.mixed_precision`), the cell state and loss float32 in both;
+- XLA off, "step" (Keras compiles the whole training step: one replica) or "cell" (nfp's cell compiles its
+  steps through time as one XLA function: what a replicated GPU job runs) — `train.jit_compile` and nfp/devices.py.
+Compile seconds = the first step (tracing + XLA compilation); steady step time = the median over rounds that
+visit the variants in turn, so machine noise hits them alike. The loss column is the last of the timed steps:
+bfloat16 must track float32 on the same batches.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from bench.common import Check, Section, child_main, fmt, machine, nfp_config, run_child
+
+NAME = "xla"
+TITLE = "8. XLA and bfloat16 under TensorFlow on the CPU: compile seconds and steady step time, same batches"
+SIZES = {
+    False: dict(preset="tiny", image=32, frames=20, batch=8, rounds=5, steps=4, timeout=2400),
+    True: dict(preset="custom", image=16, frames=6, batch=2, rounds=2, steps=2, timeout=600),
+}
+VARIANTS = [(policy, xla) for policy in ("float32", "mixed_bfloat16") for xla in ("off", "step", "cell")]
+
+
+def _cfg(s: dict, policy: str, xla: str):
+    extra = ["model.filters=[4]", "model.kernel_sizes=[3]"] if s["preset"] == "custom" else []
+    return nfp_config(
+        [
+            f"model.preset={s['preset']}", *extra, f"data.image_size={s['image']}", f"data.digit_size={s['image'] // 2}",
+            f"data.frames={s['frames']}", f"train.batch_size={s['batch']}", "train.loss=mse",
+            f"train.mixed_precision={'off' if policy == 'float32' else 'bfloat16'}",
+            f"train.jit_compile={'off' if xla == 'off' else 'on'}",
+        ]
+    )  # fmt: skip
+
+
+def _child(args: dict) -> dict:
+    import numpy as np
+    import tensorflow as tf
+
+    from nfp.devices import Choices
+    from nfp.train import compiled_model
+
+    s = args["sizes"]
+    shape = (s["batch"], s["frames"] - 1, s["image"], s["image"], 1)
+    rng = np.random.default_rng(0)
+    batches = [rng.random((s["batch"], s["frames"], s["image"], s["image"], 1), dtype=np.float32) for _ in range(4)]
+    models, compile_s, weights = {}, {}, None
+    for policy, xla in VARIANTS:
+        cfg = _cfg(s, policy, xla)
+        choices = Choices(policy, xla, "forced by the benchmark")
+        model, _ = compiled_model(cfg, tf.distribute.get_strategy(), 1, choices, batch_shape=shape)
+        weights = weights or model.get_weights()
+        model.set_weights(weights)
+        t0 = time.perf_counter()
+        model.train_on_batch(batches[0][:, :-1], batches[0][:, 1:])
+        compile_s[f"{policy}/{xla}"] = time.perf_counter() - t0
+        models[f"{policy}/{xla}"] = model
+    step_s = {name: [] for name in models}
+    losses = {}
+    for r in range(s["rounds"]):
+        for name, model in models.items():
+            for i in range(s["steps"]):
+                x = batches[(r * s["steps"] + i) % len(batches)]
+                t0 = time.perf_counter()
+                losses[name] = float(model.train_on_batch(x[:, :-1], x[:, 1:]))
+                step_s[name].append(time.perf_counter() - t0)
+    return {"compile_s": compile_s, "step_s": {k: statistics.median(v) for k, v in step_s.items()}, "loss": losses}
+
+
+def run(quick: bool, workdir) -> Section:
+    s = SIZES[quick]
+    result, peak = run_child("bench.xla", {"sizes": s}, timeout=s["timeout"])
+    base = result["step_s"]["float32/off"]
+    rows = []
+    for policy, xla in VARIANTS:
+        name = f"{policy}/{xla}"
+        rows.append([policy, xla, result["compile_s"][name], 1000 * result["step_s"][name],
+                     base / result["step_s"][name], s["batch"] / result["step_s"][name], result["loss"][name]])  # fmt: skip
+    fastest = min(result["step_s"], key=result["step_s"].get)
+    bf16_gap = max(
+        abs(result["loss"][f"mixed_bfloat16/{x}"] - result["loss"][f"float32/{x}"]) / result["loss"][f"float32/{x}"]
+        for x in ("off", "step", "cell")
+    )
+    m = machine()
+    return Section(
+        NAME,
+        TITLE,
+        setup=(
+            f"TensorFlow on this CPU ({m['cpu']}, {m['cores']} cores). `{s['preset']}` preset, clips {s['frames']}×"
+            f"{s['image']}×{s['image']} (shift protocol: {s['frames'] - 1} frames in), batch {s['batch']}, MSE, Adam; "
+            f"every variant from the same initial weights on the same batches; {s['rounds']} rounds × {s['steps']} "
+            "steps per variant after the first (compiling) step, the rounds visiting the variants in turn. XLA "
+            "`step`: Keras compiles the whole training step (one replica); `cell`: nfp's cell compiles its steps "
+            "through time as one XLA function (what a replicated GPU job runs); both unroll the known clip length."
+        ),
+        columns=[
+            "precision",
+            "XLA",
+            "compile s (first step)",
+            "step ms (median)",
+            "speed vs float32/off",
+            "clips/s",
+            "loss after the timed steps",
+        ],
+        rows=rows,
+        checks=[
+            Check(
+                "largest relative loss gap, bfloat16 vs float32 (same XLA mode)",
+                bf16_gap,
+                "≤ 0.02×",
+                bf16_gap <= 0.02,
+                "the last timed step's loss",
+            ),
+        ],
+        notes=[
+            f"Fastest here: {fastest} ({fmt(1000 * result['step_s'][fastest])} ms a step). A CPU shows what it can of "
+            "the GPU path (compile cost, that bfloat16 trains alike); `auto` keeps both off on a CPU and turns them on "
+            "where a GPU is visible (nfp/devices.py). The GPU's own figures: `nfp doctor` on the VM.",
+            f"Peak RSS of the benchmark process: {fmt(peak)} MB.",
+        ],
+        quick=quick,
+    )
+
+
+if __name__ == "__main__":
+    child_main(_child)
