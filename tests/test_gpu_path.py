@@ -5,7 +5,6 @@ and bfloat16 training stays close to float32 on the same batches."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -15,6 +14,7 @@ import keras
 import mlflow
 import numpy as np
 import pytest
+from conftest import free_ports
 
 from nfp.config import load_config
 
@@ -147,23 +147,13 @@ def test_the_multi_gpu_config_trains_evaluates_and_predicts_with_xla_and_bf16_on
     _evaluate_and_predict_with_xla(config, overrides, out)
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def test_the_multi_node_config_trains_on_two_workers_with_xla_and_bf16_then_evaluates_and_predicts(tmp_path):
     config = "configs/multi_node.yaml"
     overrides = _shrunk(tmp_path, "train.images.every_n_epochs=2")
     from nfp.data.prepare import ensure_prepared
 
     ensure_prepared(load_config(config, overrides).data)  # one shared data dir, prepared once (gs:// in production)
-    hosts = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    hosts = [f"127.0.0.1:{p}" for p in free_ports(2)]
     procs = []
     for index in range(2):
         env = dict(

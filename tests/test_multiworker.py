@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -10,6 +9,7 @@ import textwrap
 import mlflow
 import numpy as np
 import pytest
+from conftest import free_ports
 
 from nfp.config import load_config
 
@@ -46,16 +46,6 @@ _WORKER = textwrap.dedent(
 )
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 @pytest.mark.slow
 def test_two_workers_train_in_lock_step_and_only_the_chief_writes(tiny_overrides, tmp_path):
     overrides = [
@@ -68,7 +58,7 @@ def test_two_workers_train_in_lock_step_and_only_the_chief_writes(tiny_overrides
     from nfp.data.prepare import ensure_prepared
 
     ensure_prepared(load_config(None, overrides).data)  # shared data dir, prepared once up front
-    hosts = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    hosts = [f"127.0.0.1:{p}" for p in free_ports(2)]
     procs = []
     for index in range(2):
         env = dict(
@@ -144,7 +134,7 @@ def test_a_lost_worker_stops_the_other_with_one_line_saying_how_to_resume(tiny_o
         "tracking.log_model=false",
     ]
     ensure_prepared(load_config(None, overrides).data)
-    hosts = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    hosts = [f"127.0.0.1:{p}" for p in free_ports(2)]
     logs = [tmp_path / f"worker{index}.log" for index in range(2)]
     procs = []
     try:
