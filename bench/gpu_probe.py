@@ -4,8 +4,8 @@ The GPU machines lent for measuring have PyTorch and JAX but no TensorFlow, so n
 cannot run there. What runs is nfp's model definition (`nfp.model.build_model`) under Keras 3 on
 JAX, trained by a plain `train_on_batch` loop, and OpenSTL's ConvLSTM-S cell in PyTorch, on the same
 8,000 generated 20×64×64 clips, batch 16, for the same seconds of training, each scored 10 → 10 on
-the same 512 held-out clips at 75 s and 140 s (`../shared/gpu-probe/probe.py` with
-PROBE_MILESTONES=75,140). The figures are recorded in bench/results/gpu_probe_<card>.jsonl, one
+the same 512 held-out clips at 75 s and 140 s (the probe, now `bench/probe.py`, with
+PROBE_MILESTONES=75,140; see bench/PROBE.md). The figures are recorded in bench/results/gpu_probe_<card>.jsonl, one
 JSON object per scored point, as the probe wrote them; this module renders them (nothing runs here).
 """
 
