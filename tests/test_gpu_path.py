@@ -59,7 +59,7 @@ def _shrunk(tmp_path, *extra) -> list[str]:
         "data.shuffle_buffer=16",
         "model.filters=[4, 4]",
         "model.kernel_sizes=[3, 3]",
-        "train.epochs=2",
+        "train.epochs=1",
         "train.batch_size=2",
         "train.scheduled_sampling=6",
         "train.images.every_n_epochs=1",
@@ -134,8 +134,8 @@ def test_the_multi_gpu_config_trains_evaluates_and_predicts_with_xla_and_bf16_on
     assert "xla_fallback" not in tags
     assert params["replicas"] == "2" and params["model.preset"] == "convlstm_s" and params["global_batch_size"] == "4"
     history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "loss")}
-    assert sorted(history) == [1, 2] and all(np.isfinite(list(history.values())))
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_mse")] == [1, 2]  # periodic evaluation
+    assert sorted(history) == [1] and all(np.isfinite(list(history.values())))
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_mse")] == [1]  # periodic evaluation
     artifacts = _artifacts(client, run.info.run_id)
     assert {"checkpoints/best.keras", "checkpoints/last.keras", "predictions/clip.gif"} <= artifacts
     assert any(a.startswith("images/predictions~clip_0") for a in artifacts)  # the strips' image series
@@ -143,13 +143,13 @@ def test_the_multi_gpu_config_trains_evaluates_and_predicts_with_xla_and_bf16_on
 
     out = tmp_path / "out"
     assert (out / "backup/latest.weights.h5").is_file()
-    assert sorted(p.name for p in (out / "images").iterdir()) == ["epoch_000.png", "epoch_001.png", "epoch_002.png"]
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["epoch_000.png", "epoch_001.png"]
     _evaluate_and_predict_with_xla(config, overrides, out)
 
 
 def test_the_multi_node_config_trains_on_two_workers_with_xla_and_bf16_then_evaluates_and_predicts(tmp_path):
     config = "configs/multi_node.yaml"
-    overrides = _shrunk(tmp_path, "train.images.every_n_epochs=2")
+    overrides = _shrunk(tmp_path)
     from nfp.data.prepare import ensure_prepared
 
     ensure_prepared(load_config(config, overrides).data)  # one shared data dir, prepared once (gs:// in production)
