@@ -5,7 +5,7 @@ hand it an H100's description on a CPU, and `train.jit_compile: on` / `train.mix
 make a CPU run take exactly a GPU's choices. `auto` means:
 - precision: mixed_bfloat16 where every GPU computes bfloat16 natively (compute capability ≥ 8.0: A100,
   L4, H100, H200), mixed_float16 on older GPUs, float32 without a GPU;
-- XLA: on where a GPU is visible (on a CPU compiling a ConvLSTM takes minutes and runs no faster), and
+- XLA: on where a GPU is visible (on a CPU it compiled for seconds and ran slower: BENCHMARKS section 8), and
   only where it compiles: `xla_failure` converts the model's training step to XLA before training, and
   a failure under `auto` falls back to no XLA with a warning (under `on` it is an error).
 Where XLA applies depends on the strategy: under the default strategy Keras compiles the whole step
@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from nfp.errors import ConfigError
+from nfp.errors import ConfigError, tf_error_line
 
 log = logging.getLogger(__name__)
 
@@ -135,12 +135,14 @@ def xla_failure(model, batch_shape, *, loss=None, cell_only: bool = False) -> st
     import tensorflow as tf
 
     if cell_only:
-        stack = next(layer for layer in model.layers if hasattr(layer, "_steps"))
+        from nfp.layers import ConvLSTMStack
+
+        stack = next(layer for layer in model.layers if isinstance(layer, ConvLSTMStack))
         _, _, *frame = stack.input.shape
         args = (
             np.zeros((*batch_shape[:2], *frame), np.float32),
             np.ones(batch_shape[:2], bool),
-            [np.asarray(w.numpy()) for w in (*[w for cell in stack.cells for w in cell], stack.head, stack.head_bias)],
+            [np.asarray(w.numpy()) for w in stack.step_weights],
         )
 
         @tf.function(jit_compile=True)
@@ -165,13 +167,8 @@ def xla_failure(model, batch_shape, *, loss=None, cell_only: bool = False) -> st
     try:
         step.experimental_get_compiler_ir(*args)(stage="hlo")
     except Exception as err:  # noqa: BLE001 -- whatever tf2xla raises is the cause to report
-        return _first_meaningful_line(str(err)) or type(err).__name__
+        return tf_error_line(err)
     return None
-
-
-def _first_meaningful_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("[[")]
-    return lines[0][:300] if lines else ""
 
 
 def peak_tflops(device: Device) -> float | None:

@@ -18,7 +18,7 @@ import time
 import keras
 
 from nfp import devices, storage
-from nfp.errors import NfpError, TrainingError
+from nfp.errors import NfpError, TrainingError, tf_error_line
 
 
 def run_doctor(cfg, *, steps: int = 30, out: str | None = None) -> dict:
@@ -43,7 +43,7 @@ def run_doctor(cfg, *, steps: int = 30, out: str | None = None) -> dict:
     except NfpError:
         raise
     except Exception as err:  # noqa: BLE001 -- whatever TF raises while making the strategy is the cause
-        raise TrainingError(f"strategy {local}: could not be made on {_host()} ({_line(err)})") from None
+        raise TrainingError(f"strategy {local}: could not be made on {_host()} ({tf_error_line(err)})") from None
     replicas = strategy.num_replicas_in_sync
     t, d = cfg.train, cfg.data
     frames = d.frames - 1 if d.protocol == "shift" else d.context_frames
@@ -61,13 +61,13 @@ def run_doctor(cfg, *, steps: int = 30, out: str | None = None) -> dict:
         model.fit(dataset, steps_per_epoch=steps, epochs=1, callbacks=[timer], verbose=0, shuffle=False)
     except tf.errors.ResourceExhaustedError:
         raise TrainingError(
-            f"out of memory at batch {len(timer.ends) + 1} ({t.batch_size} clips per device of {batch_shape[1:4]}, "
+            f"out of memory at batch {len(timer.durations) + 1} ({t.batch_size} clips per device of {batch_shape[1:4]}, "
             f"precision {choices.policy}, XLA {choices.xla}): lower train.batch_size or the model's size"
         ) from None
     except tf.errors.OpError as err:
-        stage = "the first step" if not timer.ends else f"batch {len(timer.ends) + 1}"
+        stage = "the first step" if not timer.durations else f"batch {len(timer.durations) + 1}"
         raise TrainingError(
-            f"{stage} failed under precision {choices.policy}, XLA {choices.xla} ({_line(err)}); "
+            f"{stage} failed under precision {choices.policy}, XLA {choices.xla} ({tf_error_line(err)}); "
             "try train.mixed_precision=off or train.jit_compile=off to find which"
         ) from None
 
@@ -116,15 +116,13 @@ class _StepTimes(keras.callbacks.Callback):
 
     def __init__(self):
         super().__init__()
-        self.ends: list[float] = []
         self.durations: list[float] = []
 
     def on_train_batch_begin(self, batch, logs=None):
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
-        self.ends.append(time.perf_counter())
-        self.durations.append(self.ends[-1] - self._start)
+        self.durations.append(time.perf_counter() - self._start)
 
 
 def _peak_memory(gpus: int) -> int:
@@ -159,11 +157,6 @@ def _lines(r: dict, steps: int) -> list[str]:
         f"peak memory ({memory}): {r['peak_memory_bytes'] / 2**30:.2f} GiB",
         f"model FLOP utilisation: {mfu}",
     ]
-
-
-def _line(err: BaseException) -> str:
-    text = getattr(err, "message", None) or str(err)
-    return next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)[:300]
 
 
 def _host() -> str:

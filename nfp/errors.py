@@ -45,3 +45,11 @@ def first_line(err: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (its type name when empty), credentials redacted, at most `limit` chars."""
     text = str(err).strip()
     return redact(text.splitlines()[0])[:limit] if text else type(err).__name__
+
+
+def tf_error_line(err: BaseException, limit: int = 300) -> str:
+    """The line that says what went wrong in a TensorFlow error: its own message, not the "Graph execution error:"
+    banner str() starts with, nor the "[[node …]]" trailers; credentials redacted."""
+    text = getattr(err, "message", None) or str(err)
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("[[")]
+    return redact(lines[0])[:limit] if lines else type(err).__name__

@@ -140,7 +140,7 @@ class ConvLSTMStack(keras.layers.Layer):
         else:
             truth = self._use_truth(batch, steps) if sampling else ops.ones((batch, steps), "bool")
         # Read once here: the XLA function gets values, not variables (see __init__'s jit_compile)
-        weights = [ops.copy(w) for w in (*[w for cell in self.cells for w in cell], self.head, self.head_bias)]
+        weights = [ops.copy(w) for w in self.step_weights]
         if self.jit_compile and frames.shape[1] is not None:
             outputs = self._xla_steps(feedback)(frames, truth, weights)
         else:
@@ -148,6 +148,11 @@ class ConvLSTMStack(keras.layers.Layer):
         if sampling:
             self.sampling_step.assign_add(1)
         return outputs
+
+    @property
+    def step_weights(self) -> list:
+        """The variables `_steps` takes, in its order: each cell's kernel_x, kernel_h, bias, then the head's kernel, bias."""
+        return [*(w for cell in self.cells for w in cell), self.head, self.head_bias]
 
     def _xla_steps(self, feedback: bool):
         """`_steps` as one XLA function of tensors (TensorFlow), made once per feedback mode."""
@@ -163,8 +168,7 @@ class ConvLSTMStack(keras.layers.Layer):
 
     def _steps(self, frames, truth, weights, *, feedback: bool):
         """The cells stepped through time: (batch, time, h, w, c) frames and (batch, time) bool "feed the true frame"
-        → (batch, time, h, w, c) float32 predictions. `weights`: each cell's kernel_x, kernel_h, bias, then the head's
-        kernel and bias."""
+        → (batch, time, h, w, c) float32 predictions. `weights`: the values of `step_weights`."""
         dtype = self.compute_dtype
         layers = [weights[i : i + 3] for i in range(0, 3 * len(self.filters), 3)]
         # conv([x, h]) = conv_x(x) + conv_h(h): one convolution per cell and step

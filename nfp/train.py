@@ -113,7 +113,6 @@ def _train(cfg, cluster, config_path, claim_output_dir) -> dict:
                 run, cfg, job, config_path=config_path, manifest=manifest, model=model, strategy=strategy,
                 devices_seen=seen, choices=choices,
             )  # fmt: skip
-        if job.is_chief:
             _log_doctor_reports(run, out)
         if job.is_chief and not start:  # the data's look belongs to the run once, not again on each resume
             _log_preview(run, cfg.data.dir)
