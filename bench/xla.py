@@ -78,7 +78,50 @@ def _child(args: dict) -> dict:
                 t0 = time.perf_counter()
                 losses[name] = float(model.train_on_batch(x[:, :-1], x[:, 1:]))
                 step_s[name].append(time.perf_counter() - t0)
-    return {"compile_s": compile_s, "step_s": {k: statistics.median(v) for k, v in step_s.items()}, "loss": losses}
+    return {
+        "compile_s": compile_s, "step_s": {k: statistics.median(v) for k, v in step_s.items()}, "loss": losses,
+        "loops": _loops(s, batches, shape),
+    }  # fmt: skip
+
+
+def _loops(s: dict, batches, shape) -> dict:
+    """Seconds per training step of nfp's cell (float32, no XLA) with the time loop unrolled (a clip length known
+    when traced: what fit sees) and as the bounded tf.scan (a length unknown when traced), same weights and batches."""
+    import keras
+    import tensorflow as tf
+
+    from nfp.model import build_model
+
+    model = build_model(_cfg(s, "float32", "off").model, image_size=s["image"])
+    optimizer, loss = keras.optimizers.Adam(1e-3), keras.losses.MeanSquaredError()
+
+    def train_step(signature):
+        @tf.function(input_signature=[signature, signature])
+        def step(x, y):
+            with tf.GradientTape() as tape:
+                value = loss(y, model(x, training=True))
+            optimizer.apply(tape.gradient(value, model.trainable_weights), model.trainable_weights)
+            return value
+
+        return step
+
+    steps = {
+        "unrolled": train_step(tf.TensorSpec(shape)),
+        "tf.scan": train_step(tf.TensorSpec((None, None, *shape[2:]))),
+    }
+    first, times = {}, {name: [] for name in steps}
+    for name, step in steps.items():
+        t0 = time.perf_counter()
+        step(batches[0][:, :-1], batches[0][:, 1:])
+        first[name] = time.perf_counter() - t0
+    for r in range(s["rounds"]):
+        for name, step in steps.items():
+            for i in range(s["steps"]):
+                x = batches[(r * s["steps"] + i) % len(batches)]
+                t0 = time.perf_counter()
+                step(x[:, :-1], x[:, 1:])
+                times[name].append(time.perf_counter() - t0)
+    return {name: {"first_s": first[name], "step_s": statistics.median(times[name])} for name in steps}
 
 
 def run(quick: bool, workdir) -> Section:
@@ -94,6 +137,7 @@ def run(quick: bool, workdir) -> Section:
     modes = sorted({x for p, x in _variants(quick) if f"float32/{x}" in result["loss"] and p != "float32"})
     worst = max(modes, key=lambda x: abs(result["loss"][f"mixed_bfloat16/{x}"] / result["loss"][f"float32/{x}"] - 1))
     f32 = result["loss"][f"float32/{worst}"]
+    loops = result["loops"]
     m = machine()
     return Section(
         NAME,
@@ -116,6 +160,17 @@ def run(quick: bool, workdir) -> Section:
             "loss after the timed steps",
         ],
         rows=rows,
+        tables=[
+            (
+                "The cell's time loop, float32, no XLA, same weights and batches: unrolled (the clip length known when "
+                "traced, as in `fit`) against the bounded `tf.scan` (a length unknown when traced):",
+                ["time loop", "first step s (trace)", "step ms (median)", "speed vs tf.scan"],
+                [
+                    [name, v["first_s"], 1000 * v["step_s"], loops["tf.scan"]["step_s"] / v["step_s"]]
+                    for name, v in loops.items()
+                ],
+            ),
+        ],
         checks=[
             ratio_check(
                 f"largest loss gap, |bfloat16 − float32| / float32, same batches (XLA {worst})",
