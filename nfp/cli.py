@@ -13,6 +13,18 @@ from nfp import storage
 from nfp.errors import NfpError, redact
 
 _OVERRIDES_HELP = "config overrides as key.path=value (e.g. train.epochs=2 model.preset=tiny)"
+_SPLITS = ("train", "val", "test")
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (argparse names the flag in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"got {text!r}, expected a whole number >= 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"got {value}, expected a whole number >= 1")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,8 +56,8 @@ def _parser() -> argparse.ArgumentParser:
         "preview",
         "Draw the first clips of each split (PNG rows of frames, GIF of one clip); prepares the data if needed.",
     )
-    pv.add_argument("--split", default="all", help="train | val | test | all (default: all)")
-    pv.add_argument("--clips", default="3", help="clips per split (default: 3)")
+    pv.add_argument("--split", choices=[*_SPLITS, "all"], default="all", help="split to draw (default: all)")
+    pv.add_argument("--clips", type=_positive_int, default=3, help="clips per split (default: 3)")
     pv.add_argument("--out", default=None, help="output directory (default: <train.output_dir>/preview)")
     command("config", "Print the resolved config (after overrides) as YAML and exit.")
 
@@ -53,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
         "evaluate", "Evaluate a model on a split with the OpenSTL metrics, next to copy-last/mean-frame baselines."
     )
     ev.add_argument("--model", required=True, help="checkpoint .keras path, MLflow run id, runs:/… or models:/… URI")
-    ev.add_argument("--split", default=None, help="train | val | test (default: evaluate.split)")
+    ev.add_argument("--split", choices=_SPLITS, default=None, help="split to score (default: evaluate.split)")
     ev.add_argument("--out", default=None, help="report directory (default: <train.output_dir>/eval)")
     ev.add_argument("--run-id", default=None, help="MLflow run to log into (default: the model's run, else a new one)")
 
@@ -174,11 +186,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from nfp.data import preview
         from nfp.data.prepare import ensure_prepared
 
-        splits, clips = preview.parse_request(args.split, args.clips)  # before any data work
+        splits = None if args.split in (None, "all") else [args.split]  # None: every split that has clips
         out_dir = storage.output_dir_flag(args.out, storage.join(cfg.train.output_dir, "preview"))
         manifest = ensure_prepared(cfg.data)
         preview.check_has_clips(manifest, splits)
-        paths = preview.write(out_dir, preview.from_shards(cfg.data, manifest, splits, clips))
+        paths = preview.write(out_dir, preview.from_shards(cfg.data, manifest, splits, args.clips))
         if cfg.tracking.enabled and os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run -e preview`: into its run
             from nfp import tracking
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from nfp import devices, storage, tracking
-from nfp.errors import ConfigError, DataError
+from nfp.errors import DataError
 
 
 def run_evaluate(
@@ -27,9 +27,7 @@ def run_evaluate(
     from nfp.scoring import check_lengths, evaluate_model, flat_metrics
 
     e = cfg.evaluate
-    split = split or e.split
-    if split not in ("train", "val", "test"):
-        raise ConfigError(f"--split: got {split!r}, expected train, val or test")
+    split = split or e.split  # checked already: --split by argparse's choices, evaluate.split by the config
     out_dir = storage.output_dir_flag(out_dir, storage.join(cfg.train.output_dir, "eval"))
     track = cfg.tracking.enabled or run_id is not None
     if track:
@@ -148,8 +146,7 @@ def _log_to_mlflow(cfg, report: dict, files: dict[str, Path], *, run_id: str | N
             metrics += [
                 Metric(f"{stem}_{metric}_by_frame", float(v), now, i + 1) for i, v in enumerate(values) if _loggable(v)
             ]
-    for start in range(0, len(metrics), 1000):  # MLflow's log_batch limit
-        client.log_batch(target, metrics=metrics[start : start + 1000])
+    client.log_batch(target, metrics=metrics)  # MlflowClient splits it into batches within the server's limits
     tags = {f"nfp.eval.{split}.protocol": report["protocol"], f"nfp.eval.{split}.model_uri": report["model_uri"]}
     if created:
         tags["nfp.model_uri"] = report["model_uri"]

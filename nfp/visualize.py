@@ -50,14 +50,6 @@ def prediction_strip(context, truth, prediction) -> np.ndarray:
     return np.concatenate([rows[0], sep, rows[1], sep, rows[2]], axis=0)
 
 
-def strips_grid(strips: list[np.ndarray]) -> np.ndarray:
-    """Stack several clips' strips vertically with a gap, as one (H, W, 3) uint8 RGB image."""
-    width = max(s.shape[1] for s in strips)
-    padded = [np.pad(s, ((0, 3 * _GAP), (0, width - s.shape[1])), constant_values=255) for s in strips]
-    gray = np.concatenate(padded, axis=0)[: -3 * _GAP]
-    return np.repeat(gray[..., None], 3, axis=-1)
-
-
 MIN_FRAME_PX = 64  # smaller frames are drawn scaled up by a whole factor to at least this
 LABEL_PX = 64  # the column that names each row
 ROW_FRAMES = 10  # longer rows wrap

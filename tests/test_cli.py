@@ -59,6 +59,14 @@ def test_a_plain_install_brings_tensorflow():
     assert any(r.startswith("tensorflow") for r in base), base
 
 
+def test_evaluate_refuses_an_unknown_split_naming_the_flag(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--model", str(tmp_path / "m.keras"), "--split", "dev"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]  # after argparse's usage lines
+    assert error.startswith("nfp evaluate: error: argument --split: invalid choice: 'dev' (choose from "), error
+
+
 @pytest.mark.parametrize("command", ["train", "predict", "evaluate", "preview"])
 def test_an_output_dir_that_cannot_be_made_is_one_line_before_any_work(command, tiny_overrides, tmp_path, capsys):
     blocker = tmp_path / "a-file"

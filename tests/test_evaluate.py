@@ -74,6 +74,27 @@ def test_evaluate_logs_metrics_report_and_plot_to_a_new_run_tagged_with_the_mode
         run_evaluate(cfg, model_uri=checkpoint, run_id="f" * 32)
 
 
+def test_curves_longer_than_one_mlflow_batch_all_arrive(tiny_overrides):
+    """2,801 metrics, past log_batch's 1,000 a request: MlflowClient splits them and none is lost."""
+    from mlflow import MlflowClient
+
+    from nfp.config import load_config
+    from nfp.evaluate import _log_to_mlflow
+
+    frames = 700
+    curves = {"mse": [i / frames for i in range(frames)], "ssim": [1 - i / frames for i in range(frames)]}
+    report = {"split": "test", "protocol": "rollout", "model_uri": "m.keras", "summary": {"test_mse": 0.5},
+              "per_frame": {"model": curves, "copy_last": curves}}  # fmt: skip
+    run_id = _log_to_mlflow(load_config(None, tiny_overrides), report, {}, run_id=None, model_run=None)
+    client = MlflowClient()
+    assert client.get_run(run_id).data.metrics["test_mse"] == 0.5
+    for name, values in [("test_mse_by_frame", curves["mse"]), ("test_ssim_by_frame", curves["ssim"]),
+                         ("test_baseline_copy_last_mse_by_frame", curves["mse"]),
+                         ("test_baseline_copy_last_ssim_by_frame", curves["ssim"])]:  # fmt: skip
+        history = sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)
+        assert [(m.step, m.value) for m in history] == [(i + 1, v) for i, v in enumerate(values)], name
+
+
 def test_evaluate_of_a_run_logs_into_that_run_with_the_one_step_protocol(trained, tiny_overrides):
     import mlflow
 

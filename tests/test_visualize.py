@@ -21,12 +21,6 @@ def test_strip_has_context_truth_and_prediction_rows_aligned():
     assert (strip[20:28, col(4)] == 255).all()
 
 
-def test_grid_is_rgb_and_stacks_clips():
-    strip = visualize.prediction_strip(np.zeros((2, 4, 4)), np.zeros((2, 4, 4)), np.zeros((2, 4, 4)))
-    grid = visualize.strips_grid([strip, strip, strip])
-    assert grid.shape[2] == 3 and grid.shape[0] > 3 * strip.shape[0]
-
-
 def test_gif_has_one_frame_per_time_step(tmp_path):
     frames = visualize.side_by_side_frames(np.random.rand(7, 8, 8), np.random.rand(7, 8, 8))
     path = visualize.write_gif(frames, tmp_path / "clip.gif")

@@ -16,7 +16,6 @@ import numpy as np
 from nfp import storage, visualize
 from nfp.config import DataConfig
 from nfp.data.manifest import Manifest
-from nfp.data.moving_mnist import SPLITS
 from nfp.errors import ConfigError
 
 PNG, GIF = "preview.png", "preview.gif"
@@ -44,21 +43,6 @@ def from_shards(data_cfg: DataConfig, manifest: Manifest, splits: list[str] | No
 
     splits = splits or [s for s in manifest.splits if manifest.count(s)]
     return {split: read_clips(data_cfg, manifest, split, clips) for split in splits}
-
-
-def parse_request(split: str | None, clips) -> tuple[list[str] | None, int]:
-    """(splits, clips per split) from `nfp preview`'s --split/--clips; ConfigError naming the flag otherwise."""
-    try:
-        count = int(clips)
-    except (TypeError, ValueError):
-        raise ConfigError(f"--clips: got {clips!r}, expected a whole number >= 1") from None
-    if count < 1:
-        raise ConfigError(f"--clips: got {count}, expected a whole number >= 1")
-    if split in (None, "", "all"):
-        return None, count
-    if split not in SPLITS:
-        raise ConfigError(f"--split: got {split!r}, expected all, {', '.join(SPLITS)}")
-    return [split], count
 
 
 def check_has_clips(manifest: Manifest, splits: list[str] | None) -> None:
