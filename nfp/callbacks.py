@@ -1,8 +1,6 @@
 """Training callbacks from `cfg.train`: stock Keras wherever Keras has it.
 
-Order matters: callbacks that add to the epoch logs (learning rate, throughput) come before
-those that record them (CSV, MLflow), and the backup comes last, so an epoch counts as done
-only once everything about it is written. Only the chief writes to `output_dir`; the other
+`build_callbacks` builds them in groups, in the order they must run (it says why). Only the chief writes to `output_dir`; the other
 workers still run the saving callbacks (saving can need collective ops under
 MultiWorkerMirroredStrategy) but into a scratch dir, and restore from the chief's backup.
 """
@@ -15,19 +13,25 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 
 from nfp import storage, visualize
 from nfp.job import Job
-from nfp.optim import learning_rate_at
+from nfp.optim import plateau_callback
 from nfp.rundir import BACKUP_METADATA, RunDir, read_csv_history
+
+if TYPE_CHECKING:
+    from nfp.tracking import RunLogger
 
 
 # --------------------------------------------------------------------------- callbacks Keras lacks
 class EpochStats(keras.callbacks.Callback):
-    """Adds `epoch_time` (s, whole epoch), `clips_per_sec` (training part only) and `learning_rate` to the epoch logs."""
+    """Adds `epoch_time` (s, whole epoch), `clips_per_sec` (training part only) and `learning_rate` (at the epoch's
+    first step: the LR moves every step under a schedule) to the epoch logs."""
 
     def __init__(self, clips_per_epoch: int):
         super().__init__()
@@ -35,6 +39,7 @@ class EpochStats(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
+        self._learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         self._start = time.perf_counter()
         self._train_end = None
 
@@ -49,8 +54,7 @@ class EpochStats(keras.callbacks.Callback):
         train_time = (self._train_end or now) - self._start
         logs["epoch_time"] = now - self._start
         logs["clips_per_sec"] = self.clips_per_epoch / max(train_time, 1e-9)
-        if "learning_rate" not in logs:
-            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        logs.setdefault("learning_rate", self._learning_rate)
         self._start = None
 
 
@@ -190,86 +194,99 @@ class CSVLog(keras.callbacks.CSVLogger):
 
 class Backup(keras.callbacks.BackupAndRestore):
     """BackupAndRestore that writes atomically, keeps the backup after training, and saves to `save_dir`
-    (a scratch dir off the chief) while restoring from `backup_dir` (the chief's)."""
+    (a scratch dir off the chief) while restoring from `backup_dir` (the chief's). Keras's restore is kept;
+    its save, which writes in place, is replaced at the public hook."""
 
     def __init__(self, backup_dir: str, *, save_dir: str | None = None):
-        super().__init__(backup_dir, delete_checkpoint=False)
+        super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=False)
         self.save_dir = (save_dir or backup_dir).rstrip("/")
 
-    def _save_model(self):
+    def on_epoch_end(self, epoch, logs=None):
         storage.makedirs(self.save_dir)
         partial = storage.join(self.save_dir, "latest.tmp.weights.h5")
         try:
-            self.model.save_weights(partial, overwrite=True)
+            self.model.save_weights(partial, overwrite=True)  # the optimizer's state too: its step drives the LR
         except OSError:
             if storage.exists(partial):
                 storage.remove(partial)
             raise
         storage.rename(partial, storage.join(self.save_dir, "latest.weights.h5"))
         # Metadata last: a kill between the two renames redoes one epoch, never skips one.
-        meta = {"epoch": self._current_epoch, "batch": self._last_batch_seen}
+        meta = {"epoch": epoch + 1, "batch": 0}
         storage.write_bytes(storage.join(self.save_dir, BACKUP_METADATA), json.dumps(meta).encode())
 
 
 # --------------------------------------------------------------------------- from config
-def build_callbacks(
-    cfg,
-    job: Job,
-    *,
-    fresh: bool = True,
-    scratch_dir: str | None = None,
-    has_validation: bool = True,
-    val_clips: np.ndarray | None = None,
-    image_sink: Callable | None = None,
-    val_clip_batches: Callable | None = None,
-    tracking_callback=None,
-    jit_compile: bool = False,
-) -> list:
-    """The callbacks `cfg.train` (and evaluate.every_n_epochs) enable, in the order they must run;
-    `tracking_callback` goes after every callback that adds to the logs.
+@dataclass(frozen=True)
+class Inputs:
+    """What the callbacks take from the job around them (nfp.train hands them on)."""
 
-    Off the chief, files go to `scratch_dir` (default: a new temporary dir) instead of the job's output dir.
-    `fresh`: no epoch done yet (prediction strips then start with the untrained model, step 0).
-    `jit_compile`: the evaluation and the strips' rollouts XLA-compiled, as training is (nfp.devices).
-    """
+    run: RunLogger  # epoch metrics and the strips' images go here (its no-op twin off the chief)
+    has_validation: bool = True  # fit gets validation data: val_* appear in the logs
+    strip_clips: np.ndarray | None = None  # the fixed validation clips of the prediction strips
+    eval_batches: Callable | None = None  # → the validation clips the periodic evaluation scores
+    fresh: bool = True  # no epoch done yet: the strips start at step 0, the untrained model
+    jit_compile: bool = False  # the evaluation's and strips' rollouts XLA-compiled, as training is (nfp.devices)
+    stops: tuple = ()  # job control (SIGTERM, takeover): raise at the next batch
+    scratch_dir: str | None = None  # off the chief, files go here (default: a new temporary dir)
+
+
+def build_callbacks(cfg, job: Job, inputs: Inputs) -> list:
+    """The callbacks `cfg.train` and `cfg.evaluate.every_n_epochs` enable, in groups, in the order they must run:
+    each group reads what the groups before it added to the epoch logs."""
+    scratch = job.output if job.is_chief else RunDir(inputs.scratch_dir or tempfile.mkdtemp(prefix="nfp-worker-"))
+    checkpoints, backup = checkpoints_and_backup(cfg, job, scratch, inputs.has_validation)
+    return [
+        *evaluation(cfg, job, inputs),  # adds val_mse, val_ssim, …: first, so every later callback can watch them
+        *learning_rate(cfg, job, inputs.has_validation),  # plateau watches them
+        *stopping(cfg, inputs.has_validation),  # a NaN raises before anything saves the epoch
+        *checkpoints,
+        *logs_and_pictures(cfg, job, scratch, inputs),  # record everything above
+        *backup,  # last: an epoch counts as done only once everything about it is written
+        *inputs.stops,  # after the backup, so a stop at an epoch's end keeps that epoch
+    ]
+
+
+def evaluation(cfg, job: Job, inputs: Inputs) -> list:
+    """The chief's periodic OpenSTL evaluation on validation clips (evaluate.every_n_epochs)."""
+    e = cfg.evaluate
+    if not (e.every_n_epochs and job.is_chief and inputs.eval_batches is not None):
+        return []
+    return [
+        PeriodicEvaluation(inputs.eval_batches, every=e.every_n_epochs, evaluate_cfg=e, jit_compile=inputs.jit_compile)
+    ]
+
+
+def learning_rate(cfg, job: Job, has_validation: bool) -> list:
+    """train.schedule plateau's callback; every other schedule moves the LR per step inside the optimizer (nfp.optim)."""
     t = cfg.train
-    out = job.output
-    scratch = out if job.is_chief else RunDir(scratch_dir or tempfile.mkdtemp(prefix="nfp-worker-"))
-    callbacks: list = []
+    if t.schedule.name != "plateau":
+        return []
+    monitor = _monitor(t.checkpoint.monitor, has_validation)
+    return [plateau_callback(t, job.replicas, job.steps_per_epoch, monitor=monitor, mode=_mode(monitor))]
 
-    schedule = keras.callbacks.LearningRateScheduler(
-        lambda epoch, lr: (
-            lr
-            if t.schedule.name == "plateau" and epoch >= t.schedule.warmup_epochs
-            else learning_rate_at(epoch, t, job.replicas)
-        )
-    )
-    callbacks.append(schedule)
-    if cfg.evaluate.every_n_epochs and job.is_chief and val_clip_batches is not None:
-        # before plateau, checkpoint and early-stopping callbacks, so they can monitor val_mse, val_ssim, …
-        callbacks.append(
-            PeriodicEvaluation(
-                val_clip_batches, every=cfg.evaluate.every_n_epochs, evaluate_cfg=cfg.evaluate, jit_compile=jit_compile
-            )
-        )
-    if t.schedule.name == "plateau":
-        monitor = _monitor(t.checkpoint.monitor, has_validation)
-        callbacks.append(
-            keras.callbacks.ReduceLROnPlateau(
-                monitor=monitor,
-                mode=_mode(monitor),
-                factor=t.schedule.gamma,
-                patience=t.schedule.patience,
-                min_lr=t.schedule.min_lr,
-            )
-        )
-    callbacks.append(EpochStats(job.clips_per_epoch))
+
+def stopping(cfg, has_validation: bool) -> list:
+    """Stop on a NaN loss (raise, not stop: a graceful stop would still save the NaN weights) and early stopping."""
+    t = cfg.train
+    callbacks: list = []
     if t.terminate_on_nan:
-        # raise, not stop: a graceful stop would still checkpoint and back up the NaN weights.
         callbacks.append(keras.callbacks.TerminateOnNaN(raise_error=True))
+    if t.early_stopping.enabled:
+        monitor = _monitor(t.early_stopping.monitor, has_validation)
+        callbacks.append(
+            keras.callbacks.EarlyStopping(monitor=monitor, mode=_mode(monitor), patience=t.early_stopping.patience)
+        )
+    return callbacks
+
+
+def checkpoints_and_backup(cfg, job: Job, scratch: RunDir, has_validation: bool) -> tuple[list, list]:
+    """(best/last .keras checkpoints, the backup a rerun resumes from); the backup runs last of all (see above)."""
+    t, out = cfg.train, job.output
+    checkpoints: list = []
     if t.checkpoint.save_best:
         monitor = _monitor(t.checkpoint.monitor, has_validation)
-        callbacks.append(
+        checkpoints.append(
             AtomicCheckpoint(
                 scratch.best,
                 monitor=monitor,
@@ -279,34 +296,35 @@ def build_callbacks(
             )
         )
     if t.checkpoint.save_last:
-        callbacks.append(AtomicCheckpoint(scratch.last))
-    if t.images.every_n_epochs and job.is_chief and val_clips is not None and len(val_clips):
+        checkpoints.append(AtomicCheckpoint(scratch.last))
+    return checkpoints, [Backup(out.backup, save_dir=scratch.backup)] if t.backup else []
+
+
+def logs_and_pictures(cfg, job: Job, scratch: RunDir, inputs: Inputs) -> list:
+    """Throughput and LR into the logs, then the chief's prediction strips, the CSV, TensorBoard and MLflow."""
+    t, out = cfg.train, job.output
+    callbacks: list = [EpochStats(job.clips_per_epoch)]
+    clips = inputs.strip_clips
+    if t.images.every_n_epochs and job.is_chief and clips is not None and len(clips):
         callbacks.append(
             PredictionImages(
-                val_clips,
+                clips,
                 every=t.images.every_n_epochs,
                 context_frames=cfg.evaluate.context_frames,
                 predict_frames=cfg.evaluate.predict_frames,
                 images_dir=out.images,
-                sink=image_sink,
-                at_start=fresh,
-                jit_compile=jit_compile,
+                sink=inputs.run.log_image if inputs.run.active else None,
+                at_start=inputs.fresh,
+                jit_compile=inputs.jit_compile,
             )
         )
     if t.csv_log:
         storage.makedirs(scratch.root)  # CSVLogger opens the file but makes no dirs
         callbacks.append(CSVLog(scratch.csv, append=True))
-    if t.early_stopping.enabled:
-        monitor = _monitor(t.early_stopping.monitor, has_validation)
-        callbacks.append(
-            keras.callbacks.EarlyStopping(monitor=monitor, mode=_mode(monitor), patience=t.early_stopping.patience)
-        )
     if t.tensorboard and job.is_chief:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=out.tensorboard))
-    if tracking_callback is not None:
-        callbacks.append(tracking_callback)
-    if t.backup:
-        callbacks.append(Backup(out.backup, save_dir=scratch.backup))
+    if inputs.run.active:
+        callbacks.append(inputs.run.keras_callback())
     return callbacks
 
 

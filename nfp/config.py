@@ -142,7 +142,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class ScheduleConfig:
     name: Literal["constant", "step", "cosine", "plateau"] = "constant"
-    warmup_epochs: int = _knob(0, min=0)
+    warmup_epochs: int = _knob(0, min=0, help="linear warm-up, moved every step, over this many epochs")
     step_epochs: int = _knob(10, min=1, help="step: decay every this many epochs")
     gamma: float = _knob(0.5, min=0, max=1)
     min_lr: float = _knob(0.0, min=0)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from nfp import optim  # noqa: F401 - registers nfp's LR schedule: a checkpoint saved with its optimizer loads too
+
 
 @keras.saving.register_keras_serializable(package="nfp")
 class SpaceToDepth(keras.layers.Layer):

@@ -14,7 +14,10 @@ import os
 import signal
 import sys
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,122 +32,207 @@ log = logging.getLogger(__name__)
 
 def train(cfg, *, config_path=None) -> dict:
     """Train `cfg.model` on `cfg.data`; return {"history", "run_id", "output_dir", "best_checkpoint", "last_checkpoint"}."""
-    from nfp.distribute import cluster_info
+    return Training(cfg, config_path=config_path).run()
 
-    cluster = cluster_info()  # reads TF_CONFIG (set from SkyPilot env if need be); no TF work yet
-    storage.check_credentials(cfg.train.output_dir)
-    _check_tensorboard(cfg.train)
-    if cluster.is_chief:
-        _check_output_dir(cfg.train.output_dir)  # before any data or model work
-    if cfg.tracking.enabled and cluster.is_chief:
-        tracking.check_reachable()  # before any compute: a dead server must not cost a run
-        tracking.check_register_name(cfg.tracking.register_as)
-        tracking.check_artifact_location(cfg.tracking.experiment)
-    # The chief holds the output dir for the job (the other workers write to scratch dirs): at once when it exists,
-    # as a job may be at work in it; else when it is made, just before training writes to it.
-    with contextlib.ExitStack() as holding:
-        out = RunDir(cfg.train.output_dir)
-        lease_s = cfg.train.output_dir_lease_s
-        hold_at_once = (
-            holding.enter_context(held(out, lease_s)) if cluster.is_chief and storage.exists(out.root) else None
+
+@dataclass
+class Data:
+    """The prepared data as training uses it: the manifest read once, the job it makes, the datasets for fit."""
+
+    manifest: Any
+    job: Job
+    train: Any  # tf.data.Dataset of (input frames, next frames)
+    val: Any | None  # None: too few validation clips for a global batch
+    val_steps: int | None
+
+
+class Training:
+    """One `nfp train` job, step by step: `run` reads as the story, each step is a method a test can call alone."""
+
+    def __init__(self, cfg, *, config_path=None):
+        from nfp.distribute import cluster_info
+
+        self.cfg, self.config_path = cfg, config_path
+        self.cluster = cluster_info()  # reads TF_CONFIG (set from SkyPilot env if need be); no TF work yet
+        self.out = RunDir(cfg.train.output_dir)
+
+    def run(self) -> dict:
+        self.check()
+        with contextlib.ExitStack() as stack:
+            # The chief holds the output dir for the job (the other workers write to scratch dirs): at once when it
+            # exists, as a job may be at work in it; else once it is made, just before training writes to it.
+            hold = self.hold_output_dir(stack) if storage.exists(self.out.root) else None
+            strategy = self.make_strategy()
+            data = self.make_data(strategy)
+            model, choices = self.make_model(strategy, data)
+            hold = hold or self.claim_output_dir(stack)
+            start = self.resume_point()
+            run = stack.enter_context(tracking.start_run(self.cfg, is_chief=data.job.is_chief, state_dir=self.out.root))
+            stops = [
+                stack.enter_context(_sigterm_stops(self.out.backup)),
+                *([_stops_when_taken_over(hold)] if hold else []),
+            ]
+            self.log_setup(run, data, model, strategy, choices, resumed=bool(start))
+            callbacks = self.make_callbacks(run, data, choices, fresh=not start, stops=stops, stack=stack)
+            with self.failures_as_errors(data.job, callbacks):
+                history = self.fit(model, data, callbacks)
+            return self.results(run, data, model, history)
+
+    # -- before any compute
+    def check(self) -> None:
+        """Every refusal that needs no data or model: credentials, extras, the output dir, the tracking server."""
+        cfg, is_chief = self.cfg, self.cluster.is_chief
+        storage.check_credentials(cfg.train.output_dir)
+        _check_tensorboard(cfg.train)
+        if is_chief:
+            _check_output_dir(cfg.train.output_dir)
+        if cfg.tracking.enabled and is_chief:
+            tracking.check_reachable()  # a dead server must not cost a run
+            tracking.check_register_name(cfg.tracking.register_as)
+            tracking.check_artifact_location(cfg.tracking.experiment)
+
+    def hold_output_dir(self, stack: contextlib.ExitStack) -> Hold | None:
+        """The chief's hold on an existing output dir for the rest of the job (see nfp.rundir); None off the chief."""
+        if not self.cluster.is_chief:
+            return None
+        return stack.enter_context(held(self.out, self.cfg.train.output_dir_lease_s))
+
+    def claim_output_dir(self, stack: contextlib.ExitStack) -> Hold | None:
+        """The chief makes the output dir (when no earlier attempt did) and holds it."""
+        if not self.cluster.is_chief:
+            return None
+        if not storage.exists(self.out.root):
+            _make_output_dir(self.out.root)
+        return self.hold_output_dir(stack)
+
+    # -- strategy → data → model
+    def make_strategy(self):
+        from nfp.distribute import make_strategy
+
+        return make_strategy(self.cfg.distribute)  # first TF work: MultiWorkerMirroredStrategy insists
+
+    def make_data(self, strategy) -> Data:
+        """The data prepared (deterministic and atomic: safe on every worker), the job planned on it, the datasets."""
+        import keras
+
+        from nfp.data import pipeline
+        from nfp.data.prepare import ensure_prepared
+
+        cfg, t, workers = self.cfg, self.cfg.train, self.cluster.num_workers
+        manifest = ensure_prepared(cfg.data)
+        job = plan(t, cluster=self.cluster, replicas=strategy.num_replicas_in_sync, train_clips=manifest.count("train"))
+        keras.utils.set_random_seed(t.seed)
+        train_ds = pipeline.make_dataset(
+            cfg.data, manifest, "train", job.global_batch, training=True, num_workers=workers
         )
+        val_ds, val_steps = _validation(cfg, manifest, job)
+        if workers > 1 and storage.is_local(t.output_dir):
+            log.warning(
+                "train.output_dir %s is local: with %d workers it must be one directory all of them see "
+                "(gs://…), or a restarted worker resumes from nothing",
+                t.output_dir,
+                workers,
+            )
+        return Data(manifest, job, train_ds, val_ds, val_steps)
 
-        def claim_output_dir() -> Hold | None:
-            if cluster.is_chief and not storage.exists(out.root):
-                _make_output_dir(out.root)
-                return holding.enter_context(held(out, lease_s))
-            return hold_at_once
+    def make_model(self, strategy, data: Data):
+        """(compiled model, device choices): precision and XLA chosen for the devices seen (nfp.devices)."""
+        from nfp.distribute import strategy_name
 
-        return _train(cfg, cluster, config_path, claim_output_dir)
-
-
-def _train(cfg, cluster, config_path, claim_output_dir) -> dict:
-    import keras
-    import tensorflow as tf
-
-    from nfp.data import pipeline
-    from nfp.data.prepare import ensure_prepared
-    from nfp.data.shards import naming_bad_shards
-    from nfp.distribute import make_strategy, strategy_name
-
-    strategy = make_strategy(cfg.distribute)  # first TF work: MultiWorkerMirroredStrategy insists
-    t = cfg.train
-    manifest = ensure_prepared(cfg.data)  # deterministic and atomic: safe on every worker; read once, handed on
-    job = plan(t, cluster=cluster, replicas=strategy.num_replicas_in_sync, train_clips=manifest.count("train"))
-    keras.utils.set_random_seed(t.seed)
-    train_ds = pipeline.make_dataset(
-        cfg.data, manifest, "train", job.global_batch, training=True, num_workers=cluster.num_workers
-    )
-    val_ds, val_steps = _validation(cfg, manifest, job)
-    if cluster.num_workers > 1 and storage.is_local(t.output_dir):
-        log.warning(
-            "train.output_dir %s is local: with %d workers it must be one directory all of them see "
-            "(gs://…), or a restarted worker resumes from nothing",
-            t.output_dir,
-            cluster.num_workers,
+        t = self.cfg.train
+        self.devices_seen = devices.visible_devices()
+        choices = devices.choose(
+            t, self.cfg.model, self.devices_seen, replicated=strategy_name(strategy) != "DefaultStrategy"
         )
-    seen = devices.visible_devices()
-    choices = devices.choose(t, cfg.model, seen, replicated=strategy_name(strategy) != "DefaultStrategy")
-    model, choices = compiled_model(
-        cfg, strategy, job.replicas, choices, batch_shape=(t.batch_size, *train_ds.element_spec[0].shape[1:])
-    )
-    log.info("devices: %s", choices.why)
-
-    out = job.output
-    hold = claim_output_dir()
-    start = out.resume_epoch() if t.backup else 0
-    if job.is_chief:
-        trim_csv(out.csv, start)
-    if start >= t.epochs:
-        print(
-            f"train: all {t.epochs} epochs already done in {out.backup}; raise train.epochs to go on, "
-            f"or use another train.output_dir to start over",
-            file=sys.stderr,
+        model, choices = compiled_model(
+            self.cfg,
+            strategy,
+            data.job.replicas,
+            choices,
+            steps_per_epoch=data.job.steps_per_epoch,
+            batch_shape=(t.batch_size, *data.train.element_spec[0].shape[1:]),
         )
-    elif start:
-        print(f"train: resuming after epoch {start} of {t.epochs} from {out.backup}", file=sys.stderr)
+        log.info("devices: %s", choices.why)
+        return model, choices
 
-    with contextlib.ExitStack() as stack:
-        scratch = None if job.is_chief else stack.enter_context(tempfile.TemporaryDirectory(prefix="nfp-worker-"))
-        run = stack.enter_context(tracking.start_run(cfg, is_chief=job.is_chief, state_dir=out.root))
-        stop_after_sigterm = stack.enter_context(_sigterm_stops(out.backup))
-        if job.is_chief:
-            _log_setup(
-                run, cfg, job, config_path=config_path, manifest=manifest, model=model, strategy=strategy,
-                devices_seen=seen, choices=choices,
-            )  # fmt: skip
-            _log_doctor_reports(run, out)
-        if job.is_chief and not start:  # the data's look belongs to the run once, not again on each resume
-            _log_preview(run, cfg.data.dir)
-        show_images = job.is_chief and t.images.every_n_epochs and manifest.count("val")
-        callbacks = cb.build_callbacks(
-            cfg,
-            job,
-            fresh=not start,
-            scratch_dir=scratch,
-            has_validation=val_ds is not None,
-            val_clips=pipeline.read_clips(cfg.data, manifest, "val", t.images.num_clips) if show_images else None,
-            val_clip_batches=lambda: pipeline.clip_batches(
+    def resume_point(self) -> int:
+        """Epochs already done (the backup's), the CSV trimmed to them, and a line saying where training stands."""
+        t, out = self.cfg.train, self.out
+        start = out.resume_epoch() if t.backup else 0
+        if self.cluster.is_chief:
+            trim_csv(out.csv, start)
+        if start >= t.epochs:
+            print(
+                f"train: all {t.epochs} epochs already done in {out.backup}; raise train.epochs to go on, "
+                f"or use another train.output_dir to start over",
+                file=sys.stderr,
+            )
+        elif start:
+            print(f"train: resuming after epoch {start} of {t.epochs} from {out.backup}", file=sys.stderr)
+        return start
+
+    # -- callbacks → fit
+    def log_setup(self, run, data: Data, model, strategy, choices, *, resumed: bool) -> None:
+        """The chief's record of what this job is: params, tags, config, manifest, doctor reports, the data's look."""
+        if not data.job.is_chief:
+            return
+        _log_setup(
+            run, self.cfg, data.job, config_path=self.config_path, manifest=data.manifest, model=model,
+            strategy=strategy, devices_seen=self.devices_seen, choices=choices,
+        )  # fmt: skip
+        _log_doctor_reports(run, self.out)
+        if not resumed:  # the data's look belongs to the run once, not again on each resume
+            _log_preview(run, self.cfg.data.dir)
+
+    def make_callbacks(self, run, data: Data, choices, *, fresh: bool, stops, stack: contextlib.ExitStack) -> list:
+        from nfp.data import pipeline
+
+        cfg, job, manifest = self.cfg, data.job, data.manifest
+        show_images = job.is_chief and cfg.train.images.every_n_epochs and manifest.count("val")
+        inputs = cb.Inputs(
+            run,
+            has_validation=data.val is not None,
+            strip_clips=pipeline.read_clips(cfg.data, manifest, "val", cfg.train.images.num_clips)
+            if show_images
+            else None,
+            eval_batches=lambda: pipeline.clip_batches(
                 cfg.data, manifest, "val", cfg.evaluate.batch_size, cfg.evaluate.max_clips
             ),
-            image_sink=run.log_image if run.active else None,
-            tracking_callback=run.keras_callback(),
+            fresh=fresh,
             jit_compile=choices.jit_compile,
+            stops=tuple(stops),
+            scratch_dir=None
+            if job.is_chief
+            else stack.enter_context(tempfile.TemporaryDirectory(prefix="nfp-worker-")),
         )
+        return cb.build_callbacks(cfg, job, inputs)
+
+    def fit(self, model, data: Data, callbacks: list):
+        from nfp.data.shards import naming_bad_shards
+
+        t = self.cfg.train
+        with naming_bad_shards(self.cfg.data, data.manifest, "train", "val"):
+            return model.fit(
+                data.train,
+                epochs=t.epochs,
+                steps_per_epoch=data.job.steps_per_epoch,
+                validation_data=data.val,
+                validation_steps=data.val_steps,
+                callbacks=callbacks,
+                verbose=t.verbose if t.verbose is not None else (1 if sys.stdout.isatty() else 2),
+                shuffle=False,  # the pipeline shuffles; Keras would warn that it ignores shuffle=True
+            )
+
+    @contextlib.contextmanager
+    def failures_as_errors(self, job: Job, callbacks: list) -> Iterator[None]:
+        """What fit can die of, as one line saying in which epoch and what is kept (TrainingError)."""
+        import tensorflow as tf
+
+        out = self.out
         try:
-            with naming_bad_shards(cfg.data, manifest, "train", "val"):
-                history = model.fit(
-                    train_ds,
-                    epochs=t.epochs,
-                    steps_per_epoch=job.steps_per_epoch,
-                    validation_data=val_ds,
-                    validation_steps=val_steps,
-                    callbacks=[*callbacks, stop_after_sigterm, *([_stops_when_taken_over(hold)] if hold else [])],
-                    verbose=t.verbose if t.verbose is not None else (1 if sys.stdout.isatty() else 2),
-                    shuffle=False,  # the pipeline shuffles; Keras would warn that it ignores shuffle=True
-                )
+            yield
         except tf.errors.UnavailableError as err:
-            if cluster.num_workers < 2:
+            if job.cluster.num_workers < 2:
                 raise
             # TF aborts every collective once a peer's connection drops or its heartbeats stop; only a restart of
             # every worker recovers (no elastic training), and the backup makes that a resume.
@@ -165,9 +253,14 @@ def _train(cfg, cluster, config_path, claim_output_dir) -> dict:
                 f"loss became NaN/Inf in epoch {_epoch_of(callbacks) + 1}: stopped; {_kept(out)} "
                 "(try a lower train.learning_rate)"
             ) from None
+
+    # -- results
+    def results(self, run, data: Data, model, history) -> dict:
+        """The chief logs what training made (once: a finished job rerun trains and logs nothing) and says where."""
+        t, out, job = self.cfg.train, self.out, data.job
         trained = len(history.history.get("loss", []))
-        if job.is_chief and trained:  # a finished job re-run trains nothing and logs nothing again
-            _log_results(run, cfg, job, model=model, manifest=manifest)
+        if job.is_chief and trained:
+            _log_results(run, self.cfg, job, model=model, manifest=data.manifest)
         if job.is_chief:
             link = run.ui_url
             print(
@@ -236,10 +329,11 @@ def _validation(cfg, manifest, job: Job):
     return val_ds, val_steps
 
 
-def compiled_model(cfg, strategy, replicas: int, choices: devices.Choices, *, batch_shape):
+def compiled_model(cfg, strategy, replicas: int, choices: devices.Choices, *, batch_shape, steps_per_epoch: int = 1):
     """(model, choices): the configured model, built and compiled in the strategy's scope under `choices`' policy
     and XLA mode; under jit_compile auto, without XLA (and the cause in choices) when the model does not compile
-    for (per-replica) batches of `batch_shape`. Also nfp doctor's model."""
+    for (per-replica) batches of `batch_shape`. Also nfp doctor's and the XLA benchmark's model, which time steps
+    (the LR schedule's length, `steps_per_epoch`, does not matter to them)."""
     import keras
 
     from nfp.optim import build_loss, build_optimizer
@@ -253,7 +347,7 @@ def compiled_model(cfg, strategy, replicas: int, choices: devices.Choices, *, ba
             with strategy.scope():
                 model = _build_model(cfg, xla_cell=xla == "cell")
                 model.compile(
-                    optimizer=build_optimizer(t, replicas),
+                    optimizer=build_optimizer(t, replicas, steps_per_epoch),
                     loss=build_loss(t),
                     jit_compile=xla == "step",
                     steps_per_execution=t.steps_per_execution,

@@ -11,7 +11,7 @@ from nfp.config import load_config
 from nfp.distribute import ClusterInfo
 from nfp.job import Job
 from nfp.model import build_model
-from nfp.optim import base_learning_rate
+from nfp.optim import WarmupThenPlateau, build_optimizer
 from nfp.rundir import RunDir, read_csv_history, trim_csv
 
 EVERYTHING_ON = [
@@ -58,61 +58,86 @@ def _job(cfg, *, output_dir: str | None = None, is_chief: bool = True) -> Job:
     )
 
 
+class Run:
+    """Stands in for the tracking logger: keeps the images it is handed, its epoch callback is a Tracker."""
+
+    active = True
+
+    def __init__(self, tracker=None):
+        self.tracker, self.images = tracker, []
+
+    def log_image(self, image, key, step):
+        self.images.append((image.shape, image.dtype, key, step))
+
+    def keras_callback(self):
+        return self.tracker
+
+
+def _inputs(**kwargs) -> cb.Inputs:
+    val_clips = np.random.default_rng(1).integers(0, 256, (2, 6, 16, 16), dtype=np.uint8)
+    batches = lambda: __import__("tensorflow").data.Dataset.from_tensor_slices(val_clips).batch(2)
+    return cb.Inputs(**{"run": Run(Tracker()), "strip_clips": val_clips, "eval_batches": batches, **kwargs})
+
+
 def _build(tiny_overrides, extra, *, output_dir=None, is_chief=True, **kwargs):
     cfg = load_config(None, [*tiny_overrides, *extra])
-    val_clips = np.random.default_rng(1).integers(0, 256, (2, 6, 16, 16), dtype=np.uint8)
-    args = dict(
-        val_clips=val_clips,
-        tracking_callback=Tracker(),
-        val_clip_batches=lambda: __import__("tensorflow").data.Dataset.from_tensor_slices(val_clips).batch(2),
-    )
-    return cfg, cb.build_callbacks(cfg, _job(cfg, output_dir=output_dir, is_chief=is_chief), **{**args, **kwargs})
+    inputs = _inputs(**kwargs)
+    return cfg, cb.build_callbacks(cfg, _job(cfg, output_dir=output_dir, is_chief=is_chief), inputs)
 
 
 def _fit(cfg, callbacks, epochs=2):
     x = np.random.default_rng(0).random((8, 6, 16, 16, 1), dtype=np.float32)
     ds = __import__("tensorflow").data.Dataset.from_tensor_slices((x[:, :-1], x[:, 1:])).batch(4)
     model = build_model(cfg.model, image_size=16)
-    model.compile(keras.optimizers.Adam(base_learning_rate(cfg.train, 1)), "bce")
+    model.compile(build_optimizer(cfg.train, 1, steps_per_epoch=2), "bce")
     return model, model.fit(ds, validation_data=ds, epochs=epochs, callbacks=callbacks, verbose=0)
 
 
-def test_every_enabled_callback_is_built_in_order(tiny_overrides):
-    _, callbacks = _build(tiny_overrides, EVERYTHING_ON)
+class Inactive:
+    """Stands in for the tracking logger off the chief or with tracking off."""
+
+    active = False
+
+
+class Stop(keras.callbacks.Callback):
+    """Stands in for the job-control stops (SIGTERM, takeover) train.py hands on."""
+
+
+def test_every_enabled_callback_is_built_in_groups_in_order(tiny_overrides):
+    stop = Stop()
+    _, callbacks = _build(tiny_overrides, EVERYTHING_ON, stops=(stop,))
     kinds = [type(c) for c in callbacks]
     expected = [
-        keras.callbacks.LearningRateScheduler,
-        cb.PeriodicEvaluation,
-        keras.callbacks.ReduceLROnPlateau,
-        cb.EpochStats,
-        keras.callbacks.TerminateOnNaN,
+        cb.PeriodicEvaluation,  # evaluation: adds val_mse, … that later ones watch
+        WarmupThenPlateau,  # the learning rate: plateau watches them
+        keras.callbacks.TerminateOnNaN,  # stopping
+        keras.callbacks.EarlyStopping,
+        cb.AtomicCheckpoint,  # checkpoints
         cb.AtomicCheckpoint,
-        cb.AtomicCheckpoint,
+        cb.EpochStats,  # logs and pictures: record all of the above
         cb.PredictionImages,
         cb.CSVLog,
-        keras.callbacks.EarlyStopping,
         Tracker,
-        cb.Backup,
+        cb.Backup,  # the backup last of the epoch's work
+        Stop,  # then job control
     ]
-    assert kinds == expected
+    assert kinds == expected and callbacks[-1] is stop
     best, last = [c for c in callbacks if isinstance(c, cb.AtomicCheckpoint)]
     assert best.save_best_only and best.final_path.endswith("checkpoints/best.keras")
     assert not last.save_best_only and last.final_path.endswith("checkpoints/last.keras")
 
 
 def test_switched_off_callbacks_are_absent(tiny_overrides):
-    _, callbacks = _build(tiny_overrides, EVERYTHING_OFF, tracking_callback=None)
-    assert [type(c) for c in callbacks] == [keras.callbacks.LearningRateScheduler, cb.EpochStats]
+    _, callbacks = _build(tiny_overrides, EVERYTHING_OFF)
+    assert [type(c) for c in callbacks] == [cb.EpochStats, Tracker]
+    _, callbacks = _build(tiny_overrides, EVERYTHING_OFF, run=Inactive())
+    assert [type(c) for c in callbacks] == [cb.EpochStats]
 
 
 def test_fit_with_everything_on_writes_and_logs_each_epoch(tiny_overrides, tmp_path):
-    images = []
-    cfg, callbacks = _build(
-        tiny_overrides,
-        EVERYTHING_ON,
-        image_sink=lambda img, key, step: images.append((img.shape, img.dtype, key, step)),
-    )
-    tracker = callbacks[-2]
+    run = Run(Tracker())
+    cfg, callbacks = _build(tiny_overrides, EVERYTHING_ON, run=run)
+    tracker, images = run.tracker, run.images
     _, history = _fit(cfg, callbacks)
     out = tmp_path / "out"
     assert (out / "checkpoints/best.keras").is_file() and (out / "checkpoints/last.keras").is_file()
@@ -133,7 +158,7 @@ def test_fit_with_everything_on_writes_and_logs_each_epoch(tiny_overrides, tmp_p
     assert set(history.history) >= {"learning_rate", "epoch_time", "clips_per_sec"}
 
 
-def test_scheduler_sets_the_optimizer_learning_rate_each_epoch(tiny_overrides):
+def test_the_step_schedule_moves_the_optimizer_learning_rate_with_no_callback(tiny_overrides):
     cfg, callbacks = _build(
         tiny_overrides,
         [
@@ -144,6 +169,7 @@ def test_scheduler_sets_the_optimizer_learning_rate_each_epoch(tiny_overrides):
             "train.schedule.gamma=0.1",
         ],
     )
+    assert [type(c) for c in callbacks] == [cb.EpochStats, Tracker]
     _, history = _fit(cfg, callbacks, epochs=3)
     assert history.history["learning_rate"] == pytest.approx([0.01, 0.001, 0.0001], rel=1e-5)
 
@@ -176,7 +202,7 @@ def test_stale_temporary_checkpoint_is_never_promoted(tiny_overrides, tmp_path):
     ckpt.mkdir(parents=True)
     (ckpt / "best.tmp.keras").write_text("half-written by a killed run")
     (tmp_path / "out/history.csv").write_text("epoch,val_loss\n1,0.0\n")  # nothing will beat this
-    callbacks = cb.build_callbacks(cfg, _job(cfg, output_dir=str(tmp_path / "out")))
+    callbacks = cb.build_callbacks(cfg, _job(cfg, output_dir=str(tmp_path / "out")), _inputs())
     _fit(cfg, callbacks, epochs=1)
     assert not (ckpt / "best.keras").exists() and not (ckpt / "best.tmp.keras").exists()
 

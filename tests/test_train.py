@@ -70,7 +70,8 @@ def test_train_attaches_every_enabled_callback_and_logs_the_run(tiny_overrides, 
 
     kinds = {type(c).__name__ for c in seen}
     assert {
-        "LearningRateScheduler",
+        "StopAfterSigterm",
+        "StopWhenTakenOver",
         "EpochStats",
         "TerminateOnNaN",
         "AtomicCheckpoint",
@@ -422,3 +423,47 @@ def test_tensorboard_without_its_package_is_one_line_before_any_work(tiny_overri
     ):
         train(load_config(None, [*tiny_overrides, "train.tensorboard=true"]))
     assert not (tmp_path / "data").exists()
+
+
+# --------------------------------------------------------------------------- one step of the job at a time
+def test_the_steps_before_fit_build_the_data_model_and_schedule_the_job_plans(tiny_overrides, tmp_path):
+    import keras
+
+    from nfp.train import Training
+
+    cfg = load_config(
+        None,
+        [*tiny_overrides, "train.schedule.name=cosine", "train.schedule.warmup_epochs=1", "tracking.enabled=false"],
+    )
+    job = Training(cfg)
+    job.check()
+    assert not (tmp_path / "out").exists()  # the checks make nothing
+    strategy = job.make_strategy()
+    data = job.make_data(strategy)
+    assert (data.job.global_batch, data.job.steps_per_epoch) == (4, 5)  # 20 training clips of 24, batches of 4
+    model, choices = job.make_model(strategy, data)
+    schedule = model.optimizer._learning_rate
+    assert isinstance(schedule, keras.optimizers.schedules.CosineDecay)
+    assert (schedule.warmup_steps, schedule.decay_steps) == (5, 5)  # 1 epoch of warm-up, 1 of decay, in steps
+    assert not choices.jit_compile and job.resume_point() == 0
+
+
+def test_what_fit_dies_of_is_one_line_naming_the_epoch_and_what_is_kept(tiny_overrides, tmp_path):
+    from nfp.train import Training
+
+    cfg = load_config(None, [*tiny_overrides, "tracking.enabled=false"])
+    training, stats = Training(cfg), cb.EpochStats(8)
+    stats.epoch = 2  # the third epoch was running
+    job = type("Job", (), {"cluster": training.cluster})()
+    (tmp_path / "out/backup").mkdir(parents=True)
+    with pytest.raises(
+        TrainingError, match=r"^loss became NaN/Inf in epoch 3: stopped; last good state kept in .*/backup"
+    ):
+        with training.failures_as_errors(job, [stats]):
+            raise RuntimeError("Reached NaN or Inf loss at batch 1")
+    with pytest.raises(TrainingError, match=r"^writing under .*/out failed in epoch 3 \(No space left on device\)"):
+        with training.failures_as_errors(job, [stats]):
+            raise OSError(28, "No space left on device")
+    with pytest.raises(RuntimeError, match="^something else$"):  # not ours to translate
+        with training.failures_as_errors(job, [stats]):
+            raise RuntimeError("something else")
