@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 from nfp import storage, visualize
+from nfp.errors import TrainingError, first_line
 from nfp.job import Job
 from nfp.optim import plateau_callback
 from nfp.rundir import BACKUP_METADATA, RunDir, read_csv_history
@@ -200,6 +201,16 @@ class Backup(keras.callbacks.BackupAndRestore):
     def __init__(self, backup_dir: str, *, save_dir: str | None = None):
         super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=False)
         self.save_dir = (save_dir or backup_dir).rstrip("/")
+
+    def on_train_begin(self, logs=None):
+        try:
+            super().on_train_begin(logs)
+        except Exception as err:  # noqa: BLE001 - truncated, not a weights file, or another model's: one line
+            raise TrainingError(
+                f"backup {self.backup_dir}: cannot be restored into this model ({first_line(err, 160)}); it is "
+                "damaged or was trained with another model or optimizer: rerun with the config it was trained with "
+                "(config.yaml in the output dir), or delete the backup to start over, or use another train.output_dir"
+            ) from None
 
     def on_epoch_end(self, epoch, logs=None):
         storage.makedirs(self.save_dir)

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 
 from nfp import storage
-from nfp.errors import TrainingError
+from nfp.errors import TrainingError, first_line
 
 BACKUP_METADATA = "training_metadata.json"  # written by keras.callbacks.BackupAndRestore
 
@@ -77,7 +77,17 @@ class RunDir:
         path = storage.join(self.backup, BACKUP_METADATA)
         if not storage.exists(path):
             return 0
-        return int(json.loads(storage.read_bytes(path))["epoch"])
+        try:
+            epoch = json.loads(storage.read_bytes(path))["epoch"]
+            if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+                raise ValueError(f"epoch {epoch!r}")
+        except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
+            raise TrainingError(
+                f"backup metadata {path}: unreadable ({first_line(err, 120)}), expected "
+                f'{{"epoch": N, ...}} as Keras writes it; delete {self.backup} to start over, or use another '
+                "train.output_dir"
+            ) from None
+        return epoch
 
 
 LOCK = ".nfp-train.lock"

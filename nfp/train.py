@@ -86,6 +86,8 @@ class Training:
         _check_tensorboard(cfg.train)
         if is_chief:
             _check_output_dir(cfg.train.output_dir)
+        if cfg.train.backup:
+            _check_backup_fits(cfg, self.out)
         if cfg.tracking.enabled and is_chief:
             tracking.check_reachable()  # a dead server must not cost a run
             tracking.check_register_name(cfg.tracking.register_as)
@@ -285,6 +287,44 @@ def _check_tensorboard(train_cfg) -> None:
         raise ConfigError(
             "train.tensorboard: needs the tensorboard package; install it with pip install 'nfp[tensorboard]'"
         )
+
+
+# What the backup's weights and optimizer state are shaped by: a change to any of them cannot resume from it (other
+# changes, a learning rate or batch size, load, and tracking warns that the run keeps its original params).
+_WEIGHT_KEYS = ("model.cell", "model.filters", "model.kernel_sizes", "model.patch_size")
+_OPTIMIZER_STATE = {"adam": "moments", "adamw": "moments", "sgd": "none"}  # AdamW keeps Adam's variables
+
+
+def _check_backup_fits(cfg, out: RunDir) -> None:
+    """ConfigError before any work when the output dir's backup was trained with a model or optimizer this config
+    cannot restore into, judged from the config.yaml the earlier attempt left; the keys named, old → new."""
+    import yaml
+
+    saved = out.file("config.yaml")
+    if not out.resume_epoch() or not storage.exists(saved):
+        return
+    try:
+        old = yaml.safe_load(storage.read_bytes(saved))
+    except yaml.YAMLError:
+        return  # no judgement to make from it: restoring the backup says what does not fit
+    new = yaml.safe_load(cfg.to_yaml())
+    keys = [*_WEIGHT_KEYS, *(["model.norm"] if _at(new, "model.cell") == "keras" else [])]  # norm layers hold weights
+    changed = [f"{k}: {_at(old, k)} → {_at(new, k)}" for k in keys if _at(old, k) != _at(new, k)]
+    was, now = _at(old, "train.optimizer"), _at(new, "train.optimizer")
+    if _OPTIMIZER_STATE.get(was, was) != _OPTIMIZER_STATE.get(now, now):
+        changed.append(f"train.optimizer: {was} → {now}")
+    if changed:
+        raise ConfigError(
+            f"train.output_dir {out.root}: its backup was trained with another model or optimizer ({'; '.join(changed)})"
+            f" and cannot be resumed with this config: rerun with the config it was trained with ({saved}), or use "
+            "another train.output_dir to start over"
+        )
+
+
+def _at(tree, dotted: str):
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
 
 
 def _check_output_dir(output_dir: str) -> None:

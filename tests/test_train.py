@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -467,3 +468,83 @@ def test_what_fit_dies_of_is_one_line_naming_the_epoch_and_what_is_kept(tiny_ove
     with pytest.raises(RuntimeError, match="^something else$"):  # not ours to translate
         with training.failures_as_errors(job, [stats]):
             raise RuntimeError("something else")
+
+
+# --------------------------------------------------------------------------- resuming into a backup that does not fit
+def _trained_one_epoch(tiny_overrides, *extra):
+    base = [*tiny_overrides, "train.epochs=1", "tracking.enabled=false", *extra]
+    train(load_config(None, base))
+    return [*tiny_overrides, "train.epochs=2", "tracking.enabled=false", *extra]
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err[-2000:]
+    (line,) = [x for x in err.splitlines() if x.startswith("error")]
+    return line
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ("model.filters=[8]", "model.filters: [4] → [8]"),
+        ("model.kernel_sizes=[5]", "model.kernel_sizes: [3] → [5]"),
+        ("model.patch_size=2", "model.patch_size: 1 → 2"),
+        ("model.preset=keras_io", "model.cell: nfp → keras"),
+        ("train.optimizer=sgd", "train.optimizer: adam → sgd"),
+    ],
+)
+def test_resuming_with_a_model_or_optimizer_the_backup_cannot_fit_is_one_line_before_any_work(
+    change, named, tiny_overrides, tmp_path, capsys
+):
+    from nfp.cli import main
+
+    again = _trained_one_epoch(tiny_overrides)
+    capsys.readouterr()
+    before = sorted(p.name for p in (tmp_path / "out").rglob("*"))
+    assert main(["train", *again, change]) == 2
+    line = _error_line(capsys)
+    assert line.startswith(f"error: train.output_dir {tmp_path}/out: its backup was trained with another model")
+    assert named in line and f"rerun with the config it was trained with ({tmp_path}/out/config.yaml)" in line
+    assert "another train.output_dir" in line
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == before  # nothing touched
+
+
+def test_resuming_with_changes_that_load_goes_on(tiny_overrides, tmp_path):
+    again = _trained_one_epoch(tiny_overrides)
+    summary = train(load_config(None, [*again, "train.learning_rate=0.0005", "train.optimizer=adamw"]))
+    assert len(summary["history"]["loss"]) == 1  # epoch 2 only: resumed
+
+
+def test_a_backup_that_cannot_be_restored_is_one_line_not_a_failed_write(tiny_overrides, tmp_path, capsys):
+    """Damaged (truncated) or from another model with no config.yaml left to judge by: restoring says so."""
+    from nfp.cli import main
+
+    again = _trained_one_epoch(tiny_overrides)
+    weights = tmp_path / "out/backup/latest.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:100])
+    capsys.readouterr()
+    assert main(["train", *again]) == 2
+    line = _error_line(capsys)
+    assert line.startswith(f"error: backup {tmp_path}/out/backup: cannot be restored into this model (")
+    assert "damaged or was trained with another model" in line and "writing under" not in line
+
+    shutil.rmtree(tmp_path / "out")
+    again = _trained_one_epoch(tiny_overrides)
+    (tmp_path / "out/config.yaml").unlink()
+    capsys.readouterr()
+    assert main(["train", *again, "model.filters=[8]"]) == 2
+    assert _error_line(capsys).startswith(f"error: backup {tmp_path}/out/backup: cannot be restored into this model")
+
+
+@pytest.mark.parametrize("metadata", ["", "{not json", '{"batch": 0}', '{"epoch": "one"}', '{"epoch": -1}', "[]"])
+def test_a_malformed_backup_metadata_file_is_one_line_naming_it(metadata, tiny_overrides, tmp_path, capsys):
+    from nfp.cli import main
+
+    again = _trained_one_epoch(tiny_overrides)
+    (tmp_path / "out/backup/training_metadata.json").write_text(metadata)
+    capsys.readouterr()
+    assert main(["train", *again]) == 2
+    line = _error_line(capsys)
+    assert line.startswith(f"error: backup metadata {tmp_path}/out/backup/training_metadata.json: unreadable (")
+    assert f"delete {tmp_path}/out/backup to start over" in line
