@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -23,7 +24,7 @@ import numpy as np
 
 from nfp import callbacks as cb
 from nfp import devices, storage, tracking, visualize
-from nfp.errors import ConfigError, TrainingError, redact
+from nfp.errors import ConfigError, TrainingError, redact, tf_error_line
 from nfp.job import Job, plan
 from nfp.rundir import Hold, RunDir, held, read_csv_history, trim_csv
 
@@ -64,7 +65,8 @@ class Training:
             hold = self.hold_output_dir(stack) if storage.exists(self.out.root) else None
             strategy = self.make_strategy()
             data = self.make_data(strategy)
-            model, choices = self.make_model(strategy, data)
+            with self.failures_as_errors(data.job):
+                model, choices = self.make_model(strategy, data)
             hold = hold or self.claim_output_dir(stack)
             start = self.resume_point()
             run = stack.enter_context(tracking.start_run(self.cfg, is_chief=data.job.is_chief, state_dir=self.out.root))
@@ -226,13 +228,20 @@ class Training:
             )
 
     @contextlib.contextmanager
-    def failures_as_errors(self, job: Job, callbacks: list) -> Iterator[None]:
-        """What fit can die of, as one line saying in which epoch and what is kept (TrainingError)."""
+    def failures_as_errors(self, job: Job, callbacks: list | None = None) -> Iterator[None]:
+        """What building the model (no `callbacks`) or fit can die of, as one line saying where and what is kept."""
         import tensorflow as tf
 
-        out = self.out
+        out, t = self.out, self.cfg.train
+        where = f"in epoch {_epoch_of(callbacks) + 1}" if callbacks is not None else "while building the model"
         try:
             yield
+        except (tf.errors.ResourceExhaustedError, MemoryError) as err:
+            raise TrainingError(
+                f"out of memory {where} ({_oom_line(err)}): lower train.batch_size ({t.batch_size} per replica), "
+                f"model.filters ({self.cfg.model.filters}) or data.image_size ({self.cfg.data.image_size})"
+                + (f"; {_kept(out)}" if callbacks is not None else "")
+            ) from None
         except tf.errors.UnavailableError as err:
             if job.cluster.num_workers < 2:
                 raise
@@ -530,6 +539,12 @@ def _local_copy(path: str, tmp: str) -> str | None:
 def _device_kind(seen: list[devices.Device]) -> str:
     gpus = [d for d in seen if d.kind == "GPU"]
     return f"{len(gpus)}x {gpus[0].name}" if gpus else "CPU"
+
+
+def _oom_line(err: BaseException) -> str:
+    """What ran out, e.g. "OOM when allocating tensor with shape[3,3,100000,400000] and type float on …CPU:0"."""
+    line = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", tf_error_line(err))  # TF's wrapper-function prefix
+    return line.split(" by allocator", 1)[0][:160]
 
 
 def _kept(out: RunDir) -> str:

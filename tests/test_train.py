@@ -548,3 +548,34 @@ def test_a_malformed_backup_metadata_file_is_one_line_naming_it(metadata, tiny_o
     line = _error_line(capsys)
     assert line.startswith(f"error: backup metadata {tmp_path}/out/backup/training_metadata.json: unreadable (")
     assert f"delete {tmp_path}/out/backup to start over" in line
+
+
+# --------------------------------------------------------------------------- sizes that cannot fit
+def test_a_model_too_large_for_memory_is_one_line_naming_the_keys_to_lower(tiny_overrides, tmp_path, capsys):
+    from nfp.cli import main
+
+    # 3×3×100,000×400,000 float32 hidden-to-hidden kernel: 1.4 TB, refused by the allocator at once
+    assert main(["train", *tiny_overrides, "model.filters=[100000]", "tracking.enabled=false"]) == 2
+    line = _error_line(capsys)
+    assert line.startswith("error: out of memory while building the model (OOM when allocating tensor with shape[")
+    assert "lower train.batch_size (4 per replica), model.filters ([100000]) or data.image_size (16)" in line
+
+
+def test_out_of_memory_in_fit_is_one_line_naming_the_epoch_the_keys_and_what_is_kept(tiny_overrides, tmp_path):
+    import tensorflow as tf
+
+    from nfp.train import Training
+
+    training, stats = Training(load_config(None, [*tiny_overrides, "tracking.enabled=false"])), cb.EpochStats(8)
+    stats.epoch = 0
+    job = type("Job", (), {"cluster": training.cluster})()
+    for oom in (tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[4,5,16,16,64]"),
+                MemoryError("Unable to allocate 12.0 GiB")):  # fmt: skip
+        with pytest.raises(TrainingError) as caught:
+            with training.failures_as_errors(job, [stats]):
+                raise oom
+        assert str(caught.value).startswith("out of memory in epoch 1 (")
+        assert str(caught.value).endswith(
+            "): lower train.batch_size (4 per replica), model.filters ([4]) or data.image_size (16); "
+            "no epoch had finished, nothing kept"
+        )
