@@ -173,6 +173,17 @@ def test_scheduled_sampling_feeds_predictions_after_the_context_and_counts_steps
     np.testing.assert_allclose(np.asarray(model(changed)), np.asarray(model(changed, training=False)))  # inference: off
 
 
+@pytest.mark.parametrize("step, eta", [(0, 1.0), (2, 0.8), (5, 0.5), (8, 0.2), (10, 0.0), (15, 0.0)])
+def test_the_true_frame_is_fed_with_a_probability_falling_linearly_over_the_sampling_steps(step, eta):
+    """η = 1 − step/N over N = 10 steps (then 0): the share of true frames after the context, over many draws."""
+    model = build_model(_model_cfg(), image_size=16, scheduled_sampling=10, context_frames=2)
+    stack = model.get_layer("convlstm")
+    stack.sampling_step.assign(step)
+    use_truth = np.asarray(stack._use_truth(20000, 6))
+    assert use_truth[:, :2].all()  # the context is always the truth
+    assert use_truth[:, 2:].mean() == pytest.approx(eta, abs=0.01)  # 80,000 draws: σ ≤ 0.002
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_rollout_is_the_frame_by_frame_feedback_loop(cell):
     """An nfp-cell model rolls out in one pass (its stack feeds itself); any model must match the plain loop."""

@@ -230,6 +230,12 @@ def test_a_csv_row_written_after_the_last_backup_is_trimmed_on_resume(tiny_overr
     assert len(summary["history"]["loss"]) == 1  # epoch 3 again, and only it
     assert [row["epoch"] for row in _rows(out / "history.csv")] == ["1", "2", "3"]
 
+    # The same window in the first epoch: no backup yet, so the rerun starts fresh and epoch 1 appears once.
+    shutil.rmtree(out / "backup")
+    summary = train(load_config(None, [*overrides, "train.epochs=1"]))
+    assert len(summary["history"]["loss"]) == 1
+    assert [row["epoch"] for row in _rows(out / "history.csv")] == ["1"]
+
 
 # --------------------------------------------------------------------------- killed and restarted
 def _start(overrides):
