@@ -1,34 +1,49 @@
 """MLflow glue: one run per training job, logged from the chief only, resumable, never fatal mid-training.
 
+Tracking is one small interface, `RunLogger`, with a class per backend:
+- `Inactive` (non-chief, tracking off): every call a no-op.
+- `Online`: logs into the run through mlflow. Its first failing call warns once; that call and every later one go
+  to an `Offline` backlog, and training goes on.
+- `Offline`: the backlog `<state_dir>/tracking_backlog/`, numbered records (`000007.json`, its files in `000007/`)
+  written through nfp.storage (local or gs://), each with durable copies of what it logs: an artifact's files, an
+  image as .npy, a figure as PNG, a model saved as .keras with its input example.
+The job's next `start_run` replays the backlog into the same run, in order, deleting each record once it is logged.
+
 - The run is the one `mlflow run` created (MLFLOW_RUN_ID), else the one saved in the job's state
   dir by an earlier attempt (resume after preemption), else a new one; its id is saved there.
 - Metric steps are epochs counted from 1; a step already in the run is not logged again, so a
   resumed job never duplicates an epoch.
-- Once the tracking server fails mid-training, logging goes offline: training goes on, a warning
-  is printed, and what was not logged is appended to `<state_dir>/tracking_backlog.jsonl`,
-  replayed into the run when the job is resumed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
+import mlflow
 import numpy as np
+from mlflow.models import ModelSignature
+from mlflow.types import Schema, TensorSpec
+from mlflow.utils.file_utils import local_file_uri_to_path
+from mlflow.utils.uri import is_local_uri
 
+from nfp import storage
 from nfp.errors import TrackingError, first_line, redact
 
 log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "mlflow_run_id"
-BACKLOG_FILE = "tracking_backlog.jsonl"
+BACKLOG_DIR = "tracking_backlog"
 
 
 @contextlib.contextmanager
@@ -48,8 +63,6 @@ def _fail_fast_http() -> Iterator[None]:
 
 def check_reachable(experiment_id: str | None = None) -> None:
     """Raise TrackingError (one line) if the tracking store, or a given experiment id, cannot be used."""
-    import mlflow
-
     uri = mlflow.get_tracking_uri()
     try:
         with _fail_fast_http():
@@ -72,17 +85,12 @@ def check_artifact_location(experiment_name: str) -> None:
 
     Remote locations (a server's proxied mlflow-artifacts:/, gs://, s3://) are the store's to check.
     """
-    import mlflow
-
     run_id = os.environ.get("MLFLOW_RUN_ID")
     if run_id:
         location = get_run(run_id).info.artifact_uri
     else:
         experiment = mlflow.get_experiment_by_name(experiment_name)
         location = experiment.artifact_location if experiment else None
-    from mlflow.utils.file_utils import local_file_uri_to_path
-    from mlflow.utils.uri import is_local_uri
-
     # MLflow's own test: a server's proxied `mlflow-artifacts:/1` is no more local than gs://
     if not location or not is_local_uri(location, is_tracking_or_registry_uri=False):
         return
@@ -100,12 +108,6 @@ def check_artifact_location(experiment_name: str) -> None:
 
 def log_files(run_id: str, paths, artifact_dir: str) -> None:
     """Log files (local or remote paths) into an existing run's `artifact_dir`."""
-    import tempfile
-
-    import mlflow
-
-    from nfp import storage
-
     client = mlflow.MlflowClient()
     with tempfile.TemporaryDirectory() as tmp:
         for path in paths:
@@ -121,129 +123,32 @@ def check_register_name(name: str | None) -> None:
 
 
 class RunLogger:
-    """Logs into one MLflow run; every call is a no-op when inactive (non-chief, tracking off)."""
+    """What training logs through; the backends below implement it. Here every call is a no-op."""
 
-    def __init__(
-        self, run_id: str | None = None, state_dir: str | Path | None = None, logged_steps=(), experiment_id: str = ""
-    ):
-        self.run_id = run_id
-        self.experiment_id = experiment_id
-        self.active = run_id is not None
-        self._backlog = _backlog_path(state_dir, run_id) if state_dir and self.active else None
-        self._logged_steps = set(logged_steps)
-        self._offline = False
-
-    @property
-    def ui_url(self) -> str | None:
-        """The run's page on the tracking server's UI, opened in its model-training views (MLflow 3 opens the GenAI
-        ones unless asked); None off a server."""
-        import mlflow
-
-        uri = mlflow.get_tracking_uri()
-        if not (self.active and uri.startswith(("http://", "https://"))):
-            return None
-        page = f"#/experiments/{self.experiment_id}/runs/{self.run_id}?workflowType=machine_learning"
-        return f"{redact(uri).rstrip('/')}/{page}"
-
-    # -- resilience: a failing server costs a warning, not the training run
-    def _call(self, what: str, fn, *args, record: dict | None = None, **kwargs) -> Any:
-        if not self.active:
-            return None
-        if not self._offline:
-            try:
-                return fn(*args, **kwargs)
-            except Exception as err:  # noqa: BLE001 - tracking must not kill training
-                self._offline = True
-                warnings.warn(
-                    f"MLflow logging failed ({what}: {first_line(err, 160)}); "
-                    f"training continues, unlogged records go to {self._backlog}",
-                    stacklevel=3,
-                )
-        if record is not None and self._backlog is not None:
-            self._backlog.parent.mkdir(parents=True, exist_ok=True)
-            with self._backlog.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-        return None
+    active = False
+    run_id: str | None = None
+    ui_url: str | None = None
 
     def log_params(self, params: dict) -> None:
         """Params are immutable in MLflow: on resume, ones already logged are skipped, changed ones warned about."""
-        import mlflow
-
-        clean = {k: _param_value(v) for k, v in params.items()}
-        existing = self._call("params", lambda: get_run(self.run_id).data.params) or {}
-        changed = sorted(k for k in clean if k in existing and existing[k] != clean[k])
-        if changed:
-            warnings.warn(
-                f"resumed run {self.run_id} keeps its original params; changed now: {', '.join(changed)}", stacklevel=2
-            )
-        new = {k: v for k, v in clean.items() if k not in existing}
-        if new:
-            self._call("params", mlflow.log_params, new, record={"params": new})
 
     def set_tags(self, tags: dict) -> None:
-        import mlflow
-
-        clean = {k: redact(str(v)) for k, v in tags.items()}
-        self._call("tags", mlflow.set_tags, clean, record={"tags": clean})
+        """Tags, values redacted."""
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         """Scalars at `step` (epoch, from 1); a step already logged in this run is skipped."""
-        import mlflow
-
-        if step in self._logged_steps:
-            return
-        clean = {k: float(v) for k, v in metrics.items() if _is_scalar(v)}
-        self._call("metrics", mlflow.log_metrics, clean, step=step, record={"metrics": clean, "step": step})
-        self._logged_steps.add(step)
 
     def log_artifact(self, local_path, artifact_path: str | None = None) -> None:
-        import mlflow
-
-        local_path = str(local_path)
-        log_fn = mlflow.log_artifacts if Path(local_path).is_dir() else mlflow.log_artifact
-        self._call(
-            "artifact", log_fn, local_path, artifact_path, record={"artifact": local_path, "path": artifact_path}
-        )
+        """A local file, or a directory's contents, into the run's `artifact_path`."""
 
     def log_image(self, image: np.ndarray, key: str, step: int) -> None:
-        """A stepped image series (mlflow.log_image with key/step) — the UI shows it with a step slider."""
-        import mlflow
-
-        self._call("image", mlflow.log_image, np.asarray(image, np.uint8), key=key, step=step)
+        """A stepped image series `(H, W, 3)` uint8 (mlflow.log_image with key/step): the UI shows a step slider."""
 
     def log_figure(self, fig, artifact_file: str) -> None:
-        import mlflow
-
-        self._call("figure", mlflow.log_figure, fig, artifact_file)
+        """A matplotlib figure as the PNG artifact `artifact_file` (e.g. plots/history.png)."""
 
     def log_model(self, model, input_example: np.ndarray, register_as: str | None = None) -> None:
-        """Log the Keras model with a signature and input example (loadable with mlflow.pyfunc.load_model)."""
-        import mlflow
-        from mlflow.models import ModelSignature
-        from mlflow.types import Schema, TensorSpec
-
-        # batch and time stay open (-1): the model predicts clips of any length
-        spec = TensorSpec(np.dtype(np.float32), (-1, -1, *input_example.shape[2:]))
-        signature = ModelSignature(inputs=Schema([spec]), outputs=Schema([spec]))
-
-        def _log():
-            import keras
-            import tensorflow as tf
-
-            # Said, not inferred: MLflow infers them by loading the model in a subprocess that does not import
-            # nfp.layers, fails, warns and falls back to keras alone (no TensorFlow).
-            requirements = [f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}", f"numpy=={np.__version__}"]
-            with _keras_input_example_fix(), _no_progress_bars():  # MLflow predicts the example to validate it
-                return mlflow.keras.log_model(
-                    model,
-                    name="model",
-                    signature=signature,
-                    input_example=input_example,
-                    registered_model_name=register_as,
-                    pip_requirements=requirements,
-                )
-
-        self._call("model", _log)
+        """The Keras model with a signature and input example (loadable with mlflow.pyfunc.load_model)."""
 
     def keras_callback(self):
         """A Keras callback logging each epoch's scalar logs (loss, val_loss, learning_rate, …) at step epoch+1."""
@@ -256,6 +161,369 @@ class RunLogger:
                 logger.log_metrics(dict(logs or {}), step=epoch + 1)
 
         return EpochMetricsToMlflow()
+
+
+class Inactive(RunLogger):
+    """Not the chief, or tracking off: nothing is logged anywhere."""
+
+
+def _offline_on_failure(what: str):
+    """An Online method whose failure costs a warning (once), not the training: that call and every later one go
+    to the Offline backlog. While the backlog is replayed, failures are raised to the replay instead."""
+
+    def decorate(method):
+        @functools.wraps(method)
+        def call(self: Online, *args, **kwargs):
+            if self.offline is None:
+                try:
+                    return method(self, *args, **kwargs)
+                except Exception as err:  # tracking must not kill training
+                    if self._replaying:
+                        raise
+                    self.go_offline(what, err)
+            return getattr(self.offline, method.__name__)(*args, **kwargs)
+
+        return call
+
+    return decorate
+
+
+class Online(RunLogger):
+    """Logs into the active MLflow run `run_id`; after the first failure, into the backlog under `state_dir`."""
+
+    active = True
+
+    def __init__(self, run_id: str, state_dir, *, experiment_id: str = "", logged_steps=()):
+        self.run_id = run_id
+        self.experiment_id = experiment_id
+        self.backlog = storage.join(str(state_dir), BACKLOG_DIR)
+        self.offline: Offline | None = None
+        self._logged_steps = set(logged_steps)
+        self._replaying = False
+
+    @property
+    def ui_url(self) -> str | None:
+        """The run's page on the tracking server's UI, opened in its model-training views (MLflow 3 opens the GenAI
+        ones unless asked); None off a server."""
+        uri = mlflow.get_tracking_uri()
+        if not uri.startswith(("http://", "https://")):
+            return None
+        page = f"#/experiments/{self.experiment_id}/runs/{self.run_id}?workflowType=machine_learning"
+        return f"{redact(uri).rstrip('/')}/{page}"
+
+    def go_offline(self, what: str, err: BaseException) -> None:
+        self.offline = Offline(self.backlog, run_id=self.run_id)
+        warnings.warn(
+            f"MLflow logging failed ({what}: {first_line(err, 160)}); "
+            f"training continues, unlogged records go to {self.backlog}",
+            stacklevel=3,
+        )
+
+    @contextlib.contextmanager
+    def _failures_raise(self) -> Iterator[None]:
+        self._replaying = True
+        try:
+            yield
+        finally:
+            self._replaying = False
+
+    @_offline_on_failure("params")
+    def log_params(self, params: dict) -> None:
+        clean = _clean_params(params)
+        existing = mlflow.MlflowClient().get_run(self.run_id).data.params
+        changed = sorted(k for k in clean if k in existing and existing[k] != clean[k])
+        if changed:
+            warnings.warn(
+                f"resumed run {self.run_id} keeps its original params; changed now: {', '.join(changed)}", stacklevel=3
+            )
+        new = {k: v for k, v in clean.items() if k not in existing}
+        if new:
+            mlflow.log_params(new)
+
+    @_offline_on_failure("tags")
+    def set_tags(self, tags: dict) -> None:
+        mlflow.set_tags(_clean_tags(tags))
+
+    @_offline_on_failure("metrics")
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        if step in self._logged_steps:
+            return
+        mlflow.log_metrics(_scalars(metrics), step=step)
+        self._logged_steps.add(step)
+
+    @_offline_on_failure("artifact")
+    def log_artifact(self, local_path, artifact_path: str | None = None) -> None:
+        local_path = str(local_path)
+        if Path(local_path).is_dir():
+            mlflow.log_artifacts(local_path, artifact_path)
+        else:
+            mlflow.log_artifact(local_path, artifact_path)
+
+    @_offline_on_failure("image")
+    def log_image(self, image: np.ndarray, key: str, step: int) -> None:
+        # synchronous: MLflow's default uploads in a thread whose failure is lost, and the image with it
+        mlflow.log_image(np.asarray(image, np.uint8), key=key, step=step, synchronous=True)
+
+    @_offline_on_failure("figure")
+    def log_figure(self, fig, artifact_file: str) -> None:
+        mlflow.log_figure(fig, artifact_file)
+
+    @_offline_on_failure("model")
+    def log_model(self, model, input_example: np.ndarray, register_as: str | None = None) -> None:
+        import keras
+        import tensorflow as tf
+
+        # batch and time stay open (-1): the model predicts clips of any length
+        spec = TensorSpec(np.dtype(np.float32), (-1, -1, *input_example.shape[2:]))
+        signature = ModelSignature(inputs=Schema([spec]), outputs=Schema([spec]))
+        # Said, not inferred: MLflow infers them by loading the model in a subprocess that does not import
+        # nfp.layers, fails, warns and falls back to keras alone (no TensorFlow).
+        requirements = [f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}", f"numpy=={np.__version__}"]
+        with _keras_input_example_fix(), _no_progress_bars():  # MLflow predicts the example to validate it
+            mlflow.keras.log_model(
+                model,
+                name="model",
+                signature=signature,
+                input_example=input_example,
+                registered_model_name=register_as,
+                pip_requirements=requirements,
+            )
+
+
+def _lost_with_a_warning(method):
+    """An Offline method whose failure (a full disk, an unreachable bucket) loses that record with a warning, the
+    first time, not the training."""
+
+    @functools.wraps(method)
+    def call(self: Offline, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - tracking must not kill training
+            if not self._failed:
+                self._failed = True
+                warnings.warn(
+                    f"tracking backlog {self.url} could not be written ({first_line(err, 160)}): the "
+                    f"{method.__name__} record is lost, and so is any later one that fails",
+                    stacklevel=4,
+                )
+
+    return call
+
+
+class Offline(RunLogger):
+    """The backlog of a run whose server is gone: record N is `NNNNNN.json` plus its files in `NNNNNN/`.
+
+    The files are written first, the JSON last and atomically (nfp.storage: a temporary name then a rename, or a
+    GCS object that appears whole): a record exists only complete. It holds copies, never a path to the caller's
+    (often temporary) files, so it can be replayed after the process, or the VM, is gone.
+    """
+
+    active = True
+
+    def __init__(self, url: str, run_id: str | None = None):
+        self.url = url
+        self.run_id = run_id
+        self._next: int | None = None
+        self._failed = False
+
+    @_lost_with_a_warning
+    def log_params(self, params: dict) -> None:
+        self._write({"kind": "params", "params": _clean_params(params)})
+
+    @_lost_with_a_warning
+    def set_tags(self, tags: dict) -> None:
+        self._write({"kind": "tags", "tags": _clean_tags(tags)})
+
+    @_lost_with_a_warning
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        self._write({"kind": "metrics", "metrics": _scalars(metrics), "step": step})
+
+    @_lost_with_a_warning
+    def log_artifact(self, local_path, artifact_path: str | None = None) -> None:
+        src = Path(local_path)
+        if src.is_dir():
+            files = {f"{src.name}/{p.relative_to(src).as_posix()}": p for p in sorted(src.rglob("*")) if p.is_file()}
+        else:
+            files = {src.name: src}
+        self._write({"kind": "artifact", "name": src.name, "artifact_path": artifact_path}, files)
+
+    @_lost_with_a_warning
+    def log_image(self, image: np.ndarray, key: str, step: int) -> None:
+        self._write({"kind": "image", "key": key, "step": step}, {"image.npy": _npy(np.asarray(image, np.uint8))})
+
+    @_lost_with_a_warning
+    def log_figure(self, fig, artifact_file: str) -> None:
+        """Kept as the PNG that mlflow.log_figure would upload, replayed as the artifact `artifact_file`."""
+        folder, _, name = artifact_file.rpartition("/")
+        png = io.BytesIO()
+        fig.savefig(png, format="png")
+        self._write({"kind": "artifact", "name": name, "artifact_path": folder or None}, {name: png.getvalue()})
+
+    @_lost_with_a_warning
+    def log_model(self, model, input_example: np.ndarray, register_as: str | None = None) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            saved = Path(tmp, "model.keras")
+            model.save(saved)
+            self._write(
+                {"kind": "model", "register_as": register_as},
+                {"model.keras": saved, "input_example.npy": _npy(np.asarray(input_example))},
+            )
+
+    # -- the records
+    def _write(self, record: dict, files: dict[str, bytes | Path] | None = None) -> None:
+        files = files or {}
+        name = f"{self._take_number():06d}"
+        for rel, data in files.items():
+            content = data if isinstance(data, bytes) else Path(data).read_bytes()
+            storage.write_bytes(storage.join(self.url, f"{name}/{rel}"), content)
+        record = {**record, "files": sorted(files)}
+        storage.write_bytes(storage.join(self.url, f"{name}.json"), json.dumps(record).encode())  # last: complete
+
+    def _take_number(self) -> int:
+        if self._next is None:  # after every record or half-written folder already there
+            numbers = [int(n.split(".")[0]) for n in storage.listdir(self.url) if n.split(".")[0].isdigit()]
+            self._next = max(numbers, default=0) + 1
+        number, self._next = self._next, self._next + 1
+        return number
+
+    def records(self) -> list[tuple[str, dict]]:
+        """(name, record) of each complete record, oldest first; half-written ones (no JSON) are removed."""
+        names = [n for n in storage.listdir(self.url) if not n.startswith(".")]
+        complete = sorted((n.removesuffix(".json") for n in names if n.endswith(".json")), key=int)
+        for orphan in set(names) - set(complete) - {f"{n}.json" for n in complete}:
+            _remove_tree(storage.join(self.url, orphan))
+        return [(n, json.loads(storage.read_bytes(storage.join(self.url, f"{n}.json")))) for n in complete]
+
+    def files_of(self, name: str, record: dict, tmp: str) -> Path:
+        """A local directory holding the record's files (downloaded into tmp when the backlog is remote)."""
+        folder = storage.join(self.url, name)
+        if storage.is_local(folder):
+            return storage.local_path(folder)
+        for rel in record["files"]:
+            local = Path(tmp, rel)
+            local.parent.mkdir(parents=True, exist_ok=True)
+            storage.get(storage.join(folder, rel), local)
+        return Path(tmp)
+
+    def remove(self, name: str) -> None:
+        storage.remove(storage.join(self.url, f"{name}.json"))  # first: from here on the record is gone whole
+        _remove_tree(storage.join(self.url, name))
+
+    def clear(self) -> None:
+        _remove_tree(self.url)
+
+
+def _remove_tree(url: str) -> None:
+    if storage.is_local(url):
+        path = storage.local_path(url)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    elif storage.scheme(url) in storage.TF_ONLY:
+        import tensorflow as tf
+
+        if tf.io.gfile.isdir(url):
+            tf.io.gfile.rmtree(url)
+        elif tf.io.gfile.exists(url):
+            tf.io.gfile.remove(url)
+    else:
+        fs, path = storage.filesystem(url)
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm(path, recursive=True)
+        fs.invalidate_cache()
+
+
+def _replay_backlog(online: Online) -> None:
+    """Log what an earlier attempt could not, record by record, each deleted once logged. A server that fails
+    again stops the replay (that record and the rest stay for the next attempt); a record the server refuses while
+    it answers would fail every time, so it is dropped with a warning."""
+    backlog = Offline(online.backlog)
+    records = backlog.records()
+    for done, (name, record) in enumerate(records):
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                files = backlog.files_of(name, record, tmp)
+            except Exception as err:  # noqa: BLE001 - the state dir's store, not the record: keep it for next time
+                warnings.warn(f"tracking backlog {backlog.url} could not be read ({first_line(err, 160)}): "
+                              f"{len(records) - done} record(s) kept for the next attempt", stacklevel=3)  # fmt: skip
+                return
+            try:
+                method, args = _replay_call(record, files)
+            except Exception as err:  # noqa: BLE001 - an unreadable record must not block the others
+                warnings.warn(
+                    f"tracking backlog record {name} unreadable ({first_line(err, 160)}): dropped", stacklevel=3
+                )
+                backlog.remove(name)
+                continue
+            try:
+                with online._failures_raise():
+                    getattr(online, method)(*args)
+            except Exception as err:  # noqa: BLE001 - the server, or this record
+                if _server_answers(online.run_id):
+                    warnings.warn(
+                        f"tracking backlog record {name} ({record['kind']}) refused by the tracking server "
+                        f"({first_line(err, 160)}): dropped",
+                        stacklevel=3,
+                    )
+                else:
+                    online.go_offline(f"replaying {record['kind']}", err)
+                    log.info("replayed %d of %d tracking records from %s", done, len(records), backlog.url)
+                    return
+        backlog.remove(name)
+    backlog.clear()
+    if records:
+        log.info("replayed %d tracking records from %s", len(records), backlog.url)
+
+
+def _replay_call(record: dict, files: Path) -> tuple[str, tuple]:
+    """The Online method and arguments that log `record`, its files read from `files`."""
+    kind = record["kind"]
+    if kind == "params":
+        return "log_params", (record["params"],)
+    if kind == "tags":
+        return "set_tags", (record["tags"],)
+    if kind == "metrics":
+        return "log_metrics", (record["metrics"], record["step"])
+    if kind == "artifact":
+        return "log_artifact", (str(files / record["name"]), record["artifact_path"])
+    if kind == "image":
+        return "log_image", (np.load(files / "image.npy"), record["key"], record["step"])
+    if kind == "model":
+        import keras
+
+        import nfp.layers  # noqa: F401 - registers nfp's custom layers for loading
+
+        model = keras.saving.load_model(files / "model.keras", compile=False)
+        return "log_model", (model, np.load(files / "input_example.npy"), record["register_as"])
+    raise ValueError(f"unknown record kind {kind!r}")
+
+
+def _server_answers(run_id: str) -> bool:
+    try:
+        with _fail_fast_http():
+            mlflow.MlflowClient().get_run(run_id)
+    except Exception:  # noqa: BLE001 - any failure: it does not
+        return False
+    return True
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _scalars(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if _is_scalar(v)}
+
+
+def _clean_params(params: dict) -> dict[str, str]:
+    return {k: _param_value(v) for k, v in params.items()}
+
+
+def _clean_tags(tags: dict) -> dict[str, str]:
+    return {k: redact(str(v)) for k, v in tags.items()}
 
 
 @contextlib.contextmanager
@@ -312,10 +580,8 @@ def start_run(cfg, *, is_chief: bool, state_dir) -> Iterator[RunLogger]:
     KeyboardInterrupt/SystemExit (SIGTERM on preemption) ends it KILLED so a restart resumes it.
     """
     if not (is_chief and cfg.tracking.enabled):
-        yield RunLogger()
+        yield Inactive()
         return
-    import mlflow
-
     # MLflow's default HTTP retries wait ~4 minutes per call; mid-training a dead server should cost
     # seconds before logging goes offline (an explicit setting of the user's wins).
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
@@ -354,25 +620,23 @@ def start_run(cfg, *, is_chief: bool, state_dir) -> Iterator[RunLogger]:
     if commit:  # MLflow's own tag, shown as the run's source version in the UI
         mlflow.set_tag("mlflow.source.git.commit", commit)
     logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "loss")}
-    logger = RunLogger(run_id, state_dir, logged_steps=logged, experiment_id=run.info.experiment_id)
-    _replay_backlog(logger, state_dir)
+    logger = Online(run_id, state_dir, experiment_id=run.info.experiment_id, logged_steps=logged)
+    _replay_backlog(logger)
     try:
         yield logger
     except (KeyboardInterrupt, SystemExit):
-        _end(mlflow, "KILLED")
+        _end("KILLED")
         raise
     except BaseException as err:
         with contextlib.suppress(Exception):
             mlflow.set_tag("error", f"{type(err).__name__}: {first_line(err, 5000)}")
-        _end(mlflow, "FAILED")
+        _end("FAILED")
         raise
-    _end(mlflow, "FINISHED")
+    _end("FINISHED")
 
 
 def _end_orphan(run_id: str, *, continued_in: str) -> None:
     """A killed attempt's run that `mlflow run` did not resume: end it KILLED, pointing at the run that goes on."""
-    import mlflow
-
     client = mlflow.MlflowClient()
     if client.get_run(run_id).info.status != "RUNNING":
         return
@@ -388,8 +652,6 @@ EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow 3's UI: GenAI views unless t
 def _mark_as_model_training(experiment_id: str) -> None:
     """Tag the experiment as model training, so `mlflow ui` opens it on runs, charts and images (not traces); an
     experiment whose kind someone already set keeps it."""
-    import mlflow
-
     client = mlflow.MlflowClient()
     if EXPERIMENT_KIND in client.get_experiment(experiment_id).tags:
         return
@@ -403,8 +665,6 @@ def _mark_as_model_training(experiment_id: str) -> None:
 
 def _say_where_it_logs(run, experiment_name: str) -> None:
     """Under `mlflow run` the run's experiment is mlflow's choice, not tracking.experiment: say so when they differ."""
-    import mlflow
-
     if not os.environ.get("MLFLOW_RUN_ID"):
         return
     actual = mlflow.get_experiment(run.info.experiment_id).name
@@ -417,8 +677,6 @@ def _say_where_it_logs(run, experiment_name: str) -> None:
 def get_run(run_id: str, *, missing_ok: bool = False, error: type[Exception] = TrackingError, purpose: str = ""):
     """The MLflow run `run_id`. A run the store does not have: None if `missing_ok`, else `error` (one line naming the
     run and what it was wanted `purpose`); a store that cannot be asked: `error` always."""
-    import mlflow
-
     try:
         return mlflow.MlflowClient().get_run(run_id)
     except Exception as err:  # noqa: BLE001 - MlflowException for unknown ids, others for a bad store
@@ -442,7 +700,7 @@ def _git_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def _end(mlflow, status: str) -> None:
+def _end(status: str) -> None:
     try:
         mlflow.end_run(status=status)
     except Exception as err:  # noqa: BLE001 - the server may be gone; the run id is saved for later
@@ -450,42 +708,9 @@ def _end(mlflow, status: str) -> None:
 
 
 def _saved_run_id(state_dir: str) -> str | None:
-    from nfp import storage
-
     url = storage.join(state_dir, RUN_ID_FILE)
     return storage.read_bytes(url).decode().strip() or None if storage.exists(url) else None
 
 
 def _save_run_id(state_dir: str, run_id: str) -> None:
-    from nfp import storage
-
     storage.write_bytes(storage.join(state_dir, RUN_ID_FILE), run_id.encode())
-
-
-def _backlog_path(state_dir, run_id: str) -> Path:
-    """Kept on local disk: `<state_dir>/…` when local, else under ~/.cache/nfp (appends need a local file)."""
-    from nfp import storage
-
-    if not storage.is_local(str(state_dir)):
-        return Path("~/.cache/nfp/tracking").expanduser() / f"{run_id}.jsonl"
-    return storage.local_path(str(state_dir)) / BACKLOG_FILE
-
-
-def _replay_backlog(logger: RunLogger, state_dir: str) -> None:
-    """Log what an earlier attempt could not (server down), then set the backlog aside."""
-    path = _backlog_path(state_dir, logger.run_id)
-    if not path.is_file():
-        return
-    lines = path.read_text().splitlines()
-    path.replace(path.with_suffix(".jsonl.replayed"))
-    for line in lines:
-        record = json.loads(line)
-        if "metrics" in record:
-            logger.log_metrics(record["metrics"], step=record["step"])
-        elif "params" in record:
-            logger.log_params(record["params"])
-        elif "tags" in record:
-            logger.set_tags(record["tags"])
-        elif "artifact" in record and Path(record["artifact"]).exists():
-            logger.log_artifact(record["artifact"], record["path"])
-    log.info("replayed %d tracking records from %s", len(lines), path)

@@ -1,11 +1,15 @@
 """Tracking: one run per job, resumable, FAILED on errors, never fatal when the server dies."""
 
+import json
+import tempfile
 import time
+import warnings
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
-from conftest import MlflowServer, free_port
+from conftest import BUCKET, MlflowServer, free_port
 
 from nfp import tracking
 from nfp.config import load_config
@@ -15,6 +19,12 @@ from nfp.errors import TrackingError, redact
 @pytest.fixture
 def cfg():
     return load_config(None, ["tracking.experiment=t-exp"])
+
+
+def _backlog(state_dir) -> list[dict]:
+    """The backlog's complete records, oldest first."""
+    folder = state_dir / tracking.BACKLOG_DIR
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
 
 def _runs(experiment="t-exp"):
@@ -179,16 +189,18 @@ def test_server_dying_mid_run_warns_keeps_a_backlog_and_replays_it(cfg, tmp_path
         with tracking.start_run(cfg, is_chief=True, state_dir=state) as run:
             run.log_metrics({"loss": 1.0}, step=1)
             server.stop()
-            with pytest.warns(UserWarning, match="MLflow logging failed"):
+            with pytest.warns(UserWarning, match="MLflow logging failed") as caught:
                 run.log_metrics({"loss": 0.5}, step=2)
-            run.log_metrics({"loss": 0.25}, step=3)  # offline now: straight to the backlog
-        assert (state / tracking.BACKLOG_FILE).read_text().count('"step"') == 2
+                run.log_metrics({"loss": 0.25}, step=3)  # offline now: straight to the backlog, no second warning
+            assert len([w for w in caught if "MLflow logging failed" in str(w.message)]) == 1
+        assert [(r["kind"], r.get("step")) for r in _backlog(state)] == [("metrics", 2), ("metrics", 3)]
         server.start()
         with tracking.start_run(cfg, is_chief=True, state_dir=state) as run:
             pass
         history = mlflow.MlflowClient().get_metric_history(run.run_id, "loss")
         assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 0.5), (3, 0.25)]
         assert mlflow.get_run(run.run_id).info.status == "FINISHED"
+        assert not (state / tracking.BACKLOG_DIR).exists()
     finally:
         server.stop()
 
@@ -200,7 +212,7 @@ def test_logged_model_has_signature_and_example_and_loads_with_pyfunc(cfg, tmp_p
     example = np.random.rand(1, 3, 8, 8, 1).astype(np.float32)
     with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path) as run:
         run.log_model(model, input_example=example)
-    assert not (tmp_path / tracking.BACKLOG_FILE).exists(), "log_model failed and went to the backlog"
+    assert not (tmp_path / tracking.BACKLOG_DIR).exists(), "log_model failed and went to the backlog"
     (logged,) = mlflow.search_logged_models(output_format="list", experiment_ids=[_runs()[0].info.experiment_id])
     info = mlflow.models.get_model_info(logged.model_uri)
     assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, -1, 8, 8, 1]  # any clip length
@@ -256,3 +268,201 @@ def test_under_mlflow_run_a_killed_attempts_run_is_ended_and_the_experiment_name
     err = capsys.readouterr().err
     assert f"MLflow run {earlier} of the earlier attempt ended KILLED; this job continues in run {launched}" in err
     assert "of experiment 'Default', which `mlflow run` chose; tracking.experiment 't-exp' applies outside" in err
+
+
+# --------------------------------------------------------------------------- backends and the backlog
+def _refuse(*args, **kwargs):
+    raise ConnectionError("connection refused")
+
+
+def _artifact_paths(run_id: str, path: str | None = None) -> set[str]:
+    client, found = mlflow.MlflowClient(), set()
+    for item in client.list_artifacts(run_id, path):
+        found |= _artifact_paths(run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def _loss_steps(run_id: str) -> list[int]:
+    return sorted(m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "loss"))
+
+
+def test_the_inactive_backend_logs_nothing_and_names_no_run(tmp_path):
+    run = tracking.Inactive()
+    assert (run.active, run.run_id, run.ui_url) == (False, None, None)
+    run.log_params({"a": 1})
+    run.set_tags({"t": "x"})
+    run.log_metrics({"loss": 1.0}, step=1)
+    run.log_artifact(tmp_path / "absent.txt", "logs")
+    run.log_image(np.zeros((4, 4, 3), np.uint8), "predictions/clip_0", step=0)
+    run.log_figure(None, "plots/history.png")
+    run.log_model(None, np.zeros((1, 2, 8, 8, 1), np.float32))
+    run.keras_callback().on_epoch_end(0, {"loss": 1.0})
+    assert list(tmp_path.iterdir()) == []  # no backlog, no run id, not even a store
+    assert _runs() == []
+
+
+def test_online_warns_once_and_from_its_first_failure_on_logs_into_the_backlog(cfg, tmp_path, monkeypatch):
+    with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path) as run:
+        assert isinstance(run, tracking.Online) and run.offline is None
+        run.log_metrics({"loss": 1.0}, step=1)
+        monkeypatch.setattr(mlflow, "log_metrics", _refuse)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run.log_metrics({"loss": 0.5}, step=2)  # fails: this record goes to the backlog too
+            run.set_tags({"t": "x"})  # would work, but the logger is offline now
+            run.log_params({"p": 1})
+        assert [str(w.message) for w in caught] == [
+            "MLflow logging failed (metrics: connection refused); training continues, "
+            f"unlogged records go to {tmp_path / tracking.BACKLOG_DIR}"
+        ]
+        assert isinstance(run.offline, tracking.Offline)
+    assert [r["kind"] for r in _backlog(tmp_path)] == ["metrics", "tags", "params"]
+    logged = mlflow.get_run(run.run_id).data
+    assert "t" not in logged.tags and "p" not in logged.params
+
+
+def test_offline_records_keep_copies_so_temp_files_images_figures_and_models_arrive_on_replay(
+    cfg, tmp_path, monkeypatch
+):
+    import keras
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    state = tmp_path / "state"
+    model = keras.Sequential([keras.Input((None, 8, 8, 1)), keras.layers.Conv3D(1, 1, activation="sigmoid")])
+    example = np.random.rand(1, 3, 8, 8, 1).astype(np.float32)
+    image = np.random.randint(0, 256, (8, 8, 3), np.uint8)
+    fig = Figure()
+    fig.subplots().plot([3, 1, 2])
+    with tracking.start_run(cfg, is_chief=True, state_dir=state) as run:
+        with monkeypatch.context() as mp, tempfile.TemporaryDirectory() as tmp:
+            mp.setattr(mlflow, "log_artifact", _refuse)
+            Path(tmp, "resolved.yaml").write_text("a: 1\n")
+            Path(tmp, "tb/train").mkdir(parents=True)
+            Path(tmp, "tb/train/events.1").write_bytes(b"xyz")
+            with pytest.warns(UserWarning, match=r"MLflow logging failed \(artifact: connection refused\)"):
+                run.log_artifact(Path(tmp, "resolved.yaml"), "config")
+            run.log_artifact(Path(tmp, "tb"), "tensorboard")
+        assert not Path(tmp).exists()  # what was logged is gone before the replay
+        run.log_image(image, "predictions/clip_0", step=3)
+        run.log_figure(fig, "plots/history.png")
+        run.log_model(model, input_example=example)
+    assert [r["kind"] for r in _backlog(state)] == ["artifact", "artifact", "image", "artifact", "model"]
+
+    with tracking.start_run(cfg, is_chief=True, state_dir=state) as again:
+        assert again.offline is None
+    assert again.run_id == run.run_id and not (state / tracking.BACKLOG_DIR).exists()
+    artifacts = _artifact_paths(run.run_id)
+    assert {"config/resolved.yaml", "tensorboard/train/events.1", "plots/history.png"} <= artifacts
+    assert mlflow.artifacts.load_text(f"runs:/{run.run_id}/config/resolved.yaml") == "a: 1\n"
+    (png,) = [p for p in artifacts if p.startswith("images/predictions~clip_0+step+3+") and p.endswith(".png")]
+    downloaded = mlflow.artifacts.download_artifacts(f"runs:/{run.run_id}/{png}", dst_path=str(tmp_path / "dl"))
+    np.testing.assert_array_equal(np.asarray(Image.open(downloaded).convert("RGB")), image)
+    (logged,) = mlflow.search_logged_models(
+        experiment_ids=[again.experiment_id], filter_string=f"source_run_id = '{run.run_id}'", output_format="list"
+    )
+    loaded = mlflow.pyfunc.load_model(logged.model_uri)
+    np.testing.assert_allclose(loaded.predict(example), model.predict(example, verbose=0), rtol=1e-5)
+
+
+def test_a_replay_the_server_breaks_off_keeps_the_rest_and_loses_or_repeats_nothing(cfg, tmp_path, monkeypatch):
+    with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path) as run:
+        with monkeypatch.context() as mp, pytest.warns(UserWarning, match="MLflow logging failed"):
+            mp.setattr(mlflow, "log_metrics", _refuse)
+            for step in (1, 2, 3, 4):
+                run.log_metrics({"loss": step / 10}, step=step)
+            run.set_tags({"after": "4"})
+    real = mlflow.log_metrics
+
+    def dies_at_step_3(metrics, step=None, **kwargs):
+        if step == 3:
+            raise ConnectionError("connection reset")
+        return real(metrics, step=step, **kwargs)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(mlflow, "log_metrics", dies_at_step_3)
+        mp.setattr(tracking, "_server_answers", lambda run_id: False)  # the server died with that call
+        with pytest.warns(UserWarning, match=r"MLflow logging failed \(replaying metrics: connection reset\)"):
+            with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path):
+                pass
+    assert _loss_steps(run.run_id) == [1, 2]
+    assert [(r["kind"], r.get("step")) for r in _backlog(tmp_path)] == [("metrics", 3), ("metrics", 4), ("tags", None)]
+
+    with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path):
+        pass
+    history = mlflow.MlflowClient().get_metric_history(run.run_id, "loss")
+    assert sorted((m.step, m.value) for m in history) == [(1, 0.1), (2, 0.2), (3, 0.3), (4, 0.4)]  # each once
+    assert mlflow.get_run(run.run_id).data.tags["after"] == "4"
+    assert not (tmp_path / tracking.BACKLOG_DIR).exists()
+
+
+def test_a_record_the_answering_server_refuses_is_dropped_not_blocking_the_rest(cfg, tmp_path, monkeypatch):
+    with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path) as run:
+        with monkeypatch.context() as mp, pytest.warns(UserWarning, match="MLflow logging failed"):
+            mp.setattr(mlflow, "set_tags", _refuse)
+            run.set_tags({"bad": "x"})
+        run.log_metrics({"loss": 1.0}, step=1)
+
+    def refuse_for_good(tags):
+        raise mlflow.exceptions.MlflowException("INVALID_PARAMETER_VALUE: bad tag")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(mlflow, "set_tags", refuse_for_good)
+        with pytest.warns(UserWarning, match=r"record 000001 \(tags\) refused by the tracking server \(.*bad tag\)"):
+            with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path) as again:
+                assert again.offline is None  # the server answers: tracking stays online
+    assert _loss_steps(run.run_id) == [1]
+    assert not (tmp_path / tracking.BACKLOG_DIR).exists()
+
+
+def test_a_record_killed_mid_write_is_never_replayed_and_numbering_goes_on_after_it(cfg, tmp_path):
+    folder = tmp_path / tracking.BACKLOG_DIR
+    tracking.Offline(str(folder)).log_metrics({"loss": 1.0}, step=1)
+    (folder / "000002").mkdir()
+    (folder / "000002/image.npy").write_bytes(b"\x93NUMPY")  # killed before its JSON was written
+    (folder / ".000003.json.tmp-0123abcd").write_text('{"kind": "met')  # killed before the rename
+    tracking.Offline(str(folder)).log_metrics({"loss": 0.5}, step=2)
+    assert sorted(p.name for p in folder.iterdir()) == [".000003.json.tmp-0123abcd", "000001.json", "000002",
+                                                        "000003.json"]  # fmt: skip
+    with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path) as run:
+        pass
+    history = mlflow.MlflowClient().get_metric_history(run.run_id, "loss")
+    assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 0.5)]
+    assert not folder.exists()
+
+
+def test_a_backlog_that_cannot_be_written_costs_one_warning_not_the_training(tmp_path):
+    (tmp_path / "a-file").write_text("")  # no directory can be made under it
+    offline = tracking.Offline(str(tmp_path / "a-file" / tracking.BACKLOG_DIR))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        offline.log_metrics({"loss": 1.0}, step=1)
+        offline.log_image(np.zeros((4, 4, 3), np.uint8), "predictions/clip_0", step=1)
+    (only,) = [str(w.message) for w in caught]
+    assert "a-file/tracking_backlog could not be written" in only and "the log_metrics record is lost" in only
+
+
+def test_a_backlog_on_gcs_outlives_the_machine_and_is_replayed_from_there(emulator, cfg, tmp_path, monkeypatch):
+    import uuid
+
+    from nfp import storage
+
+    state = f"gs://{BUCKET}/job-{uuid.uuid4().hex[:8]}"
+    backlog = f"{state}/{tracking.BACKLOG_DIR}"
+    image = np.random.randint(0, 256, (8, 8, 3), np.uint8)
+    with tracking.start_run(cfg, is_chief=True, state_dir=state) as run:
+        with monkeypatch.context() as mp, tempfile.TemporaryDirectory() as tmp:
+            mp.setattr(mlflow, "log_artifact", _refuse)
+            Path(tmp, "history.csv").write_text("epoch\n1\n")
+            with pytest.warns(UserWarning, match=f"unlogged records go to {backlog}"):
+                run.log_artifact(Path(tmp, "history.csv"), "logs")
+        run.log_image(image, "predictions/clip_0", step=1)
+    assert storage.listdir(backlog) == ["000001", "000001.json", "000002", "000002.json"]
+    assert not list(tmp_path.glob("**/tracking_backlog*"))  # nothing kept on this machine
+
+    with tracking.start_run(cfg, is_chief=True, state_dir=state) as again:
+        pass
+    assert again.run_id == run.run_id
+    assert mlflow.artifacts.load_text(f"runs:/{run.run_id}/logs/history.csv") == "epoch\n1\n"
+    assert [p for p in _artifact_paths(run.run_id) if p.startswith("images/predictions~clip_0+step+1+")]
+    assert storage.listdir(backlog) == []
