@@ -35,8 +35,16 @@ def run_evaluate(
     model, model_run, model_source = resolve_model(model_uri)
     # log into --run-id, else the `mlflow run` entry point's run, else the model's run, else a new run
     log_into = (run_id or os.environ.get("MLFLOW_RUN_ID") or model_run) if track else None
-    if log_into:
-        tracking.get_run(log_into, purpose=" to log the evaluation into")  # before any work, not after it
+    if log_into:  # before any work, not after it
+        flag = "--run-id" if run_id else "MLFLOW_RUN_ID" if os.environ.get("MLFLOW_RUN_ID") else "the model's run"
+        tracking.get_run(
+            log_into,
+            purpose=f" ({flag}) to log the evaluation into",
+            live=True,
+            instead=", or pass --run-id of another",
+        )
+    elif track:
+        tracking.check_new_run_experiment(cfg)
     manifest = load_manifest(cfg.data.dir)
     if manifest.count(split) == 0:
         raise DataError(f"split {split!r} of {cfg.data.dir}: has no clips (see data.split)")

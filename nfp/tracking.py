@@ -674,17 +674,72 @@ def _say_where_it_logs(run, experiment_name: str) -> None:
               f"(pass --experiment-name {experiment_name} to use it)", file=sys.stderr)  # fmt: skip
 
 
-def get_run(run_id: str, *, missing_ok: bool = False, error: type[Exception] = TrackingError, purpose: str = ""):
+def get_run(
+    run_id: str,
+    *,
+    missing_ok: bool = False,
+    error: type[Exception] = TrackingError,
+    purpose: str = "",
+    live: bool = False,
+    instead: str = "",
+):
     """The MLflow run `run_id`. A run the store does not have: None if `missing_ok`, else `error` (one line naming the
-    run and what it was wanted `purpose`); a store that cannot be asked: `error` always."""
+    run and what it was wanted `purpose`); a store that cannot be asked: `error` always. `live`: a deleted run is
+    `error` too, saying how to restore it or, `instead`, what else to do."""
     try:
-        return mlflow.MlflowClient().get_run(run_id)
+        run = mlflow.MlflowClient().get_run(run_id)
     except Exception as err:  # noqa: BLE001 - MlflowException for unknown ids, others for a bad store
         if missing_ok and getattr(err, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
             return None
         raise error(
             f"MLflow run {run_id}{purpose}: not found at {redact(mlflow.get_tracking_uri())} ({first_line(err)})"
         ) from None
+    if live and run.info.lifecycle_stage == "deleted":
+        raise error(
+            f"MLflow run {run_id}{purpose}: deleted in the tracking store at {redact(mlflow.get_tracking_uri())}; "
+            f"restore it with `mlflow runs restore --run-id {run_id}`{instead}"
+        )
+    return run
+
+
+def check_experiment_live(experiment, *, named_by: str) -> None:
+    """TrackingError when `experiment` (an MLflow Experiment or None) is deleted: how to restore it, or what to name
+    instead (`named_by`: the key or variable that chose it)."""
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        raise TrackingError(
+            f"MLflow experiment {experiment.name!r} (id {experiment.experiment_id}, from {named_by}) is deleted in the "
+            f"tracking store at {redact(mlflow.get_tracking_uri())}; restore it with "
+            f"`mlflow experiments restore --experiment-id {experiment.experiment_id}`, or choose another in {named_by}"
+        )
+
+
+def check_can_log(cfg, *, state_dir) -> None:
+    """TrackingError before any work when the run a training job would log into (MLFLOW_RUN_ID, or the one an earlier
+    attempt saved in `state_dir`) or the experiment it would make one in is deleted in the tracking store."""
+    saved, given = _saved_run_id(str(state_dir)), os.environ.get("MLFLOW_RUN_ID")
+    if given or saved:
+        saved_in = storage.join(str(state_dir), RUN_ID_FILE)
+        run = get_run(
+            given or saved,
+            missing_ok=True,
+            live=True,
+            purpose=" (MLFLOW_RUN_ID)" if given else f" (saved in {saved_in} by an earlier attempt)",
+            instead="" if given else f", or delete {saved_in} to log into a new run (training still resumes)",
+        )
+        if run is not None:
+            check_experiment_live(mlflow.get_experiment(run.info.experiment_id), named_by="the run's experiment")
+            return
+    check_new_run_experiment(cfg)
+
+
+def check_new_run_experiment(cfg) -> None:
+    """TrackingError when the experiment a new run would go to (MLFLOW_EXPERIMENT_ID, else tracking.experiment) is
+    deleted: MLflow would refuse the run only after the work."""
+    experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    if experiment_id:
+        check_experiment_live(mlflow.get_experiment(experiment_id), named_by="MLFLOW_EXPERIMENT_ID")
+    else:
+        check_experiment_live(mlflow.get_experiment_by_name(cfg.tracking.experiment), named_by="tracking.experiment")
 
 
 def _git_commit() -> str | None:

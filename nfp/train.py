@@ -92,6 +92,7 @@ class Training:
             _check_backup_fits(cfg, self.out)
         if cfg.tracking.enabled and is_chief:
             tracking.check_reachable()  # a dead server must not cost a run
+            tracking.check_can_log(cfg, state_dir=self.out.root)  # nor a deleted run or experiment
             tracking.check_register_name(cfg.tracking.register_as)
             tracking.check_artifact_location(cfg.tracking.experiment)
 

@@ -466,3 +466,73 @@ def test_a_backlog_on_gcs_outlives_the_machine_and_is_replayed_from_there(emulat
     assert mlflow.artifacts.load_text(f"runs:/{run.run_id}/logs/history.csv") == "epoch\n1\n"
     assert [p for p in _artifact_paths(run.run_id) if p.startswith("images/predictions~clip_0+step+1+")]
     assert storage.listdir(backlog) == []
+
+
+# --------------------------------------------------------------------------- deleted in the tracking store
+def _line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err[-2000:]
+    (line,) = [x for x in err.splitlines() if x.startswith("error")]
+    return line
+
+
+def test_training_whose_saved_run_was_deleted_is_one_line_before_any_work(tiny_overrides, tmp_path, capsys):
+    from nfp.cli import main
+
+    assert main(["train", *tiny_overrides, "train.epochs=1"]) == 0
+    run_id = (tmp_path / "out" / tracking.RUN_ID_FILE).read_text()
+    mlflow.MlflowClient().delete_run(run_id)
+    csv_before = (tmp_path / "out/history.csv").read_bytes()
+    capsys.readouterr()
+    assert main(["train", *tiny_overrides, "train.epochs=2"]) == 2
+    line = _line(capsys)
+    assert line.startswith(f"error: MLflow run {run_id} (saved in {tmp_path}/out/mlflow_run_id by an earlier attempt)")
+    assert f"deleted in the tracking store at sqlite:///{tmp_path}/mlflow.db" in line
+    assert f"restore it with `mlflow runs restore --run-id {run_id}`" in line
+    assert f"or delete {tmp_path}/out/mlflow_run_id to log into a new run" in line
+    assert (tmp_path / "out/history.csv").read_bytes() == csv_before  # no epoch trained
+
+    mlflow.MlflowClient().restore_run(run_id)  # the way on it names
+    assert main(["train", *tiny_overrides, "train.epochs=2"]) == 0
+    assert sorted(m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "loss")) == [1, 2]
+
+
+@pytest.mark.parametrize("chosen_by", ["tracking.experiment", "MLFLOW_EXPERIMENT_ID"])
+def test_training_into_a_deleted_experiment_is_one_line_before_any_data_work(
+    chosen_by, tiny_overrides, tmp_path, capsys, monkeypatch
+):
+    from nfp.cli import main
+
+    experiment_id = mlflow.create_experiment("gone")
+    mlflow.MlflowClient().delete_experiment(experiment_id)
+    if chosen_by == "MLFLOW_EXPERIMENT_ID":
+        monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
+    assert main(["train", *tiny_overrides, "tracking.experiment=gone"]) == 2
+    line = _line(capsys)
+    assert line.startswith(f"error: MLflow experiment 'gone' (id {experiment_id}, from {chosen_by}) is deleted")
+    assert f"restore it with `mlflow experiments restore --experiment-id {experiment_id}`" in line
+    assert f"or choose another in {chosen_by}" in line
+    assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()  # errors before compute
+
+
+def test_evaluate_into_a_deleted_run_or_experiment_is_one_line_before_the_evaluation(
+    tiny_overrides, tiny_checkpoint, tmp_path, capsys
+):
+    from nfp.cli import main
+
+    client = mlflow.MlflowClient()
+    run_id = client.create_run(mlflow.create_experiment("evals")).info.run_id
+    client.delete_run(run_id)
+    out = tmp_path / "eval-out"
+    capsys.readouterr()
+    assert main(["evaluate", "--model", tiny_checkpoint, "--run-id", run_id, "--out", str(out), *tiny_overrides]) == 2
+    line = _line(capsys)
+    assert line.startswith(f"error: MLflow run {run_id} (--run-id) to log the evaluation into: deleted")
+    assert "or pass --run-id of another" in line and not out.exists()
+
+    client.delete_experiment(client.get_experiment_by_name("evals").experiment_id)
+    assert (
+        main(["evaluate", "--model", tiny_checkpoint, "--out", str(out), *tiny_overrides, "tracking.experiment=evals"])
+        == 2
+    )
+    assert "MLflow experiment 'evals'" in _line(capsys) and not out.exists()
