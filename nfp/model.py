@@ -164,7 +164,8 @@ def _nfp_stack(model):
 
 
 def check_compatible(model, frame_shape) -> None:
-    """ModelError unless the model takes (batch, time, H, W, C) clips with frame_shape = (H, W, C)."""
+    """ModelError unless the model takes (batch, time, H, W, C) clips with frame_shape = (H, W, C) and predicts
+    frames of that shape, (batch, time, H, W, C): a rollout feeds its outputs back as inputs."""
     from nfp.errors import ModelError
 
     inputs = getattr(model, "inputs", None)
@@ -179,3 +180,10 @@ def check_compatible(model, frame_shape) -> None:
             f"model expects frames H×W×C = {'×'.join(str(e) for e in expected)}, "
             f"the clips are {'×'.join(map(str, frame_shape))} (wrong data.dir or image_size?)"
         )
+    outputs = getattr(model, "outputs", None) or ()
+    wanted = f"(batch, time, {', '.join(map(str, frame_shape))}): the next frames, shaped as the clips' frames"
+    if len(outputs) > 1:
+        raise ModelError(f"model has {len(outputs)} outputs: expected one, {wanted}")
+    out = tuple(outputs[0].shape) if outputs else None
+    if out is not None and (len(out) != 5 or any(e is not None and e != g for e, g in zip(out[2:], frame_shape))):
+        raise ModelError(f"model output {out}: expected {wanted}")

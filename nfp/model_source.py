@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import zipfile
 from pathlib import Path
 
 from nfp import storage
@@ -21,6 +22,10 @@ def load_model(model_uri: str):
 
 def resolve_model(model_uri: str):
     """(model, id of the MLflow run it came from or None, the concrete source loaded) for load_model's sources."""
+    if not model_uri.strip():
+        raise ModelError(
+            "--model: empty, expected a .keras checkpoint path, an MLflow run id, runs:/… or models:/… URI"
+        )
     source = _run_model_uri(model_uri) if _RUN_ID.match(model_uri) and not os.path.exists(model_uri) else model_uri
     if source.startswith("runs:/"):
         run_id, _, path = source.removeprefix("runs:/").partition("/")
@@ -45,9 +50,16 @@ def _load_checkpoint(path: str):
         )
     if storage.is_dir(path):
         raise ModelError(f"checkpoint {path}: is a directory, expected a .keras file")
+    local = storage.local_path(path) if storage.is_local(path) else None
+    size = f"{local.stat().st_size:,} bytes; " if local else ""
+    not_a_model = f"checkpoint {path}: not a Keras model file ({size}a .keras file is a zip archive): truncated, or another format"
+    if local and not zipfile.is_zipfile(local):
+        raise ModelError(not_a_model)
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as err:
+        if "File not found" in str(err):  # Keras's words for a remote file it could not open as a model
+            raise ModelError(not_a_model) from None
         raise ModelError(f"checkpoint {path}: cannot be loaded as a Keras model ({first_line(err)})") from err
 
 

@@ -155,3 +155,37 @@ def test_evaluate_of_an_empty_split_is_a_data_error(tiny_overrides, tmp_path):
     tiny_model().save(path)
     with pytest.raises(DataError, match="split 'test' of .* has no clips"):
         run_evaluate(cfg, model_uri=str(path))
+
+
+def _misfit_models():
+    import keras
+
+    def functional(outputs_of):
+        x = keras.Input((None, 16, 16, 1))
+        return keras.Model(x, outputs_of(x))
+
+    return {
+        "3 channels": functional(lambda x: keras.layers.Conv3D(3, 1)(x)),
+        "4-D": functional(lambda x: keras.layers.Conv3D(1, 1)(x)[:, -1]),
+        "other size": functional(lambda x: keras.layers.TimeDistributed(keras.layers.MaxPooling2D())(x)),
+        "two outputs": functional(lambda x: [keras.layers.Conv3D(1, 1)(x), keras.layers.Conv3D(1, 1)(x)]),
+    }
+
+
+@pytest.mark.parametrize("kind", ["3 channels", "4-D", "other size", "two outputs"])
+def test_a_model_whose_output_does_not_fit_the_clips_is_one_line_in_evaluate_and_predict(
+    kind, trained, tiny_overrides, tmp_path, capsys
+):
+    from nfp.cli import main
+
+    path = tmp_path / "misfit.keras"
+    _misfit_models()[kind].save(path)
+    for command in (["evaluate"], ["predict", "--input", "split:test:0"]):
+        capsys.readouterr()
+        out = tmp_path / f"out-{command[0]}"
+        assert main([*command, "--model", str(path), "--out", str(out), *tiny_overrides, "tracking.enabled=false"]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err, err[-2000:]
+        (line,) = [x for x in err.splitlines() if x.startswith("error")]
+        assert line.startswith("error: model ") and "expected" in line and "(batch, time, 16, 16, 1)" in line, line
+        assert not out.exists()

@@ -50,3 +50,41 @@ def test_model_loads_from_checkpoint_run_id_and_models_uri(tmp_path):
         pass
     with pytest.raises(ModelError, match="has no .keras checkpoint artifact and no logged model"):
         load_model(run.info.run_id)
+
+
+@pytest.mark.parametrize(
+    "content, what",
+    [
+        (b"", "0 bytes"),  # 0-byte
+        (b"PK\x03\x04 the first bytes of a zip, then nothing", "bytes"),  # truncated
+        (b"not a model at all\n", "19 bytes"),  # another format
+    ],
+)
+def test_a_keras_file_that_is_not_a_model_is_named_as_such_not_as_not_found(content, what, tmp_path):
+    path = tmp_path / "m.keras"
+    path.write_bytes(content)
+    with pytest.raises(ModelError) as caught:
+        load_model(str(path))
+    message = str(caught.value)
+    assert message.startswith(f"checkpoint {path}: not a Keras model file (") and what in message
+    assert "truncated, or another format" in message and "not found" not in message.lower()
+
+
+def test_a_truncated_real_checkpoint_is_named_as_such(tmp_path):
+    from nfp.config import load_config
+    from nfp.model import build_model
+
+    good = tmp_path / "good.keras"
+    build_model(
+        load_config(None, ["model.preset=custom", "model.filters=[4]", "model.kernel_sizes=[3]"]).model, image_size=16
+    ).save(good)
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ModelError, match=r"not a Keras model file \(.* bytes; .*\): truncated, or another format$"):
+        load_model(str(bad))
+
+
+@pytest.mark.parametrize("uri", ["", "  "])
+def test_an_empty_model_flag_says_so(uri):
+    with pytest.raises(ModelError, match=r"^--model: empty, expected a .keras checkpoint path, an MLflow run id"):
+        load_model(uri)
