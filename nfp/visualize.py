@@ -22,34 +22,6 @@ def to_uint8(frames) -> np.ndarray:
     return arr
 
 
-def _row(frames: np.ndarray, width_frames: int) -> np.ndarray:
-    t, h, w = frames.shape
-    row = np.full((h, width_frames * (w + _GAP) - _GAP), 0, np.uint8)
-    for i in range(t):
-        row[:, i * (w + _GAP) : i * (w + _GAP) + w] = frames[i]
-    return row
-
-
-def prediction_strip(context, truth, prediction) -> np.ndarray:
-    """One clip as three rows — context | ground truth | prediction — as an (H', W') uint8 image.
-
-    context: (k, H, W) frames seen; truth and prediction: (n, H, W) the frames after them.
-    The context row holds the k context frames; the other two rows are aligned under it,
-    starting at the column after the last context frame.
-    """
-    context, truth, prediction = to_uint8(context), to_uint8(truth), to_uint8(prediction)
-    k, n = len(context), len(truth)
-    width = k + n
-    blank = np.zeros((k,) + context.shape[1:], np.uint8)
-    rows = [
-        _row(np.concatenate([context, np.zeros((n,) + context.shape[1:], np.uint8)]), width),
-        _row(np.concatenate([blank, truth]), width),
-        _row(np.concatenate([blank, prediction]), width),
-    ]
-    sep = np.full((_GAP, rows[0].shape[1]), 64, np.uint8)
-    return np.concatenate([rows[0], sep, rows[1], sep, rows[2]], axis=0)
-
-
 MIN_FRAME_PX = 64  # smaller frames are drawn scaled up by a whole factor to at least this
 LABEL_PX = 64  # the column that names each row
 ROW_FRAMES = 10  # longer rows wrap

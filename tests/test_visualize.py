@@ -8,17 +8,14 @@ from PIL import Image
 from nfp import visualize
 
 
-def test_strip_has_context_truth_and_prediction_rows_aligned():
-    context = np.full((3, 8, 8), 0.2, np.float32)
-    truth = np.full((2, 8, 8), 0.6, np.float32)
-    prediction = np.ones((2, 8, 8, 1), np.float32)
-    strip = visualize.prediction_strip(context, truth, prediction)
-    assert strip.dtype == np.uint8
-    assert strip.shape == (3 * 8 + 2 * 2, 5 * 8 + 4 * 2)
-    col = lambda i: slice(i * 10, i * 10 + 8)
-    assert (strip[0:8, col(2)] == 51).all() and (strip[0:8, col(3)] == 0).all()
-    assert (strip[10:18, col(2)] == 0).all() and (strip[10:18, col(3)] == 153).all()
-    assert (strip[20:28, col(4)] == 255).all()
+def test_labelled_rows_wrap_long_rows_and_scale_frames():
+    rows = [("context", np.full((3, 8, 8), 0.2, np.float32)), ("prediction", np.ones((25, 8, 8), np.float32))]
+    image = visualize.labelled_rows(rows, scale=2, wrap=10)
+    pitch = 16 + 2  # a frame scaled 2× and the gap after it
+    assert image.dtype == np.uint8
+    assert image.shape == (4 * pitch - 2, visualize.LABEL_PX + 10 * pitch - 2)  # 1 + 3 lines (25 → 10, 10, 5)
+    left = visualize.LABEL_PX
+    assert (image[0:16, left : left + 16] == 51).all() and (image[pitch : pitch + 16, left : left + 16] == 255).all()
 
 
 def test_gif_has_one_frame_per_time_step(tmp_path):
