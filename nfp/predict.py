@@ -1,14 +1,15 @@
 """`nfp predict`: roll a model out from a clip's first frames; write a PNG strip, a side-by-side GIF, optionally .npy.
 
-Inputs: a .npy in mnist_test_seq.npy's layout (time, clips, H, W) uint8 as `PATH` or `PATH:INDEX`,
-a prepared split's clip as `split:NAME:INDEX`, or a freshly generated clip as `generate:SEED`
-(Moving MNIST with the cfg.data recipe). Frames past the clip's end have no ground truth: they
-are shown black in the truth row/pane.
+Inputs: a .npy of uint8 clips in data.layout (by default mnist_test_seq.npy's (time, clips, H, W)) as `PATH` or
+`PATH:INDEX`, checked by the loader `data.url` files go through (nfp.data.npy); a prepared split's clip as
+`split:NAME:INDEX`; or a freshly generated clip as `generate:SEED` (Moving MNIST with the cfg.data recipe).
+Frames past the clip's end have no ground truth: they are shown black in the truth row/pane.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -47,7 +48,10 @@ def run_predict(
 
     with tempfile.TemporaryDirectory(prefix="nfp-predict-") as tmp:
         tmp = Path(tmp)
-        visualize.write_png(visualize.prediction_strip(clip[:k], truth, predicted), tmp / f"{tag}.png")
+        # rows as the run's MLflow strips draw them: labelled, frames scaled up to be legible, long rows wrapped
+        rows = [("context", clip[:k]), *([("truth", known)] if len(known) else []), ("prediction", predicted)]
+        strip = visualize.labelled_rows(rows, visualize.frame_scale(clip.shape[1]), wrap=visualize.ROW_FRAMES)
+        visualize.write_png(strip, tmp / f"{tag}.png", scale=1)
         # the context plays in both panes, then truth (left) vs. prediction (right)
         both = visualize.side_by_side_frames(np.concatenate([clip[:k], truth]), np.concatenate([clip[:k], predicted]))
         visualize.write_gif(both, tmp / f"{tag}.gif")
@@ -65,7 +69,7 @@ def load_input(cfg, spec: str) -> tuple[np.ndarray, str]:
         return _split_clip(cfg, spec)
     if spec.startswith("generate:"):
         return _generated_clip(cfg, spec)
-    return _npy_clip(spec)
+    return _npy_clip(cfg, spec)
 
 
 def _int(text: str, spec: str, what: str) -> int:
@@ -108,21 +112,21 @@ def _generated_clip(cfg, spec: str) -> tuple[np.ndarray, str]:
     return clips[0], f"generated_{seed}"
 
 
-def _npy_clip(spec: str) -> tuple[np.ndarray, str]:
-    path, index = spec, 0
+def _npy_clip(cfg, spec: str) -> tuple[np.ndarray, str]:
+    """Clip INDEX (default 0) of a .npy in data.layout, read by the loader data.url's files go through too."""
+    from nfp.data import npy
+
+    path, index = spec, None
     head, sep, tail = spec.rpartition(":")
-    if sep and head and tail.isdigit():
+    if sep and head and re.fullmatch(r"-?\d+", tail) and not os.path.exists(spec):
         path, index = head, int(tail)
-    if not os.path.isfile(path):
-        raise DataError(f"--input {path}: not found (expected a .npy, split:NAME:INDEX or generate:SEED)")
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)  # mnist_test_seq.npy is 819 MB: map, don't read
-    except (ValueError, OSError) as err:
-        raise DataError(f"--input {path}: not a .npy array ({err})") from None
-    if array.ndim != 4 or array.dtype != np.uint8:
-        raise DataError(
-            f"--input {path}: got {array.dtype} {tuple(array.shape)}, expected uint8 (time, clips, H, W) like mnist_test_seq.npy"
-        )
-    if index >= array.shape[1]:
-        raise DataError(f"--input {spec}: index {index} out of range, {path} has {array.shape[1]} clips")
-    return np.ascontiguousarray(array[:, index]), f"{Path(path).stem}_{index}"
+    label = f"--input {path}"
+    npy.check_file(Path(path), label, "expected a .npy, split:NAME:INDEX or generate:SEED")
+    clips = npy.open_clips(Path(path), cfg.data.layout, label)  # (time, clips, H, W), memory-mapped
+    count, index = clips.shape[1], index or 0
+    valid = f"expected 0 to {count - 1}" if count else "it has none"
+    if index < 0:
+        raise DataError(f"--input {spec}: index {index} is negative, {valid} ({path} has {count} clips)")
+    if index >= count:
+        raise DataError(f"--input {spec}: index {index} out of range, {path} has {count} clips ({valid})")
+    return np.ascontiguousarray(clips[:, index]), f"{Path(path).stem}_{index}"

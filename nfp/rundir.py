@@ -93,6 +93,27 @@ class RunDir:
 LOCK = ".nfp-train.lock"
 
 
+@dataclass(frozen=True)
+class Use:
+    """Whose hold it is, for the lock's name and the messages: `nfp train` on train.output_dir by default."""
+
+    key: str = "train.output_dir"  # the config key of the dir
+    job: str = "nfp train"
+    lock: str = LOCK
+    lease_key: str = "train.output_dir_lease_s"
+
+
+TRAIN = Use()
+
+
+class InUse(TrainingError):
+    """Another live job holds the dir; `holder` says which (host, pid, since)."""
+
+    def __init__(self, message: str, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
 class Hold:
     """A job's hold on its output dir. `lost` is set when another job took the dir over (a gs:// hold that could not
     be renewed in time); `reason` then says so in one line."""
@@ -107,17 +128,18 @@ class Hold:
 
 
 @contextlib.contextmanager
-def held(run_dir: RunDir, lease_s: float = 120.0):
-    """Hold the output dir for this job: a second `nfp train` on it stops with one line naming the holder.
+def held(run_dir: RunDir, lease_s: float = 120.0, use: Use = TRAIN):
+    """Hold the output dir for this job: a second `nfp train` on it stops with one line naming the holder
+    (`InUse`; `use` names another kind of job and dir, e.g. `nfp prepare` on data.dir).
 
     Local disk: an flock, which the kernel drops when the holder exits or is killed. gs://: a lease object created
     only if absent and renewed while the job runs (see `_leased`); a killed job's hold ends `lease_s` after its last
     renewal. Other remote schemes (TF-only ram://) are not held."""
     if storage.is_local(run_dir.root):
-        with _flocked(run_dir) as hold:
+        with _flocked(run_dir, use) as hold:
             yield hold
     elif storage.has_generations(run_dir.root):
-        with _leased(run_dir, lease_s) as hold:
+        with _leased(run_dir, lease_s, use) as hold:
             yield hold
     else:
         yield Hold()
@@ -128,24 +150,26 @@ def _holder() -> str:
     return f"host {socket.gethostname()}, pid {os.getpid()}, since {since}"
 
 
-def _in_use(run_dir: RunDir, holder: str, note: str = "") -> TrainingError:
-    return TrainingError(
-        f"train.output_dir {run_dir.root}: in use by another nfp train ({holder}); wait for it to end, "
-        f"or use another train.output_dir{note}"
+def _in_use(run_dir: RunDir, holder: str, note: str = "", use: Use = TRAIN) -> InUse:
+    return InUse(
+        f"{use.key} {run_dir.root}: in use by another {use.job} ({holder}); wait for it to end, "
+        f"or use another {use.key}{note}",
+        holder,
     )
 
 
 @contextlib.contextmanager
-def _flocked(run_dir: RunDir):
+def _flocked(run_dir: RunDir, use: Use = TRAIN):
     import fcntl
 
-    path = storage.local_path(run_dir.root) / LOCK
+    path = storage.local_path(run_dir.root) / use.lock
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise _in_use(run_dir, os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process") from None
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+            raise _in_use(run_dir, holder, use=use) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, _holder().encode(), 0)
         yield Hold()
@@ -154,7 +178,7 @@ def _flocked(run_dir: RunDir):
 
 
 @contextlib.contextmanager
-def _leased(run_dir: RunDir, lease_s: float):
+def _leased(run_dir: RunDir, lease_s: float, use: Use = TRAIN):
     """Hold a gs:// output dir with <output_dir>/.nfp-train.lock, made atomic by GCS generation preconditions:
 
     - take: create the object only if there is none. One renewed lately means a live holder: refuse. One whose
@@ -166,9 +190,9 @@ def _leased(run_dir: RunDir, lease_s: float):
     - release: delete this job's generation.
     Expiry times are wall-clock seconds of the holder's host, compared with the reader's: hosts keep NTP time.
     """
-    lock = run_dir.file(LOCK)
+    lock = run_dir.file(use.lock)
     holder = _holder()
-    generation = _take_lease(run_dir, lock, holder, lease_s)
+    generation = _take_lease(run_dir, lock, holder, lease_s, use)
     hold, stop = Hold(), threading.Event()
 
     def renew() -> None:
@@ -177,12 +201,12 @@ def _leased(run_dir: RunDir, lease_s: float):
                 storage.update_metadata_if(lock, generation, _lease_metadata(holder, lease_s))
             except (FileExistsError, FileNotFoundError):
                 hold.lose(
-                    f"train.output_dir {run_dir.root}: taken over by another nfp train after this job could not renew "
-                    f"its hold for {lease_s:g} s (train.output_dir_lease_s): stopped, so the two do not mix outputs"
+                    f"{use.key} {run_dir.root}: taken over by another {use.job} after this job could not renew "
+                    f"its hold for {lease_s:g} s ({use.lease_key}): stopped, so the two do not mix outputs"
                 )
                 return
             except Exception as err:  # noqa: BLE001 — a network blip: try again at the next tick, 3/4 of the lease left
-                print(f"train: could not renew the hold on {run_dir.root} ({err}); retrying", file=sys.stderr)
+                print(f"{_prefix(use)}: could not renew the hold on {run_dir.root} ({err}); retrying", file=sys.stderr)
 
     renewer = threading.Thread(target=renew, name="nfp-output-dir-lease", daemon=True)
     renewer.start()
@@ -200,7 +224,11 @@ def _lease_metadata(holder: str, lease_s: float) -> dict[str, str]:
     return {"holder": holder, "expires": f"{time.time() + lease_s:.3f}", "lease_s": f"{lease_s:g}"}
 
 
-def _take_lease(run_dir: RunDir, lock: str, holder: str, lease_s: float) -> str:
+def _prefix(use: Use) -> str:
+    return use.job.removeprefix("nfp ")
+
+
+def _take_lease(run_dir: RunDir, lock: str, holder: str, lease_s: float, use: Use = TRAIN) -> str:
     """Create the lock object, or wait out and take over a hold whose holder stopped renewing it."""
     for _ in range(4):  # create; or wait for a silent holder's lease to end, delete that hold, create again
         try:
@@ -214,23 +242,26 @@ def _take_lease(run_dir: RunDir, lock: str, holder: str, lease_s: float) -> str:
         their_lease = float(found.metadata.get("lease_s", lease_s))
         left = float(found.metadata.get("expires", "0")) - time.time()
         if left > 0.6 * their_lease:  # renewed within the last 0.4 lease, renewing every 0.25: alive
-            raise _in_use(run_dir, other, f" (its hold was renewed {their_lease - left:.0f} s ago)")
+            raise _in_use(run_dir, other, f" (its hold was renewed {their_lease - left:.0f} s ago)", use)
         if left > 0:  # a renewal missed: killed, or cut off for now; its lease decides
             print(
-                f"train: {run_dir.root} is held by {other}, not renewed for {their_lease - left:.0f} s (killed?); "
+                f"{_prefix(use)}: {run_dir.root} is held by {other}, not renewed for {their_lease - left:.0f} s (killed?); "
                 f"waiting {left:.0f} s for its hold to end",
                 file=sys.stderr,
                 flush=True,
             )
             time.sleep(left + 0.5)
             continue
-        print(f"train: {run_dir.root}: the hold of {other} ended {-left:.0f} s ago; taking it over", file=sys.stderr)
+        print(
+            f"{_prefix(use)}: {run_dir.root}: the hold of {other} ended {-left:.0f} s ago; taking it over",
+            file=sys.stderr,
+        )
         with contextlib.suppress(FileExistsError, FileNotFoundError):
             # only that version: a holder that renewed meanwhile (a new metageneration) or a job that took the dir
             # over (a new generation) keeps it
             storage.remove_if(lock, found.generation, found.metageneration)
     found = storage.object_version(lock)
-    raise _in_use(run_dir, found.metadata.get("holder", "another process") if found else "another process")
+    raise _in_use(run_dir, found.metadata.get("holder", "another process") if found else "another process", use=use)
 
 
 def trim_csv(path: str, epochs_done: int) -> None:

@@ -3,6 +3,7 @@
 import hashlib
 import http.server
 import io
+import json
 import threading
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from nfp.config import DataConfig, SplitConfig
 from nfp.data import download
 from nfp.data.manifest import load_manifest
 from nfp.data.pipeline import read_clips
-from nfp.data.prepare import prepare
+from nfp.data.prepare import ensure_prepared, prepare
 from nfp.errors import DataError
 
 CLIPS = 12
@@ -95,7 +96,7 @@ def test_download_verifies_and_reuses_the_cache(tmp_path, server, real_layout):
     cfg = cfg_for(tmp_path, server["url"] + "/mnist_test_seq.npy", sha256=server["sha256"], size_bytes=server["size"])
     path = download.fetch(cfg, progress=False)
     assert path.parent.parent.parent == tmp_path / "cache" and path.name == "mnist_test_seq.npy"
-    np.testing.assert_array_equal(download.open_clips(path), real_layout)
+    np.testing.assert_array_equal(download.open_clips(path, cfg), real_layout)
     hits = len(server["hits"])
     assert download.fetch(cfg, progress=False) == path
     assert len(server["hits"]) == hits  # served from the verified cache
@@ -238,11 +239,16 @@ def test_a_generate_config_does_not_replace_downloaded_clips_in_the_same_dir(tmp
 
 
 def test_a_directory_or_a_renamed_text_file_as_data_url_says_what_it_is(tmp_path):
-    with pytest.raises(DataError, match=r"data.url: .* is a directory, expected the mnist_test_seq.npy file in it"):
+    with pytest.raises(
+        DataError, match=r"^data.url .*: is a directory, expected a .npy file such as mnist_test_seq.npy$"
+    ):
         download.fetch(cfg_for(tmp_path, str(tmp_path)), progress=False)
     text = tmp_path / "notes.npy"
     text.write_text("these are my notes, not clips\n")
-    with pytest.raises(DataError, match=r"notes.npy: not a .npy file \(no NumPy header\), expected mnist_test_seq.npy"):
+    with pytest.raises(
+        DataError,
+        match=r"notes.npy: not a .npy file \(no NumPy header\), expected a .npy of \(time, clips, H, W\) uint8",
+    ):
         download.fetch(cfg_for(tmp_path, str(text)), progress=False)
 
 
@@ -251,3 +257,18 @@ def test_asking_for_more_clips_than_the_file_holds_warns(tmp_path, server):
     with pytest.warns(UserWarning, match=rf"data.num_clips: {CLIPS + 5} asked for, mnist_test_seq.npy holds {CLIPS}"):
         manifest = prepare(cfg, progress=False)
     assert sum(manifest.count(s) for s in manifest.splits) == CLIPS
+
+
+def test_credentials_in_data_url_never_reach_the_manifest_or_the_data_dir(tmp_path, server):
+    url = server["url"].replace("http://", "http://someone:s3cret-pw@") + "/mnist_test_seq.npy"
+    cfg = cfg_for(tmp_path, url, num_clips=6, num_shards=1)
+    manifest = prepare(cfg, progress=False)
+    assert (
+        manifest.content["source"]["url"]
+        == manifest.content["config"]["url"]
+        == (server["url"].replace("http://", "http://***@") + "/mnist_test_seq.npy")
+    )
+    for path in Path(cfg.dir).iterdir():
+        assert b"s3cret-pw" not in path.read_bytes() and b"someone" not in path.read_bytes(), path.name
+    assert "s3cret-pw" not in json.dumps(load_manifest(cfg.dir).content)
+    assert ensure_prepared(cfg).content == manifest.content  # the redacted config still matches its own dir

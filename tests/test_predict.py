@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from nfp import visualize
 from nfp.data.manifest import load_manifest
 from nfp.errors import ConfigError, DataError
 from nfp.predict import load_input, run_predict
@@ -51,7 +52,7 @@ def test_predict_from_npy_writes_strip_gif_and_npy_of_the_rollout(cfg, checkpoin
         assert gif.n_frames == 2 + 4  # context, then truth vs. prediction
         assert gif.size == ((16 * 2 + 2) * 2, (16 + 2) * 2)  # two panes and a gap over a 2-px time bar, scaled 2×
     with Image.open(paths["strip"]) as strip:
-        assert strip.size == ((6 * 18 - 2) * 2, (3 * 16 + 2 * 2) * 2)  # 3 rows of 2+4 frames
+        assert strip.size == (visualize.LABEL_PX + 4 * 66 - 2, 3 * 66 - 2)  # rows of 2, 4, 4 frames scaled 4×
     predicted = np.load(paths["npy"])
     assert predicted.dtype == np.uint8 and predicted.shape == (4, 1, 16, 16)  # the input layout again
     context = clips[:2, 2][None, ..., None].astype(np.float32) / 255.0
@@ -95,12 +96,30 @@ def test_inputs_resolve_to_one_uint8_clip(cfg, tmp_path):
             lambda p: _noise_npy(p, dtype=np.float32),
             "{p}",
             DataError,
-            r"got float32 .*expected uint8 \(time, clips, H, W\)",
+            r"^--input .*in.npy: got shape \(6, 3, 16, 16\) dtype float32, expected a .npy of \(time, clips, H, W\) uint8",
         ),
-        (lambda p: np.save(p, np.zeros((6, 16, 16), np.uint8)), "{p}", DataError, r"got uint8 \(6, 16, 16\), expected"),
-        (lambda p: _noise_npy(p), "{p}:3", DataError, "index 3 out of range, .* has 3 clips"),
-        (lambda p: p.write_text("not numpy"), "{p}", DataError, "not a .npy array"),
-        (lambda p: None, "{p}", DataError, "not found"),
+        (
+            lambda p: np.save(p, np.zeros((6, 16, 16), np.uint8)),
+            "{p}",
+            DataError,
+            r"got shape \(6, 16, 16\) dtype uint8",
+        ),
+        (lambda p: _noise_npy(p), "{p}:3", DataError, r"index 3 out of range, .* has 3 clips \(expected 0 to 2\)$"),
+        (
+            lambda p: _noise_npy(p),
+            "{p}:-1",
+            DataError,
+            r"index -1 is negative, expected 0 to 2 \(.*in.npy has 3 clips\)$",
+        ),
+        (lambda p: _noise_npy(p), "{p}:-7", DataError, r"index -7 is negative, expected 0 to 2"),
+        (lambda p: None, "{p}:-1", DataError, r"^--input .*in.npy: not found, expected a .npy, split:NAME:INDEX"),
+        (lambda p: p.write_text("not numpy"), "{p}", DataError, r"not a .npy file \(no NumPy header\)"),
+        (
+            lambda p: None,
+            "{p}",
+            DataError,
+            r"^--input .*in.npy: not found, expected a .npy, split:NAME:INDEX or generate",
+        ),
         (lambda p: None, "split:test", ConfigError, "expected split:NAME:INDEX"),
         (lambda p: None, "generate:x", ConfigError, "seed 'x' is not an integer"),
     ],
@@ -149,3 +168,15 @@ def test_a_shard_corrupted_behind_the_check_is_named_by_predict(
     (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith(("error", "Traceback"))]
     assert line.startswith("error: shard ") and "val-00000-of-00001.tfrecord: sha256" in line
     assert not (tmp_path / "pred").exists()
+
+
+def test_a_long_horizon_strip_wraps_as_the_mlflow_strips_do(cfg, checkpoint, tmp_path):
+    from PIL import Image
+
+    paths = run_predict(
+        cfg, model_uri=checkpoint, inputs="split:test:0", context_frames=2, horizon=300, out_dir=tmp_path
+    )
+    with Image.open(paths["strip"]) as strip:
+        width, height = strip.size
+    assert width == visualize.LABEL_PX + visualize.ROW_FRAMES * 66 - 2  # ten 4×-scaled frames a line, not 300
+    assert height == (1 + 1 + 30) * 66 - 2  # context, the 4 known truth frames, 300 predictions in 30 lines

@@ -1,4 +1,5 @@
-"""Fetch mnist_test_seq.npy ((20, 10000, 64, 64) uint8, time-major) from any allowed fsspec URL, verified and cached."""
+"""Fetch mnist_test_seq.npy ((20, 10000, 64, 64) uint8, time-major; or any .npy of clips in data.layout) from any
+allowed fsspec URL, verified and cached."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from nfp import storage
 from nfp.config import MOVING_MNIST_URL, DataConfig
+from nfp.data import npy
 from nfp.errors import DataError, redact
 
 # Known files: 20·10000·64·64 uint8 = 819,200,000 bytes + a 96-byte .npy header, and the md5 torchvision
@@ -33,18 +35,15 @@ def fetch(data_cfg: DataConfig, *, progress: bool = True) -> Path:
     size = data_cfg.size_bytes or known.get("size_bytes")
     if storage.is_local(url):
         path = storage.local_path(url)
-        if path.is_dir():
-            raise DataError(f"data.url: {path} is a directory, expected the mnist_test_seq.npy file in it")
-        if not path.is_file():
-            raise DataError(f"data.url: {path} not found")
-        _verify(path, url, digests, size)
+        npy.check_file(path, f"data.url {path}", "expected a .npy file such as mnist_test_seq.npy")
+        _verify(path, url, digests, size, data_cfg.layout)
         return path
 
     cached = Path(os.path.expanduser(data_cfg.cache_dir)) / "downloads" / hashlib.sha256(url.encode()).hexdigest()[:16]
     cached = cached / (url.rstrip("/").rsplit("/", 1)[-1] or "download.npy")
     if cached.is_file():
         try:
-            _verify(cached, url, digests, size)
+            _verify(cached, url, digests, size, data_cfg.layout)
             return cached
         except DataError:
             cached.unlink()  # a bad cache is re-downloaded, never used
@@ -54,7 +53,7 @@ def fetch(data_cfg: DataConfig, *, progress: bool = True) -> Path:
         served = _download(url, part, progress)
         if served is not None and part.stat().st_size != served:
             raise DataError(f"data.url: {url} sent {part.stat().st_size} of {served} bytes (transfer interrupted)")
-        _verify(part, url, digests, size)
+        _verify(part, url, digests, size, data_cfg.layout)
         os.replace(part, cached)
         _remember_digests(cached)
     finally:
@@ -81,8 +80,10 @@ def _download(url: str, dest: Path, progress: bool) -> int | None:
     return bar.size
 
 
-def _verify(path: Path, url: str, digests: dict, size: int | None) -> None:
-    """Size, digests (where known) and .npy layout of a downloaded file; DataError naming it otherwise."""
+def _verify(path: Path, url: str, digests: dict, size: int | None, layout: str) -> None:
+    """Size, digests (where known) and that it is a whole .npy of a 4-D uint8 array; DataError naming url otherwise.
+    (Which axis is time is data.layout's business, checked when prepare opens the clips: a good cached file is
+    kept whatever the config says about it.)"""
     actual = path.stat().st_size
     if size is not None and actual != size:
         raise DataError(f"data.url: {url} is {actual} bytes, expected {size} (data.size_bytes or the known size)")
@@ -92,23 +93,12 @@ def _verify(path: Path, url: str, digests: dict, size: int | None) -> None:
             raise DataError(
                 f"data.url: {url} has {algo} {file_digest(path, algo)}, expected {expected.lower()} ({source})"
             )
-    open_clips(path, name=url)
+    npy.open_array(path, f"data.url {redact(url)}", layout)
 
 
-def open_clips(path: Path, *, name: str | None = None) -> np.ndarray:
-    """The .npy memory-mapped: (time, clips, H, W) uint8, never read into RAM as a whole; errors name `name` or path."""
-    name = name or str(path)
-    with open(path, "rb") as f:
-        if f.read(6) != b"\x93NUMPY":  # the .npy magic: a text or other file named .npy is not one
-            raise DataError(f"{name}: not a .npy file (no NumPy header), expected mnist_test_seq.npy")
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        raise DataError(f"{name}: not a complete .npy file ({err})") from None
-    if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.ndim != 4 or array.shape[0] < 2:
-        what = f"shape {array.shape} dtype {array.dtype}" if isinstance(array, np.ndarray) else type(array).__name__
-        raise DataError(f"{name}: got {what}, expected (time >= 2, clips, H, W) uint8 like mnist_test_seq.npy")
-    return array
+def open_clips(path: Path, data_cfg: DataConfig) -> np.ndarray:
+    """The fetched file's clips as a memory-mapped (time, clips, H, W) uint8 view, read in data.layout."""
+    return npy.open_clips(path, data_cfg.layout, f"data.url {redact(data_cfg.url)}")
 
 
 _DIGESTS: dict[tuple, dict] = {}
