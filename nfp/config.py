@@ -51,6 +51,11 @@ class DataConfig:
     size_bytes: int | None = _knob(None, min=1)
     allowed_schemes: list[str] = _knob(["http", "https", "gs", "file"])
     cache_dir: str = "~/.cache/nfp"
+    layout: Literal["TNHW", "NTHW"] = _knob(
+        "TNHW",
+        help="axes of a data.url or predict --input .npy: TNHW (time, clips, H, W) as mnist_test_seq.npy, "
+        "or NTHW (clips, time, H, W)",
+    )
     # generate: OpenSTL's Moving MNIST recipe
     digit_bank: Literal["sklearn", "mnist"] = "sklearn"
     num_clips: int = _knob(10000, min=1, help="clips to generate, or to take from the download")
@@ -227,7 +232,11 @@ class TrackingConfig:
     run_name: str | None = None
     log_model: bool = True
     register_as: str | None = None
+    alias: str | None = _knob(None, help="alias set on the model version training registers (needs register_as)")
     log_checkpoints: bool = True
+    # MLflow's system metrics (CPU, memory, disk, network; GPUs through nvidia-ml-py, the `gpu` extra) as
+    # system/* in the run, every MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL s (default 10), from every worker
+    system_metrics: bool = True
 
 
 @dataclass(frozen=True)
@@ -490,9 +499,12 @@ def _check_consistency(cfg: Config) -> None:
             f"train.loss: got bce, expected mse with model.output_activation: {m.output_activation} (BCE needs probabilities)"
         )
     if t.scheduled_sampling and m.cell != "nfp":
-        raise ConfigError(
-            f"train.scheduled_sampling: needs model.cell: nfp (got {m.cell}, from model.preset: {m.preset})"
+        chosen = (
+            f"model.preset {m.preset} sets it"
+            if MODEL_PRESETS[m.preset].get("cell") == m.cell
+            else "set by the config or an override"
         )
+        raise ConfigError(f"train.scheduled_sampling: needs model.cell: nfp (got model.cell: {m.cell}, {chosen})")
     if t.scheduled_sampling and d.protocol != "shift":
         raise ConfigError(
             "train.scheduled_sampling: needs data.protocol: shift (the model must see the frames it predicts)"
@@ -500,3 +512,16 @@ def _check_consistency(cfg: Config) -> None:
     bad_scheme = [s for s in d.allowed_schemes if s not in ("http", "https", "gs", "file")]
     if bad_scheme:
         raise ConfigError(f"data.allowed_schemes: got {bad_scheme[0]!r}, expected http, https, gs or file")
+    alias = cfg.tracking.alias
+    if alias is not None and cfg.tracking.register_as is None:
+        raise ConfigError(f"tracking.alias: got {alias!r}, needs tracking.register_as (it names a registered version)")
+    # MLflow's rule for aliases, checked before training rather than after it
+    bad_alias = alias is not None and (
+        not all(c.isalnum() or c in "_-" for c in alias)
+        or alias.lower() == "latest"
+        or (alias[0] in "vV" and alias[1:].isdigit())
+    )
+    if bad_alias:
+        raise ConfigError(
+            f"tracking.alias: got {alias!r}, expected letters, digits, _ and -, not latest or v<number> (version names)"
+        )

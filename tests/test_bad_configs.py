@@ -35,7 +35,11 @@ BAD_OVERRIDES = [
     ("train.scheduled_sampling=-1", "train.scheduled_sampling: got -1, expected >= 0"),
     (
         "train.scheduled_sampling=100 model.preset=keras_io",
-        "train.scheduled_sampling: needs model.cell: nfp (got keras, from model.preset: keras_io)",
+        "train.scheduled_sampling: needs model.cell: nfp (got model.cell: keras, model.preset keras_io sets it)",
+    ),
+    (
+        "train.scheduled_sampling=100 model.cell=keras",
+        "train.scheduled_sampling: needs model.cell: nfp (got model.cell: keras, set by the config or an override)",
     ),
     ("train.scheduled_sampling=100 data.protocol=context", "train.scheduled_sampling: needs data.protocol: shift"),
     ("train.optimizer=lion", "train.optimizer: got 'lion', expected one of adam, adamw, sgd"),
@@ -60,6 +64,8 @@ BAD_OVERRIDES = [
     ("model.norm=group", "model.norm: got 'group', expected one of batch, layer, none"),
     ("data.source=kaggle", "data.source: got 'kaggle', expected one of generate, download"),
     ("data.compression=zstd", "data.compression: got 'zstd', expected one of none, gzip"),
+    ("data.layout=NTHWC", "data.layout: got 'NTHWC', expected one of TNHW, NTHW"),
+    ("data.layout=tnhw", "data.layout: got 'tnhw', expected one of TNHW, NTHW"),
     ("data.frames=1", "data.frames: got 1, expected >= 2"),
     ("data.num_clips=0", "data.num_clips: got 0, expected >= 1"),
     ("data.dir=''", "data.dir: got None, expected a non-empty string"),
@@ -94,6 +100,8 @@ BAD_OVERRIDES = [
         "distribute.strategy: got 'horovod', expected one of auto, default, mirrored, multi_worker",
     ),
     ("tracking.experiment=''", "tracking.experiment: got None, expected a non-empty string"),
+    ("tracking.alias=champion", "tracking.alias: got 'champion', needs tracking.register_as"),
+    ("tracking.register_as=nfp tracking.alias=v2", "tracking.alias: got 'v2', expected letters, digits, _ and -"),
     ("train.epochs.max=3", "train.epochs: is a value, cannot set train.epochs.max"),
     ("train.epochs", "override 'train.epochs': expected key.path=value"),
 ]
@@ -142,6 +150,22 @@ def test_bad_config_file_is_refused_before_any_work(text, expected, capsys, empt
     _assert_refused(["train", "--config", str(path)], expected, capsys, empty_cwd, isolated_mlflow)
 
 
+# Sizes the config allows but no machine can prepare: refused by `nfp prepare` from an estimate, before any work.
+TOO_BIG = [
+    ("data.num_clips=1000000000", "data.num_clips: preparing "),
+    ("data.image_size=1000000", "data.image_size, data.frames: preparing "),
+    ("data.frames=100000000", "data.image_size, data.frames: preparing "),
+]
+
+
+@pytest.mark.parametrize("overrides, expected", TOO_BIG, ids=[o for o, _ in TOO_BIG])
+def test_a_size_prepare_cannot_fit_is_refused_before_any_work(overrides, expected, capsys, empty_cwd, isolated_mlflow):
+    quickstart = str(__import__("pathlib").Path(__file__).parents[1] / "configs/quickstart.yaml")
+    _assert_refused(
+        ["prepare", "--config", quickstart, "--overrides", overrides], expected, capsys, empty_cwd, isolated_mlflow
+    )
+
+
 def test_a_binary_config_file_is_refused_as_not_utf8(capsys, empty_cwd, isolated_mlflow, tmp_path):
     path = tmp_path / "model.keras"
     path.write_bytes(b"PK\x03\x04\x14\x00\x00\x00\x08\x00\xff\xfe binary junk")
@@ -161,4 +185,4 @@ def test_missing_config_file_is_named(capsys, empty_cwd, isolated_mlflow):
 
 
 def test_at_least_thirty_bad_configs_are_covered():
-    assert len(BAD_OVERRIDES) + len(BAD_FILES) + 1 >= 30
+    assert len(BAD_OVERRIDES) + len(BAD_FILES) + len(TOO_BIG) + 1 >= 30
