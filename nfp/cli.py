@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--input",
         default="split:test:0",
-        help="clips: a .npy in the real layout (time, clips, H, W) uint8 [path or path:INDEX], "
+        help="clips: a uint8 .npy in data.layout (default TNHW: time, clips, H, W) [path or path:INDEX], "
         "split:NAME:INDEX from the manifest, or generate:SEED",
     )
     pr.add_argument("--context", type=int, default=None, help="context frames (default: evaluate.context_frames)")

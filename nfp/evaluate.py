@@ -138,6 +138,8 @@ def _log_to_mlflow(cfg, report: dict, files: dict[str, Path], *, run_id: str | N
     import mlflow
     from mlflow.entities import Metric
 
+    from nfp.model_source import logged_model_id
+
     client = mlflow.MlflowClient()
     split = report["split"]
     target, created = run_id, run_id is None
@@ -147,7 +149,9 @@ def _log_to_mlflow(cfg, report: dict, files: dict[str, Path], *, run_id: str | N
         target = client.create_run(experiment_id, run_name=f"evaluate-{split}").info.run_id
     now = int(time.time() * 1000)
     scalars = {k: v for k, v in report["summary"].items() if k.startswith(f"{split}_")}
-    metrics = [Metric(k, float(v), now, 0) for k, v in scalars.items() if _loggable(v)]
+    # the scores onto the LoggedModel scored too, so mlflow.search_logged_models(order_by=…) ranks a project's models
+    model_id = logged_model_id(report.get("model_source") or "")
+    metrics = [Metric(k, float(v), now, 0, model_id=model_id) for k, v in scalars.items() if _loggable(v)]
     for name, curves in report["per_frame"].items():  # stepped: the UI plots metric vs. step (= horizon)
         stem = split if name == "model" else f"{split}_baseline_{name}"
         for metric, values in curves.items():

@@ -115,6 +115,31 @@ def _keras_artifacts(client, run_id: str, path: str | None) -> list[str]:
     return found
 
 
+def logged_model_id(source: str) -> str | None:
+    """The MLflow 3 LoggedModel a models:/ source names (models:/m-ID, models:/NAME/VERSION, models:/NAME@ALIAS), so
+    scores can be logged onto it; None for checkpoints and runs:/ files."""
+    import mlflow
+
+    ref = source.removeprefix("models:/").strip("/") if source.startswith("models:/") else None
+    if ref is None:
+        return None
+    if ref.startswith("m-") and "/" not in ref:
+        return ref
+    client = mlflow.MlflowClient()
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            name, _, number = ref.rpartition("/")
+            version = client.get_model_version(name, number)
+    except Exception:  # noqa: BLE001 - the model loaded; without its version the run alone keeps the scores
+        return None
+    # some stores leave model_id empty; the version's source is then models:/m-ID (none before MLflow 3)
+    source = version.source or ""
+    return version.model_id or (source.removeprefix("models:/") if source.startswith("models:/m-") else None)
+
+
 def _model_source_run(uri: str) -> str | None:
     """The run a models:/ URI was logged from (models:/m-ID, models:/NAME/VERSION, models:/NAME@ALIAS)."""
     import mlflow

@@ -32,7 +32,9 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-from mlflow.models import ModelSignature
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.http_dataset_source import HTTPDatasetSource
+from mlflow.data.meta_dataset import MetaDataset
 from mlflow.types import Schema, TensorSpec
 from mlflow.utils.file_utils import local_file_uri_to_path
 from mlflow.utils.uri import is_local_uri
@@ -147,8 +149,21 @@ class RunLogger:
     def log_figure(self, fig, artifact_file: str) -> None:
         """A matplotlib figure as the PNG artifact `artifact_file` (e.g. plots/history.png)."""
 
-    def log_model(self, model, input_example: np.ndarray, register_as: str | None = None) -> None:
-        """The Keras model with a signature and input example (loadable with mlflow.pyfunc.load_model)."""
+    def log_model(
+        self,
+        model,
+        input_example: np.ndarray,
+        register_as: str | None = None,
+        horizon: int | None = None,
+        alias: str | None = None,
+    ) -> None:
+        """The model as MLflow serves it (nfp.serving): `input_example` context frames (1, k, H, W, C) float32 in
+        [0, 1] in, the next `horizon` frames out (a request param, default `horizon`, else evaluate.predict_frames'
+        default); registered as `register_as`, that version given `alias`."""
+
+    def log_dataset(self, name: str, digest: str, source: str, clip_shape: list, counts: dict) -> None:
+        """The training data as the run's MLflow dataset input: `digest` (the manifest id) finds runs on the same
+        data; its schema is the clips' (T, H, W) and its tags the clips per split."""
 
     def keras_callback(self):
         """A Keras callback logging each epoch's scalar logs (loss, val_loss, learning_rate, …) at step epoch+1."""
@@ -268,26 +283,37 @@ class Online(RunLogger):
     def log_figure(self, fig, artifact_file: str) -> None:
         mlflow.log_figure(fig, artifact_file)
 
+    @_offline_on_failure("dataset")
+    def log_dataset(self, name: str, digest: str, source: str, clip_shape: list, counts: dict) -> None:
+        try:
+            where = resolve_dataset_source(source)
+        except Exception:  # noqa: BLE001 - a scheme MLflow has no source class for: its URL as the source
+            where = HTTPDatasetSource(source)
+        clips = Schema([TensorSpec(np.dtype(np.uint8), (-1, *clip_shape), name="clips")])
+        dataset = MetaDataset(where, name=name, digest=digest, schema=clips)
+        tags = {f"{split}_clips": str(count) for split, count in counts.items()}
+        mlflow.log_input(dataset, context="training", tags=tags)
+
     @_offline_on_failure("model")
-    def log_model(self, model, input_example: np.ndarray, register_as: str | None = None) -> None:
+    def log_model(self, model, input_example, register_as=None, horizon=None, alias=None) -> None:
         import keras
         import tensorflow as tf
 
-        # batch and time stay open (-1): the model predicts clips of any length
-        spec = TensorSpec(np.dtype(np.float32), (-1, -1, *input_example.shape[2:]))
-        signature = ModelSignature(inputs=Schema([spec]), outputs=Schema([spec]))
-        # Said, not inferred: MLflow infers them by loading the model in a subprocess that does not import
-        # nfp.layers, fails, warns and falls back to keras alone (no TensorFlow).
+        from nfp import serving
+
+        # Said, not inferred: what the served model imports besides mlflow (nfp's code travels with it). MLflow's
+        # inference would load the model in a subprocess, and list what that happens to import.
         requirements = [f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}", f"numpy=={np.__version__}"]
-        with _keras_input_example_fix(), _no_progress_bars():  # MLflow predicts the example to validate it
-            mlflow.keras.log_model(
+        with _no_progress_bars():  # MLflow predicts the example to validate it
+            info = serving.log_model(
                 model,
-                name="model",
-                signature=signature,
-                input_example=input_example,
+                input_example,
+                horizon=horizon or _default_horizon(),
+                requirements=requirements,
                 registered_model_name=register_as,
-                pip_requirements=requirements,
             )
+        if alias:
+            mlflow.MlflowClient().set_registered_model_alias(register_as, alias, info.registered_model_version)
 
 
 def _lost_with_a_warning(method):
@@ -360,12 +386,16 @@ class Offline(RunLogger):
         self._write({"kind": "artifact", "name": name, "artifact_path": folder or None}, {name: png.getvalue()})
 
     @_lost_with_a_warning
-    def log_model(self, model, input_example: np.ndarray, register_as: str | None = None) -> None:
+    def log_dataset(self, name: str, digest: str, source: str, clip_shape: list, counts: dict) -> None:
+        self._write({"kind": "dataset", "dataset": [name, digest, source, list(clip_shape), dict(counts)]})
+
+    @_lost_with_a_warning
+    def log_model(self, model, input_example, register_as=None, horizon=None, alias=None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             saved = Path(tmp, "model.keras")
             model.save(saved)
             self._write(
-                {"kind": "model", "register_as": register_as},
+                {"kind": "model", "register_as": register_as, "horizon": horizon, "alias": alias},
                 {"model.keras": saved, "input_example.npy": _npy(np.asarray(input_example))},
             )
 
@@ -489,13 +519,17 @@ def _replay_call(record: dict, files: Path) -> tuple[str, tuple]:
         return "log_artifact", (str(files / record["name"]), record["artifact_path"])
     if kind == "image":
         return "log_image", (np.load(files / "image.npy"), record["key"], record["step"])
+    if kind == "dataset":
+        return "log_dataset", tuple(record["dataset"])
     if kind == "model":
         import keras
 
         import nfp.layers  # noqa: F401 - registers nfp's custom layers for loading
 
         model = keras.saving.load_model(files / "model.keras", compile=False)
-        return "log_model", (model, np.load(files / "input_example.npy"), record["register_as"])
+        example = np.load(files / "input_example.npy")
+        # records from before horizon and alias have neither: the defaults
+        return "log_model", (model, example, record["register_as"], record.get("horizon"), record.get("alias"))
     raise ValueError(f"unknown record kind {kind!r}")
 
 
@@ -540,23 +574,11 @@ def _no_progress_bars() -> Iterator[None]:
             keras.config.enable_interactive_logging()
 
 
-@contextlib.contextmanager
-def _keras_input_example_fix() -> Iterator[None]:
-    """mlflow.keras writes input_example.json before it creates the model dir (mlflow#16183, open in
-    mlflow 3.17): create the dir first. Harmless once fixed upstream."""
-    import mlflow.keras.save as keras_save
+def _default_horizon() -> int:
+    """evaluate.predict_frames' default: how many frames a served model predicts when neither caller nor request says."""
+    from nfp.config import EvaluateConfig
 
-    original = keras_save._save_example
-
-    def save_example(mlflow_model, input_example, path, *args, **kwargs):
-        os.makedirs(path, exist_ok=True)
-        return original(mlflow_model, input_example, path, *args, **kwargs)
-
-    keras_save._save_example = save_example
-    try:
-        yield
-    finally:
-        keras_save._save_example = original
+    return EvaluateConfig.predict_frames
 
 
 def _is_scalar(value) -> bool:
@@ -598,7 +620,7 @@ def start_run(cfg, *, is_chief: bool, state_dir) -> Iterator[RunLogger]:
     # `mlflow run` makes a new run per launch; resume into the earlier one with `mlflow run --run-id ID`
     run_id = os.environ.get("MLFLOW_RUN_ID") or saved_run_id
     if run_id:
-        run = mlflow.start_run(run_id=run_id)
+        run = mlflow.start_run(run_id=run_id, log_system_metrics=cfg.tracking.system_metrics)
         if saved_run_id and saved_run_id != run_id:
             mlflow.set_tag("nfp.resumed_from_run", saved_run_id)
             _end_orphan(saved_run_id, continued_in=run_id)
@@ -612,7 +634,9 @@ def start_run(cfg, *, is_chief: bool, state_dir) -> Iterator[RunLogger]:
             experiment_id = (
                 experiment.experiment_id if experiment else mlflow.create_experiment(cfg.tracking.experiment)
             )
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=cfg.tracking.run_name)
+        run = mlflow.start_run(
+            experiment_id=experiment_id, run_name=cfg.tracking.run_name, log_system_metrics=cfg.tracking.system_metrics
+        )
     run_id = run.info.run_id
     _save_run_id(state_dir, run_id)
     _mark_as_model_training(run.info.experiment_id)

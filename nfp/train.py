@@ -419,6 +419,13 @@ def _build_model(cfg, *, xla_cell: bool = False):
 
 
 # --------------------------------------------------------------------------- tracking
+# What people compare runs by, the run's params (columns of the runs table, axes of parallel coordinates). Kept to
+# a few: MLflow's image cards list every param above the picture, and more than three lines of them push the
+# prediction strips out of a card at its default size. The whole resolved config is the artifact
+# config/resolved.yaml, the data the run's dataset input, the job's facts (replicas, global batch, …) its tags.
+COMPARED_KEYS = ("model.preset", "train.learning_rate", "train.batch_size", "train.epochs")
+
+
 def _log_setup(run, cfg, job: Job, *, config_path, manifest, model, strategy, devices_seen, choices):
     import keras
     import mlflow
@@ -426,9 +433,17 @@ def _log_setup(run, cfg, job: Job, *, config_path, manifest, model, strategy, de
 
     from nfp.distribute import strategy_name
 
-    run.log_params(
+    flat = cfg.flat()
+    run.log_params({key: flat[key] for key in COMPARED_KEYS})
+    run.log_dataset(
+        name=cfg.data.source,
+        digest=manifest.id,
+        source=redact(cfg.data.url if cfg.data.source == "download" else cfg.data.dir),
+        clip_shape=list(manifest.clip_shape),
+        counts={split: manifest.count(split) for split in manifest.splits},
+    )
+    run.set_tags(
         {
-            **cfg.flat(),
             "replicas": job.replicas,
             "num_workers": job.cluster.num_workers,
             "global_batch_size": job.global_batch,
@@ -438,10 +453,6 @@ def _log_setup(run, cfg, job: Job, *, config_path, manifest, model, strategy, de
             "keras_version": keras.__version__,
             "mlflow_version": mlflow.__version__,
             "data_manifest_id": manifest.id,
-        }
-    )
-    run.set_tags(
-        {
             "strategy": strategy_name(strategy),
             "device": _device_kind(devices_seen),
             "precision": choices.policy,
@@ -523,7 +534,9 @@ def _log_results(run, cfg, job: Job, *, model, manifest):
                 if local:
                     run.log_artifact(local, "checkpoints")
         if cfg.tracking.log_model and len(clip):
-            run.log_model(export, input_example=frames[:1, :-1], register_as=cfg.tracking.register_as)
+            # served: the example's k context frames in, the next evaluate.predict_frames out unless a request says
+            t = cfg.tracking
+            run.log_model(export, frames[:1, :k], t.register_as, horizon=cfg.evaluate.predict_frames, alias=t.alias)
 
 
 def _local_copy(path: str, tmp: str) -> str | None:

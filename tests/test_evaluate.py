@@ -70,7 +70,9 @@ def test_evaluate_logs_metrics_report_and_plot_to_a_new_run_tagged_with_the_mode
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval/test")}
     assert artifacts == {"eval/test/report.json", "eval/test/per_frame.csv", "eval/test/per_frame.png"}
     assert (Path(cfg.train.output_dir) / "eval" / "report.json").is_file()  # default out_dir
-    with pytest.raises(TrackingError, match=f"MLflow run {'f' * 32} to log the evaluation into: not found"):
+    with pytest.raises(
+        TrackingError, match=rf"MLflow run {'f' * 32} \(--run-id\) to log the evaluation into: not found"
+    ):
         run_evaluate(cfg, model_uri=checkpoint, run_id="f" * 32)
 
 
@@ -189,3 +191,36 @@ def test_a_model_whose_output_does_not_fit_the_clips_is_one_line_in_evaluate_and
         (line,) = [x for x in err.splitlines() if x.startswith("error")]
         assert line.startswith("error: model ") and "expected" in line and "(batch, time, 16, 16, 1)" in line, line
         assert not out.exists()
+
+
+def test_evaluated_logged_models_are_ranked_by_their_scores(trained, tmp_path):
+    import keras
+    import mlflow
+
+    from nfp.evaluate import run_evaluate
+
+    cfg, checkpoint = trained
+    trained_model = keras.saving.load_model(checkpoint)
+    untrained = keras.models.clone_model(trained_model)  # the same model, fresh weights: other scores
+    ids = []
+    for model in (trained_model, untrained):
+        with mlflow.start_run():
+            ids.append(mlflow.keras.log_model(model, name="model").model_id)
+    scores = {i: run_evaluate(cfg, model_uri=f"models:/{i}")["summary"]["test_mse"] for i in ids}
+    ranked = mlflow.search_logged_models(
+        experiment_ids=[mlflow.get_experiment_by_name("Default").experiment_id],
+        order_by=[{"field_name": "metrics.test_mse", "ascending": True}],
+        output_format="list",
+    )
+    assert [m.model_id for m in ranked] == sorted(ids, key=scores.get)
+    for m in ranked:
+        logged = {x.key: x.value for x in m.metrics}
+        assert logged["test_mse"] == pytest.approx(scores[m.model_id]) and "test_ssim" in logged
+    run_evaluate(cfg, model_uri=checkpoint)  # a checkpoint is no LoggedModel: its scores go to the run only
+
+    from nfp.model_source import logged_model_id
+
+    mlflow.register_model(f"models:/{ids[1]}", "ranked")  # a registered version names its LoggedModel too
+    mlflow.MlflowClient().set_registered_model_alias("ranked", "champion", "1")
+    assert logged_model_id("models:/ranked/1") == logged_model_id("models:/ranked@champion") == ids[1]
+    assert logged_model_id(checkpoint) is None and logged_model_id("runs:/x/model.keras") is None

@@ -132,7 +132,7 @@ def test_the_multi_gpu_config_trains_evaluates_and_predicts_with_xla_and_bf16_on
     tags, params = run.data.tags, run.data.params
     assert (tags["strategy"], tags["xla"], tags["precision"]) == ("MirroredStrategy", "cell", "mixed_bfloat16")
     assert "xla_fallback" not in tags
-    assert params["replicas"] == "2" and params["model.preset"] == "convlstm_s" and params["global_batch_size"] == "4"
+    assert tags["replicas"] == "2" and params["model.preset"] == "convlstm_s" and tags["global_batch_size"] == "4"
     history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "loss")}
     assert sorted(history) == [1] and all(np.isfinite(list(history.values())))
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_mse")] == [1]  # periodic evaluation
@@ -183,7 +183,7 @@ def test_the_multi_node_config_trains_on_two_workers_with_xla_and_bf16_then_eval
         "cell",
         "mixed_bfloat16",
     )
-    assert run.data.params["num_workers"] == "2"
+    assert run.data.tags["num_workers"] == "2"
     _evaluate_and_predict_with_xla(config, overrides, tmp_path / "out")
 
 

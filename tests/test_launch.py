@@ -528,7 +528,7 @@ def test_multi_node_task_trains_two_workers_on_one_machine_into_one_mlflow_run(t
     assert len(runs) == 1, "only the chief logs, into one run"
     (run,) = runs
     assert run.info.status == "FINISHED"
-    assert (run.data.params["num_workers"], run.data.params["replicas"]) == ("2", "2")
+    assert (run.data.tags["num_workers"], run.data.tags["replicas"]) == ("2", "2")
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
     out = bucket / "runs" / "multi-node"  # the chief writes into the task's $NFP_BUCKET/runs/$NFP_RUN_NAME
     assert (out / "mlflow_run_id").read_text().strip() == run.info.run_id

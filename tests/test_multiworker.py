@@ -114,7 +114,7 @@ def test_two_workers_train_in_lock_step_and_only_the_chief_writes(tiny_overrides
     client = mlflow.MlflowClient()
     runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    assert runs[0].data.params["replicas"] == "2" and runs[0].data.params["num_workers"] == "2"
+    assert runs[0].data.tags["replicas"] == "2" and runs[0].data.tags["num_workers"] == "2"
     assert runs[0].data.tags["strategy"] == "MultiWorkerMirroredStrategy"
 
 

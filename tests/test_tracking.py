@@ -205,22 +205,27 @@ def test_server_dying_mid_run_warns_keeps_a_backlog_and_replays_it(cfg, tmp_path
         server.stop()
 
 
-def test_logged_model_has_signature_and_example_and_loads_with_pyfunc(cfg, tmp_path):
+def test_logged_model_serves_the_rollout_and_still_loads_as_keras(cfg, tmp_path):
     import keras
+
+    from nfp.model import rollout
 
     model = keras.Sequential([keras.Input((None, 8, 8, 1)), keras.layers.Conv3D(1, 1, activation="sigmoid")])
     example = np.random.rand(1, 3, 8, 8, 1).astype(np.float32)
     with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path) as run:
-        run.log_model(model, input_example=example)
+        run.log_model(model, input_example=example, horizon=4)
     assert not (tmp_path / tracking.BACKLOG_DIR).exists(), "log_model failed and went to the backlog"
     (logged,) = mlflow.search_logged_models(output_format="list", experiment_ids=[_runs()[0].info.experiment_id])
     info = mlflow.models.get_model_info(logged.model_uri)
-    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, -1, 8, 8, 1]  # any clip length
-    assert info.saved_input_example_info is not None
-    loaded = mlflow.pyfunc.load_model(logged.model_uri)
-    np.testing.assert_allclose(loaded.predict(example), model.predict(example, verbose=0), rtol=1e-5)
-    longer = np.random.rand(2, 7, 8, 8, 1).astype(np.float32)
-    assert loaded.predict(longer).shape == (2, 7, 8, 8, 1)
+    signature = info.signature.to_dict()
+    assert json.loads(signature["outputs"])[0]["tensor-spec"]["shape"] == [-1, -1, 8, 8, 1]  # (batch, horizon, …)
+    assert json.loads(signature["params"]) == [{"name": "horizon", "default": 4, "shape": None, "type": "long"}]
+    assert info.saved_input_example_info is not None and set(info.flavors) == {"python_function", "keras"}
+    served = mlflow.pyfunc.load_model(logged.model_uri)
+    np.testing.assert_allclose(served.predict(example), rollout(model, example, 4), atol=1e-6)
+    assert served.predict(np.zeros((2, 5, 8, 8, 1), np.uint8), params={"horizon": 2}).shape == (2, 2, 8, 8, 1)
+    as_keras = mlflow.keras.load_model(logged.model_uri)  # the same file, for people who want the Keras model
+    np.testing.assert_allclose(as_keras.predict(example, verbose=0), model.predict(example, verbose=0), rtol=1e-5)
 
 
 def test_a_logged_nfp_model_names_its_requirements_quietly(cfg, tmp_path, capfd, caplog):
@@ -346,7 +351,7 @@ def test_offline_records_keep_copies_so_temp_files_images_figures_and_models_arr
         assert not Path(tmp).exists()  # what was logged is gone before the replay
         run.log_image(image, "predictions/clip_0", step=3)
         run.log_figure(fig, "plots/history.png")
-        run.log_model(model, input_example=example)
+        run.log_model(model, input_example=example, horizon=2)  # the default horizon replays too
     assert [r["kind"] for r in _backlog(state)] == ["artifact", "artifact", "image", "artifact", "model"]
 
     with tracking.start_run(cfg, is_chief=True, state_dir=state) as again:
@@ -362,7 +367,9 @@ def test_offline_records_keep_copies_so_temp_files_images_figures_and_models_arr
         experiment_ids=[again.experiment_id], filter_string=f"source_run_id = '{run.run_id}'", output_format="list"
     )
     loaded = mlflow.pyfunc.load_model(logged.model_uri)
-    np.testing.assert_allclose(loaded.predict(example), model.predict(example, verbose=0), rtol=1e-5)
+    from nfp.model import rollout
+
+    np.testing.assert_allclose(loaded.predict(example), rollout(model, example, 2), atol=1e-6)
 
 
 def test_a_replay_the_server_breaks_off_keeps_the_rest_and_loses_or_repeats_nothing(cfg, tmp_path, monkeypatch):
@@ -536,3 +543,46 @@ def test_evaluate_into_a_deleted_run_or_experiment_is_one_line_before_the_evalua
         == 2
     )
     assert "MLflow experiment 'evals'" in _line(capsys) and not out.exists()
+
+
+# --------------------------------------------------------------------------- what a run shows: params, data, system
+def test_a_run_holds_the_compared_params_the_dataset_input_and_system_metrics(tiny_overrides, tmp_path, monkeypatch):
+    from nfp.data.manifest import load_manifest
+    from nfp.train import COMPARED_KEYS, train
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # MLflow's own knobs: sample often here
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
+    overrides = [*tiny_overrides, "train.epochs=1", "tracking.log_model=false", "tracking.experiment=shown"]
+    run_id = train(load_config(None, overrides))["run_id"]
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    # a short list people compare runs by, not every key (the whole config is config/resolved.yaml), the job's facts
+    assert set(run.data.params) == set(COMPARED_KEYS) and len(COMPARED_KEYS) <= 5
+    assert "config/resolved.yaml" in {a.path for a in client.list_artifacts(run_id, "config")}
+    job_facts = {"replicas", "num_workers", "global_batch_size", "steps_per_epoch", "model_params"}
+    assert job_facts | {"tensorflow_version", "keras_version", "mlflow_version", "data_manifest_id"} <= set(
+        run.data.tags
+    )
+
+    manifest = load_manifest(f"{tmp_path}/data")
+    (data,) = run.inputs.dataset_inputs
+    assert (data.dataset.name, data.dataset.digest) == ("generate", manifest.id)
+    (clips,) = json.loads(data.dataset.schema)["mlflow_colspec"]
+    assert (clips["name"], clips["tensor-spec"]["shape"]) == ("clips", [-1, 6, 16, 16])
+    tags = {t.key: t.value for t in data.tags}
+    assert (tags["mlflow.data.context"], tags["train_clips"], tags["val_clips"]) == ("training", "20", "2")
+    found = mlflow.search_runs(
+        [run.info.experiment_id], filter_string=f"dataset.digest = '{manifest.id}'", output_format="list"
+    )
+    assert [r.info.run_id for r in found] == [run_id]  # runs on the same data, found by it
+
+    system = {m for m in run.data.metrics if m.startswith("system/")}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system, system
+
+    # resumed with one more epoch: the same dataset input, not a second one; system metrics still off when asked
+    train(load_config(None, [*overrides, "train.epochs=2"]))
+    assert len(client.get_run(run_id).inputs.dataset_inputs) == 1
+    quiet = train(
+        load_config(None, [*overrides, f"train.output_dir={tmp_path}/quiet", "tracking.system_metrics=false"])
+    )
+    assert not [m for m in client.get_run(quiet["run_id"]).data.metrics if m.startswith("system/")]

@@ -101,11 +101,10 @@ def test_train_attaches_every_enabled_callback_and_logs_the_run(tiny_overrides, 
         "val_baseline_copy_last_mse",
     ):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2], key
-    assert {"replicas", "global_batch_size", "data_manifest_id", "tensorflow_version", "train.epochs"} <= set(
-        run.data.params
-    )
+    assert {"model.preset", "train.epochs"} <= set(run.data.params)
+    assert {"replicas", "global_batch_size", "data_manifest_id", "tensorflow_version"} <= set(run.data.tags)
     assert (
-        run.data.params["global_batch_size"] == "4"
+        run.data.tags["global_batch_size"] == "4"
         and run.data.tags["strategy"] == "DefaultStrategy"
         and run.data.tags["device"] == "CPU"
     )
