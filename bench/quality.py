@@ -5,18 +5,24 @@ shift protocol), trained with `model.fit` for the same seconds of training time 
 generated clips, then rolled out 10 → 10 on held-out test clips and scored by `nfp.scoring`
 (OpenSTL's metrics) next to the copy-last-frame and mean-frame baselines. A learning curve (test
 MSE against training seconds) is taken along the way; evaluation time is not training time.
+
+Then the learning-rate schedule side by side: `tiny` trained twice from the same weights on the same batches for the
+same steps, once with the per-epoch cosine nfp had (a LearningRateScheduler callback, written here as the baseline)
+and once with `nfp.optim.build_optimizer`'s per-step CosineDecay, both scored by the same test rollout.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
-from bench.common import Check, Section, fmt, nfp_config
+from bench.common import Check, Section, fmt, nfp_config, ratio_check
 
 NAME = "quality"
 TITLE = "5. Quality per CPU-second: presets side by side, 10 → 10 rollout vs the baselines"
 TARGETS = {"copy_last": 0.40, "mean_frame": 0.60}  # best preset's MSE ≤ these × the baseline's
+SCHEDULE_TARGET = 1.05  # per-step cosine MSE ≤ this × the per-epoch one's: the noise between two runs
 
 SIZES = {
     False: dict(
@@ -31,6 +37,7 @@ SIZES = {
         curve=[150, 300, 600],
         context=10,
         presets={"tiny": [], "convlstm_s": [], "keras_io": []},
+        schedule=dict(learning_rate=0.003, epochs=6, steps_per_epoch=40),  # tiny twice: ~3 min on 2 cores
     ),
     True: dict(
         image=16,
@@ -47,6 +54,7 @@ SIZES = {
             "tiny": ["model.filters=[4]", "model.kernel_sizes=[3]"],
             "keras_io": ["model.filters=[4]", "model.kernel_sizes=[3]"],
         },
+        schedule=dict(learning_rate=0.003, epochs=3, steps_per_epoch=2),
     ),
 }
 
@@ -63,21 +71,37 @@ def config(workdir: Path, s: dict, preset: str, extra: list[str]):
     ])  # fmt: skip
 
 
+def seeded_model(cfg):
+    """cfg's uncompiled model, its initial weights those of train.seed (the same at every call)."""
+    import keras
+
+    from nfp.model import build_model
+
+    keras.utils.set_random_seed(cfg.train.seed)
+    return build_model(cfg.model, image_size=cfg.data.image_size, scheduled_sampling=cfg.train.scheduled_sampling,
+                       context_frames=cfg.evaluate.context_frames)  # fmt: skip
+
+
+def rollout_scores(model, cfg, manifest) -> dict:
+    """evaluate_model's result for the held-out test clips, cfg.evaluate's rollout."""
+    from nfp.data.pipeline import clip_batches
+    from nfp.scoring import evaluate_model
+
+    e = cfg.evaluate
+    return evaluate_model(model, clip_batches(cfg.data, manifest, "test", e.batch_size), protocol="rollout",
+                          context_frames=e.context_frames, predict_frames=e.predict_frames)  # fmt: skip
+
+
 def train_for(cfg, manifest, budget_s: float, curve_s: list[float]) -> dict:
     """Fit cfg's model for `budget_s` seconds of training; score the test rollout at each of `curve_s` seconds."""
     import keras
 
-    from nfp.data.pipeline import clip_batches, make_dataset
-    from nfp.model import build_model
+    from nfp.data.pipeline import make_dataset
     from nfp.optim import build_loss, build_optimizer
-    from nfp.scoring import evaluate_model
 
-    keras.utils.set_random_seed(cfg.train.seed)
-    model = build_model(cfg.model, image_size=cfg.data.image_size, scheduled_sampling=cfg.train.scheduled_sampling,
-                        context_frames=cfg.evaluate.context_frames)  # fmt: skip
-    model.compile(optimizer=build_optimizer(cfg.train, 1), loss=build_loss(cfg.train))
+    model = seeded_model(cfg)
+    model.compile(optimizer=build_optimizer(cfg.train, 1, steps_per_epoch=1), loss=build_loss(cfg.train))
     data = make_dataset(cfg.data, manifest, "train", cfg.train.batch_size, training=True)
-    e = cfg.evaluate
 
     class StopAt(keras.callbacks.Callback):
         """Stops fit once the training seconds reach the next point of the curve (the first batch's tracing excluded)."""
@@ -100,14 +124,51 @@ def train_for(cfg, manifest, budget_s: float, curve_s: list[float]) -> dict:
     for point in curve_s:
         clock.until = point
         model.fit(data, epochs=10**6, steps_per_epoch=50, callbacks=[clock], verbose=0)
-        result = evaluate_model(model, clip_batches(cfg.data, manifest, "test", e.batch_size), protocol="rollout",
-                                context_frames=e.context_frames, predict_frames=e.predict_frames)  # fmt: skip
-        curve.append((clock.trained, clock.steps, result))
+        curve.append((clock.trained, clock.steps, rollout_scores(model, cfg, manifest)))
     return {
         "params": model.count_params(),
         "curve": curve,
         "clips_per_s": clock.steps * cfg.train.batch_size / clock.trained,
     }
+
+
+def per_epoch_cosine(epoch: int, train_cfg) -> float:
+    """The baseline: nfp's LR of 0-based `epoch` before the per-step schedules, set by a callback at each epoch."""
+    s, base = train_cfg.schedule, train_cfg.learning_rate
+    if epoch < s.warmup_epochs:
+        return base * (epoch + 1) / s.warmup_epochs
+    span = max(1, train_cfg.epochs - s.warmup_epochs)
+    return s.min_lr + (base - s.min_lr) * 0.5 * (1 + math.cos(math.pi * min(epoch - s.warmup_epochs, span) / span))
+
+
+def compare_schedules(cfg, manifest, steps_per_epoch: int) -> dict:
+    """cfg's model fit twice, same weights, batches and steps: {"per-epoch" | "per-step": (steps, mean LR, test scores)}."""
+    import keras
+    import tensorflow as tf
+
+    from nfp.data.pipeline import make_dataset
+    from nfp.optim import build_loss, build_optimizer
+
+    t = cfg.train
+    in_order = tf.data.Options()
+    in_order.deterministic = True  # make_dataset trains on batches in the order they are ready: fixed here
+    out = {}
+    for name in ("per-epoch", "per-step"):
+        model = seeded_model(cfg)  # seeds the data's shuffle too: the same batches, in the same order
+        if name == "per-epoch":  # nfp's old optimizer: Adam at a float LR that the callback moves
+            optimizer = keras.optimizers.Adam(learning_rate=t.learning_rate)
+            callbacks = [keras.callbacks.LearningRateScheduler(lambda epoch: per_epoch_cosine(epoch, t))]
+        else:
+            optimizer, callbacks = build_optimizer(t, 1, steps_per_epoch), []
+        model.compile(optimizer=optimizer, loss=build_loss(t))
+        data = make_dataset(cfg.data, manifest, "train", t.batch_size, training=True).with_options(in_order)
+        lrs = []  # the LR each step trained at
+        record = keras.callbacks.LambdaCallback(
+            on_train_batch_begin=lambda b, logs, lrs=lrs, opt=optimizer: lrs.append(float(opt.learning_rate))
+        )
+        model.fit(data, epochs=t.epochs, steps_per_epoch=steps_per_epoch, callbacks=[*callbacks, record], verbose=0)
+        out[name] = (len(lrs), sum(lrs) / len(lrs), rollout_scores(model, cfg, manifest)["scores"]["model"])
+    return out
 
 
 def run(quick: bool, workdir: Path) -> Section:
@@ -120,6 +181,10 @@ def run(quick: bool, workdir: Path) -> Section:
         cfg = config(workdir, s, preset, extra)
         manifest = manifest or prepare(cfg.data, progress=False)
         results[preset] = (cfg, train_for(cfg, manifest, s["budget"], s["curve"]))
+    sched = s["schedule"]
+    sched_cfg = config(workdir, s, "tiny", [*s["presets"]["tiny"], f"train.learning_rate={sched['learning_rate']}",
+                       f"train.epochs={sched['epochs']}", "train.schedule.name=cosine", "train.schedule.warmup_epochs=1"])  # fmt: skip
+    schedules = compare_schedules(sched_cfg, manifest, sched["steps_per_epoch"])
 
     final = {p: r["curve"][-1][2] for p, (_, r) in results.items()}
     baselines = next(iter(final.values()))["scores"]
@@ -146,6 +211,23 @@ def run(quick: bool, workdir: Path) -> Section:
               best_mse / baselines[name]["mse"] <= target, f"{fmt(best_mse)} / {fmt(baselines[name]['mse'])}")
         for name, target in TARGETS.items()
     ]  # fmt: skip
+    epoch_scores, step_scores = schedules["per-epoch"][2], schedules["per-step"][2]
+    schedule_rows = [
+        [
+            f"per-{when}: {how}",
+            steps,
+            f"{mean_lr:.2e}",
+            scores["mse"],
+            scores["ssim"],
+            scores["mse"] / epoch_scores["mse"],
+        ]
+        for (when, how), (steps, mean_lr, scores) in zip(
+            [("epoch", "LearningRateScheduler callback (before)"), ("step", "`build_optimizer`'s CosineDecay (now)")],
+            schedules.values(),
+        )
+    ]
+    checks.append(ratio_check("per-step cosine MSE / per-epoch cosine MSE (tolerance: the noise between two runs)",
+                              step_scores["mse"], epoch_scores["mse"], SCHEDULE_TARGET, "MSE", higher_is_better=False))  # fmt: skip
     return Section(
         NAME, TITLE,
         setup=(
@@ -158,12 +240,26 @@ def run(quick: bool, workdir: Path) -> Section:
         ),
         columns=["preset", "model", "params", "clips/s", "steps", "MSE", "MAE", "SSIM", "PSNR (dB)", "÷ copy-last MSE", "÷ mean-frame MSE"],
         rows=rows,
-        tables=[("Learning curve: test MSE after … s of training:", ["preset", *(f"{t} s" for t in s["curve"])], curve_rows)],
+        tables=[
+            ("Learning curve: test MSE after … s of training:", ["preset", *(f"{t} s" for t in s["curve"])], curve_rows),
+            (
+                f"Learning-rate schedule: `tiny`{' (quick: ' + ', '.join(s['presets']['tiny']) + ')' if quick else ''} "
+                f"trained twice from the same initial weights on the same batches, Adam, `train.schedule.name=cosine`, "
+                f"`warmup_epochs=1`, `train.learning_rate={sched['learning_rate']:g}`, `min_lr=0`, {sched['epochs']} "
+                f"epochs × {sched['steps_per_epoch']} steps; the same test rollout. Per-epoch: the LR set at each "
+                "epoch's start (warm-up epoch e at base×(e+1)/W, so with W = 1 the first epoch runs at the base LR), "
+                "then cosine; per-step: the linear warm-up from base/W to base over W epochs' steps (W = 1: the base "
+                "LR, as per-epoch), then cosine at every step.",
+                ["schedule", "steps", "mean LR", "MSE", "SSIM", "÷ per-epoch MSE"],
+                schedule_rows,
+            ),
+        ],
         checks=checks,
         notes=[
             f"MSE here is summed over {s['image']}×{s['image']} pixels: not comparable with OpenSTL's 64×64 figures "
             "(4× as many pixels); the ratios to the baselines are.",
             "GPU figures (64×64, nfp's presets next to OpenSTL's own ConvLSTM-S at equal GPU-seconds) are in section 7.",
+            "Schedule table: mean LR is the mean over the steps of the LR each one trained at, recorded by a callback.",
         ],
         quick=quick,
     )  # fmt: skip

@@ -10,8 +10,9 @@ restored step count with no callback: `train.schedule`'s epochs become steps wit
 - step: `ExponentialDecay(staircase=True)`, × gamma every `step_epochs`; with warm-up, `WarmupStepDecay`.
 - plateau: a float LR (ReduceLROnPlateau must set it) and `plateau_callback`, which warms up itself.
 
-Every warm-up is linear over `warmup_epochs` × `steps_per_epoch` steps W, CosineDecay's: base/W at step 0, base at
-step W, and the decay counted from the end of the warm-up.
+Every warm-up is linear, CosineDecay's, over `warmup_epochs` E × `steps_per_epoch` steps: from base/E at step 0
+(the first warm-up epoch's LR when it moved once an epoch, so the mean over the warm-up is unchanged) to base at its
+end; the decay is counted from the end of the warm-up.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def learning_rate_schedule(train_cfg, replicas: int, steps_per_epoch: int):
     s = train_cfg.schedule
     base = base_learning_rate(train_cfg, replicas)
     warmup = s.warmup_epochs * steps_per_epoch
-    warmup_args = dict(initial_learning_rate=base / warmup, warmup_target=base, warmup_steps=warmup) if warmup else {}
+    start = warmup_start(base, s.warmup_epochs)
+    warmup_args = dict(initial_learning_rate=start, warmup_target=base, warmup_steps=warmup) if warmup else {}
     if s.name == "plateau" or base == 0:
         return float(base)
     sched = keras.optimizers.schedules
@@ -66,9 +68,14 @@ def learning_rate_schedule(train_cfg, replicas: int, steps_per_epoch: int):
     raise ValueError(f"train.schedule.name: got {s.name!r}")
 
 
-def warmup_learning_rate(step: int, base: float, warmup_steps: int) -> float:
-    """The linear warm-up's LR at 0-based optimizer `step` < warmup_steps: CosineDecay's ramp from base/W to base."""
-    start = base / warmup_steps
+def warmup_start(base: float, warmup_epochs: int) -> float:
+    """Where the linear warm-up starts: base/W, the first warm-up epoch's LR when the LR moved once an epoch, so
+    its mean over the warm-up is the per-epoch one's (and one warm-up epoch means none)."""
+    return base / warmup_epochs if warmup_epochs else base
+
+
+def warmup_learning_rate(step: int, start: float, base: float, warmup_steps: int) -> float:
+    """The linear warm-up's LR at 0-based optimizer `step` < warmup_steps: CosineDecay's ramp from start to base."""
     return start + (base - start) * step / warmup_steps
 
 
@@ -118,9 +125,10 @@ class WarmupThenPlateau(keras.callbacks.ReduceLROnPlateau):
     The LR is the optimizer's variable, saved with its weights: a run resumed after the warm-up keeps its reductions.
     """
 
-    def __init__(self, base: float, warmup_steps: int, **kwargs):
+    def __init__(self, base: float, warmup_steps: int, start: float | None = None, **kwargs):
         super().__init__(**kwargs)
         self.base, self.warmup_steps = base, warmup_steps
+        self.start = base if start is None else start
         self._warming = None  # unknown until the first batch: a backup may restore past the warm-up
 
     def _step(self) -> int:
@@ -139,7 +147,7 @@ class WarmupThenPlateau(keras.callbacks.ReduceLROnPlateau):
         step = self._step()
         if step < self.warmup_steps:
             self._warming = True
-            self.model.optimizer.learning_rate = warmup_learning_rate(step, self.base, self.warmup_steps)
+            self.model.optimizer.learning_rate = warmup_learning_rate(step, self.start, self.base, self.warmup_steps)
         elif self._warming:  # the warm-up ended mid-epoch
             self._end_warmup()
         else:  # resumed after the warm-up: the restored LR stands
@@ -161,9 +169,11 @@ def plateau_callback(train_cfg, replicas: int, steps_per_epoch: int, monitor: st
     """train.schedule plateau as one callback: the warm-up over warmup_epochs, then × gamma after `patience`
     epochs without improvement of `monitor` ("min" or "max"), down to min_lr."""
     s = train_cfg.schedule
+    base = base_learning_rate(train_cfg, replicas)
     return WarmupThenPlateau(
-        base_learning_rate(train_cfg, replicas),
+        base,
         s.warmup_epochs * steps_per_epoch,
+        start=warmup_start(base, s.warmup_epochs),
         monitor=monitor,
         mode=mode,
         factor=s.gamma,

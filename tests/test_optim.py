@@ -46,7 +46,8 @@ def test_schedules_move_the_learning_rate_every_step(tiny_overrides):
         lr("train.schedule.name=cosine", "train.schedule.warmup_epochs=2", "train.schedule.min_lr=0.01"), steps
     )
     w = 2 * SPE
-    assert cosine[:w] == pytest.approx([0.1 / w + (0.1 - 0.1 / w) * s / w for s in range(w)])  # linear, per step
+    # linear, per step, from base/2 (the first of 2 warm-up epochs' LR when it moved once an epoch)
+    assert cosine[:w] == pytest.approx([0.05 + 0.05 * s / w for s in range(w)])
     assert cosine[w] == pytest.approx(0.1)  # the peak at the end of the warm-up
     span = 4 * SPE  # the rest of training: from the peak to min_lr, half a cosine
     assert cosine[w + span // 4] == pytest.approx(0.01 + 0.09 * 0.5 * (1 + math.cos(math.pi / 4)))
@@ -55,12 +56,12 @@ def test_schedules_move_the_learning_rate_every_step(tiny_overrides):
     assert all(a > b for a, b in itertools.pairwise(cosine[w:]))
 
     warm_step = lr(
-        "train.schedule.name=step", "train.schedule.warmup_epochs=1", "train.schedule.step_epochs=1",
+        "train.schedule.name=step", "train.schedule.warmup_epochs=2", "train.schedule.step_epochs=1",
         "train.schedule.gamma=0.5",
     )  # fmt: skip
     assert isinstance(warm_step, WarmupStepDecay)
-    assert _lrs(warm_step, [0, SPE // 2, SPE, 2 * SPE - 1, 2 * SPE, 3 * SPE]) == pytest.approx(
-        [0.1 / SPE, 0.1 / SPE + (0.1 - 0.1 / SPE) / 2, 0.1, 0.1, 0.05, 0.025]
+    assert _lrs(warm_step, [0, SPE, 2 * SPE, 3 * SPE - 1, 3 * SPE, 4 * SPE]) == pytest.approx(
+        [0.05, 0.075, 0.1, 0.1, 0.05, 0.025]
     )
     assert float(lr("train.scale_lr=true", replicas=4)(0)) == pytest.approx(0.4)
     assert float(lr("train.scale_lr=false", replicas=4)(0)) == pytest.approx(0.1)
@@ -92,7 +93,7 @@ def test_a_resumed_run_continues_the_schedule_from_the_optimizer_step(tiny_overr
     model, resumed = _fit(cfg, 4, [cb.EpochStats(8), cb.Backup(str(tmp_path / "backup"))])
     assert int(model.optimizer.iterations) == 4 * SPE
     assert resumed["learning_rate"] == pytest.approx(whole["learning_rate"][2:], rel=1e-5)  # epochs 3 and 4
-    assert whole["learning_rate"][:2] == pytest.approx([0.1 / SPE, 0.1])  # each epoch's first step: warm-up, peak
+    assert whole["learning_rate"][:2] == pytest.approx([0.1, 0.1])  # one warm-up epoch starts at base/1: the peak
     assert float(model.optimizer.learning_rate) == pytest.approx(cfg.train.schedule.min_lr, abs=1e-6)
 
 
@@ -123,7 +124,7 @@ def test_a_checkpoint_saved_with_the_warm_up_step_schedule_loads(tiny_overrides,
 def test_plateau_warms_up_per_step_then_reduces_on_a_plateau(tiny_overrides):
     cfg = load_config(
         None,
-        [*tiny_overrides, "train.learning_rate=0.1", "train.schedule.name=plateau", "train.schedule.warmup_epochs=1",
+        [*tiny_overrides, "train.learning_rate=0.1", "train.schedule.name=plateau", "train.schedule.warmup_epochs=2",
          "train.schedule.patience=1", "train.schedule.gamma=0.5", "train.schedule.min_lr=0.0"],
     )  # fmt: skip
     plateau = plateau_callback(cfg.train, 1, SPE, monitor="never_better", mode="min")
@@ -136,9 +137,10 @@ def test_plateau_warms_up_per_step_then_reduces_on_a_plateau(tiny_overrides):
         def on_epoch_end(self, epoch, logs=None):
             logs["never_better"] = 1.0  # flat: a plateau every epoch once patience has passed
 
-    model, history = _fit(cfg, 4, [Spy(), plateau, cb.EpochStats(8)])  # in the order build_callbacks puts them
-    assert seen[:SPE] == pytest.approx([0.1 / SPE + (0.1 - 0.1 / SPE) * s / SPE for s in range(SPE)])
-    assert seen[SPE : 2 * SPE] == pytest.approx([0.1] * SPE)  # the warm-up epoch does not count towards a plateau
-    # epoch 2 sets the best, epochs 3 and 4 beat it by nothing: × 0.5 after each (each epoch logs its first step's LR)
-    assert history["learning_rate"] == pytest.approx([0.1 / SPE, 0.1, 0.1, 0.05])
+    model, history = _fit(cfg, 5, [Spy(), plateau, cb.EpochStats(8)])  # in the order build_callbacks puts them
+    w = 2 * SPE
+    assert seen[:w] == pytest.approx([0.05 + 0.05 * s / w for s in range(w)])  # from base/2, per step
+    assert seen[w : w + SPE] == pytest.approx([0.1] * SPE)  # the warm-up epochs do not count towards a plateau
+    # epoch 3 sets the best, epochs 4 and 5 beat it by nothing: × 0.5 after each (each epoch logs its first step's LR)
+    assert history["learning_rate"] == pytest.approx([0.05, 0.075, 0.1, 0.1, 0.05])
     assert seen[-1] == pytest.approx(0.05) and float(model.optimizer.learning_rate) == pytest.approx(0.025)
