@@ -240,6 +240,7 @@ class Inputs:
     jit_compile: bool = False  # the evaluation's and strips' rollouts XLA-compiled, as training is (nfp.devices)
     stops: tuple = ()  # job control (SIGTERM, takeover): raise at the next batch
     scratch_dir: str | None = None  # off the chief, files go here (default: a new temporary dir)
+    worker_metrics: keras.callbacks.Callback | None = None  # off the chief: its machine's system metrics to MLflow
 
 
 def build_callbacks(cfg, job: Job, inputs: Inputs) -> list:
@@ -336,6 +337,8 @@ def logs_and_pictures(cfg, job: Job, scratch: RunDir, inputs: Inputs) -> list:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=out.tensorboard))
     if inputs.run.active:
         callbacks.append(inputs.run.keras_callback())
+    if inputs.worker_metrics is not None:
+        callbacks.append(inputs.worker_metrics)
     return callbacks
 
 

@@ -235,7 +235,8 @@ class TrackingConfig:
     alias: str | None = _knob(None, help="alias set on the model version training registers (needs register_as)")
     log_checkpoints: bool = True
     # MLflow's system metrics (CPU, memory, disk, network; GPUs through nvidia-ml-py, the `gpu` extra) as
-    # system/* in the run, every MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL s (default 10), from every worker
+    # system/* in the run, every MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL s (default 10); other workers' as
+    # system/worker_<i>/*
     system_metrics: bool = True
 
 

@@ -659,6 +659,36 @@ def start_run(cfg, *, is_chief: bool, state_dir) -> Iterator[RunLogger]:
     _end("FINISHED")
 
 
+def worker_system_metrics(state_dir, node_id: str):
+    """A Keras callback for a worker other than the chief: MLflow's system metrics of its machine into the chief's
+    run, as system/<node_id>/…, from its first batch (the chief has saved its run id in `state_dir` by then: fit's
+    first step waits for every worker) to the end of training. Never fatal: a failure costs one warning."""
+    import keras
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    class WorkerSystemMetrics(keras.callbacks.Callback):
+        monitor = None
+        tried = False
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.tried:
+                return
+            self.tried = True
+            try:
+                run_id = _saved_run_id(str(state_dir))
+                if run_id:
+                    self.monitor = SystemMetricsMonitor(run_id, node_id=node_id, resume_logging=True)
+                    self.monitor.start()
+            except Exception as err:  # noqa: BLE001 - the worker's metrics are a view, not the training
+                warnings.warn(f"{node_id}: system metrics not logged ({first_line(err, 160)})", stacklevel=2)
+
+        def on_train_end(self, logs=None):
+            if self.monitor is not None:
+                self.monitor.finish()
+
+    return WorkerSystemMetrics()
+
+
 def _end_orphan(run_id: str, *, continued_in: str) -> None:
     """A killed attempt's run that `mlflow run` did not resume: end it KILLED, pointing at the run that goes on."""
     client = mlflow.MlflowClient()

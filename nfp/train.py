@@ -194,6 +194,9 @@ class Training:
 
         cfg, job, manifest = self.cfg, data.job, data.manifest
         show_images = job.is_chief and cfg.train.images.every_n_epochs and manifest.count("val")
+        worker_metrics = None  # the chief's system metrics come with its run; another worker logs its own into it
+        if not job.is_chief and cfg.tracking.enabled and cfg.tracking.system_metrics:
+            worker_metrics = tracking.worker_system_metrics(self.out.root, f"worker_{job.cluster.task_index}")
         inputs = cb.Inputs(
             run,
             has_validation=data.val is not None,
@@ -206,6 +209,7 @@ class Training:
             fresh=fresh,
             jit_compile=choices.jit_compile,
             stops=tuple(stops),
+            worker_metrics=worker_metrics,
             scratch_dir=None
             if job.is_chief
             else stack.enter_context(tempfile.TemporaryDirectory(prefix="nfp-worker-")),

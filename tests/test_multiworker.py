@@ -64,6 +64,8 @@ def test_two_workers_train_in_lock_step_and_only_the_chief_writes(tiny_overrides
         env = dict(
             os.environ,
             NFP_TEST_OUT=str(tmp_path / f"worker{index}"),
+            MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="0.1",  # sample within the few seconds training takes
+            MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING="1",
             TF_CONFIG=json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}),
         )
         procs.append(
@@ -116,6 +118,8 @@ def test_two_workers_train_in_lock_step_and_only_the_chief_writes(tiny_overrides
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.tags["replicas"] == "2" and runs[0].data.tags["num_workers"] == "2"
     assert runs[0].data.tags["strategy"] == "MultiWorkerMirroredStrategy"
+    system = set(runs[0].data.metrics)  # each machine's: the chief's with its run, the other's under its node id
+    assert {"system/cpu_utilization_percentage", "system/worker_1/cpu_utilization_percentage"} <= system, system
 
 
 @pytest.mark.slow
