@@ -118,26 +118,17 @@ def _keras_artifacts(client, run_id: str, path: str | None) -> list[str]:
 def logged_model_id(source: str) -> str | None:
     """The MLflow 3 LoggedModel a models:/ source names (models:/m-ID, models:/NAME/VERSION, models:/NAME@ALIAS), so
     scores can be logged onto it; None for checkpoints and runs:/ files."""
-    import mlflow
-
-    ref = source.removeprefix("models:/").strip("/") if source.startswith("models:/") else None
-    if ref is None:
+    if not source.startswith("models:/"):
         return None
+    ref = source.removeprefix("models:/").strip("/")
     if ref.startswith("m-") and "/" not in ref:
         return ref
-    client = mlflow.MlflowClient()
-    try:
-        if "@" in ref:
-            name, alias = ref.split("@", 1)
-            version = client.get_model_version_by_alias(name, alias)
-        else:
-            name, _, number = ref.rpartition("/")
-            version = client.get_model_version(name, number)
-    except Exception:  # noqa: BLE001 - the model loaded; without its version the run alone keeps the scores
-        return None
+    version = _registered_version(ref)
+    if version is None or version.model_id:
+        return version and version.model_id
     # some stores leave model_id empty; the version's source is then models:/m-ID (none before MLflow 3)
-    source = version.source or ""
-    return version.model_id or (source.removeprefix("models:/") if source.startswith("models:/m-") else None)
+    origin = version.source or ""
+    return origin.removeprefix("models:/") if origin.startswith("models:/m-") else None
 
 
 def _model_source_run(uri: str) -> str | None:
@@ -145,14 +136,26 @@ def _model_source_run(uri: str) -> str | None:
     import mlflow
 
     ref = uri.removeprefix("models:/").strip("/")
+    if ref.startswith("m-") and "/" not in ref:
+        try:
+            return mlflow.get_logged_model(ref).source_run_id
+        except Exception:  # noqa: BLE001 - the model loaded; its lineage is a nice-to-have
+            return None
+    version = _registered_version(ref)
+    return version.run_id if version else None
+
+
+def _registered_version(ref: str):
+    """The model version `NAME/VERSION` or `NAME@ALIAS` names, or None when the registry cannot say (the model
+    loaded already: what depends on its version is a nice-to-have)."""
+    import mlflow
+
     client = mlflow.MlflowClient()
     try:
-        if ref.startswith("m-") and "/" not in ref:
-            return mlflow.get_logged_model(ref).source_run_id
         if "@" in ref:
             name, alias = ref.split("@", 1)
-            return client.get_model_version_by_alias(name, alias).run_id
-        name, _, version = ref.rpartition("/")
-        return client.get_model_version(name, version).run_id
-    except Exception:  # noqa: BLE001 - the model loaded; its lineage is a nice-to-have
+            return client.get_model_version_by_alias(name, alias)
+        name, _, number = ref.rpartition("/")
+        return client.get_model_version(name, number)
+    except Exception:  # noqa: BLE001
         return None
