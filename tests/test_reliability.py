@@ -105,14 +105,15 @@ def test_prepare_killed_mid_write_leaves_no_partial_shard_and_a_rerun_completes_
         stderr=subprocess.PIPE,
         text=True,
     )
-    final, temporary = [], []
     deadline = time.monotonic() + 120
-    while not (len(final) >= 2 and temporary):  # some shards done, the next one half-written
+    while True:  # freeze it, look, and kill it only when some shards are done and the next one is half-written
         assert proc.poll() is None, f"prepare ended before it could be killed: {proc.communicate()[1][-2000:]}"
         assert time.monotonic() < deadline, "prepare made no progress"
+        proc.send_signal(signal.SIGSTOP)  # a rename between looking and killing would spoil the scene
         names = os.listdir(data) if data.exists() else []
-        final = [n for n in names if prep.SHARD_NAME.match(n)]
-        temporary = [n for n in names if ".tmp-" in n]
+        if sum(bool(prep.SHARD_NAME.match(n)) for n in names) >= 2 and any(".tmp-" in n for n in names):
+            break
+        proc.send_signal(signal.SIGCONT)
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
