@@ -2,8 +2,13 @@
 
 Each digit starts at (x, y) ~ U[0, 1) of the free canvas (image_size − digit_size), moves in
 direction θ ~ U[0, 2π) by step_length of the free canvas per frame, is clamped and bounces at the
-walls; digits are combined with np.maximum. All randomness of a split is drawn up front from the
-split's own stream, so clip i is the same however the clips are later rendered or sharded.
+walls; digits are combined with np.maximum. Frames may be rectangular (H, W): x scales with W, y with H.
+All randomness of a split is drawn up front from the split's own stream, so clip i is the same however
+the clips are later rendered or sharded.
+
+Colour variant (OpenSTL's "MNIST over CIFAR", offline): `over_photos` lays the grey digits, as white with
+their grey value as alpha, over a crop of one of scikit-learn's sample photos that moves and bounces the
+same way; backgrounds draw from their own streams, so the grey digits do not change.
 """
 
 from __future__ import annotations
@@ -85,8 +90,13 @@ def draw_params(rng: np.random.Generator, n: int, digits_per_clip: int, bank_siz
 
 def trajectories(params: ClipParams, frames: int, step_length: float) -> np.ndarray:
     """Top-left corners (n, digits, frames, 2) as fractions of the free canvas, OpenSTL's bounce rule."""
-    pos = params.start.copy()  # (..., 2) = (x, y)
-    vel = np.stack([np.cos(params.theta), np.sin(params.theta)], axis=-1)
+    return _bounce(params.start, params.theta, frames, step_length)
+
+
+def _bounce(start: np.ndarray, theta: np.ndarray, frames: int, step_length: float) -> np.ndarray:
+    """Positions (..., frames, 2) = (x, y) in [0, 1] from start (..., 2) and direction theta (...)."""
+    pos = start.copy()  # (..., 2) = (x, y)
+    vel = np.stack([np.cos(theta), np.sin(theta)], axis=-1)
     out = np.empty(pos.shape[:-1] + (frames, 2))
     for t in range(frames):  # OpenSTL moves first, then records: frame 0 is one step from the start
         pos += vel * step_length
@@ -97,11 +107,24 @@ def trajectories(params: ClipParams, frames: int, step_length: float) -> np.ndar
     return out
 
 
-def render(params: ClipParams, bank: np.ndarray, *, frames: int, image_size: int, step_length: float) -> np.ndarray:
-    """Clips (n, frames, image_size, image_size) uint8 for the given per-clip draws."""
+def _frame_hw(image_size: int | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(image_size, (int, np.integer)):
+        return int(image_size), int(image_size)
+    h, w = image_size
+    return int(h), int(w)
+
+
+def render(
+    params: ClipParams, bank: np.ndarray, *, frames: int, image_size: int | tuple[int, int], step_length: float
+) -> np.ndarray:
+    """Clips (n, frames, H, W) uint8 for the given per-clip draws; image_size is an int (square) or (H, W)."""
     d = bank.shape[1]
-    corners = (trajectories(params, frames, step_length) * (image_size - d)).astype(np.int32)
-    clips = np.zeros((len(params), frames, image_size, image_size), np.uint8)
+    h, w = _frame_hw(image_size)
+    if h < d or w < d:
+        raise DataError(f"data.image_size: frame {h}x{w} is smaller than the {d}px digits")
+    free = np.array([w - d, h - d], np.float64)  # corners are (x, y)
+    corners = (trajectories(params, frames, step_length) * free).astype(np.int32)
+    clips = np.zeros((len(params), frames, h, w), np.uint8)
     for i in range(len(params)):
         for k in range(params.digit.shape[1]):
             digit = bank[params.digit[i, k]]
@@ -119,10 +142,95 @@ def generate(
     split: str = "train",
     bank: np.ndarray,
     frames: int,
-    image_size: int,
+    image_size: int | tuple[int, int],
     digits_per_clip: int = 2,
     step_length: float = 0.1,
 ) -> np.ndarray:
-    """n clips (n, frames, image_size, image_size) uint8 of one split, deterministic for (seed, split)."""
+    """n clips (n, frames, H, W) uint8 of one split, deterministic for (seed, split); image_size int or (H, W)."""
     params = draw_params(split_streams(seed)[split], n, digits_per_clip, len(bank))
     return render(params, bank, frames=frames, image_size=image_size, step_length=step_length)
+
+
+def load_photos(frame_size: tuple[int, int]) -> np.ndarray:
+    """scikit-learn's sample photos (k, Hp, Wp, 3) uint8, shorter side about 2x the frame's longer side."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    h, w = frame_size
+    out = []
+    for photo in load_sample_images().images:
+        ph, pw = photo.shape[:2]
+        scale = 2 * max(h, w) / min(ph, pw)  # a crop shows part of the photo and has room to move
+        size = (max(w, round(pw * scale)), max(h, round(ph * scale)))  # PIL sizes are (W, H)
+        out.append(np.asarray(Image.fromarray(photo).resize(size, Image.BILINEAR)))
+    return np.stack(out)
+
+
+@dataclass(frozen=True)
+class BackgroundParams:
+    """Per-clip background draws of one split: photo (n,) index, start (n, 2) in [0,1), theta (n,)."""
+
+    photo: np.ndarray
+    start: np.ndarray
+    theta: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.theta)
+
+    def __getitem__(self, s: slice) -> BackgroundParams:
+        return BackgroundParams(self.photo[s], self.start[s], self.theta[s])
+
+
+def draw_backgrounds(seed: int, split: str, n: int, photo_count: int) -> BackgroundParams:
+    """Draw photo, start and direction of n clips' backgrounds from the split's own background stream."""
+    if split not in SPLITS:
+        raise DataError(f"split: got {split!r}, expected one of {', '.join(SPLITS)}")
+    # A stream apart from split_streams, so drawing backgrounds leaves the digits' draws untouched.
+    child = np.random.SeedSequence([seed, 1]).spawn(len(SPLITS))[SPLITS.index(split)]
+    u = np.random.default_rng(child).random((n, 4))
+    return BackgroundParams(
+        photo=np.minimum((u[:, 3] * photo_count).astype(np.int64), photo_count - 1),
+        start=u[:, :2],
+        theta=u[:, 2] * 2 * np.pi,
+    )
+
+
+def over_photos(
+    clips: np.ndarray, backgrounds: BackgroundParams, photos: np.ndarray, *, step_length: float
+) -> np.ndarray:
+    """Grey clips (n, T, H, W) uint8 over moving photo crops -> (n, T, H, W, 3) uint8, digits white with alpha."""
+    n, frames, h, w = clips.shape
+    hp, wp = photos.shape[1:3]
+    if hp < h or wp < w:
+        raise DataError(f"photos {hp}x{wp} are smaller than the {h}x{w} frames")
+    if len(backgrounds) != n:
+        raise DataError(f"got {len(backgrounds)} backgrounds for {n} clips")
+    free = np.array([wp - w, hp - h], np.float64)
+    corners = (_bounce(backgrounds.start, backgrounds.theta, frames, step_length / 2) * free).astype(np.int64)
+    # Every (h, w) window of every photo as a view (k, Hp-h+1, Wp-w+1, h, w, 3): a crop is one gather.
+    s = photos.strides
+    windows = np.lib.stride_tricks.as_strided(
+        photos, (len(photos), hp - h + 1, wp - w + 1, h, w, 3), (s[0], s[1], s[2], s[1], s[2], s[3]), writeable=False
+    )
+    out = np.empty((n, frames, h, w, 3), np.uint8)
+    chunk = 8  # a few clips at a time keeps the float32 temporaries in cache
+    for lo in range(0, n, chunk):
+        sl = slice(lo, lo + chunk)
+        bg = windows[backgrounds.photo[sl, None], corners[sl, :, 1], corners[sl, :, 0]].astype(np.float32)
+        a = clips[sl, ..., None].astype(np.float32) / np.float32(255)
+        bg *= 1 - a
+        bg += np.float32(255) * a
+        out[sl] = np.rint(bg, out=bg)
+    return out
+
+
+def dressed(clips: np.ndarray, *, channels: int, backgrounds: BackgroundParams | None = None, photos=None,
+            step_length: float = 0.1) -> np.ndarray:  # fmt: skip
+    """Grey clips (n, T, H, W) → (n, T, H, W, channels): over their photo backgrounds when given (data.background:
+    photos), in grey or RGB as data.channels says."""
+    from nfp.data.images import to_channels
+
+    coloured = (
+        clips[..., None] if backgrounds is None else over_photos(clips, backgrounds, photos, step_length=step_length)
+    )
+    return to_channels(coloured, channels)
