@@ -98,7 +98,7 @@ class PredictionImages(keras.callbacks.Callback):
         to the sink, as `<key>/clip_<i>`, wrapped near-square so MLflow's 256 px thumbnail shows it large."""
         from nfp.model import rollout
 
-        frames = self.clips.astype(np.float32)[..., None] / 255.0
+        frames = self.clips.astype(np.float32) / 255.0
         k, n = self.context, self.horizon
         pred = rollout(self.model, frames[:, :k], n, jit_compile=self.jit_compile)
         per_clip = [
@@ -120,8 +120,8 @@ class PredictionImages(keras.callbacks.Callback):
         return image
 
 
-def _rgb(gray: np.ndarray) -> np.ndarray:
-    return np.repeat(gray[..., None], 3, axis=-1)
+def _rgb(image: np.ndarray) -> np.ndarray:
+    return image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=-1)
 
 
 class PeriodicEvaluation(keras.callbacks.Callback):

@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
         )
         return sub
 
-    command("prepare", "Build sharded TFRecords + manifest.json from Moving MNIST (download or generate).")
+    command("prepare", "Build sharded TFRecords + manifest.json from Moving MNIST (download or generate) or your own "
+            "videos, frame folders or arrays (data.source, data.path).")  # fmt: skip
     command("train", "Train a ConvLSTM (prepares the data first if its manifest is missing); logs to MLflow.")
     pv = command(
         "preview",
@@ -77,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
         "--input",
         default="split:test:0",
         help="clips: a uint8 .npy in data.layout (default TNHW: time, clips, H, W) [path or path:INDEX], "
-        "split:NAME:INDEX from the manifest, or generate:SEED",
+        "split:NAME:INDEX from the manifest, generate:SEED, or a video file or frame folder (its first data.frames "
+        "frames, fitted to the model's frames)",
     )
     pr.add_argument("--context", type=int, default=None, help="context frames (default: evaluate.context_frames)")
     pr.add_argument("--horizon", type=int, default=None, help="frames to predict (default: evaluate.predict_frames)")

@@ -35,32 +35,72 @@ def _knob(default, *, min=None, max=None, help=""):
 # --------------------------------------------------------------------------- data
 @dataclass(frozen=True)
 class SplitConfig:
-    """Fractions (summing to 1) or clip counts of each split."""
+    """Fractions (summing to 1) or counts of each split: of clips (generate, download) or of videos (video, frames,
+    arrays: every clip of a video goes to its video's split); or, for those sources, lists of name patterns
+    (fnmatch, on a file's path under data.path, e.g. KTH's ["person2[2-5]_*"]): the files they match, the rest
+    train."""
 
-    train: float = _knob(0.8, min=0)
-    val: float = _knob(0.1, min=0)
-    test: float = _knob(0.1, min=0)
+    train: float | list[str] = _knob(0.8, min=0)
+    val: float | list[str] = _knob(0.1, min=0)
+    test: float | list[str] = _knob(0.1, min=0)
+
+    def patterns(self) -> dict[str, list[str]] | None:
+        """{split: patterns} when the split is given by name patterns, else None."""
+        given = {name: getattr(self, name) for name in ("train", "val", "test")}
+        if not any(isinstance(v, list) for v in given.values()):
+            return None
+        return {name: v if isinstance(v, list) else [] for name, v in given.items()}
+
+
+FILE_SOURCES = ("video", "frames", "arrays")  # sources that read the user's own files from data.path
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: Literal["generate", "download"] = "generate"
+    source: Literal["generate", "download", "video", "frames", "arrays"] = _knob(
+        "generate", help="generate/download: Moving MNIST; video: video files (PyAV); frames: folders of PNG/JPEG "
+        "frames, one per clip or video (Pillow); arrays: .npy/.npz files in data.layout",
+    )  # fmt: skip
+    # video, frames, arrays: your own files
+    path: list[str] = _knob(
+        [], help="a directory, a glob or a list of them, local or any fsspec URL (gs://…): the files of "
+        "data.source video/frames/arrays",
+    )  # fmt: skip
+    clip_stride: int | None = _knob(None, min=1, help="a clip starts every this many (kept) frames; default: "
+                                    "data.frames (clips side by side, no overlap)")  # fmt: skip
+    frame_step: int = _knob(1, min=1, help="keep every n-th frame of a video (temporal subsampling)")
+    on_bad_file: Literal["error", "skip"] = _knob(
+        "error", help="a file that cannot be read or cut into a clip: stop with one line naming it, or skip it "
+        "(listed with why in the manifest and the run)",
+    )  # fmt: skip
+    prepare_processes: int = _knob(0, min=0, help="processes decoding files in prepare; 0 = one per CPU core")
     # download: any fsspec URL (http(s)://, gs://, file://, local path) of mnist_test_seq.npy
     url: str = MOVING_MNIST_URL
     sha256: str | None = None  # None: use the built-in table for known URLs, else unverified
     size_bytes: int | None = _knob(None, min=1)
     allowed_schemes: list[str] = _knob(["http", "https", "gs", "file"])
     cache_dir: str = "~/.cache/nfp"
-    layout: Literal["TNHW", "NTHW"] = _knob(
+    layout: Literal["TNHW", "NTHW", "TNHWC", "NTHWC"] = _knob(
         "TNHW",
-        help="axes of a data.url or predict --input .npy: TNHW (time, clips, H, W) as mnist_test_seq.npy, "
-        "or NTHW (clips, time, H, W)",
+        help="axes of a data.url, data.source=arrays or predict --input .npy/.npz: TNHW (time, clips, H, W) as "
+        "mnist_test_seq.npy, NTHW (clips, time, H, W), or either with a last channel axis C (1 or 3)",
     )
     # generate: OpenSTL's Moving MNIST recipe
     digit_bank: Literal["sklearn", "mnist"] = "sklearn"
     num_clips: int = _knob(10000, min=1, help="clips to generate, or to take from the download")
     frames: int = _knob(20, min=2)
-    image_size: int = _knob(64, min=8)
+    image_size: int = _knob(64, min=8, help="square frames: the shorthand for data.frame_size [image_size, image_size]")
+    frame_size: list[int] | None = _knob(
+        None,
+        min=8,
+        help="[H, W] of every frame; default [image_size, image_size]. "
+        "Your own files are resized to cover it (aspect kept) and centre-cropped",
+    )
+    channels: int = _knob(1, min=1, max=3, help="1: grey (colour converted), 3: RGB (grey repeated)")
+    background: Literal["none", "photos"] = _knob(
+        "none", help="generate: digits over black, or over moving crops of scikit-learn's colour sample photos "
+        "(OpenSTL's MNIST over CIFAR, offline; with data.channels=3 for colour)",
+    )  # fmt: skip
     digit_size: int = _knob(28, min=2)
     digits_per_clip: int = _knob(2, min=1)
     step_length: float = _knob(0.1, min=0)
@@ -88,6 +128,16 @@ class DataConfig:
     )
     cache: bool = _knob(False, help="keep the decoded clips in RAM after the first pass (the split must fit)")
     service_address: str | None = None  # tf.data service dispatcher, e.g. grpc://host:5050
+
+    @property
+    def frame_hw(self) -> tuple[int, int]:
+        """(H, W) of every frame: data.frame_size, else the square data.image_size."""
+        return tuple(self.frame_size) if self.frame_size is not None else (self.image_size, self.image_size)
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of the frames this config prepares."""
+        return (*self.frame_hw, self.channels)
 
 
 # --------------------------------------------------------------------------- model
@@ -412,8 +462,11 @@ def _coerce(hint, value, key: str, meta) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, key, meta)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) > 1:  # a number or a list (data.split.*): the list form when a list is given
+            listed = [a for a in inner if typing.get_origin(a) is list]
+            inner = listed if isinstance(value, list) else [a for a in inner if a not in listed]
+        return _coerce(inner[0], value, key, meta)
     if origin is Literal:
         if isinstance(value, bool) and "off" in args:  # YAML 1.1 reads on/off as booleans; true means on, else auto
             value = ("on" if "on" in args else "auto") if value else "off"
@@ -421,6 +474,8 @@ def _coerce(hint, value, key: str, meta) -> Any:
             raise ConfigError(f"{key}: got {value!r}, expected one of {', '.join(map(str, args))}")
         return value
     if origin is list:
+        if isinstance(value, str) and args[0] is str:  # one path, pattern or device for a list of them
+            value = [value]
         if not isinstance(value, list):
             raise ConfigError(f"{key}: got {value!r}, expected a list of {args[0].__name__}")
         return [_coerce(args[0], item, f"{key}[{i}]", meta) for i, item in enumerate(value)]
@@ -443,7 +498,7 @@ def _coerce(hint, value, key: str, meta) -> Any:
     elif hint is str:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{key}: got {value!r}, expected a non-empty string")
-    lo, hi = meta.get("min"), meta.get("max")
+    lo, hi = (meta.get("min"), meta.get("max")) if hint in (int, float) else (None, None)
     if lo is not None and value < lo:
         raise ConfigError(f"{key}: got {value!r}, expected >= {lo}")
     if hi is not None and value > hi:
@@ -454,15 +509,15 @@ def _coerce(hint, value, key: str, meta) -> Any:
 def _check_consistency(cfg: Config) -> None:
     """Rules that span several keys."""
     d, m, e = cfg.data, cfg.model, cfg.evaluate
-    fractions = [d.split.train, d.split.val, d.split.test]
+    fractions = [d.split.train, d.split.val, d.split.test] if d.split.patterns() is None else [1, 0, 0]
     if all(f <= 1 for f in fractions) and abs(sum(fractions) - 1) > 1e-6:
         raise ConfigError(f"data.split: fractions sum to {sum(fractions):g}, expected 1 (or give clip counts > 1)")
     if any(f > 1 for f in fractions) and not all(float(f).is_integer() for f in fractions):
         raise ConfigError("data.split: mixes counts and fractions, expected all counts or all fractions")
-    if d.split.train <= 0:
+    if fractions[0] <= 0:
         raise ConfigError("data.split.train: got 0, expected training clips")
-    if d.digit_size > d.image_size:
-        raise ConfigError(f"data.digit_size: got {d.digit_size}, expected <= data.image_size ({d.image_size})")
+    _check_geometry(d)
+    _check_files(d)
     if d.protocol == "context" and d.context_frames + d.predict_frames > d.frames:
         raise ConfigError(
             f"data.context_frames + data.predict_frames: got {d.context_frames}+{d.predict_frames}, "
@@ -482,10 +537,13 @@ def _check_consistency(cfg: Config) -> None:
         )
     if not m.filters:
         raise ConfigError("model.filters: empty, expected at least one ConvLSTM layer")
-    if d.image_size % m.patch_size:
-        raise ConfigError(
-            f"model.patch_size: got {m.patch_size}, expected a divisor of data.image_size ({d.image_size})"
+    if any(side % m.patch_size for side in d.frame_hw):
+        sides = (
+            f"data.frame_size ({'×'.join(map(str, d.frame_hw))})"
+            if d.frame_size
+            else f"data.image_size ({d.image_size})"
         )
+        raise ConfigError(f"model.patch_size: got {m.patch_size}, expected a divisor of {sides}")
     if m.cell == "nfp" and m.norm != "none":
         raise ConfigError(
             f"model.norm: got {m.norm!r}, expected none with model.cell: nfp (normalisation is for the keras cell)"
@@ -526,3 +584,48 @@ def _check_consistency(cfg: Config) -> None:
         raise ConfigError(
             f"tracking.alias: got {alias!r}, expected letters, digits, _ and -, not latest or v<number> (version names)"
         )
+
+
+def _check_geometry(d: DataConfig) -> None:
+    if d.frame_size is not None and len(d.frame_size) != 2:
+        raise ConfigError(f"data.frame_size: got {d.frame_size!r}, expected [H, W]")
+    if d.channels not in (1, 3):
+        raise ConfigError(f"data.channels: got {d.channels!r}, expected 1 (grey) or 3 (RGB)")
+    if d.source == "generate":
+        if d.digit_size > min(d.frame_hw):
+            side = (
+                f"the frame's shorter side ({min(d.frame_hw)})" if d.frame_size else f"data.image_size ({d.image_size})"
+            )
+            raise ConfigError(f"data.digit_size: got {d.digit_size}, expected <= {side}")
+    if d.background != "none" and d.source != "generate":
+        raise ConfigError(f"data.background: got {d.background}, expected none with data.source: {d.source} "
+                          "(backgrounds are drawn by generate)")  # fmt: skip
+
+
+def _check_files(d: DataConfig) -> None:
+    """The keys of the sources that read your own files: set where they apply, and only there."""
+    if d.source in FILE_SOURCES and not d.path:
+        raise ConfigError(
+            f"data.path: empty, expected the files of data.source: {d.source} (a directory, a glob or a list)"
+        )
+    if d.source not in FILE_SOURCES and d.path:
+        raise ConfigError(
+            f"data.path: set, but data.source is {d.source}; expected data.source: video, frames or arrays"
+        )
+    patterns = d.split.patterns()
+    if patterns is None:
+        return
+    if d.source not in FILE_SOURCES:
+        raise ConfigError(
+            f"data.split: name patterns split files, expected fractions or counts with data.source: {d.source}"
+        )
+    for name in ("val", "test"):
+        value = getattr(d.split, name)
+        if not isinstance(value, list) and value != getattr(SplitConfig, name):
+            raise ConfigError(
+                f"data.split.{name}: got {value!r} beside name patterns, expected a list of patterns (or leave it out)"
+            )
+    if isinstance(d.split.train, list) and d.split.train:
+        return
+    if not patterns["val"] and not patterns["test"]:
+        raise ConfigError("data.split: name patterns are all empty, expected patterns of the val or test files")

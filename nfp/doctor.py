@@ -47,7 +47,7 @@ def run_doctor(cfg, *, steps: int = 30, out: str | None = None) -> dict:
     replicas = strategy.num_replicas_in_sync
     t, d = cfg.train, cfg.data
     frames = d.frames - 1 if d.protocol == "shift" else d.context_frames
-    batch_shape = (t.batch_size, frames, d.image_size, d.image_size, 1)
+    batch_shape = (t.batch_size, frames, *d.frame_shape)
     choices = devices.choose(t, cfg.model, seen, replicated=strategy_name(strategy) != "DefaultStrategy")
     model, choices = compiled_model(cfg, strategy, replicas, choices, batch_shape=batch_shape)
 
@@ -73,7 +73,7 @@ def run_doctor(cfg, *, steps: int = 30, out: str | None = None) -> dict:
 
     step_s = statistics.median(timer.durations[1:])
     clips_per_s = t.batch_size * replicas / step_s
-    flops = flops_per_clip(cfg.model, image_size=d.image_size, frames=frames)["train"]
+    flops = flops_per_clip(cfg.model, frame_shape=d.frame_shape, frames=frames)["train"]
     peak = devices.peak_tflops(gpus[0] if gpus else seen[0])
     achieved = flops * clips_per_s / replicas / 1e12  # TFLOP/s per device
     report = {

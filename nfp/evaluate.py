@@ -50,10 +50,10 @@ def run_evaluate(
         raise DataError(f"split {split!r} of {cfg.data.dir}: has no clips (see data.split)")
     if e.protocol == "rollout":
         check_lengths("rollout", e.context_frames, e.predict_frames, manifest.clip_shape[0])
-    check_compatible(model, manifest.clip_shape[1:] + (1,))
+    check_compatible(model, manifest.frame_shape)
     # the inputs the model is called on: a rollout's k + n - 1 frames, or one step's T - 1
     length = e.context_frames + e.predict_frames - 1 if e.protocol == "rollout" else manifest.clip_shape[0] - 1
-    choices = devices.for_inference(cfg.train, model, (e.batch_size, length, *manifest.clip_shape[1:], 1))
+    choices = devices.for_inference(cfg.train, model, (e.batch_size, length, *manifest.frame_shape))
 
     dataset = clip_batches(cfg.data, manifest, split, e.batch_size, max_clips=e.max_clips)
     with naming_bad_shards(cfg.data, manifest, split):

@@ -1,4 +1,4 @@
-"""Next-frame models from `cfg.model`: (batch, time, H, W, 1) frames → (batch, time, H, W, 1) float32 predictions.
+"""Next-frame models from `cfg.model`: (batch, time, H, W, C) frames → (batch, time, H, W, C) float32 predictions.
 
 Output t predicts frame t+1 and sees input frames 0..t only (causal in time), so a model can be
 rolled out autoregressively. With `model.patch_size` p > 1 the frames are cut into p×p patches
@@ -22,9 +22,16 @@ HEAD_KERNEL = (3, 3, 3)  # keras cell: (time, H, W), the keras-io head's shape, 
 
 
 def build_model(
-    model_cfg, *, image_size: int, scheduled_sampling: int = 0, context_frames: int = 10, xla_cell: bool = False
+    model_cfg,
+    *,
+    frame_shape: tuple[int, int, int] | None = None,
+    image_size: int | None = None,
+    scheduled_sampling: int = 0,
+    context_frames: int = 10,
+    xla_cell: bool = False,
 ):
-    """Uncompiled model for `model_cfg` on image_size² frames; `scheduled_sampling` steps after `context_frames`
+    """Uncompiled model for `model_cfg` on frames of `frame_shape` (H, W, C), or `image_size`² grey frames (the
+    shorthand, as data.image_size); `scheduled_sampling` steps after `context_frames`
     (nfp cell only, see nfp.layers.ConvLSTMStack); `xla_cell`: the nfp cell's steps as one XLA function (TensorFlow;
     nfp.devices decides when: replicated training, where Keras cannot compile the whole step)."""
     import keras
@@ -33,9 +40,10 @@ def build_model(
     from nfp.errors import ConfigError
 
     p = model_cfg.patch_size
-    if image_size % p:
-        raise ConfigError(f"model.patch_size: got {p}, expected a divisor of the frame size {image_size}")
-    inputs = keras.Input(shape=(None, image_size, image_size, 1), name="frames")
+    h, w, c = _frame_shape(frame_shape, image_size)
+    if h % p or w % p:
+        raise ConfigError(f"model.patch_size: got {p}, expected a divisor of the frame's height and width ({h}×{w})")
+    inputs = keras.Input(shape=(None, h, w, c), name="frames")
     x = nfp_layers.SpaceToDepth(p, name="to_patches")(inputs) if p > 1 else inputs
     if model_cfg.cell == "nfp":
         x = nfp_layers.ConvLSTMStack(
@@ -44,10 +52,16 @@ def build_model(
             context_frames=context_frames, jit_compile=xla_cell, name="convlstm",
         )(x)  # fmt: skip
     else:
-        x = _keras_stack(model_cfg, x, channels=p * p)
+        x = _keras_stack(model_cfg, x, channels=p * p * c)
     # float32 so mixed precision still yields float32 frames and loss
     outputs = nfp_layers.DepthToSpace(p, dtype="float32", name="next_frame")(x) if p > 1 else x
     return keras.Model(inputs, outputs, name=f"convlstm_{model_cfg.preset}")
+
+
+def _frame_shape(frame_shape, image_size) -> tuple[int, int, int]:
+    if (frame_shape is None) == (image_size is None):
+        raise TypeError("give frame_shape=(H, W, C) or image_size=<side of square grey frames>, one of them")
+    return tuple(frame_shape) if frame_shape is not None else (image_size, image_size, 1)
 
 
 def _keras_stack(model_cfg, x, *, channels: int):
@@ -74,7 +88,7 @@ def _keras_stack(model_cfg, x, *, channels: int):
 
 
 def rollout(model, context, horizon: int, *, jit_compile: bool = False) -> np.ndarray:
-    """Feed (batch, k, H, W, 1) context frames, then the model's own predictions: → (batch, horizon, H, W, 1).
+    """Feed (batch, k, H, W, C) context frames, then the model's own predictions: → (batch, horizon, H, W, C).
 
     An nfp-cell model feeds its predictions back itself: one pass. Any other model runs once per predicted frame,
     always on the same k + horizon - 1 frames, those not predicted yet zero: a causal model's output at t ignores
@@ -126,7 +140,7 @@ def _compiled(model, kind: str, jit_compile: bool):
     return functions[kind, jit_compile]
 
 
-def flops_per_clip(model_cfg, *, image_size: int, frames: int) -> dict:
+def flops_per_clip(model_cfg, *, frames: int, frame_shape=None, image_size: int | None = None) -> dict:
     """{"forward", "train" (FLOPs per clip of `frames` frames), "params" (implied count)} for a model config.
 
     Counted from the layer shapes, per frame on the grid the stack works on, a multiply-add as 2 FLOPs: each
@@ -135,8 +149,9 @@ def flops_per_clip(model_cfg, *, image_size: int, frames: int) -> dict:
     step ≈ 3× forward (the backward pass costs about twice the forward). bench/scaling.py checks the implied
     parameter count against Keras's count_params()."""
     p = model_cfg.patch_size
-    hw = (image_size // p) ** 2  # positions of the grid the recurrent stack works on
-    per_frame, params, channels = 0, 0, p * p
+    h, w, c = _frame_shape(frame_shape, image_size)
+    hw = (h // p) * (w // p)  # positions of the grid the recurrent stack works on
+    per_frame, params, channels = 0, 0, p * p * c
     for i, (f, k) in enumerate(zip(model_cfg.filters, model_cfg.kernel_sizes)):
         per_frame += 2 * hw * k * k * (channels + f) * 4 * f + 13 * f * hw  # gate convolutions + elementwise
         params += k * k * (channels + f) * 4 * f + 4 * f
@@ -149,9 +164,9 @@ def flops_per_clip(model_cfg, *, image_size: int, frames: int) -> dict:
         elif model_cfg.norm == "layer":
             per_frame += 8 * f * hw
             params += 2 * f
-    head = channels * p * p * (1 if model_cfg.cell == "nfp" else HEAD_KERNEL[0] * HEAD_KERNEL[1] * HEAD_KERNEL[2])
-    per_frame += 2 * hw * head + 2 * hw * p * p
-    params += head + p * p + (1 if model_cfg.cell == "nfp" else 0)  # head bias; the nfp stack's step counter
+    head = channels * p * p * c * (1 if model_cfg.cell == "nfp" else HEAD_KERNEL[0] * HEAD_KERNEL[1] * HEAD_KERNEL[2])
+    per_frame += 2 * hw * head + 2 * hw * p * p * c
+    params += head + p * p * c + (1 if model_cfg.cell == "nfp" else 0)  # head bias; the nfp stack's step counter
     forward = frames * per_frame
     return {"forward": forward, "train": 3 * forward, "params": params}
 
@@ -178,7 +193,7 @@ def check_compatible(model, frame_shape) -> None:
     if any(e is not None and e != g for e, g in zip(expected, frame_shape)):
         raise ModelError(
             f"model expects frames H×W×C = {'×'.join(str(e) for e in expected)}, "
-            f"the clips are {'×'.join(map(str, frame_shape))} (wrong data.dir or image_size?)"
+            f"the clips are {'×'.join(map(str, frame_shape))} (wrong data.dir, data.frame_size or data.channels?)"
         )
     outputs = getattr(model, "outputs", None) or ()
     wanted = f"(batch, time, {', '.join(map(str, frame_shape))}): the next frames, shaped as the clips' frames"

@@ -33,15 +33,20 @@ def run_predict(
     if n < 1:
         raise ConfigError(f"--horizon: got {n}, expected >= 1")
     out_dir = storage.output_dir_flag(out_dir, storage.join(cfg.train.output_dir, "predict"))
-    clip, tag = load_input(cfg, inputs)
+    from nfp.data import files
+
+    fitted = files.is_video(inputs) or files.is_frame_folder(inputs)  # fitted to the model's frames: model first
+    model = load_model(model_uri) if fitted else None
+    clip, tag = load_input(cfg, inputs, frame_shape=_frame_shape(model, cfg) if fitted else None)
     if k >= len(clip):
         raise ConfigError(f"--context: got {k}, expected < the clip length {len(clip)} of {inputs}")
-    model = load_model(model_uri)
-    check_compatible(model, clip.shape[1:] + (1,))
+    model = model or load_model(model_uri)
+    check_compatible(model, clip.shape[1:])
 
-    context = clip[None, :k, :, :, None].astype(np.float32) / 255.0
-    choices = devices.for_inference(cfg.train, model, (1, k + n - 1, *clip.shape[1:], 1))  # rollout's input shape
-    predicted = visualize.to_uint8(rollout(model, context, n, jit_compile=choices.jit_compile)[0])  # (n, H, W)
+    context = clip[None, :k].astype(np.float32) / 255.0
+    choices = devices.for_inference(cfg.train, model, (1, k + n - 1, *clip.shape[1:]))  # rollout's input shape
+    rolled = rollout(model, context, n, jit_compile=choices.jit_compile)[0]  # (n, H, W, C)
+    predicted = (np.clip(rolled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     truth = np.zeros_like(predicted)
     known = clip[k : k + n]
     truth[: len(known)] = known
@@ -56,20 +61,33 @@ def run_predict(
         both = visualize.side_by_side_frames(np.concatenate([clip[:k], truth]), np.concatenate([clip[:k], predicted]))
         visualize.write_gif(both, tmp / f"{tag}.gif")
         names = {"strip": f"{tag}.png", "gif": f"{tag}.gif"}
-        if save_npy:  # mnist_test_seq.npy's layout, so it can be fed back to `nfp predict`
-            np.save(tmp / f"{tag}.npy", predicted[:, None])
+        if save_npy:  # mnist_test_seq.npy's layout TNHW (TNHWC in colour), so it can be fed back to `nfp predict`
+            np.save(tmp / f"{tag}.npy", (predicted[..., 0] if predicted.shape[-1] == 1 else predicted)[:, None])
             names["npy"] = f"{tag}.npy"
         storage.publish(tmp, out_dir)
     return {key: storage.output_path(out_dir, name) for key, name in names.items()}
 
 
-def load_input(cfg, spec: str) -> tuple[np.ndarray, str]:
-    """(one clip (T, H, W) uint8, a file-name tag) from `split:NAME:INDEX`, `generate:SEED` or `PATH[:INDEX]`."""
+def load_input(cfg, spec: str, *, frame_shape: tuple[int, int, int] | None = None) -> tuple[np.ndarray, str]:
+    """(one clip (T, H, W, C) uint8, a file-name tag) from `split:NAME:INDEX`, `generate:SEED`, `PATH[:INDEX]` of a
+    .npy, or a video file or frame folder (its first data.frames frames, every data.frame_step-th, fitted to
+    `frame_shape`, default the config's)."""
     if spec.startswith("split:"):
         return _split_clip(cfg, spec)
     if spec.startswith("generate:"):
         return _generated_clip(cfg, spec)
+    from nfp.data import files
+
+    if files.is_video(spec) or files.is_frame_folder(spec):
+        shape = frame_shape or cfg.data.frame_shape
+        return files.first_clip(cfg.data, spec, shape[:2], shape[2], label=f"--input {spec}"), Path(spec).stem
     return _npy_clip(cfg, spec)
+
+
+def _frame_shape(model, cfg) -> tuple[int, int, int]:
+    """(H, W, C) the model takes: what a video or frame folder is fitted to (the config's when it does not say)."""
+    shape = tuple(getattr(model, "inputs", [None])[0].shape[2:]) if getattr(model, "inputs", None) else ()
+    return shape if len(shape) == 3 and all(shape) else cfg.data.frame_shape
 
 
 def _int(text: str, spec: str, what: str) -> int:
@@ -106,9 +124,15 @@ def _generated_clip(cfg, spec: str) -> tuple[np.ndarray, str]:
     d = cfg.data
     bank = moving_mnist.load_digit_bank(d.digit_bank, d.digit_size)
     clips = moving_mnist.generate(
-        1, seed=seed, split="test", bank=bank, frames=d.frames, image_size=d.image_size,
+        1, seed=seed, split="test", bank=bank, frames=d.frames, image_size=d.frame_hw,
         digits_per_clip=d.digits_per_clip, step_length=d.step_length,
     )  # fmt: skip
+    backgrounds = photos = None
+    if d.background == "photos":
+        photos = moving_mnist.load_photos(d.frame_hw)
+        backgrounds = moving_mnist.draw_backgrounds(seed, "test", 1, len(photos))
+    clips = moving_mnist.dressed(clips, channels=d.channels, backgrounds=backgrounds, photos=photos,
+                                 step_length=d.step_length)  # fmt: skip
     return clips[0], f"generated_{seed}"
 
 
@@ -121,8 +145,8 @@ def _npy_clip(cfg, spec: str) -> tuple[np.ndarray, str]:
     if sep and head and re.fullmatch(r"-?\d+", tail) and not os.path.exists(spec):
         path, index = head, int(tail)
     label = f"--input {path}"
-    npy.check_file(Path(path), label, "expected a .npy, split:NAME:INDEX or generate:SEED")
-    clips = npy.open_clips(Path(path), cfg.data.layout, label)  # (time, clips, H, W), memory-mapped
+    npy.check_file(Path(path), label, "expected a .npy, split:NAME:INDEX or generate:SEED, a video or a frame folder")
+    clips = npy.open_clips(Path(path), cfg.data.layout, label)  # (time, clips, H, W, C), memory-mapped
     count, index = clips.shape[1], index or 0
     valid = f"expected 0 to {count - 1}" if count else "it has none"
     if index < 0:

@@ -244,7 +244,7 @@ class Training:
         except (tf.errors.ResourceExhaustedError, MemoryError) as err:
             raise TrainingError(
                 f"out of memory {where} ({_oom_line(err)}): lower train.batch_size ({t.batch_size} per replica), "
-                f"model.filters ({self.cfg.model.filters}) or data.image_size ({self.cfg.data.image_size})"
+                f"model.filters ({self.cfg.model.filters}) or the frame size ({'×'.join(map(str, self.cfg.data.frame_shape))})"
                 + (f"; {_kept(out)}" if callbacks is not None else "")
             ) from None
         except tf.errors.UnavailableError as err:
@@ -418,7 +418,7 @@ def compiled_model(cfg, strategy, replicas: int, choices: devices.Choices, *, ba
 def _build_model(cfg, *, xla_cell: bool = False):
     from nfp.model import build_model
 
-    return build_model(cfg.model, image_size=cfg.data.image_size, scheduled_sampling=cfg.train.scheduled_sampling,
+    return build_model(cfg.model, frame_shape=cfg.data.frame_shape, scheduled_sampling=cfg.train.scheduled_sampling,
                        context_frames=cfg.evaluate.context_frames, xla_cell=xla_cell)  # fmt: skip
 
 
@@ -442,7 +442,7 @@ def _log_setup(run, cfg, job: Job, *, config_path, manifest, model, strategy, de
     run.log_dataset(
         name=cfg.data.source,
         digest=manifest.id,
-        source=redact(cfg.data.url if cfg.data.source == "download" else cfg.data.dir),
+        source=redact(_data_origin(cfg.data)),
         clip_shape=list(manifest.clip_shape),
         counts={split: manifest.count(split) for split in manifest.splits},
     )
@@ -463,6 +463,8 @@ def _log_setup(run, cfg, job: Job, *, config_path, manifest, model, strategy, de
             "xla": choices.xla,
             **({"xla_fallback": choices.fallback} if choices.fallback else {}),
             **({"config_file": str(config_path)} if config_path else {}),
+            # files data.on_bad_file=skip left out: which and why in data/manifest.json (source.skipped)
+            **({"data_skipped_files": len(skipped)} if (skipped := manifest.content["source"].get("skipped")) else {}),
         }
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -475,6 +477,13 @@ def _log_setup(run, cfg, job: Job, *, config_path, manifest, model, strategy, de
             local = Path(tmp, base)
             local.write_text(text)
             run.log_artifact(str(local), folder)
+
+
+def _data_origin(data_cfg) -> str:
+    """Where the clips came from: the download's URL, your own files' data.path, else the data dir."""
+    if data_cfg.source == "download":
+        return data_cfg.url
+    return ", ".join(data_cfg.path) if data_cfg.path else data_cfg.dir
 
 
 def _log_doctor_reports(run, out: RunDir) -> None:
@@ -519,7 +528,7 @@ def _log_results(run, cfg, job: Job, *, model, manifest):
 
         clip = pipeline.read_clips(cfg.data, manifest, "val", 1) if manifest.count("val") else np.zeros((0,))
         if len(clip):
-            frames = clip.astype(np.float32)[..., None] / 255.0
+            frames = clip.astype(np.float32) / 255.0
             k = max(1, min(cfg.evaluate.context_frames, frames.shape[1] - 1))
             n = max(1, min(cfg.evaluate.predict_frames, frames.shape[1] - k))
             pred = rollout(export, frames[:, :k], n)[0]

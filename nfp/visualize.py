@@ -1,6 +1,7 @@
 """Pictures people look at: prediction strips, side-by-side GIFs, loss/LR curves.
 
-Frames come in as (time, H, W) or (time, H, W, 1) arrays in [0, 1] (float) or uint8.
+Frames come in as (time, H, W) or (time, H, W, C) arrays, C 1 (grey) or 3 (RGB), in [0, 1] (float) or uint8;
+pictures are grey when every frame in them is, RGB otherwise.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ _GAP = 2  # pixels between frames and rows
 
 
 def to_uint8(frames) -> np.ndarray:
-    """(time, H, W[, 1]) float in [0, 1] or uint8 → (time, H, W) uint8."""
+    """(time, H, W[, C]) float in [0, 1] or uint8 → (time, H, W) uint8 when grey, (time, H, W, 3) when RGB."""
     arr = np.asarray(frames)
-    if arr.ndim == 4:
+    if arr.ndim == 4 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.dtype != np.uint8:
         arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
@@ -38,16 +39,18 @@ def labelled_rows(rows: list[tuple[str, np.ndarray]], scale: int, *, wrap: int |
     right, scaled `scale`×; rows longer than `wrap` frames continue on the next line, labelled "(cont.)"."""
     from PIL import Image, ImageDraw
 
+    rows = [(label, to_uint8(frames)) for label, frames in rows]
+    colour = any(frames.ndim == 4 for _, frames in rows)
     lines = []
     for label, frames in rows:
-        frames = to_uint8(frames)
+        frames = _rgb(frames) if colour else frames
         step = wrap or len(frames)
         for start in range(0, len(frames), step):
             lines.append((label if start == 0 else "(cont.)", frames[start : start + step]))
-    h, w = lines[0][1].shape[1:]
+    h, w = lines[0][1].shape[1:3]
     fh, fw = h * scale, w * scale
     width = LABEL_PX + max(len(f) for _, f in lines) * (fw + _GAP) - _GAP
-    image = np.full((len(lines) * (fh + _GAP) - _GAP, width), 255, np.uint8)
+    image = np.full((len(lines) * (fh + _GAP) - _GAP, width, *(3,) * colour), 255, np.uint8)
     for r, (_, frames) in enumerate(lines):
         top = r * (fh + _GAP)
         big = frames.repeat(scale, axis=1).repeat(scale, axis=2)
@@ -57,8 +60,13 @@ def labelled_rows(rows: list[tuple[str, np.ndarray]], scale: int, *, wrap: int |
     canvas = Image.fromarray(image)
     draw = ImageDraw.Draw(canvas)
     for r, (label, _) in enumerate(lines):
-        draw.text((4, r * (fh + _GAP) + fh // 2 - 5), label, fill=0)
+        draw.text((4, r * (fh + _GAP) + fh // 2 - 5), label, fill=(0, 0, 0) if colour else 0)
     return np.asarray(canvas)
+
+
+def _rgb(frames: np.ndarray) -> np.ndarray:
+    """uint8 frames (…, H, W) grey or (…, H, W, 3) → (…, H, W, 3)."""
+    return frames if frames.shape[-1:] == (3,) and frames.ndim == 4 else np.repeat(frames[..., None], 3, axis=-1)
 
 
 def squarest_wrap(lengths: list[int], frame_px: int, scale: int) -> int:
@@ -74,20 +82,22 @@ def squarest_wrap(lengths: list[int], frame_px: int, scale: int) -> int:
 
 
 def side_by_side_frames(truth, prediction) -> np.ndarray:
-    """(time, H, 2W+gap) uint8: ground truth left, prediction right, frame by frame."""
+    """(time, H, 2W+gap[, 3]) uint8: ground truth left, prediction right, frame by frame."""
     truth, prediction = to_uint8(truth), to_uint8(prediction)
-    gap = np.full(truth.shape[:2] + (_GAP,), 128, np.uint8)
+    if truth.ndim != prediction.ndim:
+        truth, prediction = _rgb(truth), _rgb(prediction)
+    gap = np.full((*truth.shape[:2], _GAP, *truth.shape[3:]), 128, np.uint8)
     return np.concatenate([truth, gap, prediction], axis=2)
 
 
 def write_gif(frames, path: str | Path, *, fps: float = 4.0, scale: int = 2) -> Path:
-    """Write (time, H, W) frames as a looping GIF (each frame scaled up `scale`×)."""
+    """Write (time, H, W[, C]) frames as a looping GIF (each frame scaled up `scale`×; RGB on an adaptive palette)."""
     from PIL import Image
 
     frames = _with_progress_bar(to_uint8(frames))
     if scale > 1:
         frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
-    images = [Image.fromarray(f, mode="L") for f in frames]
+    images = [Image.fromarray(f) for f in frames]  # L or RGB, from the shape
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.gif")
@@ -98,8 +108,8 @@ def write_gif(frames, path: str | Path, *, fps: float = 4.0, scale: int = 2) -> 
 
 def _with_progress_bar(frames: np.ndarray) -> np.ndarray:
     """Append a 2-px bar filling left to right with time; it also keeps Pillow from merging identical frames."""
-    t, _, w = frames.shape
-    bar = np.zeros((t, 2, w), np.uint8)
+    t, _, w = frames.shape[:3]
+    bar = np.zeros((t, 2, w, *frames.shape[3:]), np.uint8)
     for i in range(t):
         bar[i, :, : max(1, round(w * (i + 1) / t))] = 255
     return np.concatenate([frames, bar], axis=1)

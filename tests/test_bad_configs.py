@@ -64,7 +64,7 @@ BAD_OVERRIDES = [
     ("model.norm=group", "model.norm: got 'group', expected one of batch, layer, none"),
     ("data.source=kaggle", "data.source: got 'kaggle', expected one of generate, download"),
     ("data.compression=zstd", "data.compression: got 'zstd', expected one of none, gzip"),
-    ("data.layout=NTHWC", "data.layout: got 'NTHWC', expected one of TNHW, NTHW"),
+    ("data.layout=NCHW", "data.layout: got 'NCHW', expected one of TNHW, NTHW, TNHWC, NTHWC"),
     ("data.layout=tnhw", "data.layout: got 'tnhw', expected one of TNHW, NTHW"),
     ("data.frames=1", "data.frames: got 1, expected >= 2"),
     ("data.num_clips=0", "data.num_clips: got 0, expected >= 1"),

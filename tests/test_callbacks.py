@@ -74,7 +74,7 @@ class Run:
 
 
 def _inputs(**kwargs) -> cb.Inputs:
-    val_clips = np.random.default_rng(1).integers(0, 256, (2, 6, 16, 16), dtype=np.uint8)
+    val_clips = np.random.default_rng(1).integers(0, 256, (2, 6, 16, 16, 1), dtype=np.uint8)
     batches = lambda: __import__("tensorflow").data.Dataset.from_tensor_slices(val_clips).batch(2)
     return cb.Inputs(**{"run": Run(Tracker()), "strip_clips": val_clips, "eval_batches": batches, **kwargs})
 

@@ -96,7 +96,7 @@ def test_download_verifies_and_reuses_the_cache(tmp_path, server, real_layout):
     cfg = cfg_for(tmp_path, server["url"] + "/mnist_test_seq.npy", sha256=server["sha256"], size_bytes=server["size"])
     path = download.fetch(cfg, progress=False)
     assert path.parent.parent.parent == tmp_path / "cache" and path.name == "mnist_test_seq.npy"
-    np.testing.assert_array_equal(download.open_clips(path, cfg), real_layout)
+    np.testing.assert_array_equal(download.open_clips(path, cfg), real_layout[..., None])  # (T, N, H, W, C)
     hits = len(server["hits"])
     assert download.fetch(cfg, progress=False) == path
     assert len(server["hits"]) == hits  # served from the verified cache
@@ -111,19 +111,19 @@ def test_prepare_from_the_download_splits_its_clips_with_a_seed(tmp_path, server
     cfg = cfg_for(tmp_path, server["url"] + "/mnist_test_seq.npy", split=SplitConfig(train=8, val=2, test=2))
     manifest = prepare(cfg, progress=False).content
     assert manifest["source"]["kind"] == "download" and manifest["source"]["sha256"] == server["sha256"]
-    assert manifest["clip_shape"] == [20, 64, 64]
+    assert manifest["clip_shape"] == [20, 64, 64, 1]
     got = np.concatenate([read_clips(cfg, load_manifest(cfg.dir), s, 12) for s in ("train", "val", "test")])
-    ids = sorted(int(clip[0, 0, 0]) // 10 for clip in got)
+    ids = sorted(int(clip[0, 0, 0, 0]) // 10 for clip in got)
     assert ids == list(range(CLIPS))  # every clip exactly once
-    np.testing.assert_array_equal(got[0], real_layout[:, int(got[0, 0, 0, 0]) // 10])
-    assert [int(c[0, 0, 0]) // 10 for c in got[:8]] != list(range(8))  # shuffled by the seed
+    np.testing.assert_array_equal(got[0], real_layout[:, int(got[0, 0, 0, 0, 0]) // 10, ..., None])
+    assert [int(c[0, 0, 0, 0]) // 10 for c in got[:8]] != list(range(8))  # shuffled by the seed
 
 
 def test_num_clips_caps_and_frames_cut_the_download(tmp_path, server):
     cfg = cfg_for(tmp_path, server["url"] + "/mnist_test_seq.npy", num_clips=6, frames=10, num_shards=1)
     manifest = prepare(cfg, progress=False).content
-    assert sum(e["count"] for e in manifest["splits"].values()) == 6 and manifest["clip_shape"] == [10, 64, 64]
-    assert all(int(c[0, 0, 0]) // 10 < 6 for c in read_clips(cfg, load_manifest(cfg.dir), "train", 6))
+    assert sum(e["count"] for e in manifest["splits"].values()) == 6 and manifest["clip_shape"] == [10, 64, 64, 1]
+    assert all(int(c[0, 0, 0, 0]) // 10 < 6 for c in read_clips(cfg, load_manifest(cfg.dir), "train", 6))
 
 
 def test_local_path_and_file_url_are_read_in_place(tmp_path, real_layout):

@@ -124,7 +124,7 @@ def test_a_clip_major_array_is_refused_by_predict_input_unless_data_layout_says_
     with pytest.raises(DataError, match=r"^--input .*clips.npy: looks like NTHW .*; set data.layout=NTHW$"):
         load_input(cfg, f"{path}:5")
     clip, tag = load_input(load_config(None, [*tiny_overrides, "data.layout=NTHW"]), f"{path}:5")
-    np.testing.assert_array_equal(clip, clips[5])
+    np.testing.assert_array_equal(clip, clips[5][..., None])
     assert tag == "clips_5"
 
 
@@ -142,7 +142,7 @@ def test_arrays_without_a_telling_axis_are_not_refused_in_either_layout(tiny_ove
     path = tmp_path / "clips.npy"
     np.save(path, array if layout == "TNHW" else array.transpose(1, 0, 2, 3))
     clip, _ = load_input(load_config(None, [*tiny_overrides, f"data.layout={layout}"]), str(path))
-    np.testing.assert_array_equal(clip, array[:, 0])
+    np.testing.assert_array_equal(clip, array[:, 0, ..., None])
 
 
 def test_a_dir_prepared_before_data_layout_existed_is_reused_not_refused(tiny_overrides, clips, tmp_path):

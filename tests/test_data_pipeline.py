@@ -30,7 +30,7 @@ def as_arrays(ds):
 
 def test_read_clips_gives_the_first_clips_in_a_fixed_order(prepared):
     cfg, clips = prepared
-    assert clips["train"].shape == (20, 6, 16, 16) and clips["train"].dtype == np.uint8
+    assert clips["train"].shape == (20, 6, 16, 16, 1) and clips["train"].dtype == np.uint8
     np.testing.assert_array_equal(pipeline.read_clips(cfg, load_manifest(cfg.dir), "train", 7), clips["train"][:7])
 
 
@@ -47,8 +47,8 @@ def test_shift_protocol_pairs_frame_t_with_frame_t_plus_1(prepared):
     cfg, clips = prepared
     x, y = as_arrays(pipeline.make_dataset(cfg, load_manifest(cfg.dir), "train", 8, training=False))
     assert x.shape == (20, 5, 16, 16, 1) and x.dtype == np.float32
-    np.testing.assert_allclose(x[..., 0], clips["train"][:, :-1] / 255.0, atol=1e-7)
-    np.testing.assert_allclose(y[..., 0], clips["train"][:, 1:] / 255.0, atol=1e-7)
+    np.testing.assert_allclose(x, clips["train"][:, :-1] / 255.0, atol=1e-7)
+    np.testing.assert_allclose(y, clips["train"][:, 1:] / 255.0, atol=1e-7)
     assert 0.0 <= x.min() and x.max() <= 1.0
 
 
@@ -56,8 +56,8 @@ def test_context_protocol_pairs_k_frames_with_the_next_n(prepared):
     cfg, clips = prepared
     cfg = dataclasses.replace(cfg, protocol="context", context_frames=2, predict_frames=3)
     x, y = as_arrays(pipeline.make_dataset(cfg, load_manifest(cfg.dir), "val", 4, training=False))
-    np.testing.assert_allclose(x[..., 0], clips["val"][:, :2] / 255.0, atol=1e-7)
-    np.testing.assert_allclose(y[..., 0], clips["val"][:, 2:5] / 255.0, atol=1e-7)
+    np.testing.assert_allclose(x, clips["val"][:, :2] / 255.0, atol=1e-7)
+    np.testing.assert_allclose(y, clips["val"][:, 2:5] / 255.0, atol=1e-7)
 
 
 def test_context_longer_than_the_clips_is_an_error(prepared):
@@ -89,7 +89,7 @@ def test_training_shuffles_repeats_and_keeps_full_batches(prepared):
     in_order.deterministic = True  # …so keep their order here to see the pass boundaries
     batches = [x.numpy() for x, _ in ds.with_options(in_order).take(6)]  # 48 clips: more than two passes over 20
     seen = np.concatenate(batches)[:20, :, :, :, 0]
-    first_frames = clips["train"][:, 0] / 255.0
+    first_frames = clips["train"][:, 0, ..., 0] / 255.0
     assert not np.allclose(seen[:, 0], first_frames)  # not in file order
     matched = {int(np.argmin(np.abs(first_frames - f).sum(axis=(1, 2)))) for f in seen[:, 0]}
     assert matched == set(range(20))  # shuffled within a pass, then repeated: each clip once per pass
@@ -110,7 +110,7 @@ def test_file_sharding_gives_each_worker_its_own_shards(prepared):
 
     cfg, clips = prepared
     cfg = dataclasses.replace(cfg, shuffle_buffer=0)
-    first_frames = clips["train"][:, 0] / 255.0
+    first_frames = clips["train"][:, 0, ..., 0] / 255.0
     seen = []
     for worker in range(2):
         ds = _AutoShardDataset(
@@ -146,14 +146,16 @@ def test_cache_option_keeps_decoded_clips_after_the_first_pass(prepared, tmp_pat
         for d in _datasets(pipeline.make_dataset(cfg, load_manifest(cfg.dir), "train", 4, training=True))
         if type(d).__name__ == "CacheDataset"
     ]
-    assert cache.element_spec == tf.TensorSpec([6, 16, 16], tf.uint8)  # clips, not records: later passes parse nothing
+    assert cache.element_spec == tf.TensorSpec(
+        [6, 16, 16, 1], tf.uint8
+    )  # clips, not records: later passes parse nothing
     val = pipeline.make_dataset(cfg, load_manifest(cfg.dir), "val", 4, training=False)
     first = as_arrays(val)
     for shard in (tmp_path / "data").glob("val-*.tfrecord"):
         shard.unlink()  # later passes never touch the files
     for a, b in zip(first, as_arrays(val)):
         np.testing.assert_array_equal(a, b)
-    np.testing.assert_allclose(first[0][..., 0], clips["val"][:, :-1] / 255.0, atol=1e-7)
+    np.testing.assert_allclose(first[0], clips["val"][:, :-1] / 255.0, atol=1e-7)
 
 
 def test_tf_data_service_serves_training_batches(prepared):
@@ -169,7 +171,7 @@ def test_tf_data_service_serves_training_batches(prepared):
     assert "_DataServiceDatasetV2" in _dataset_kinds(ds)  # the input work runs on the service workers
     x, _ = next(iter(ds))
     assert x.shape == (4, 5, 16, 16, 1)
-    first_frames = clips["train"][:, 0] / 255.0
+    first_frames = clips["train"][:, 0, ..., 0] / 255.0
     assert min(np.abs(first_frames - x[0, 0, ..., 0].numpy()).sum(axis=(1, 2))) < 1e-4  # a real clip
     del worker, dispatcher
 
@@ -181,7 +183,7 @@ def test_ram_filesystem_shards_read_like_local_ones(prepared):
     assert tf.io.gfile.exists("ram://nfp-test/data/manifest.json")
     np.testing.assert_array_equal(pipeline.read_clips(ram, load_manifest(ram.dir), "train", 20), clips["train"])
     x, _ = as_arrays(pipeline.make_dataset(ram, load_manifest(ram.dir), "val", 4, training=False))
-    np.testing.assert_allclose(x[..., 0], clips["val"][:, :-1] / 255.0, atol=1e-7)
+    np.testing.assert_allclose(x, clips["val"][:, :-1] / 255.0, atol=1e-7)
 
 
 def test_read_buffer_follows_the_config(prepared, monkeypatch):

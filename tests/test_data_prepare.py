@@ -45,7 +45,7 @@ def test_prepare_writes_named_shards_and_a_manifest_describing_them(tmp_path):
         "val-00000-of-00001.tfrecord",
     ]
     assert json.loads((data / "manifest.json").read_text()) == manifest
-    assert manifest["format_version"] == 2 and manifest["clip_shape"] == [6, 16, 16] and manifest["dtype"] == "uint8"
+    assert manifest["format_version"] == 2 and manifest["clip_shape"] == [6, 16, 16, 1] and manifest["dtype"] == "uint8"
     assert manifest["record"] == "raw"
     assert manifest["source"] == {"kind": "generate", "recipe": "openstl", "seed": 0, "digit_bank": "sklearn"}
     assert {k: v["count"] for k, v in manifest["splits"].items()} == {"train": 20, "val": 2, "test": 2}
@@ -63,7 +63,7 @@ def test_shards_hold_exactly_the_generated_clips(tmp_path, compression):
     bank = mm.load_digit_bank("sklearn", 8)
     for split in ("train", "val", "test"):
         n = manifest["splits"][split]["count"]
-        expected = mm.generate(n, seed=0, split=split, bank=bank, frames=6, image_size=16)
+        expected = mm.generate(n, seed=0, split=split, bank=bank, frames=6, image_size=16)[..., None]
         np.testing.assert_array_equal(read_clips(cfg, load_manifest(cfg.dir), split, n), expected)
     suffix = ".tfrecord.gz" if compression == "gzip" else ".tfrecord"
     assert all(s["name"].endswith(suffix) for s in manifest["splits"]["train"]["shards"])
@@ -248,7 +248,9 @@ GENERATE_CHANGES = {
     "source": lambda tmp_path: dict(source="download", url=_npy_of_tiny_clips(tmp_path)),
     "num_clips": lambda tmp_path: dict(num_clips=30),
     "frames": lambda tmp_path: dict(frames=5),
-    "image_size": lambda tmp_path: dict(image_size=20),
+    "frame_size": lambda tmp_path: dict(image_size=20),
+    "channels": lambda tmp_path: dict(channels=3),
+    "background": lambda tmp_path: dict(background="photos"),
     "seed": lambda tmp_path: dict(seed=7),
     "split": lambda tmp_path: dict(split=SplitConfig(train=0.5, val=0.25, test=0.25)),
     "digit_bank": lambda tmp_path: dict(digit_bank="mnist"),

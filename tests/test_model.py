@@ -71,7 +71,9 @@ def test_patches_round_trip_and_keep_each_patch_together():
 
 
 def test_a_patch_size_that_does_not_divide_the_frames_is_a_config_error():
-    with pytest.raises(ConfigError, match=r"model.patch_size: got 3, expected a divisor of the frame size 16"):
+    with pytest.raises(
+        ConfigError, match=r"model.patch_size: got 3, expected a divisor of the frame's height and width \(16×16\)"
+    ):
         build_model(
             load_config(None, [*TINY, "model.patch_size=3", "data.image_size=24", "data.digit_size=8"]).model,
             image_size=16,

@@ -77,7 +77,7 @@ def test_inputs_resolve_to_one_uint8_clip(cfg, tmp_path):
 
     clips = _noise_npy(tmp_path / "c.npy")
     clip, tag = load_input(cfg, str(tmp_path / "c.npy"))
-    np.testing.assert_array_equal(clip, clips[:, 0])
+    np.testing.assert_array_equal(clip, clips[:, 0, ..., None])
     assert tag == "c_0"
     prepare(cfg.data, progress=False)
     clip, tag = load_input(cfg, "split:val:1")
@@ -85,7 +85,7 @@ def test_inputs_resolve_to_one_uint8_clip(cfg, tmp_path):
     assert tag == "val_1"
     a, _ = load_input(cfg, "generate:3")
     b, _ = load_input(cfg, "generate:3")
-    assert a.dtype == np.uint8 and a.shape == (6, 16, 16) and a.max() > 0
+    assert a.dtype == np.uint8 and a.shape == (6, 16, 16, 1) and a.max() > 0
     np.testing.assert_array_equal(a, b)  # a seed is a clip
 
 

@@ -68,7 +68,7 @@ def test_prediction_images_start_at_step_zero_on_a_fresh_run_only(tmp_path):
 
     from nfp.callbacks import PredictionImages
 
-    clips = np.zeros((2, 6, 16, 16), np.uint8)
+    clips = np.zeros((2, 6, 16, 16, 1), np.uint8)
     steps = []
     model = keras.Sequential([keras.Input((None, 16, 16, 1)), keras.layers.Conv3D(1, 1)])
     for at_start in (True, False):

@@ -97,7 +97,7 @@ def _verify(path: Path, url: str, digests: dict, size: int | None, layout: str) 
 
 
 def open_clips(path: Path, data_cfg: DataConfig) -> np.ndarray:
-    """The fetched file's clips as a memory-mapped (time, clips, H, W) uint8 view, read in data.layout."""
+    """The fetched file's clips as a memory-mapped (time, clips, H, W, C) uint8 view, read in data.layout."""
     return npy.open_clips(path, data_cfg.layout, f"data.url {redact(data_cfg.url)}")
 
 

@@ -18,7 +18,7 @@ from nfp.errors import DataError
 
 FORMAT_VERSION = 2  # 1: a tf.train.Example per clip
 FILENAME = "manifest.json"
-RECORD = "raw"  # each record is one clip's uint8 bytes, C order (T, H, W)
+RECORD = "raw"  # each record is one clip's uint8 bytes, C order (T, H, W, C)
 SHARD_NAME = re.compile(r"^(train|val|test)-\d{5}-of-\d{5}\.tfrecord(\.gz)?$")
 
 
@@ -34,9 +34,15 @@ class Manifest:
         return self.content["id"]
 
     @property
-    def clip_shape(self) -> tuple[int, int, int]:
-        """(frames, H, W) of every clip."""
-        return tuple(self.content["clip_shape"])
+    def clip_shape(self) -> tuple[int, int, int, int]:
+        """(frames, H, W, C) of every clip (dirs prepared before colour record (frames, H, W): C = 1)."""
+        shape = tuple(self.content["clip_shape"])
+        return shape if len(shape) == 4 else (*shape, 1)
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of every frame: what a model of this data takes and predicts."""
+        return self.clip_shape[1:]
 
     @property
     def compression(self) -> str:
@@ -119,13 +125,14 @@ def check(content, url: str) -> None:
 
     for name in ("source", "config"):
         field(content, name, name, lambda v: isinstance(v, dict), "an object")
-    shape = field(content, "clip_shape", "clip_shape", lambda v: isinstance(v, list) and len(v) == 3 and all(
-        _count(x) and x >= 1 for x in v), "[frames, H, W] of 3 integers >= 1")  # fmt: skip
+    shape = field(content, "clip_shape", "clip_shape", lambda v: isinstance(v, list) and len(v) in (3, 4) and all(
+        _count(x) and x >= 1 for x in v) and (len(v) == 3 or v[3] in (1, 3)), "[frames, H, W, C] of integers >= 1, "
+        "C 1 or 3")  # fmt: skip
     config = content["config"]
-    if _count(config.get("frames")) and _count(config.get("image_size")):
-        made = [config["frames"], config["image_size"], config["image_size"]]
-        if shape != made:
-            raise bad("clip_shape", shape, f"{made} (config.frames, config.image_size: the clips it was made with)")
+    made = _made_shape(config)
+    if (made is not None and shape != made[: len(shape)]) or (len(shape) == 3 and made and made[3] != 1):
+        raise bad("clip_shape", shape, f"{made} (config.frames, config.frame_size, config.channels: the clips it was "
+                  "made with)")  # fmt: skip
     field(content, "dtype", "dtype", lambda v: v == "uint8", "'uint8'")
     field(content, "record", "record", lambda v: v == RECORD, repr(RECORD))
     compression = field(content, "compression", "compression", lambda v: v in ("none", "gzip"), "'none' or 'gzip'")
@@ -133,7 +140,7 @@ def check(content, url: str) -> None:
     for split in splits:
         if split not in SPLITS:
             raise DataError(f"{url}: splits.{split}: not a split, expected only {', '.join(SPLITS)}; {_FIX}")
-    record_bytes = shape[0] * shape[1] * shape[2] + _FRAMING
+    record_bytes = shape[0] * shape[1] * shape[2] * (shape[3] if len(shape) == 4 else 1) + _FRAMING
     for split in SPLITS:
         entry = field(splits, split, f"splits.{split}", lambda v: isinstance(v, dict), "an object {count, shards}")
         count = field(entry, "count", f"splits.{split}.count", lambda v: _count(v) and v >= 0, "an integer >= 0")
@@ -170,6 +177,18 @@ def check(content, url: str) -> None:
 
 
 _MISSING = object()
+
+
+def _made_shape(config: dict) -> list[int] | None:
+    """[frames, H, W, C] the manifest's config makes (frame_size, or image_size before rectangular frames), None when
+    it does not say."""
+    hw = config.get("frame_size")
+    if hw is None and _count(config.get("image_size")):
+        hw = [config["image_size"]] * 2
+    channels = config.get("channels", 1)
+    if not (_count(config.get("frames")) and isinstance(hw, list) and len(hw) == 2 and all(map(_count, hw))):
+        return None
+    return [config["frames"], *hw, channels]
 
 
 def _count(value) -> bool:

@@ -28,7 +28,7 @@ def make_dataset(
     training: bool,
     num_workers: int = 1,
 ) -> tf.data.Dataset:
-    """(inputs, targets) float32 in [0, 1], each (batch, time, H, W, 1); training: shuffled, repeated, full batches."""
+    """(inputs, targets) float32 in [0, 1], each (batch, time, H, W, C); training: shuffled, repeated, full batches."""
     files = readable_paths(data_cfg, manifest, split)
     to_pairs = _pairs_fn(data_cfg, manifest)
     if training:
@@ -77,7 +77,7 @@ def make_dataset(
 def clip_batches(
     data_cfg: DataConfig, manifest: Manifest, split: str, batch_size: int, max_clips: int | None = None
 ) -> tf.data.Dataset:
-    """uint8 clips (batch, T, H, W) of a split in manifest order, at most max_clips of them."""
+    """uint8 clips (batch, T, H, W, C) of a split in manifest order, at most max_clips of them."""
     ds = _reader(data_cfg, manifest)(readable_paths(data_cfg, manifest, split))
     if max_clips is not None:
         ds = ds.take(max_clips)
@@ -85,7 +85,7 @@ def clip_batches(
 
 
 def read_clips(data_cfg: DataConfig, manifest: Manifest, split: str, count: int) -> np.ndarray:
-    """The first `count` clips of a split (fewer if the split is smaller), uint8 (count, T, H, W)."""
+    """The first `count` clips of a split (fewer if the split is smaller), uint8 (count, T, H, W, C)."""
     ds = clip_batches(data_cfg, manifest, split, batch_size=max(1, min(count, 256)), max_clips=count)
     with naming_bad_shards(data_cfg, manifest, split):
         batches = [b.numpy() for b in ds]
@@ -94,7 +94,7 @@ def read_clips(data_cfg: DataConfig, manifest: Manifest, split: str, count: int)
 
 # --------------------------------------------------------------------------- records
 def _decode(records: tf.Tensor, manifest: Manifest) -> tf.Tensor:
-    """Records (batch,), each a clip's raw bytes → uint8 clips (batch, T, H, W)."""
+    """Records (batch,), each a clip's raw bytes → uint8 clips (batch, T, H, W, C)."""
     # The batch size from the records, not -1: a record of another size must fail here, not regroup the batch.
     shape = tf.concat([tf.shape(records), manifest.clip_shape], axis=0)
     clips = tf.reshape(tf.io.decode_raw(records, tf.uint8), shape)
@@ -110,7 +110,7 @@ def _pairs_fn(data_cfg: DataConfig, manifest: Manifest):
         )
 
     def to_pairs(clips: tf.Tensor):
-        x = tf.cast(clips, tf.float32)[..., None] / 255.0
+        x = tf.cast(clips, tf.float32) / 255.0
         if data_cfg.protocol == "shift":
             return x[:, :-1], x[:, 1:]
         return x[:, :k], x[:, k : k + n]

@@ -1,6 +1,7 @@
-"""Moving MNIST (generated or downloaded) → train/val/test → sharded TFRecords + manifest.json.
+"""Moving MNIST (generated or downloaded) or your own files (nfp.data.files) → train/val/test → sharded TFRecords +
+manifest.json.
 
-One record per clip: its raw uint8 bytes, C order (T, H, W); shape and dtype are in the manifest. (No
+One record per clip: its raw uint8 bytes, C order (T, H, W, C); shape and dtype are in the manifest. (No
 tf.train.Example: parsing one cost ~20–40 CPU µs per 64×64 clip, up to a fifth of the pipeline.) Shards are
 named `train-00000-of-00010.tfrecord[.gz]`; the manifest, written last, lists per shard its
 record count, size and sha256, and is the only entry point readers use. preview.png/.gif, a look
@@ -27,13 +28,14 @@ from pathlib import Path
 import numpy as np
 
 from nfp import rundir, storage
-from nfp.config import DataConfig
-from nfp.data import preview
+from nfp.config import FILE_SOURCES, DataConfig
+from nfp.data import files, images, preview
 from nfp.data.manifest import FILENAME, FORMAT_VERSION, RECORD, SHARD_NAME, Manifest, content_id, load_manifest
 from nfp.data.moving_mnist import SPLITS
 from nfp.errors import DataError, first_line, redact
 
 _CHUNK = 256  # clips rendered/read at a time: bounds memory whatever the shard size
+_CHUNK_BYTES = 64 << 20  # … and at most this many bytes of them (128×128×3 clips are 1 MB each)
 _MIN_SHARD_MB = 10  # TF guidance: shards of at least 10 MB (ideally 100 MB)
 
 
@@ -49,37 +51,34 @@ def ensure_prepared(data_cfg: DataConfig) -> Manifest:
     return existing
 
 
-def content_config(data_cfg: DataConfig) -> dict:
-    """The config keys that determine the shards' bytes (compared to reuse a prepared dir)."""
-    keys = [
-        "source",
-        "num_clips",
-        "frames",
-        "image_size",
-        "seed",
-        "num_shards",
-        "shard_mb",
-        "num_workers",
-        "compression",
-    ]
-    keys += (
-        ["url", "sha256", "layout"]
-        if data_cfg.source == "download"
-        else ["digit_bank", "digit_size", "digits_per_clip", "step_length"]
-    )
+def content_config(data_cfg: DataConfig, entries: list | None = None) -> dict:
+    """The config keys that determine the shards' bytes (compared to reuse a prepared dir); for your own files also a
+    fingerprint of them (`entries`, listed now when not given): a file added or changed is a new data set."""
+    keys = ["source", "frames", "seed", "num_shards", "shard_mb", "num_workers", "compression", "channels"]
+    keys += {
+        "download": ["num_clips", "url", "sha256", "layout"],
+        "generate": ["num_clips", "digit_bank", "digit_size", "digits_per_clip", "step_length", "background"],
+    }.get(data_cfg.source, ["path", "layout", "clip_stride", "frame_step", "on_bad_file"])
     out = {k: getattr(data_cfg, k) for k in keys}
+    out["frame_size"] = list(data_cfg.frame_hw)
     out["split"] = dataclasses.asdict(data_cfg.split)
     if "url" in out:
         out["url"] = redact(out["url"])  # the manifest is logged and copied: a URL's user:password stays out of it
+    if "path" in out:
+        out["path"] = [redact(p) for p in out["path"]]
+        out["clip_stride"] = data_cfg.clip_stride or data_cfg.frames
+        out["files"] = files.fingerprint(files.list_entries(data_cfg) if entries is None else entries)
     return out
 
 
 # Keys content_config gained after data dirs were prepared without them, at the value those dirs were made with.
-_ADDED_KEYS = {"download": {"layout": "TNHW"}}
+_ADDED_KEYS = {"download": {"layout": "TNHW", "channels": 1}, "generate": {"channels": 1, "background": "none"}}
 
 
 def _old_config(manifest: Manifest) -> dict:
-    config = manifest.content.get("config", {})
+    config = dict(manifest.content.get("config", {}))
+    if "image_size" in config and "frame_size" not in config:  # square frames, before data.frame_size
+        config["frame_size"] = [config.pop("image_size")] * 2
     return {**_ADDED_KEYS.get(config.get("source"), {}), **config}
 
 
@@ -135,26 +134,37 @@ def shard_name(split: str, index: int, total: int, compression: str) -> str:
 class _Source:
     info: dict  # what the manifest records about where the clips came from
     counts: dict[str, int]
-    clip_shape: tuple[int, int, int]
-    read: Callable[[str, int, int], np.ndarray]  # (split, start, stop) -> uint8 (n, T, H, W)
+    clip_shape: tuple[int, int, int, int]
+    read: Callable[[str, int, int], np.ndarray]  # (split, start, stop) -> uint8 (n, T, H, W, C)
+    close: Callable[[], None] = lambda: None  # the decoding pool's end
 
 
 def _generated(data_cfg: DataConfig) -> _Source:
     from nfp.data import moving_mnist as mm
 
-    counts = split_counts(data_cfg, data_cfg.num_clips)
-    clip_shape = (data_cfg.frames, data_cfg.image_size, data_cfg.image_size)
-    # the random draws of every clip are held at once: 4 float64 and an index per digit
-    _check_fits(data_cfg, counts, clip_shape, per_clip=48 * data_cfg.digits_per_clip)
-    bank = mm.load_digit_bank(data_cfg.digit_bank, data_cfg.digit_size)
-    streams = mm.split_streams(data_cfg.seed)
-    params = {s: mm.draw_params(streams[s], counts[s], data_cfg.digits_per_clip, len(bank)) for s in SPLITS}
+    d = data_cfg
+    counts = split_counts(d, d.num_clips)
+    clip_shape = (d.frames, *d.frame_shape)
+    # the random draws of every clip are held at once: 4 float64 and an index per digit (and 4 numbers per photo)
+    _check_fits(d, counts, clip_shape, per_clip=48 * d.digits_per_clip + 32 * (d.background == "photos"))
+    bank = mm.load_digit_bank(d.digit_bank, d.digit_size)
+    streams = mm.split_streams(d.seed)
+    params = {s: mm.draw_params(streams[s], counts[s], d.digits_per_clip, len(bank)) for s in SPLITS}
+    photos = mm.load_photos(d.frame_hw) if d.background == "photos" else None
+    backgrounds = (
+        {s: mm.draw_backgrounds(d.seed, s, counts[s], len(photos)) for s in SPLITS} if photos is not None else {}
+    )
 
     def read(split: str, start: int, stop: int) -> np.ndarray:
-        kw = dict(frames=data_cfg.frames, image_size=data_cfg.image_size, step_length=data_cfg.step_length)
-        return mm.render(params[split][start:stop], bank, **kw)
+        grey = mm.render(
+            params[split][start:stop], bank, frames=d.frames, image_size=d.frame_hw, step_length=d.step_length
+        )
+        drawn = backgrounds[split][start:stop] if backgrounds else None
+        return mm.dressed(grey, channels=d.channels, backgrounds=drawn, photos=photos, step_length=d.step_length)
 
-    info = {"kind": "generate", "recipe": "openstl", "seed": data_cfg.seed, "digit_bank": data_cfg.digit_bank}
+    info = {"kind": "generate", "recipe": "openstl", "seed": d.seed, "digit_bank": d.digit_bank}
+    if photos is not None:
+        info["background"] = "scikit-learn sample photos (china.jpg, flower.jpg)"
     return _Source(info, counts, clip_shape, read)
 
 
@@ -162,19 +172,22 @@ def _downloaded(data_cfg: DataConfig, progress: bool) -> _Source:
     from nfp.data import download
 
     path = download.fetch(data_cfg, progress=progress)
-    array = download.open_clips(path, data_cfg)  # (time, clips, H, W) uint8, memory-mapped, in data.layout
-    frames, total, h, w = array.shape
+    array = download.open_clips(path, data_cfg)  # (time, clips, H, W, C) uint8, memory-mapped, in data.layout
+    frames, total, h, w, _ = array.shape
     if data_cfg.frames > frames:
         raise DataError(f"data.frames: got {data_cfg.frames}, but {path} has {frames} frames per clip")
-    if data_cfg.image_size != h or h != w:
-        raise DataError(f"data.image_size: got {data_cfg.image_size}, but {path} has {h}×{w} frames")
+    if data_cfg.frame_hw != (h, w):
+        key = "data.frame_size" if data_cfg.frame_size else "data.image_size"
+        given = "×".join(map(str, data_cfg.frame_hw)) if data_cfg.frame_size else data_cfg.image_size
+        raise DataError(f"{key}: got {given}, but {path} has {h}×{w} frames")
     available = min(total, data_cfg.num_clips)
     if data_cfg.num_clips > total and data_cfg.num_clips != DataConfig.num_clips:  # the default means "all of them"
         warnings.warn(
             f"data.num_clips: {data_cfg.num_clips} asked for, {path.name} holds {total}: using {total}", stacklevel=2
         )
     counts = split_counts(data_cfg, available)
-    _check_fits(data_cfg, counts, (data_cfg.frames, h, w), per_clip=16)  # the seeded order and each split's part
+    clip_shape = (data_cfg.frames, h, w, data_cfg.channels)
+    _check_fits(data_cfg, counts, clip_shape, per_clip=16)  # the seeded order and each split's part
     order = np.random.default_rng(data_cfg.seed).permutation(available)  # seeded split of the file's clips
     bounds = np.cumsum([0] + [counts[s] for s in SPLITS])
     indices = {s: order[bounds[i] : bounds[i + 1]] for i, s in enumerate(SPLITS)}
@@ -182,9 +195,9 @@ def _downloaded(data_cfg: DataConfig, progress: bool) -> _Source:
     def read(split: str, start: int, stop: int) -> np.ndarray:
         idx = indices[split][start:stop]
         sort = np.argsort(idx)  # ascending reads from the memory map, then back to split order
-        clips = np.empty((len(idx), data_cfg.frames, h, w), np.uint8)
-        clips[sort] = np.asarray(array[: data_cfg.frames, idx[sort]]).transpose(1, 0, 2, 3)
-        return clips
+        clips = np.empty((len(idx), data_cfg.frames, h, w, array.shape[-1]), np.uint8)
+        clips[sort] = np.asarray(array[: data_cfg.frames, idx[sort]]).swapaxes(0, 1)
+        return images.to_channels(clips, data_cfg.channels)
 
     info = {
         "kind": "download",
@@ -194,7 +207,32 @@ def _downloaded(data_cfg: DataConfig, progress: bool) -> _Source:
         "layout": data_cfg.layout,
         "seed": data_cfg.seed,
     }
-    return _Source(info, counts, (data_cfg.frames, h, w), read)
+    return _Source(info, counts, clip_shape, read)
+
+
+def _own_files(data_cfg: DataConfig, entries: list, progress: bool) -> _Source:
+    """Clips of your own videos, frame folders or arrays (nfp.data.files), decoded in data.prepare_processes."""
+    pool = files.pool(data_cfg.prepare_processes)
+    try:
+        videos, skipped = files.index(data_cfg, entries, pool, progress)
+        splits = files.split_videos(data_cfg, videos)
+        reader = files.Reader(data_cfg, splits, pool)
+        counts = reader.counts()
+        if not counts["train"]:
+            raise DataError("data.split: leaves no training clips")
+        clip_shape = (data_cfg.frames, *data_cfg.frame_shape)
+        _check_fits(data_cfg, counts, clip_shape, per_clip=64)  # every clip's (video, start)
+    except BaseException:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        raise
+    info = {
+        "kind": data_cfg.source,
+        "path": [redact(p) for p in data_cfg.path],
+        "videos": {split: [v.name for v in videos] for split, videos in splits.items()},
+        "skipped": [{"file": s.name, "why": s.why} for s in skipped],
+    }
+    return _Source(info, counts, clip_shape, reader, close=(pool.shutdown if pool is not None else lambda: None))
 
 
 def _memory_bytes() -> int | None:
@@ -210,12 +248,13 @@ def _check_fits(data_cfg: DataConfig, counts: dict[str, int], clip_shape, per_cl
     or (local data.dir, no compression) its shards could not fit on the disk: before anything is allocated or
     written."""
     clips, clip_bytes = sum(counts.values()), math.prod(clip_shape)
-    shape = "×".join(map(str, clip_shape))
+    shape = _shape_text(clip_shape)
     # At once: `per_clip` bytes for every clip, a chunk of clips rendered or read plus its copy, and the preview's
     # clips of every split with their RGB picture.
     parts = {
         "data.num_clips": clips * per_clip,
-        "data.image_size, data.frames": (2 * min(_CHUNK, max(counts.values())) + 4 * 3 * preview.CLIPS) * clip_bytes,
+        "data.image_size, data.frames": (2 * min(_chunk(clip_shape), max(counts.values())) + 4 * 3 * preview.CLIPS)
+        * clip_bytes,
     }
     need, have = sum(parts.values()), _memory_bytes()
     if have is not None and need > have:
@@ -241,6 +280,11 @@ def _check_fits(data_cfg: DataConfig, counts: dict[str, int], clip_shape, per_cl
             f"data.num_clips, data.image_size, data.frames: {clips} clips of {shape} take {_size(disk)} of shards, "
             f"{existing} has {_size(free)} free; lower them, use data.compression=gzip or another data.dir"
         )
+
+
+def _chunk(clip_shape) -> int:
+    """Clips rendered or read at a time."""
+    return max(1, min(_CHUNK, _CHUNK_BYTES // math.prod(clip_shape)))
 
 
 def _size(n: float) -> str:
@@ -296,14 +340,22 @@ def _holding(data_dir: str):
 def _write(data_cfg: DataConfig, old: Manifest | None, *, progress: bool, reuse: bool = False) -> Manifest:
     """prepare(), given the dir's manifest as read before (None: none usable); reuse: return the manifest another job
     wrote meanwhile when it is of this config."""
-    config = content_config(data_cfg)
+    entries = files.list_entries(data_cfg) if data_cfg.source in FILE_SOURCES else None
+    config = content_config(data_cfg, entries)
     if old is not None and not _same_config(old, config):
         _check_replaceable(data_cfg, old, config)  # refused before any download or write (and again once held)
-    source = _downloaded(data_cfg, progress) if data_cfg.source == "download" else _generated(data_cfg)
-    clip_bytes = int(np.prod(source.clip_shape))
-    n_shards = shard_counts(data_cfg, source.counts, clip_bytes)
-    _check_writable(data_cfg.dir)
-    with _holding(data_cfg.dir) as hold:
+    if data_cfg.source == "download":
+        source = _downloaded(data_cfg, progress)
+    elif data_cfg.source == "generate":
+        source = _generated(data_cfg)
+    else:
+        source = _own_files(data_cfg, entries, progress)
+    with contextlib.ExitStack() as stack:
+        stack.callback(source.close)
+        clip_bytes = int(np.prod(source.clip_shape))
+        n_shards = shard_counts(data_cfg, source.counts, clip_bytes)
+        _check_writable(data_cfg.dir)
+        hold = stack.enter_context(_holding(data_cfg.dir))
         if old is not None or storage.exists(storage.join(data_cfg.dir, FILENAME)):
             old = _existing_manifest(data_cfg.dir)  # another job may have written it since it was read
         if reuse and old is not None and _same_config(old, config):
@@ -337,14 +389,14 @@ def _write_held(data_cfg: DataConfig, old, source: _Source, n_shards, config: di
             shards = []
             n, parts = source.counts[split], n_shards[split]
             sizes = [n // parts + (i < n % parts) for i in range(parts)] if parts else []  # as np.array_split
-            start = 0
+            start, chunk = 0, _chunk(source.clip_shape)
             for i, size in enumerate(sizes):
                 name = shard_name(split, i, len(sizes), data_cfg.compression)
                 url = storage.join(data_cfg.dir, name)
                 entry = _reuse(url, known.get(name), size)
                 if entry is None:
                     chunks = (
-                        source.read(split, a, min(a + _CHUNK, start + size)) for a in range(start, start + size, _CHUNK)
+                        source.read(split, a, min(a + chunk, start + size)) for a in range(start, start + size, chunk)
                     )
                     entry = _write_shard(url, name, chunks, data_cfg.compression, tmp_dir, bar)
                 else:
@@ -386,7 +438,7 @@ def _check_replaceable(data_cfg: DataConfig, old: Manifest, config: dict) -> Non
     shape = shape if isinstance(shape, list) else ["?"]
     raise DataError(
         f"data.dir {data_cfg.dir}: holds another data set ({_describe(old.content.get('config', {}), shape)}) "
-        f"than this config makes ({_describe(config, (data_cfg.frames, data_cfg.image_size, data_cfg.image_size))}); "
+        f"than this config makes ({_describe(config, (data_cfg.frames, *data_cfg.frame_shape))}); "
         "use another data.dir, or set data.overwrite=true to replace it"
     )
 
@@ -411,11 +463,20 @@ def _check_unusable(data_cfg: DataConfig, config: dict) -> None:
     print(f"prepare: {why.split('; run `nfp prepare`')[0]}: preparing it afresh", file=sys.stderr)
 
 
+def _shape_text(clip_shape) -> str:
+    """6×16×16 for grey clips, 6×16×16×3 for colour."""
+    shape = list(clip_shape)
+    return "×".join(map(str, shape[:3] if shape[3:] == [1] else shape))
+
+
 def _describe(config: dict, clip_shape) -> str:
     """ "download of URL, 10000 clips of 20×64×64" / "generate (seed 0), 600 clips of 20×32×32"."""
-    origin = f"download of {redact(str(config.get('url')))}" if config.get("source") == "download" else (
+    source = config.get("source")
+    if source in FILE_SOURCES:
+        return f"{source} from {', '.join(map(str, config.get('path', [])))}, clips of {_shape_text(clip_shape)}"
+    origin = f"download of {redact(str(config.get('url')))}" if source == "download" else (
         f"generate from {config.get('digit_bank')} digits, seed {config.get('seed')}")  # fmt: skip
-    return f"{origin}, {config.get('num_clips')} clips of {'×'.join(map(str, clip_shape))}"
+    return f"{origin}, {config.get('num_clips')} clips of {_shape_text(clip_shape)}"
 
 
 def _check_writable(data_dir: str) -> None:

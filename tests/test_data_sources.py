@@ -1,0 +1,304 @@
+"""Your own data: video files (PyAV), frame folders (Pillow) and arrays, written here as real files, prepared into
+shards — shapes, splits without leakage, byte-identical reruns for any pool size, one line per bad file."""
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from media import decode_all, moving_shapes, write_frames, write_video
+
+from nfp.config import load_config
+from nfp.data import files, images, pipeline
+from nfp.data import prepare as prep
+from nfp.errors import DataError
+
+
+def _cfg(tmp_path, source: str, path, *extra, name="data"):
+    return load_config(
+        None,
+        [
+            f"data.source={source}",
+            f"data.path={path}",
+            "data.frames=6",
+            "data.frame_size=[16, 24]",
+            "data.channels=3",
+            f"data.dir={tmp_path}/{name}",
+            "data.prepare_processes=1",
+            "evaluate.context_frames=3",
+            "evaluate.predict_frames=3",
+            *extra,
+        ],
+    ).data
+
+
+def _shards(data_dir) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(data_dir).glob("*.tfrecord"))}
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    """Six videos in the four containers, 30 frames of 48×64 each."""
+    root = tmp_path_factory.mktemp("videos")
+    for i, suffix in enumerate([".mp4", ".avi", ".mkv", ".webm", ".mp4", ".mp4"]):
+        write_video(root / f"cam{i}{suffix}", moving_shapes(30, 48, 64, seed=i))
+    return root
+
+
+# --------------------------------------------------------------------------- pixels
+def test_fit_keeps_the_aspect_by_a_centre_crop_and_converts_channels():
+    wide = np.zeros((40, 100, 3), np.uint8)
+    wide[:, 20:80] = 255  # around the centre 40 columns, all that a square crop keeps (and its filter reads)
+    square = images.fit(wide, (20, 20), 3)
+    assert square.shape == (20, 20, 3) and square.min() == 255
+    grey = images.fit(np.full((8, 8, 3), [255, 0, 0], np.uint8), (8, 8), 1)
+    assert grey.shape == (8, 8, 1) and grey[0, 0, 0] == 76  # Pillow's luma of pure red
+    assert images.to_channels(np.full((2, 2, 1), 7, np.uint8), 3).tolist() == [[[7, 7, 7]] * 2] * 2
+
+
+# --------------------------------------------------------------------------- video
+def test_videos_become_clips_of_the_frame_size_and_no_video_is_in_two_splits(tmp_path, videos):
+    cfg = _cfg(tmp_path, "video", videos, "data.split={train: 4, val: 1, test: 1}")
+    manifest = prep.prepare(cfg, progress=False)
+    assert manifest.clip_shape == (6, 16, 24, 3)
+    split_of = manifest.content["source"]["videos"]
+    names = [n for names in split_of.values() for n in names]
+    assert sorted(names) == sorted(p.name for p in videos.iterdir()) and len(set(names)) == len(names)
+    assert [len(split_of[s]) for s in ("train", "val", "test")] == [4, 1, 1]
+    assert {s: manifest.count(s) for s in manifest.splits} == {"train": 20, "val": 5, "test": 5}  # 30 frames: 5 clips
+    clips = pipeline.read_clips(cfg, manifest, "test", 5)
+    (test_video,) = split_of["test"]
+    reference = decode_all(videos / test_video)
+    expected = np.stack([images.fit(reference[t], (16, 24), 3) for t in range(6, 12)])
+    np.testing.assert_array_equal(clips[1], expected)  # the second clip: frames 6..11, fitted
+
+
+def test_frame_step_and_gaps_seek_yet_give_the_frames_a_plain_decode_gives(tmp_path):
+    write_video(tmp_path / "long.mp4", moving_shapes(400, 32, 32, seed=3))
+    # every 2nd frame, a clip every 60 kept frames: gaps of ~110 frames, past what is decoded through
+    cfg = _cfg(tmp_path, "video", tmp_path / "long.mp4", "data.frame_step=2", "data.clip_stride=60",
+               "data.split={train: 1, val: 0, test: 0}")  # fmt: skip
+    manifest = prep.prepare(cfg, progress=False)
+    clips = pipeline.read_clips(cfg, manifest, "train", 100)
+    reference = decode_all(tmp_path / "long.mp4")
+    starts = list(range(0, 200 - 6 + 1, 60))
+    assert len(clips) == len(starts) == 4
+    for clip, start in zip(clips, starts):
+        expected = np.stack([images.fit(reference[2 * (start + j)], (16, 24), 3) for j in range(6)])
+        np.testing.assert_array_equal(clip, expected)
+
+
+def test_pool_sizes_and_reruns_write_byte_identical_shards(tmp_path, videos):
+    one = prep.prepare(_cfg(tmp_path, "video", videos, name="one"), progress=False)
+    two = prep.prepare(_cfg(tmp_path, "video", videos, "data.prepare_processes=2", name="two"), progress=False)
+    assert one.id == two.id and _shards(tmp_path / "one") == _shards(tmp_path / "two")
+    again = prep.prepare(_cfg(tmp_path, "video", videos, name="one"), progress=False)  # a rerun reuses every shard
+    assert again.id == one.id and _shards(tmp_path / "one") == _shards(tmp_path / "two")
+
+
+def test_a_video_added_to_the_folder_is_a_new_data_set(tmp_path):
+    folder = tmp_path / "videos"
+    for i in range(2):
+        write_video(folder / f"v{i}.mp4", moving_shapes(12, 16, 16, seed=i))
+    cfg = _cfg(tmp_path, "video", folder, "data.split={train: 1.0, val: 0.0, test: 0.0}")
+    first = prep.ensure_prepared(cfg)
+    write_video(folder / "v2.mp4", moving_shapes(12, 16, 16, seed=2))
+    with pytest.raises(DataError, match=r"holds another data set \(video from .*videos"):
+        prep.ensure_prepared(cfg)  # not silently the old shards, not silently replaced
+    assert first.count("train") == 4
+
+
+def test_name_patterns_split_by_person_and_the_manifest_lists_where_each_went(tmp_path):
+    folder = tmp_path / "kth"
+    for person in (1, 2, 22, 23, 25):
+        write_video(folder / f"person{person:02d}_walking.mp4", moving_shapes(12, 16, 16, seed=person))
+    cfg = _cfg(tmp_path, "video", folder, 'data.split={test: ["person2[2-5]_*"], val: ["person02_*"]}')
+    manifest = prep.prepare(cfg, progress=False)
+    assert manifest.content["source"]["videos"] == {
+        "train": ["person01_walking.mp4"],
+        "val": ["person02_walking.mp4"],
+        "test": ["person22_walking.mp4", "person23_walking.mp4", "person25_walking.mp4"],
+    }
+    with pytest.raises(DataError, match=r"data.split: person22_walking.mp4 matches the patterns of val and test"):
+        prep.prepare(_cfg(tmp_path, "video", folder, 'data.split={test: ["person2*"], val: ["*22*"]}', name="b"))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p.write_bytes(b"not a video at all" * 100), r"video .*bad.mp4: cannot be opened as a video"),
+        (lambda p: p.write_bytes(write_video(p, moving_shapes(30, 16, 16)).read_bytes()[:600]),
+         r"video .*bad.mp4: (cannot be opened as a video|cut short|has no frames|shorter than one clip)"),
+        (lambda p: write_video(p, moving_shapes(4, 16, 16)),
+         r"video .*bad.mp4: shorter than one clip: 4 frame\(s\), a clip spans 6 \(data.frames 6, data.frame_step 1\)"),
+    ],
+    ids=["not a video", "truncated", "too short"],
+)  # fmt: skip
+def test_a_bad_video_is_one_line_naming_it_or_skipped_and_listed(tmp_path, make, message):
+    folder = tmp_path / "videos"
+    write_video(folder / "good.mp4", moving_shapes(12, 16, 16))
+    make(folder / "bad.mp4")
+    with pytest.raises(DataError, match=message + r".*\(data.on_bad_file=skip to leave it out\)$"):
+        prep.prepare(_cfg(tmp_path, "video", folder, "data.split={train: 1.0, val: 0.0, test: 0.0}"), progress=False)
+    assert not (tmp_path / "data" / "manifest.json").exists()
+    cfg = _cfg(tmp_path, "video", folder, "data.split={train: 1.0, val: 0.0, test: 0.0}", "data.on_bad_file=skip")
+    with pytest.warns(UserWarning, match=r"bad.mp4: skipped, "):
+        manifest = prep.prepare(cfg, progress=False)
+    (skipped,) = manifest.content["source"]["skipped"]
+    assert skipped["file"] == "bad.mp4" and skipped["why"]
+    assert manifest.content["source"]["videos"]["train"] == ["good.mp4"]
+
+
+def test_an_empty_directory_is_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"^data.path .*empty: no .mp4/.avi/.mkv/.webm/.mov files found"):
+        prep.prepare(_cfg(tmp_path, "video", tmp_path / "empty"), progress=False)
+
+
+def test_videos_on_gs_are_read_through_fsspec(tmp_path, emulator, videos):
+    import fsspec
+
+    fs = fsspec.filesystem("gs", token="anon")
+    for name in ("cam0.mp4", "cam4.mp4", "cam5.mp4"):
+        fs.put(str(videos / name), f"nfp-test/own-videos/{name}")
+    remote = prep.prepare(_cfg(tmp_path, "video", "gs://nfp-test/own-videos", name="remote"), progress=False)
+    local_dir = tmp_path / "local-videos"
+    local_dir.mkdir()
+    for name in ("cam0.mp4", "cam4.mp4", "cam5.mp4"):
+        (local_dir / name).write_bytes((videos / name).read_bytes())
+    local = prep.prepare(_cfg(tmp_path, "video", local_dir, name="local"), progress=False)
+    assert remote.clip_shape == local.clip_shape and _shards(tmp_path / "remote") == _shards(tmp_path / "local")
+
+
+# --------------------------------------------------------------------------- frame folders
+def test_frame_folders_read_in_natural_order_and_convert_rgba_once(tmp_path, capsys):
+    frames = moving_shapes(12, 16, 24, seed=1)
+    write_frames(tmp_path / "clips" / "a", frames)
+    write_frames(tmp_path / "clips" / "b", moving_shapes(12, 16, 24, seed=2), mode="RGBA")
+    cfg = _cfg(tmp_path, "frames", tmp_path / "clips", "data.split={train: 1.0, val: 0.0, test: 0.0}",
+               "data.clip_stride=6")  # fmt: skip
+    manifest = prep.prepare(cfg, progress=False)
+    assert manifest.content["source"]["videos"]["train"] == ["a", "b"]
+    assert "RGBA frames (first: " in capsys.readouterr().out
+    clips = pipeline.read_clips(cfg, manifest, "train", 4)
+    np.testing.assert_array_equal(clips[1], frames[6:12])  # f6..f11, not f10, f11, f2, … (text order)
+
+
+@pytest.mark.parametrize(
+    ("spoil", "message"),
+    [
+        (lambda d: write_frames(d / "odd", moving_shapes(1, 8, 8)) and (d / "odd" / "f0.png").rename(d / "f3.png"),
+         r"frame folder .*clip: frame 3 \(f3.png\): \(8, 8\)|frame 3 \(f3.png\): 8×8, the folder's first frame is 24×16"),
+        (lambda d: (d / "f3.png").write_text("hello"), r"frame 3 \(f3.png\): not a readable image"),
+        (lambda d: (d / "notes.txt").write_text("x"), r"\(notes.txt\): not a PNG or JPEG file"),
+    ],
+    ids=["sizes differ", "not an image", "a stray file"],
+)  # fmt: skip
+def test_a_bad_frame_folder_is_one_line_naming_the_frame(tmp_path, spoil, message):
+    folder = write_frames(tmp_path / "clips" / "clip", moving_shapes(8, 16, 24))
+    spoil(folder)
+    with pytest.raises(DataError, match=message):
+        prep.prepare(_cfg(tmp_path, "frames", tmp_path / "clips", "data.split={train: 1.0, val: 0.0, test: 0.0}"))
+
+
+# --------------------------------------------------------------------------- arrays
+def test_arrays_in_every_layout_give_the_same_clips(tmp_path):
+    clips = np.stack([moving_shapes(6, 16, 24, seed=i) for i in range(4)])  # (N, T, H, W, C)
+    np.save(tmp_path / "nthwc.npy", clips)
+    np.save(tmp_path / "tnhwc.npy", clips.swapaxes(0, 1))
+    np.savez(tmp_path / "stored.npz", part=clips.astype(np.float32) / 255.0)  # floats in [0, 1], memory-mapped
+    split = "data.split={train: 1.0, val: 0.0, test: 0.0}"
+    out = {}
+    for name, layout in (("nthwc.npy", "NTHWC"), ("tnhwc.npy", "TNHWC"), ("stored.npz", "NTHWC")):
+        cfg = _cfg(tmp_path, "arrays", tmp_path / name, split, f"data.layout={layout}", name=f"d-{name}")
+        manifest = prep.prepare(cfg, progress=False)
+        out[name] = pipeline.read_clips(cfg, manifest, "train", 4)
+    for name, got in out.items():
+        np.testing.assert_array_equal(got, clips, err_msg=name)
+    grey = _cfg(tmp_path, "arrays", tmp_path / "nthwc.npy", split, "data.layout=NTHWC", "data.channels=1", name="g")
+    assert prep.prepare(grey, progress=False).clip_shape == (6, 16, 24, 1)
+
+
+def test_bad_arrays_are_one_line_naming_the_file(tmp_path):
+    split = "data.split={train: 1.0, val: 0.0, test: 0.0}"
+    np.savez_compressed(tmp_path / "packed.npz", x=np.zeros((2, 6, 16, 24), np.uint8))
+    with pytest.raises(
+        DataError, match=r"packed.npz \[x\]: compressed \(np.savez_compressed\) cannot be memory-mapped"
+    ):
+        prep.prepare(_cfg(tmp_path, "arrays", tmp_path / "packed.npz", split, "data.layout=NTHW"))
+    np.save(tmp_path / "ints.npy", np.zeros((2, 6, 16, 24), np.int16))
+    with pytest.raises(DataError, match=r"ints.npy: got shape \(2, 6, 16, 24\) dtype int16, expected a .npy of"):
+        prep.prepare(_cfg(tmp_path, "arrays", tmp_path / "ints.npy", split, "data.layout=NTHW"))
+    np.save(tmp_path / "grey.npy", np.zeros((2, 6, 16, 24), np.uint8))
+    with pytest.raises(
+        DataError, match=r"grey.npy: got shape \(2, 6, 16, 24\) dtype uint8, expected .* \(data.layout NTHWC\)"
+    ):
+        prep.prepare(_cfg(tmp_path, "arrays", tmp_path / "grey.npy", split, "data.layout=NTHWC"))
+    np.save(tmp_path / "hot.npy", np.full((2, 6, 16, 24), 3.0, np.float32))
+    with pytest.raises(DataError, match=r"hot.npy: float values 3..3 in clip 0, expected floats in \[0, 1\]"):
+        prep.prepare(_cfg(tmp_path, "arrays", tmp_path / "hot.npy", split, "data.layout=NTHW", name="hot"))
+
+
+def test_npz_members_are_mapped_not_loaded(tmp_path):
+    np.savez(tmp_path / "two.npz", a=np.ones((2, 6, 8, 8), np.uint8), b=np.zeros((3, 6, 8, 8), np.uint8))
+    arrays = files.npy.open_arrays(tmp_path / "two.npz", "x", "NTHW")
+    assert {k: (type(v).__name__, v.shape) for k, v in arrays.items()} == {
+        "a": ("memmap", (2, 6, 8, 8)),
+        "b": ("memmap", (3, 6, 8, 8)),
+    }
+    assert arrays["a"].min() == 1 and zipfile.is_zipfile(tmp_path / "two.npz")
+
+
+def test_the_manifest_records_the_frame_geometry(tmp_path, videos):
+    manifest = prep.prepare(_cfg(tmp_path, "video", videos, "data.channels=1"), progress=False)
+    content = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    assert content["clip_shape"] == [6, 16, 24, 1] and manifest.frame_shape == (16, 24, 1)
+    assert content["config"]["frame_size"] == [16, 24] and content["config"]["channels"] == 1
+
+
+# --------------------------------------------------------------------------- end to end, per source
+def _own_data(tmp_path: Path, source: str) -> tuple[Path, list[str]]:
+    """Files of `source` written here, and the overrides that train on them."""
+    root = tmp_path / "own"
+    if source == "video":
+        for i in range(5):
+            write_video(root / f"v{i}.mp4", moving_shapes(24, 32, 48, seed=i))
+    elif source == "frames":
+        for i in range(5):
+            write_frames(root / f"clip{i}", moving_shapes(24, 32, 48, seed=i))
+    else:
+        root.mkdir()
+        np.save(root / "clips.npy", np.stack([moving_shapes(24, 32, 48, seed=i) for i in range(5)]))
+    return root, [
+        f"data.source={source}",
+        f"data.path={root}",
+        "data.layout=NTHWC",
+        "data.split={train: 3, val: 1, test: 1}",
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["video", "frames", "arrays"])
+def test_each_source_prepares_trains_evaluates_and_predicts_from_a_video(tmp_path, tiny_overrides, source):
+    from PIL import Image
+
+    from nfp.cli import main
+
+    _, overrides = _own_data(tmp_path, source)
+    overrides = [*tiny_overrides, *overrides, "data.frame_size=[16, 24]", "data.channels=3", "data.clip_stride=3",
+                 "data.prepare_processes=2", "tracking.enabled=false"]  # fmt: skip
+    assert main(["prepare", *overrides]) == 0
+    assert main(["train", *overrides]) == 0
+    checkpoint = tmp_path / "out" / "checkpoints" / "last.keras"
+    assert main(["evaluate", "--model", str(checkpoint), "--out", str(tmp_path / "eval"), *overrides]) == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["summary"]["clips"] == 7 and all(np.isfinite(v) for k, v in report["summary"].items() if "mse" in k)
+    clip = write_video(tmp_path / "clip.mp4", moving_shapes(12, 60, 80, seed=9))  # another size: fitted to 16×24
+    assert main(["predict", "--model", str(checkpoint), "--input", str(clip), "--out", str(tmp_path / "pred"),
+                 "--save-npy", *overrides]) == 0  # fmt: skip
+    predicted = np.load(tmp_path / "pred" / "clip.npy")
+    assert predicted.shape == (3, 1, 16, 24, 3) and predicted.dtype == np.uint8  # TNHWC, in colour
+    with Image.open(tmp_path / "pred" / "clip.png") as strip:
+        assert strip.mode == "RGB"
