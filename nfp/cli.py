@@ -52,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
 
     command("prepare", "Build sharded TFRecords + manifest.json from Moving MNIST (download or generate) or your own "
             "videos, frame folders or arrays (data.source, data.path).")  # fmt: skip
+    dv = command("demo-videos", "Write demo mp4 videos (digits over colour photos, data.frame_size) to try "
+                 "data.source: video offline.")  # fmt: skip
+    dv.add_argument("--out", default="data/demo_videos", help="directory (default: data/demo_videos)")
+    dv.add_argument("--videos", type=_positive_int, default=12, help="how many (default: 12)")
+    dv.add_argument("--frames", type=_positive_int, default=60, help="frames each (default: 60)")
     command("train", "Train a ConvLSTM (prepares the data first if its manifest is missing); logs to MLflow.")
     pv = command(
         "preview",
@@ -182,6 +187,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         manifest = prepare(cfg.data)
         print(f"prepared {cfg.data.dir}: " + ", ".join(f"{split}={manifest.count(split)}" for split in manifest.splits))
+    elif args.command == "demo-videos":
+        from nfp.data.demo import write_demo_videos
+
+        paths = write_demo_videos(args.out, cfg.data, videos=args.videos, frames=args.frames)
+        print(f"wrote {len(paths)} videos to {args.out}")
     elif args.command == "train":
         from nfp.train import train
 

@@ -44,6 +44,14 @@ class SplitConfig:
     val: float | list[str] = _knob(0.1, min=0)
     test: float | list[str] = _knob(0.1, min=0)
 
+    def are_counts(self) -> bool:
+        """Counts, not fractions: a value above 1, or whole numbers summing to more than 1 ({train: 3, val: 1,
+        test: 1}, or {1, 1, 1} videos)."""
+        values = [self.train, self.val, self.test]
+        if any(isinstance(v, list) for v in values):
+            return False
+        return any(v > 1 for v in values) or (all(float(v).is_integer() for v in values) and sum(values) > 1)
+
     def patterns(self) -> dict[str, list[str]] | None:
         """{split: patterns} when the split is given by name patterns, else None."""
         given = {name: getattr(self, name) for name in ("train", "val", "test")}
@@ -510,7 +518,7 @@ def _check_consistency(cfg: Config) -> None:
     """Rules that span several keys."""
     d, m, e = cfg.data, cfg.model, cfg.evaluate
     fractions = [d.split.train, d.split.val, d.split.test] if d.split.patterns() is None else [1, 0, 0]
-    if all(f <= 1 for f in fractions) and abs(sum(fractions) - 1) > 1e-6:
+    if not d.split.are_counts() and all(f <= 1 for f in fractions) and abs(sum(fractions) - 1) > 1e-6:
         raise ConfigError(f"data.split: fractions sum to {sum(fractions):g}, expected 1 (or give clip counts > 1)")
     if any(f > 1 for f in fractions) and not all(float(f).is_integer() for f in fractions):
         raise ConfigError("data.split: mixes counts and fractions, expected all counts or all fractions")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-CODECS = {".mp4": "mpeg4", ".avi": "mpeg4", ".mkv": "mpeg4", ".webm": "libvpx-vp9"}
+from nfp.data.demo import write_video  # noqa: F401 - the tests write videos as nfp demo-videos does
 
 
 def moving_shapes(frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -34,25 +34,6 @@ def moving_shapes(frames: int, height: int, width: int, seed: int = 0) -> np.nda
                     vel[i, axis] *= -1
                     pos[i, axis] = np.clip(pos[i, axis], 0, limit)
     return out
-
-
-def write_video(path: str | Path, frames: np.ndarray, *, fps: int = 10, codec: str | None = None) -> Path:
-    """Encode (T, H, W, 3) uint8 frames (H, W even) into a video file; the codec from the suffix by default."""
-    import av
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec or CODECS[path.suffix], rate=fps)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"g": "8"} if (codec or CODECS[path.suffix]) != "libvpx-vp9" else {"g": "8", "speed": "8"}
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 def write_frames(folder: str | Path, frames: np.ndarray, *, suffix: str = ".png", mode: str | None = None) -> Path:

@@ -302,3 +302,77 @@ def test_each_source_prepares_trains_evaluates_and_predicts_from_a_video(tmp_pat
     assert predicted.shape == (3, 1, 16, 24, 3) and predicted.dtype == np.uint8  # TNHWC, in colour
     with Image.open(tmp_path / "pred" / "clip.png") as strip:
         assert strip.mode == "RGB"
+    (last_strip,) = sorted((tmp_path / "out").rglob("epoch_002.png"))  # the run's prediction strips, in colour
+    with Image.open(last_strip) as image:
+        assert any(len(set(c)) > 1 for _, c in image.convert("RGB").getcolors(1 << 20))
+
+
+@pytest.mark.slow
+def test_the_videos_config_trains_evaluates_and_predicts_on_demo_videos_with_two_overrides(tmp_path):
+    from nfp.cli import main
+
+    demo = tmp_path / "demo_videos"
+    # the shipped config, only its sizes shrunk (and tracking off) — data.path and data.dir are the two overrides
+    shrunk = ["data.frame_size=[32,32]", "data.frames=6", "data.clip_stride=3", "model.preset=custom",
+              "model.filters=[4]", "model.kernel_sizes=[3]", "model.patch_size=4", "train.epochs=2",
+              "train.batch_size=2", "train.verbose=0", f"train.output_dir={tmp_path}/out", "train.images.num_clips=1",
+              "evaluate.context_frames=3", "evaluate.predict_frames=3", "evaluate.every_n_epochs=1",
+              "data.split={train: 3, val: 1, test: 1}", "tracking.enabled=false"]  # fmt: skip
+    config = ["--config", "configs/videos.yaml", *shrunk]
+    assert main(["demo-videos", "--out", str(demo), "--videos", "5", "--frames", "12", *config]) == 0
+    assert sorted(p.name for p in demo.iterdir()) == [f"demo_{i:03d}.mp4" for i in range(5)]
+    overrides = [f"data.path={demo}", f"data.dir={tmp_path}/data"]
+    assert main(["train", *config, *overrides]) == 0
+    checkpoint = str(tmp_path / "out" / "checkpoints" / "last.keras")
+    assert main(["evaluate", "--model", checkpoint, "--out", str(tmp_path / "eval"), *config, *overrides]) == 0
+    assert main(["predict", "--model", checkpoint, "--input", str(demo / "demo_004.mp4"), "--out",
+                 str(tmp_path / "pred"), "--save-npy", *config, *overrides]) == 0  # fmt: skip
+    assert np.load(tmp_path / "pred" / "demo_004.npy").shape == (3, 1, 32, 32, 3)
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    assert manifest["clip_shape"] == [6, 32, 32, 3] and len(manifest["source"]["videos"]["test"]) == 1
+
+
+@pytest.mark.slow
+def test_a_skipped_file_is_in_the_runs_manifest_and_tags_and_the_model_serves_colour_frames(tmp_path, tiny_overrides):
+    import mlflow
+
+    from nfp.train import train
+
+    folder = tmp_path / "videos"
+    for i in range(3):
+        write_video(folder / f"v{i}.mp4", moving_shapes(12, 16, 16, seed=i))
+    (folder / "broken.mp4").write_bytes(b"\0" * 2000)
+    cfg = load_config(None, [*tiny_overrides, "data.source=video", f"data.path={folder}", "data.on_bad_file=skip",
+                             "data.split={train: 1, val: 1, test: 1}", "train.epochs=1", "train.batch_size=2",
+                             "data.frame_size=[16,24]", "data.channels=3"])  # fmt: skip
+    with pytest.warns(UserWarning, match=r"broken.mp4: skipped, cannot be opened as a video"):
+        summary = train(cfg)
+    run = mlflow.get_run(summary["run_id"])
+    assert run.data.tags["data_skipped_files"] == "1"
+    manifest = json.loads(mlflow.artifacts.load_text(f"runs:/{summary['run_id']}/data/manifest.json"))
+    assert [s["file"] for s in manifest["source"]["skipped"]] == ["broken.mp4"]
+    (model,) = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run.info.run_id}'",
+        output_format="list",
+    )
+    mlmodel = mlflow.models.Model.load(model.model_uri).to_dict()
+    assert json.loads(mlmodel["signature"]["outputs"])[0]["tensor-spec"]["shape"] == [-1, -1, 16, 24, 3]
+    assert mlmodel["metadata"]["context"].startswith("(batch, k, 16, 24, 3)")  # served: the clips' frames in and out
+
+
+# --------------------------------------------------------------------------- offline colour data, pictures in colour
+def test_generated_digits_over_photos_prepare_in_colour_with_a_colour_preview(tmp_path, tiny_overrides):
+    from PIL import Image
+
+    cfg = load_config(None, [*tiny_overrides, "data.background=photos", "data.channels=3"]).data
+    manifest = prep.prepare(cfg, progress=False)
+    assert manifest.clip_shape == (6, 16, 16, 3) and manifest.content["source"]["background"].startswith("scikit")
+    clips = pipeline.read_clips(cfg, manifest, "train", 4)
+    assert (clips[..., 0] != clips[..., 1]).any()  # colour, not grey repeated
+    with Image.open(tmp_path / "data" / "preview.png") as png, Image.open(tmp_path / "data" / "preview.gif") as gif:
+        assert png.mode == "RGB" and gif.convert("RGB").getcolors(100000) is not None
+        colours = {c for _, c in gif.convert("RGB").getcolors(100000)}
+        assert any(len(set(c)) > 1 for c in colours)  # some pixel is not grey
+    grey = load_config(None, [*tiny_overrides, "data.dir=" + str(tmp_path / "grey")]).data
+    assert prep.prepare(grey, progress=False).content["config"]["background"] == "none"

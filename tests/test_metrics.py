@@ -58,6 +58,18 @@ def test_ssim_matches_skimage_structural_similarity_with_openstl_settings(data_r
     np.testing.assert_allclose(ours, reference, atol=1e-5)
 
 
+def test_colour_ssim_is_per_channel_and_averaged_as_skimage_with_channel_axis_and_errors_sum_over_hwc():
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(2)
+    truth = np.stack([_blobs(rng, 3, size=16)[..., None].repeat(3, -1) * [1.0, 0.6, 0.3]]).astype(np.float32)
+    pred = np.clip(truth + rng.normal(0, 0.1, truth.shape), 0, 1).astype(np.float32)  # (1, 3 frames, 16, 16, 3)
+    values = frame_metrics(truth, pred)
+    reference = [structural_similarity(t, p, data_range=2.0, channel_axis=-1) for t, p in zip(truth[0], pred[0])]
+    np.testing.assert_allclose(values["ssim"].numpy()[0], reference, atol=1e-5)
+    np.testing.assert_allclose(values["mse"].numpy()[0], ((pred - truth) ** 2).sum(axis=(2, 3, 4))[0], rtol=1e-5)
+
+
 def test_ssim_default_is_openstls_data_range_2():
     from skimage.metrics import structural_similarity
 

@@ -91,7 +91,7 @@ def split_counts(data_cfg: DataConfig, available: int) -> dict[str, int]:
     """Clips per split from fractions (rounded, rest to train) or counts (summing to <= available)."""
     s = data_cfg.split
     wanted = {"train": s.train, "val": s.val, "test": s.test}
-    if any(v > 1 for v in wanted.values()):
+    if s.are_counts():
         counts = {k: int(v) for k, v in wanted.items()}
         if sum(counts.values()) > available:
             raise DataError(
