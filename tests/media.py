@@ -50,9 +50,20 @@ def write_frames(folder: str | Path, frames: np.ndarray, *, suffix: str = ".png"
     return folder
 
 
-def decode_all(path: str | Path) -> np.ndarray:
-    """Every frame of a video, (T, H, W, 3) uint8, decoded plainly from the start (the reference for seeking)."""
+def decode_all(path: str | Path, frame_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """Every frame of a video, (T, H, W, 3) uint8, decoded plainly from the start (the reference for seeking);
+    with frame_hw, scaled to cover it and centre-cropped as nfp's video source does (swscale, area-averaging)."""
     import av
 
+    from nfp.data.images import cover
+
+    frames = []
     with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+        for frame in container.decode(video=0):
+            if frame_hw is None:
+                frames.append(frame.to_ndarray(format="rgb24"))
+                continue
+            sh, sw, top, left = cover(frame.height, frame.width, frame_hw)
+            rgb = frame.to_ndarray(width=sw, height=sh, format="rgb24", interpolation="AREA")
+            frames.append(rgb[top : top + frame_hw[0], left : left + frame_hw[1]])
+    return np.stack(frames)

@@ -35,6 +35,15 @@ def crop_box(height: int, width: int, frame_hw: tuple[int, int]) -> tuple[int, i
     return 0, top, width, top + keep
 
 
+def cover(height: int, width: int, frame_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(scaled height, scaled width, top, left): a height×width picture scaled to cover frame_hw with its aspect
+    kept, and where the centred frame starts in it (for decoders that resize themselves: PyAV's swscale)."""
+    h, w = frame_hw
+    scale = max(h / height, w / width)
+    sh, sw = max(h, round(height * scale)), max(w, round(width * scale))
+    return sh, sw, (sh - h) // 2, (sw - w) // 2
+
+
 def fit(picture, frame_hw: tuple[int, int], channels: int) -> np.ndarray:
     """A PIL image or uint8 (H0, W0[, C]) array → uint8 (H, W, channels): centre-cropped to the frame's aspect,
     then resized (bilinear, antialiased when shrinking)."""
