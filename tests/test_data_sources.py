@@ -102,6 +102,10 @@ def test_pool_sizes_and_reruns_write_byte_identical_shards(tmp_path, videos):
     assert one.id == two.id and _shards(tmp_path / "one") == _shards(tmp_path / "two")
     again = prep.prepare(_cfg(tmp_path, "video", videos, name="one"), progress=False)  # a rerun reuses every shard
     assert again.id == one.id and _shards(tmp_path / "one") == _shards(tmp_path / "two")
+    lost = sorted((tmp_path / "one").glob("train-*.tfrecord"))[0]
+    lost.unlink()  # as a killed prepare leaves it: the rerun writes what is missing, the same bytes
+    assert prep.prepare(_cfg(tmp_path, "video", videos, name="one"), progress=False).id == one.id
+    assert _shards(tmp_path / "one") == _shards(tmp_path / "two")
 
 
 def test_a_video_added_to_the_folder_is_a_new_data_set(tmp_path):
@@ -382,3 +386,18 @@ def test_generated_digits_over_photos_prepare_in_colour_with_a_colour_preview(tm
         assert any(len(set(c)) > 1 for c in colours)  # some pixel is not grey
     grey = load_config(None, [*tiny_overrides, "data.dir=" + str(tmp_path / "grey")]).data
     assert prep.prepare(grey, progress=False).content["config"]["background"] == "none"
+
+
+def test_predict_input_takes_a_frame_folder_or_a_video_fitted_to_the_models_frames(tmp_path):
+    from nfp.predict import load_input
+
+    cfg = load_config(
+        None, ["data.frames=5", "data.frame_step=2", "evaluate.context_frames=2", "evaluate.predict_frames=3"]
+    )
+    folder = write_frames(tmp_path / "frames", moving_shapes(12, 30, 40, seed=4))
+    clip, tag = load_input(cfg, str(folder), frame_shape=(16, 24, 1))
+    assert clip.shape == (5, 16, 24, 1) and clip.dtype == np.uint8 and tag == "frames"
+    expected = np.stack([images.fit(f, (16, 24), 1) for f in moving_shapes(12, 30, 40, seed=4)[0:10:2]])
+    np.testing.assert_array_equal(clip, expected)  # every 2nd frame, in natural order
+    video = write_video(tmp_path / "short.mp4", moving_shapes(3, 16, 16))
+    assert load_input(cfg, str(video), frame_shape=(16, 16, 3))[0].shape == (2, 16, 16, 3)  # what there is of it
