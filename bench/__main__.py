@@ -20,7 +20,7 @@ from pathlib import Path
 from bench.common import REPO, Section, header, merge, write_atomic
 
 # Benchmark modules in report order; each has NAME, TITLE and run(quick, workdir) -> Section.
-MODULES = ["pipeline", "training", "data_prep", "scaling", "quality", "gpu", "gpu_probe", "xla"]
+MODULES = ["pipeline", "training", "data_prep", "scaling", "quality", "gpu", "gpu_probe", "xla", "sources"]
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -46,11 +46,11 @@ def data_config(root: Path, compression: str, s: dict):
 
 
 def in_memory_dataset(clips, data_cfg, batch: int):
-    """The pipeline's stages after parsing, fed from a from_tensor_slices of uint8 clips (N, T, H, W)."""
+    """The pipeline's stages after parsing, fed from a from_tensor_slices of uint8 clips (N, T, H, W, C)."""
     import tensorflow as tf
 
-    def to_pairs(x):  # as nfp.data.pipeline: float32 in [0, 1], channel axis, shift or context protocol
-        x = tf.cast(x, tf.float32)[..., None] / 255.0
+    def to_pairs(x):  # as nfp.data.pipeline: float32 in [0, 1], shift or context protocol
+        x = tf.cast(x, tf.float32) / 255.0
         if data_cfg.protocol == "shift":
             return x[:, :-1], x[:, 1:]
         k, n = data_cfg.context_frames, data_cfg.predict_frames

@@ -74,12 +74,12 @@ def reference_rate(cfg, *, train: int, val: int, epochs: int, batch: int = BATCH
     manifest = load_manifest(cfg.data.dir)
 
     def shifted(split: str, n: int):
-        x = read_clips(cfg.data, manifest, split, n).astype(np.float32)[..., None] / 255.0
+        x = read_clips(cfg.data, manifest, split, n).astype(np.float32) / 255.0
         return x[:, :-1], x[:, 1:]
 
     (x_train, y_train), val_data = shifted("train", train), shifted("val", val)
     keras.utils.set_random_seed(cfg.train.seed)
-    model = build_model(cfg.model, image_size=cfg.data.image_size)
+    model = build_model(cfg.model, frame_shape=cfg.data.frame_shape)
     model.compile(
         loss=keras.losses.binary_crossentropy,
         optimizer=keras.optimizers.Adam(cfg.train.learning_rate),
