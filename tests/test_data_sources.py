@@ -401,3 +401,27 @@ def test_predict_input_takes_a_frame_folder_or_a_video_fitted_to_the_models_fram
     np.testing.assert_array_equal(clip, expected)  # every 2nd frame, in natural order
     video = write_video(tmp_path / "short.mp4", moving_shapes(3, 16, 16))
     assert load_input(cfg, str(video), frame_shape=(16, 16, 3))[0].shape == (2, 16, 16, 3)  # what there is of it
+
+
+def test_data_path_takes_a_glob_or_a_list_and_names_files_under_it(tmp_path, capsys):
+    for name in ("cams/a/x.mp4", "cams/b/y.mp4", "cams/b/notes.txt", "other/z.mkv"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    listed = lambda *paths: [
+        e.name for e in files.list_entries(_cfg(tmp_path, "video", json.dumps(list(map(str, paths)))))
+    ]
+    assert listed(tmp_path / "cams") == ["a/x.mp4", "b/y.mp4"]  # names under data.path: what patterns match
+    assert listed(f"{tmp_path}/cams/*/*.mp4") == ["a/x.mp4", "b/y.mp4"]
+    assert listed(tmp_path / "cams" / "b", tmp_path / "other") == ["y.mp4", "z.mkv"]
+    with pytest.raises(DataError, match=r"^data.path .*nowhere: no .mp4/.avi/.mkv/.webm/.mov files found"):
+        listed(tmp_path / "cams", tmp_path / "nowhere")
+
+
+def test_prepare_shows_progress_in_files_and_frames(tmp_path, capsys):
+    folder = tmp_path / "videos"
+    for i in range(2):
+        write_video(folder / f"v{i}.mp4", moving_shapes(12, 16, 16, seed=i))
+    prep.prepare(_cfg(tmp_path, "video", folder, "data.split={train: 1.0, val: 0.0, test: 0.0}"), progress=True)
+    err = capsys.readouterr().err
+    assert "2/2 [" in err and "file/s" in err.replace("s/file", "file/s")  # the index bar, in files
+    assert "24/24 [" in err and "frame" in err  # 4 clips of 6 frames, counted as frames

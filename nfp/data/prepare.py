@@ -380,7 +380,15 @@ def _write_held(data_cfg: DataConfig, old, source: _Source, n_shards, config: di
     with (
         tempfile.TemporaryDirectory(prefix="nfp-prepare-") as tmp,
         tqdm(
-            total=sum(source.counts.values()), unit="clip", desc=f"prepare {data_cfg.dir}", disable=not progress
+            total=sum(source.counts.values()),
+            desc=f"prepare {data_cfg.dir}",
+            disable=not progress,
+            # your own files: counted in frames (a clip's worth at a time), as the files are
+            **(
+                {"unit": "frame", "unit_scale": source.clip_shape[0]}
+                if data_cfg.source in FILE_SOURCES
+                else {"unit": "clip"}
+            ),
         ) as bar,
     ):
         # Local shards are finished next to their final name so the rename is atomic.
