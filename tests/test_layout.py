@@ -35,7 +35,8 @@ def test_the_reader_does_not_import_the_writer():
 
 
 def test_model_code_imports_without_tensorflow():
-    """The GPU probe runs nfp's model under Keras 3 on JAX, on a machine that has no TensorFlow."""
+    """The GPU probe runs nfp's model under Keras 3 on JAX, on a machine that has no TensorFlow; prepare's decoding
+    processes import nfp.data.files and what it uses, and stay small without it."""
     code = textwrap.dedent(
         """
         import sys
@@ -44,7 +45,7 @@ def test_model_code_imports_without_tensorflow():
                 if name == "tensorflow" or name.startswith("tensorflow."):
                     raise ImportError("TensorFlow is not installed here")
         sys.meta_path.insert(0, NoTensorFlow())
-        import nfp.config, nfp.model, nfp.data.moving_mnist
+        import nfp.config, nfp.model, nfp.data.moving_mnist, nfp.data.files, nfp.data.images, nfp.data.demo
         assert "tensorflow" not in sys.modules
         """
     )
