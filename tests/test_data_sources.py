@@ -187,11 +187,13 @@ def test_frame_folders_read_in_natural_order_and_convert_rgba_once(tmp_path, cap
     frames = moving_shapes(12, 16, 24, seed=1)
     write_frames(tmp_path / "clips" / "a", frames)
     write_frames(tmp_path / "clips" / "b", moving_shapes(12, 16, 24, seed=2), mode="RGBA")
+    write_frames(tmp_path / "clips" / "c", moving_shapes(12, 16, 24, seed=3), mode="RGBA")  # said once for both
     cfg = _cfg(tmp_path, "frames", tmp_path / "clips", "data.split={train: 1.0, val: 0.0, test: 0.0}",
                "data.clip_stride=6")  # fmt: skip
     manifest = prep.prepare(cfg, progress=False)
-    assert manifest.content["source"]["videos"]["train"] == ["a", "b"]
-    assert "RGBA frames (first: " in capsys.readouterr().out
+    assert manifest.content["source"]["videos"]["train"] == ["a", "b", "c"]
+    said = [line for line in capsys.readouterr().out.splitlines() if "converted" in line]
+    assert len(said) == 1 and said[0].startswith("prepare: RGBA frames are converted to RGB (the first: ")
     clips = pipeline.read_clips(cfg, manifest, "train", 4)
     np.testing.assert_array_equal(clips[1], frames[6:12])  # f6..f11, not f10, f11, f2, … (text order)
 

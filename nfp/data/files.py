@@ -118,8 +118,7 @@ def fingerprint(entries: list[Entry]) -> str:
     digest = hashlib.sha256()
     for entry in entries:
         fs, path = storage.filesystem(entry.url)
-        info = [fs.info(posixpath.join(path, n)) for n in sorted(fs.ls(path, detail=False))] if fs.isdir(path) else [
-            fs.info(path)]  # fmt: skip
+        info = sorted(fs.ls(path, detail=True), key=lambda i: i["name"]) if fs.isdir(path) else [fs.info(path)]
         for item in info:
             stamp = item.get("mtime") or item.get("updated") or item.get("LastModified") or ""
             digest.update(f"{item['name']}\0{item.get('size')}\0{stamp}\n".encode())
@@ -155,7 +154,7 @@ def index(data_cfg, entries: list[Entry], pool, progress: bool) -> tuple[list[Vi
     one DataError naming it (data.on_bad_file: error) or listed as skipped (skip)."""
     from tqdm.auto import tqdm
 
-    videos, skipped, notes = [], [], set()
+    videos, skipped, converted = [], [], {}  # converted: {image mode: its first frame}, said once per mode
     span = (data_cfg.frames - 1) * data_cfg.frame_step + 1
     probe = [(data_cfg.source, e.url, e.name, data_cfg.layout) for e in entries]
     results = pool.map(_probe, probe) if pool else map(_probe, probe)
@@ -163,7 +162,7 @@ def index(data_cfg, entries: list[Entry], pool, progress: bool) -> tuple[list[Vi
         for entry, (found, why, note) in zip(entries, results):
             bar.update(1)
             if note:
-                notes.add(note)
+                converted.setdefault(*note)
             longest = max((v.frames for v in found), default=0)
             found = [v for v in found if v.frames >= span]
             if not why and not found:
@@ -179,8 +178,8 @@ def index(data_cfg, entries: list[Entry], pool, progress: bool) -> tuple[list[Vi
                 skipped.append(Skipped(entry.name, why))
                 continue
             videos.extend(found)
-    for note in sorted(notes):
-        print(f"prepare: {note}", flush=True)
+    for mode, first in sorted(converted.items()):
+        print(f"prepare: {mode} frames are converted to RGB (the first: {first})", flush=True)
     if not videos:
         raise DataError(f"data.path: none of the {len(entries)} file(s) could be cut into a clip (see the warnings)")
     return videos, skipped
@@ -190,8 +189,8 @@ def _label(source: str, url: str) -> str:
     return {"video": "video", "frames": "frame folder", "arrays": "array file"}[source] + f" {url}"
 
 
-def _probe(task) -> tuple[list[Video], str | None, str | None]:
-    """(videos, why not, a note to print once) of one entry, in a worker."""
+def _probe(task) -> tuple[list[Video], str | None, tuple[str, str] | None]:
+    """(videos, why not, (image mode, frame) of a frame converted to RGB) of one entry, in a worker."""
     kind, url, name, layout = task
     try:
         if kind == "video":
@@ -263,7 +262,7 @@ def _probe_folder(url: str, name: str) -> tuple[Video, str | None]:
             raise DataError(f"frame {i} ({base}): {image_size[0]}×{image_size[1]}, the folder's first frame is "
                             f"{size[0]}×{size[1]}; expected frames of one size")  # fmt: skip
         if mode not in ("L", "RGB") and converted is None:
-            converted = f"{mode} frames (first: {url}/{base}) are converted to RGB"
+            converted = (mode, f"{url}/{base}")
         frames.append(file if "://" not in url else url.partition("://")[0] + "://" + file.lstrip("/"))
     if not frames:
         raise DataError("holds no frames")
