@@ -248,6 +248,12 @@ def test_bad_arrays_are_one_line_naming_the_file(tmp_path):
         DataError, match=r"grey.npy: got shape \(2, 6, 16, 24\) dtype uint8, expected .* \(data.layout NTHWC\)"
     ):
         prep.prepare(_cfg(tmp_path, "arrays", tmp_path / "grey.npy", split, "data.layout=NTHWC"))
+    clips = np.stack([moving_shapes(6, 16, 24, seed=i) for i in range(8)])  # (N, T, H, W, C)
+    np.save(tmp_path / "swapped.npy", clips)
+    with pytest.raises(
+        DataError, match=r"swapped.npy: looks like NTHWC \(clips, time, H, W, C\), not data.layout TNHWC"
+    ):
+        prep.prepare(_cfg(tmp_path, "arrays", tmp_path / "swapped.npy", split, "data.layout=TNHWC", name="swap"))
     np.save(tmp_path / "hot.npy", np.full((2, 6, 16, 24), 3.0, np.float32))
     with pytest.raises(DataError, match=r"hot.npy: float values 3..3 in clip 0, expected floats in \[0, 1\]"):
         prep.prepare(_cfg(tmp_path, "arrays", tmp_path / "hot.npy", split, "data.layout=NTHW", name="hot"))

@@ -275,6 +275,7 @@ def _probe_arrays(url: str, name: str, layout: str) -> list[Video]:
     out = []
     for member, array in arrays.items():
         clips = npy.as_time_major(array, layout)
+        npy.check_layout(clips, layout, _label("arrays", url) + (f" [{member}]" if member else ""))  # axes swapped?
         where = f"{name}[{member}]" if member else name
         out += [Video("arrays", url, f"{where}#{i}", clips.shape[0], (member, i)) for i in range(clips.shape[1])]
     return out
