@@ -244,7 +244,7 @@ class Training:
         except (tf.errors.ResourceExhaustedError, MemoryError) as err:
             raise TrainingError(
                 f"out of memory {where} ({_oom_line(err)}): lower train.batch_size ({t.batch_size} per replica), "
-                f"model.filters ({self.cfg.model.filters}) or the frame size ({'×'.join(map(str, self.cfg.data.frame_shape))})"
+                f"model.filters ({self.cfg.model.filters}) or {_frame_keys(self.cfg.data)}"
                 + (f"; {_kept(out)}" if callbacks is not None else "")
             ) from None
         except tf.errors.UnavailableError as err:
@@ -477,6 +477,17 @@ def _log_setup(run, cfg, job: Job, *, config_path, manifest, model, strategy, de
             local = Path(tmp, base)
             local.write_text(text)
             run.log_artifact(str(local), folder)
+
+
+def _frame_keys(data_cfg) -> str:
+    """The keys that size a frame, with their values: data.image_size (64), or data.frame_size ([128, 128]) and
+    data.channels (3) where set."""
+    keys = (
+        f"data.frame_size ({data_cfg.frame_size})"
+        if data_cfg.frame_size
+        else f"data.image_size ({data_cfg.image_size})"
+    )
+    return keys + (f" and data.channels ({data_cfg.channels})" if data_cfg.channels != 1 else "")
 
 
 def _data_origin(data_cfg) -> str:

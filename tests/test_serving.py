@@ -162,7 +162,7 @@ def _clip(trained, seed: int = 7) -> np.ndarray:
     from nfp.predict import load_input
 
     clip, _ = load_input(trained.cfg, f"generate:{seed}")
-    return clip[None, :3, :, :, None]
+    return clip[None, :3]
 
 
 def test_the_serving_venv_holds_the_models_requirements_and_no_nfp(serving_venv, trained):

@@ -568,7 +568,7 @@ def test_a_run_holds_the_compared_params_the_dataset_input_and_system_metrics(ti
     (data,) = run.inputs.dataset_inputs
     assert (data.dataset.name, data.dataset.digest) == ("generate", manifest.id)
     (clips,) = json.loads(data.dataset.schema)["mlflow_colspec"]
-    assert (clips["name"], clips["tensor-spec"]["shape"]) == ("clips", [-1, 6, 16, 16])
+    assert (clips["name"], clips["tensor-spec"]["shape"]) == ("clips", [-1, 6, 16, 16, 1])
     tags = {t.key: t.value for t in data.tags}
     assert (tags["mlflow.data.context"], tags["train_clips"], tags["val_clips"]) == ("training", "20", "2")
     found = mlflow.search_runs(
