@@ -143,6 +143,13 @@ class DataConfig:
         return tuple(self.frame_size) if self.frame_size is not None else (self.image_size, self.image_size)
 
     @property
+    def frame_hw_key(self) -> tuple[str, str]:
+        """(key, value) that sets H and W, for messages: ("data.frame_size", "16×24") or ("data.image_size", "64")."""
+        if self.frame_size is not None:
+            return "data.frame_size", "×".join(map(str, self.frame_size))
+        return "data.image_size", str(self.image_size)
+
+    @property
     def frame_shape(self) -> tuple[int, int, int]:
         """(H, W, C) of the frames this config prepares."""
         return (*self.frame_hw, self.channels)
@@ -546,12 +553,8 @@ def _check_consistency(cfg: Config) -> None:
     if not m.filters:
         raise ConfigError("model.filters: empty, expected at least one ConvLSTM layer")
     if any(side % m.patch_size for side in d.frame_hw):
-        sides = (
-            f"data.frame_size ({'×'.join(map(str, d.frame_hw))})"
-            if d.frame_size
-            else f"data.image_size ({d.image_size})"
-        )
-        raise ConfigError(f"model.patch_size: got {m.patch_size}, expected a divisor of {sides}")
+        key, sides = d.frame_hw_key
+        raise ConfigError(f"model.patch_size: got {m.patch_size}, expected a divisor of {key} ({sides})")
     if m.cell == "nfp" and m.norm != "none":
         raise ConfigError(
             f"model.norm: got {m.norm!r}, expected none with model.cell: nfp (normalisation is for the keras cell)"

@@ -35,7 +35,7 @@ def run_predict(
     out_dir = storage.output_dir_flag(out_dir, storage.join(cfg.train.output_dir, "predict"))
     from nfp.data import files
 
-    fitted = files.is_video(inputs) or files.is_frame_folder(inputs)  # fitted to the model's frames: model first
+    fitted = files.is_clip_file(inputs)  # fitted to the model's frames: the model first
     model = load_model(model_uri) if fitted else None
     clip, tag = load_input(cfg, inputs, frame_shape=_frame_shape(model, cfg) if fitted else None)
     if k >= len(clip):
@@ -78,7 +78,7 @@ def load_input(cfg, spec: str, *, frame_shape: tuple[int, int, int] | None = Non
         return _generated_clip(cfg, spec)
     from nfp.data import files
 
-    if files.is_video(spec) or files.is_frame_folder(spec):
+    if files.is_clip_file(spec):
         shape = frame_shape or cfg.data.frame_shape
         return files.first_clip(cfg.data, spec, shape[:2], shape[2], label=f"--input {spec}"), Path(spec).stem
     return _npy_clip(cfg, spec)

@@ -480,14 +480,10 @@ def _log_setup(run, cfg, job: Job, *, config_path, manifest, model, strategy, de
 
 
 def _frame_keys(data_cfg) -> str:
-    """The keys that size a frame, with their values: data.image_size (64), or data.frame_size ([128, 128]) and
+    """The keys that size a frame, with their values: data.image_size (64), or data.frame_size (128×128), and
     data.channels (3) where set."""
-    keys = (
-        f"data.frame_size ({data_cfg.frame_size})"
-        if data_cfg.frame_size
-        else f"data.image_size ({data_cfg.image_size})"
-    )
-    return keys + (f" and data.channels ({data_cfg.channels})" if data_cfg.channels != 1 else "")
+    key, value = data_cfg.frame_hw_key
+    return f"{key} ({value})" + (f" and data.channels ({data_cfg.channels})" if data_cfg.channels != 1 else "")
 
 
 def _data_origin(data_cfg) -> str:

@@ -41,9 +41,9 @@ def is_video(spec: str) -> bool:
     return spec.lower().endswith(VIDEO_SUFFIXES)
 
 
-def is_frame_folder(spec: str) -> bool:
-    """A local folder holding PNG/JPEG frames."""
-    return os.path.isdir(spec) and any(n.lower().endswith(IMAGE_SUFFIXES) for n in os.listdir(spec))
+def is_clip_file(spec: str) -> bool:
+    """A video file, or a local folder holding PNG/JPEG frames: what `first_clip` reads."""
+    return is_video(spec) or (os.path.isdir(spec) and any(n.lower().endswith(IMAGE_SUFFIXES) for n in os.listdir(spec)))
 
 
 # --------------------------------------------------------------------------- listing

@@ -44,8 +44,9 @@ def ensure_prepared(data_cfg: DataConfig) -> Manifest:
     preparing it meanwhile wrote): one manifest read when nothing changes."""
     storage.check_credentials(data_cfg.dir, data_cfg.url if data_cfg.source == "download" else "")
     existing = _existing_manifest(data_cfg.dir)
-    if existing is None or not _same_config(existing, content_config(data_cfg)):
-        return _write(data_cfg, existing, progress=True, reuse=True)
+    entries = _own_entries(data_cfg)  # listed once: compared here, then read by _write
+    if existing is None or not _same_config(existing, content_config(data_cfg, entries)):
+        return _write(data_cfg, existing, progress=True, reuse=True, entries=entries)
     if not storage.exists(storage.join(data_cfg.dir, preview.PNG)):  # prepared before previews existed
         preview.write(data_cfg.dir, preview.from_shards(data_cfg, existing))
     return existing
@@ -177,8 +178,7 @@ def _downloaded(data_cfg: DataConfig, progress: bool) -> _Source:
     if data_cfg.frames > frames:
         raise DataError(f"data.frames: got {data_cfg.frames}, but {path} has {frames} frames per clip")
     if data_cfg.frame_hw != (h, w):
-        key = "data.frame_size" if data_cfg.frame_size else "data.image_size"
-        given = "×".join(map(str, data_cfg.frame_hw)) if data_cfg.frame_size else data_cfg.image_size
+        key, given = data_cfg.frame_hw_key
         raise DataError(f"{key}: got {given}, but {path} has {h}×{w} frames")
     available = min(total, data_cfg.num_clips)
     if data_cfg.num_clips > total and data_cfg.num_clips != DataConfig.num_clips:  # the default means "all of them"
@@ -337,10 +337,17 @@ def _holding(data_dir: str):
         yield hold
 
 
-def _write(data_cfg: DataConfig, old: Manifest | None, *, progress: bool, reuse: bool = False) -> Manifest:
-    """prepare(), given the dir's manifest as read before (None: none usable); reuse: return the manifest another job
-    wrote meanwhile when it is of this config."""
-    entries = files.list_entries(data_cfg) if data_cfg.source in FILE_SOURCES else None
+def _own_entries(data_cfg: DataConfig) -> list | None:
+    """The files of data.path for the sources that read your own files, else None."""
+    return files.list_entries(data_cfg) if data_cfg.source in FILE_SOURCES else None
+
+
+def _write(
+    data_cfg: DataConfig, old: Manifest | None, *, progress: bool, reuse: bool = False, entries: list | None = None
+) -> Manifest:
+    """prepare(), given the dir's manifest as read before (None: none usable) and data.path's files when listed
+    already; reuse: return the manifest another job wrote meanwhile when it is of this config."""
+    entries = entries if entries is not None else _own_entries(data_cfg)
     config = content_config(data_cfg, entries)
     if old is not None and not _same_config(old, config):
         _check_replaceable(data_cfg, old, config)  # refused before any download or write (and again once held)
