@@ -85,11 +85,14 @@ def seeded_model(cfg):
     """cfg's uncompiled model, its initial weights those of train.seed (the same at every call)."""
     import keras
 
-    from nfp.model import build_model
+    from nfp.models import build_model
 
     keras.utils.set_random_seed(cfg.train.seed)
-    return build_model(cfg.model, frame_shape=cfg.data.frame_shape, scheduled_sampling=cfg.train.scheduled_sampling,
-                       context_frames=cfg.evaluate.context_frames)  # fmt: skip
+    d = cfg.data
+    return build_model(
+        cfg.model, frame_shape=d.frame_shape, context_frames=d.context_frames, predict_frames=d.predict_frames,
+        scheduled_sampling=cfg.train.scheduled_sampling, sampling_from=cfg.evaluate.context_frames,
+    )  # fmt: skip
 
 
 def rollout_scores(model, cfg, manifest) -> dict:

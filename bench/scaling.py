@@ -1,6 +1,6 @@
 """Scaling on paper: step time under MirroredStrategy on 1 and 2 logical CPU devices, and FLOPs per clip.
 
-FLOPs are counted analytically from the layer shapes (`nfp.model.flops_per_clip`), per frame on H×W with
+FLOPs are counted analytically from the layer shapes (`nfp.models.flops_per_clip`), per frame on H×W with
 `same` padding, a multiply-add counted as 2 FLOPs:
 - ConvLSTM2D (C input channels, F filters, k×k kernel): the 4 gates are one k×k conv of the
   input (C → 4F) and one of the hidden state (F → 4F): 2·H·W·k²·(C+F)·4F, plus ≈ 13·F·H·W for
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from bench.common import Section, child_main, nfp_config, ratio_check, run_child
-from nfp.model import flops_per_clip
+from nfp.models import flops_per_clip
 
 NAME = "scaling"
 TITLE = "4. Scaling on paper: MirroredStrategy step time, FLOPs per clip"
@@ -48,7 +48,7 @@ def _child(args: dict) -> dict:
     import keras
 
     from nfp.distribute import make_strategy
-    from nfp.model import build_model
+    from nfp.models import build_model
 
     out = {}
     for n in (1, 2):
@@ -59,7 +59,7 @@ def _child(args: dict) -> dict:
         assert strategy.num_replicas_in_sync == n
         keras.utils.set_random_seed(0)
         with strategy.scope():
-            model = build_model(_model_cfg(args["preset"]), image_size=args["image"])
+            model = build_model(_model_cfg(args["preset"]), frame_shape=(args["image"], args["image"], 1))
             model.compile(optimizer="adam", loss="binary_crossentropy")
         shape = (args["batch"] * n, args["frames"], args["image"], args["image"], 1)
         x = np.random.default_rng(0).random(shape, dtype=np.float32)
@@ -77,7 +77,12 @@ def run(quick: bool, workdir: Path) -> Section:
     s = SIZES[quick]
     steps, _ = run_child("bench.scaling", {k: v for k, v in s.items() if k != "timeout"}, timeout=s["timeout"])
     t1, t2 = steps["1"], steps["2"]
-    measured = flops_per_clip(_model_cfg(s["preset"]), image_size=s["image"], frames=s["frames"])
+    measured = flops_per_clip(
+        _model_cfg(s["preset"]),
+        frame_shape=(s["image"], s["image"], 1),
+        input_frames=s["frames"],
+        output_frames=s["frames"],
+    )
     rows = [
         [
             f"{n} replica(s)",
@@ -91,12 +96,12 @@ def run(quick: bool, workdir: Path) -> Section:
     ]
     flops_rows = []
     t, h, w = FLOPS_SHAPE
-    from nfp.model import build_model
+    from nfp.models import build_model
 
     for preset in PRESETS:
         cfg = _model_cfg(preset)
-        f = flops_per_clip(cfg, image_size=h, frames=t)
-        keras_params = build_model(cfg, image_size=h).count_params()
+        f = flops_per_clip(cfg, frame_shape=(h, w, 1), input_frames=t, output_frames=t)
+        keras_params = build_model(cfg, frame_shape=(h, w, 1)).count_params()
         flops_rows.append(
             [
                 f"`{preset}`",

@@ -69,7 +69,7 @@ def reference_rate(cfg, *, train: int, val: int, epochs: int, batch: int = BATCH
 
     from nfp.data.manifest import load_manifest
     from nfp.data.pipeline import read_clips
-    from nfp.model import build_model
+    from nfp.models import build_model
 
     manifest = load_manifest(cfg.data.dir)
 
@@ -154,7 +154,7 @@ def run(quick: bool, workdir: Path) -> Section:
         ],
         checks=[ratio_check("`nfp train` / keras-io reference", our_rate, ref_rate, TARGET, "clips/s")],
         notes=[
-            "Same model on both sides: `nfp.model.build_model` (causal head), not the keras-io model with its leaking head.",
+            "Same model on both sides: `nfp.models.build_model` (causal head), not the keras-io model with its leaking head.",
             "`nfp train` time includes everything its epochs do (validation, checkpoints, images, CSV, backup, tracking).",
         ],
         quick=quick,

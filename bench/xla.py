@@ -1,6 +1,6 @@
 """XLA and mixed precision under TensorFlow on this CPU: the same model on the same batches, side by side.
 
-Every variant is nfp's model from `nfp.model.build_model` compiled as `nfp train` compiles it
+Every variant is nfp's model from `nfp.models.build_model` compiled as `nfp train` compiles it
 (`nfp.train.compiled_model`), trained from the same initial weights on the same batches:
 - precision float32 or mixed_bfloat16 (`train.mixed_precision`), the cell state and loss float32 in both;
 - XLA off, "step" (Keras compiles the whole training step: one replica) or "cell" (nfp's cell compiles its
@@ -90,9 +90,9 @@ def _loops(s: dict, batches, shape) -> dict:
     import keras
     import tensorflow as tf
 
-    from nfp.model import build_model
+    from nfp.models import build_model
 
-    model = build_model(_cfg(s, "float32", "off").model, image_size=s["image"])
+    model = build_model(_cfg(s, "float32", "off").model, frame_shape=(s["image"], s["image"], 1))
     optimizer, loss = keras.optimizers.Adam(1e-3), keras.losses.MeanSquaredError()
 
     def train_step(signature):

@@ -96,7 +96,7 @@ class PredictionImages(keras.callbacks.Callback):
         """Draw the strips for `step` (epochs from 1): every clip's labelled rows of context, truth and prediction
         (frames scaled up to be legible, long rows wrapped) in one PNG in the output dir, and one image per clip
         to the sink, as `<key>/clip_<i>`, wrapped near-square so MLflow's 256 px thumbnail shows it large."""
-        from nfp.model import rollout
+        from nfp.models import rollout
 
         frames = self.clips.astype(np.float32) / 255.0
         k, n = self.context, self.horizon

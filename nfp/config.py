@@ -156,47 +156,24 @@ class DataConfig:
 
 
 # --------------------------------------------------------------------------- model
-# A preset is a bundle of model keys: it fills every key the config does not set (keys you set win).
-MODEL_PRESETS: dict[str, dict] = {
-    # CPU quickstart: the best measured per CPU-second at 32×32 (BENCHMARKS.md section 5): 4×4 patches, MSE
-    "tiny": dict(
-        cell="nfp",
-        filters=[64, 64],
-        kernel_sizes=[3, 3],
-        activation="tanh",
-        norm="none",
-        patch_size=4,
-        output_activation="linear",
-    ),
-    # the keras-io example's model (746,689 params): keras.layers.ConvLSTM2D + BatchNorm, full-size frames
-    "keras_io": dict(
-        cell="keras",
-        filters=[64, 64, 64],
-        kernel_sizes=[5, 3, 1],
-        activation="relu",
-        norm="batch",
-        patch_size=1,
-        output_activation="sigmoid",
-    ),
-    # OpenSTL's ConvLSTM-S (configs/mmnist/ConvLSTM.py): 4 × 128 hidden, 5×5, 4×4 patches, linear head (MSE)
-    "convlstm_s": dict(
-        cell="nfp",
-        filters=[128, 128, 128, 128],
-        kernel_sizes=[5, 5, 5, 5],
-        activation="tanh",
-        norm="none",
-        patch_size=4,
-        output_activation="linear",
-    ),
-    "custom": {},  # no bundle: every key at its ModelConfig default unless set
-}
+# Presets belong to their family (nfp/models/<family>/__init__.py PRESETS): a bundle of model keys that fills every
+# key the config does not set (keys you set win), and for some a training recipe (train keys, likewise).
+PRESET_NAMES = ("tiny", "keras_io", "convlstm_s", "simvp_gsta", "tau", "simvp_tiny", "tau_tiny", "custom")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    # The defaults below are `custom`'s starting point (a small model for tests); any other preset overrides them
-    preset: Literal["tiny", "keras_io", "convlstm_s", "custom"] = "tiny"
-    # nfp: nfp.layers.ConvLSTMStack (OpenSTL's cell, float32 cell state, scheduled sampling);
+    # The defaults below are `custom`'s starting point; any other preset overrides them. A preset implies its family.
+    preset: Literal["tiny", "keras_io", "convlstm_s", "simvp_gsta", "tau", "simvp_tiny", "tau_tiny", "custom"] = _knob(
+        "tiny", help="a bundle of model keys (and for simvp presets OpenSTL's recipe: train keys) that fills every key "
+        "the config leaves unset; custom: none",
+    )  # fmt: skip
+    family: Literal["convlstm", "simvp"] = _knob(
+        "convlstm", help="convlstm: autoregressive (output t predicts frame t+1); simvp: direct (data.context_frames "
+        "in, data.predict_frames out at once; data.protocol context)",
+    )  # fmt: skip
+    # --- convlstm
+    # nfp: nfp.models.convlstm.layers.ConvLSTMStack (OpenSTL's cell, float32 cell state, scheduled sampling);
     # keras: keras.layers.ConvLSTM2D layers with normalisation between them and a causal Conv3D head
     cell: Literal["nfp", "keras"] = "nfp"
     filters: list[int] = _knob([16, 16], min=1, help="hidden channels per recurrent layer")
@@ -205,13 +182,32 @@ class ModelConfig:
     activation: Literal["tanh", "relu", "elu", "gelu", "silu"] = "tanh"
     norm: Literal["batch", "layer", "none"] = "none"  # keras cell only: between recurrent layers
     dropout: float = _knob(0.0, min=0, max=0.99)  # keras cell only
+    # --- convlstm and simvp
     output_activation: Literal["sigmoid", "linear"] = "sigmoid"
+    # --- simvp (OpenSTL's SimVP_Model; its names in brackets; defaults: its constructor's)
+    translator: Literal["gsta", "tau"] = _knob(
+        "gsta", help="gsta: gated spatiotemporal attention (SimVP v2); tau: temporal attention unit (TAU, trained "
+        "with its differential divergence regularisation)",
+    )  # fmt: skip
+    spatial_channels: int = _knob(16, min=1, help="encoder/decoder channels (hid_S)")
+    temporal_channels: int = _knob(256, min=1, help="translator channels (hid_T)")
+    encoder_blocks: int = _knob(
+        4, min=2, help="conv blocks of the encoder and decoder, every second one stride 2 (N_S)"
+    )
+    translator_blocks: int = _knob(4, min=2, help="translator blocks (N_T)")
+    encoder_kernel: int = _knob(3, min=1, help="encoder conv kernel (spatio_kernel_enc)")
+    decoder_kernel: int = _knob(3, min=1, help="decoder conv kernel (spatio_kernel_dec)")
+    mlp_ratio: float = _knob(8.0, min=0.25, help="translator MLP width / its channels")
+    drop_path: float = _knob(0.0, min=0, max=0.99, help="stochastic depth, rising linearly over translator blocks")
 
 
 # --------------------------------------------------------------------------- train
 @dataclass(frozen=True)
 class ScheduleConfig:
-    name: Literal["constant", "step", "cosine", "plateau"] = "constant"
+    name: Literal["constant", "step", "cosine", "plateau", "onecycle"] = _knob(
+        "constant", help="onecycle: PyTorch's OneCycleLR as OpenSTL trains SimVP/TAU (per step, up to "
+        "train.learning_rate over the first 30% of train.epochs, then cosine down to it / 2.5e5)",
+    )  # fmt: skip
     warmup_epochs: int = _knob(0, min=0, help="linear warm-up, moved every step, over this many epochs")
     step_epochs: int = _knob(10, min=1, help="step: decay every this many epochs")
     gamma: float = _knob(0.5, min=0, max=1)
@@ -326,7 +322,13 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as plain data; of the model keys, those of its family (a file that loads back as it is)."""
+        from nfp import models
+
+        out = dataclasses.asdict(self)
+        keys = ("preset", "family", *models.of_config(self.model).KEYS)
+        out["model"] = {key: value for key, value in out["model"].items() if key in keys}
+        return out
 
     def flat(self) -> dict[str, Any]:
         """`{"data.frames": 20, ...}`: the resolved config as MLflow params."""
@@ -371,15 +373,67 @@ def loss_for(output_activation: str) -> str:
 
 
 def _fill_in_preset(raw: dict) -> None:
-    """Set every model key the config leaves unset to the value of its preset."""
+    """Resolve the model's family from its preset (or model.family), refuse model keys the family does not read, and
+    set every model key the config leaves unset to its preset's value; likewise the preset's training recipe (train
+    keys) and a direct family's data.protocol (context) and evaluate.context_frames (data.context_frames)."""
+    from nfp import models
+
     model = raw.get("model")
     if model is None:
         model = raw["model"] = {}
     if not isinstance(model, dict):
         return  # _build names the bad section
-    preset = model.get("preset", ModelConfig.preset)
-    for key, value in MODEL_PRESETS.get(preset, {}).items() if isinstance(preset, str) else ():
+    preset, given = model.get("preset"), model.get("family")
+    if (
+        not isinstance(preset, (str, type(None)))
+        or preset not in (*PRESET_NAMES, None)
+        or given not in (*models.FAMILIES, None)
+    ):
+        return  # _build names the bad value
+    if preset is None:  # a family alone picks its default preset
+        preset = models.family(given).DEFAULT_PRESET if given else ModelConfig.preset
+        model["preset"] = preset
+    if preset == "custom":
+        name, bundle, recipe = given or ModelConfig.family, {}, {}
+    else:
+        name, bundle, recipe = models.preset_bundle(preset)
+        if given is not None and given != name:
+            raise ConfigError(
+                f"model.family: got {given}, but model.preset {preset} is a {name} preset; expected {name} "
+                f"(or model.preset: custom, or a {given} preset)"
+            )
+    model["family"] = name
+    family = models.family(name)
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    for key in model:
+        if key in fields and key not in ("preset", "family", *family.KEYS):
+            raise ConfigError(
+                f"model.{key}: does not apply to model.family {name}; its keys are {', '.join(family.KEYS)}"
+            )
+    for key, value in bundle.items():
         model.setdefault(key, copy.deepcopy(value))
+    _fill_in(raw, "train", recipe)
+    if family.KIND == "direct":
+        _fill_in(raw, "data", {"protocol": "context"})
+        data = raw.get("data")
+        context = data.get("context_frames", DataConfig.context_frames) if isinstance(data, dict) else None
+        _fill_in(raw, "evaluate", {"context_frames": context})
+
+
+def _fill_in(raw: dict, section: str, defaults: dict) -> None:
+    """Set the keys of `defaults` (nested mappings too) that raw[section] leaves unset."""
+    if not defaults:
+        return
+    node = raw.get(section)
+    if node is None:
+        node = raw[section] = {}
+    if not isinstance(node, dict):
+        return  # _build names the bad section
+    for key, value in defaults.items():
+        if isinstance(value, dict):
+            _fill_in(node, key, value)
+        else:
+            node.setdefault(key, copy.deepcopy(value))
 
 
 def _read_yaml(path: Path) -> dict:
@@ -523,6 +577,8 @@ def _coerce(hint, value, key: str, meta) -> Any:
 
 def _check_consistency(cfg: Config) -> None:
     """Rules that span several keys."""
+    from nfp import models
+
     d, m, e = cfg.data, cfg.model, cfg.evaluate
     fractions = [d.split.train, d.split.val, d.split.test] if d.split.patterns() is None else [1, 0, 0]
     if not d.split.are_counts() and all(f <= 1 for f in fractions) and abs(sum(fractions) - 1) > 1e-6:
@@ -545,35 +601,23 @@ def _check_consistency(cfg: Config) -> None:
             f"evaluate.context_frames + evaluate.predict_frames: got {e.context_frames}+{e.predict_frames}, "
             f"expected <= data.frames ({d.frames})"
         )
-    if len(m.filters) != len(m.kernel_sizes):
-        hint = f" (set both to change the depth of model.preset {m.preset})" if MODEL_PRESETS[m.preset] else ""
-        raise ConfigError(
-            f"model.kernel_sizes: got {len(m.kernel_sizes)} sizes for {len(m.filters)} filters, expected one per layer{hint}"
-        )
-    if not m.filters:
-        raise ConfigError("model.filters: empty, expected at least one ConvLSTM layer")
-    if any(side % m.patch_size for side in d.frame_hw):
-        key, sides = d.frame_hw_key
-        raise ConfigError(f"model.patch_size: got {m.patch_size}, expected a divisor of {key} ({sides})")
-    if m.cell == "nfp" and m.norm != "none":
-        raise ConfigError(
-            f"model.norm: got {m.norm!r}, expected none with model.cell: nfp (normalisation is for the keras cell)"
-        )
-    if m.cell == "nfp" and m.dropout:
-        raise ConfigError(
-            f"model.dropout: got {m.dropout:g}, expected 0 with model.cell: nfp (dropout is for the keras cell)"
-        )
+    family = models.of_config(m)
+    family.check(m, d)
+    if family.KIND == "direct":
+        _check_direct(cfg)
     t = cfg.train
     if t.loss == "bce" and m.output_activation != "sigmoid":
         raise ConfigError(
             f"train.loss: got bce, expected mse with model.output_activation: {m.output_activation} (BCE needs probabilities)"
         )
-    if t.scheduled_sampling and m.cell != "nfp":
-        chosen = (
-            f"model.preset {m.preset} sets it"
-            if MODEL_PRESETS[m.preset].get("cell") == m.cell
-            else "set by the config or an override"
+    if t.scheduled_sampling and family.KIND == "direct":
+        raise ConfigError(
+            f"train.scheduled_sampling: got {t.scheduled_sampling}, expected 0 with model.family {m.family} "
+            "(a direct model feeds no predictions back in training)"
         )
+    if t.scheduled_sampling and m.cell != "nfp":
+        preset_cell = family.PRESETS.get(m.preset, {}).get("cell")
+        chosen = f"model.preset {m.preset} sets it" if preset_cell == m.cell else "set by the config or an override"
         raise ConfigError(f"train.scheduled_sampling: needs model.cell: nfp (got model.cell: {m.cell}, {chosen})")
     if t.scheduled_sampling and d.protocol != "shift":
         raise ConfigError(
@@ -594,6 +638,26 @@ def _check_consistency(cfg: Config) -> None:
     if bad_alias:
         raise ConfigError(
             f"tracking.alias: got {alias!r}, expected letters, digits, _ and -, not latest or v<number> (version names)"
+        )
+
+
+def _check_direct(cfg: Config) -> None:
+    """A direct family predicts data.predict_frames from exactly data.context_frames frames."""
+    d, e, family = cfg.data, cfg.evaluate, cfg.model.family
+    if d.protocol != "context":
+        raise ConfigError(
+            f"data.protocol: got {d.protocol}, expected context with model.family {family} (a direct model predicts "
+            "data.predict_frames frames from data.context_frames at once)"
+        )
+    if e.protocol != "rollout":
+        raise ConfigError(
+            f"evaluate.protocol: got {e.protocol}, expected rollout with model.family {family} (one_step scores "
+            "next-frame predictions, which a direct model does not make)"
+        )
+    if e.context_frames < d.context_frames:
+        raise ConfigError(
+            f"evaluate.context_frames: got {e.context_frames}, expected >= data.context_frames ({d.context_frames}) "
+            f"with model.family {family}: the model predicts from exactly that many frames"
         )
 
 

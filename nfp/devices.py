@@ -11,7 +11,9 @@ make a CPU run take exactly a GPU's choices. `auto` means:
 Where XLA applies depends on the strategy: under the default strategy Keras compiles the whole step
 (`model.compile(jit_compile=True)`); under MirroredStrategy and MultiWorkerMirroredStrategy Keras cannot
 (an XLA step reads every replica's variables from the first replica's device: keras-team/keras#19005),
-so nfp's cell compiles its steps through time as one XLA function of the weights' values, on each replica.
+so XLA goes where the model's family supports it (nfp.models.replicated_xla): the convlstm family's nfp cell
+compiles its steps through time as one XLA function of the weights' values, on each replica; other families run
+without XLA there.
 """
 
 from __future__ import annotations
@@ -69,7 +71,11 @@ def visible_devices() -> list[Device]:
 
 def choose(train_cfg, model_cfg, devices: list[Device], *, replicated: bool) -> Choices:
     """The policy and XLA mode for `devices` (visible_devices()); `replicated`: a Mirrored/MultiWorker strategy
-    (model_cfg.cell matters only then)."""
+    (model_cfg matters only then: its family's replicated XLA mode)."""
+    from nfp import models
+
+    replicated_xla, deciding_key = models.replicated_xla(model_cfg) if replicated else (None, "")
+
     gpus = [d for d in devices if d.kind == "GPU"]
     policy = _policy(train_cfg.mixed_precision, gpus)
     wanted = train_cfg.jit_compile == "on" or (train_cfg.jit_compile == "auto" and bool(gpus))
@@ -77,18 +83,18 @@ def choose(train_cfg, model_cfg, devices: list[Device], *, replicated: bool) -> 
         xla, reason = "off", "train.jit_compile: off" if train_cfg.jit_compile == "off" else "no GPU"
     elif not replicated:
         xla, reason = "step", "one replica: Keras compiles the training step"
-    elif model_cfg.cell == "nfp":
+    elif replicated_xla == "cell":
         xla, reason = (
             "cell",
             f"replicated: the nfp cell compiles its steps (Keras cannot compile the step, {KERAS_19005})",
         )
     elif train_cfg.jit_compile == "on":
         raise ConfigError(
-            "train.jit_compile: on, expected off or auto with model.cell: keras under a replicated strategy "
-            f"(Keras cannot compile a replicated step, {KERAS_19005}; model.cell: nfp compiles its own steps)"
+            f"train.jit_compile: on, expected off or auto with {deciding_key} under a replicated strategy "
+            f"(Keras cannot compile a replicated step, {KERAS_19005}; only model.cell: nfp compiles its own steps)"
         )
     else:
-        xla, reason = "off", f"model.cell: keras, replicated (Keras cannot compile a replicated step, {KERAS_19005})"
+        xla, reason = "off", f"{deciding_key}, replicated (Keras cannot compile a replicated step, {KERAS_19005})"
     where = ", ".join(sorted({d.name for d in devices})) or "CPU"
     return Choices(policy, xla, f"{len(gpus) or 1}x {where}: precision {policy}, XLA {xla} ({reason})")
 
@@ -135,23 +141,10 @@ def xla_failure(model, batch_shape, *, loss=None, cell_only: bool = False) -> st
     import tensorflow as tf
 
     if cell_only:
-        from nfp.layers import ConvLSTMStack
+        from nfp.models import cell_xla_probe
 
-        stack = next(layer for layer in model.layers if isinstance(layer, ConvLSTMStack))
-        _, _, *frame = stack.input.shape
-        args = (
-            np.zeros((*batch_shape[:2], *frame), np.float32),
-            np.ones(batch_shape[:2], bool),
-            [np.asarray(w.numpy()) for w in stack.step_weights],
-        )
-
-        @tf.function(jit_compile=True)
-        def step(frames, truth, weights):
-            with tf.GradientTape() as tape:
-                tape.watch(weights)
-                value = tf.reduce_sum(stack._steps(frames, truth, weights, feedback=True))
-            return value, tape.gradient(value, weights)
-
+        probe, args = cell_xla_probe(model, batch_shape)
+        step = tf.function(probe, jit_compile=True)
     else:
         args = (np.zeros(batch_shape, np.float32),)
 

@@ -30,7 +30,7 @@ def run_doctor(cfg, *, steps: int = 30, out: str | None = None) -> dict:
     import tensorflow as tf
 
     from nfp.distribute import make_strategy, strategy_name
-    from nfp.model import flops_per_clip
+    from nfp.models import flops_per_clip
     from nfp.rundir import RunDir
     from nfp.train import compiled_model
 
@@ -53,7 +53,13 @@ def run_doctor(cfg, *, steps: int = 30, out: str | None = None) -> dict:
 
     rng = np.random.default_rng(0)
     x = rng.random((t.batch_size * replicas, *batch_shape[1:]), dtype=np.float32)
-    dataset = tf.data.Dataset.from_tensors((x, np.roll(x, -1, axis=1))).repeat()
+    predicted = model.outputs[0].shape[1] or frames  # a direct model's data.predict_frames, else one per input
+    y = (
+        np.roll(x, -1, axis=1)[:, :predicted]
+        if predicted <= frames
+        else rng.random((len(x), predicted, *d.frame_shape))
+    )
+    dataset = tf.data.Dataset.from_tensors((x, y.astype(np.float32))).repeat()
     timer = _StepTimes()
     for gpu in range(len(gpus)):
         tf.config.experimental.reset_memory_stats(f"GPU:{gpu}")
@@ -73,7 +79,7 @@ def run_doctor(cfg, *, steps: int = 30, out: str | None = None) -> dict:
 
     step_s = statistics.median(timer.durations[1:])
     clips_per_s = t.batch_size * replicas / step_s
-    flops = flops_per_clip(cfg.model, frame_shape=d.frame_shape, frames=frames)["train"]
+    flops = flops_per_clip(cfg.model, frame_shape=d.frame_shape, input_frames=frames, output_frames=predicted)["train"]
     peak = devices.peak_tflops(gpus[0] if gpus else seen[0])
     achieved = flops * clips_per_s / replicas / 1e12  # TFLOP/s per device
     report = {

@@ -19,10 +19,10 @@ def run_evaluate(
     cfg, *, model_uri: str, split: str | None = None, out_dir: str | None = None, run_id: str | None = None
 ) -> dict:
     """Evaluate model_uri on a split of cfg.data.dir; write report.json, per_frame.csv/png; log to MLflow."""
+    from nfp import models
     from nfp.data.manifest import load_manifest
     from nfp.data.pipeline import clip_batches
     from nfp.data.shards import naming_bad_shards
-    from nfp.model import check_compatible
     from nfp.model_source import resolve_model
     from nfp.scoring import check_lengths, evaluate_model, flat_metrics
 
@@ -50,10 +50,16 @@ def run_evaluate(
         raise DataError(f"split {split!r} of {cfg.data.dir}: has no clips (see data.split)")
     if e.protocol == "rollout":
         check_lengths("rollout", e.context_frames, e.predict_frames, manifest.clip_shape[0])
-    check_compatible(model, manifest.frame_shape)
-    # the inputs the model is called on: a rollout's k + n - 1 frames, or one step's T - 1
-    length = e.context_frames + e.predict_frames - 1 if e.protocol == "rollout" else manifest.clip_shape[0] - 1
-    choices = devices.for_inference(cfg.train, model, (e.batch_size, length, *manifest.frame_shape))
+    models.check_compatible(model, manifest.frame_shape)
+    # the inputs the model is called on: a rollout's (the family's), or one step's T - 1 frames
+    if e.protocol == "rollout":
+        models.check_context(model, e.context_frames, "evaluate.context_frames")
+        shape = models.rollout_batch_shape(
+            model, e.batch_size, e.context_frames, e.predict_frames, manifest.frame_shape
+        )
+    else:
+        shape = (e.batch_size, manifest.clip_shape[0] - 1, *manifest.frame_shape)
+    choices = devices.for_inference(cfg.train, model, shape)
 
     dataset = clip_batches(cfg.data, manifest, split, e.batch_size, max_clips=e.max_clips)
     with naming_bad_shards(cfg.data, manifest, split):

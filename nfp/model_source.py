@@ -42,8 +42,10 @@ def resolve_model(model_uri: str):
 def _load_checkpoint(path: str):
     import keras
 
-    import nfp.layers  # noqa: F401 - registers nfp's layers for deserialisation
+    from nfp import optim  # noqa: F401 - registers nfp's LR schedules: a checkpoint saved with its optimizer loads
+    from nfp.models import register_layers
 
+    register_layers()  # nfp's layers, for deserialisation
     if not storage.exists(path):
         raise ModelError(
             f"checkpoint {path}: not found (expected a .keras file, an MLflow run id, runs:/… or models:/… URI)"
@@ -66,8 +68,9 @@ def _load_checkpoint(path: str):
 def _load_mlflow_model(uri: str):
     import mlflow.keras
 
-    import nfp.layers  # noqa: F401 - registers nfp's layers for deserialisation
+    from nfp.models import register_layers
 
+    register_layers()  # nfp's layers, for deserialisation
     try:
         return mlflow.keras.load_model(uri)
     except Exception as err:

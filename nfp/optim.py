@@ -9,16 +9,23 @@ restored step count with no callback: `train.schedule`'s epochs become steps wit
 - cosine: `CosineDecay` with its warm-up, from the base LR to `min_lr` at `train.epochs`.
 - step: `ExponentialDecay(staircase=True)`, × gamma every `step_epochs`; with warm-up, `WarmupStepDecay`.
 - plateau: a float LR (ReduceLROnPlateau must set it) and `plateau_callback`, which warms up itself.
+- onecycle: `OneCycle`, PyTorch's OneCycleLR as OpenSTL trains with it (SimVP, TAU): over train.epochs ×
+  steps_per_epoch steps, a cosine from base/25 up to base at 30% of them, then a cosine down to base/2.5e5 at the
+  last, held after it. Its warm-up is that first 30%: `warmup_epochs` must stay 0, and `min_lr` does not apply.
 
-Every warm-up is linear, CosineDecay's, over `warmup_epochs` E × `steps_per_epoch` steps: from base/E at step 0
-(the first warm-up epoch's LR when it moved once an epoch, so the mean over the warm-up is unchanged) to base at its
-end; the decay is counted from the end of the warm-up.
+Every `warmup_epochs` warm-up is linear, CosineDecay's, over `warmup_epochs` E × `steps_per_epoch` steps: from
+base/E at step 0 (the first warm-up epoch's LR when it moved once an epoch, so the mean over the warm-up is
+unchanged) to base at its end; the decay is counted from the end of the warm-up.
 """
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import ops
+
+from nfp.errors import ConfigError
 
 _OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD"}
 _LOSSES = {"bce": "BinaryCrossentropy", "mse": "MeanSquaredError"}
@@ -31,8 +38,44 @@ def build_optimizer(train_cfg, replicas: int, steps_per_epoch: int):
     )
 
 
-def build_loss(train_cfg):
-    return getattr(keras.losses, _LOSSES[train_cfg.loss])()
+def build_loss(train_cfg, terms: dict[str, float] | None = None):
+    """train.loss; with a model family's loss `terms` ({name: weight}, nfp.models.loss_terms), train.loss plus each
+    term times its weight."""
+    if not terms:
+        return getattr(keras.losses, _LOSSES[train_cfg.loss])()
+    return LossWithTerms(train_cfg.loss, terms)
+
+
+def term_metrics(terms: dict[str, float] | None) -> list:
+    """One metric per loss term, under the term's name (the epoch logs, the CSV and MLflow show it as
+    `differential_divergence` and `val_differential_divergence`): its unweighted mean."""
+    from nfp.models import loss_term
+
+    return [keras.metrics.MeanMetricWrapper(loss_term(name), name=name) for name in terms or {}]
+
+
+@keras.saving.register_keras_serializable(package="nfp")
+class LossWithTerms(keras.losses.Loss):
+    """train.loss plus a family's weighted loss terms, per clip: Keras averages (batch,) values over the global
+    batch (across replicas too), the reduction the base loss alone gets. Its config is plain data; the terms'
+    functions come from nfp.models by name."""
+
+    def __init__(self, base: str, terms: dict[str, float], name: str = "loss_with_terms", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.base, self.terms = base, dict(terms)
+
+    def call(self, y_true, y_pred):
+        from nfp.models import loss_term
+
+        base = getattr(keras.losses, {"bce": "binary_crossentropy", "mse": "mean_squared_error"}[self.base])
+        clips = ops.shape(y_pred)[0]
+        total = ops.mean(ops.reshape(base(y_true, y_pred), (clips, -1)), axis=1)  # per clip: all its values alike
+        for name, weight in self.terms.items():
+            total = total + weight * ops.cast(loss_term(name)(y_true, y_pred), total.dtype)
+        return total
+
+    def get_config(self):
+        return {"base": self.base, "terms": self.terms, "name": self.name}
 
 
 def base_learning_rate(train_cfg, replicas: int) -> float:
@@ -46,6 +89,11 @@ def learning_rate_schedule(train_cfg, replicas: int, steps_per_epoch: int):
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch: got {steps_per_epoch}, expected ≥ 1")
     s = train_cfg.schedule
+    if s.name == "onecycle" and s.warmup_epochs:
+        raise ConfigError(
+            f"train.schedule.warmup_epochs: got {s.warmup_epochs}, expected 0 with train.schedule.name: onecycle "
+            "(its warm-up is the first 30% of train.epochs)"
+        )
     base = base_learning_rate(train_cfg, replicas)
     warmup = s.warmup_epochs * steps_per_epoch
     start = warmup_start(base, s.warmup_epochs)
@@ -65,6 +113,8 @@ def learning_rate_schedule(train_cfg, replicas: int, steps_per_epoch: int):
         if warmup:
             return WarmupStepDecay(**warmup_args, decay_steps=every, decay_rate=s.gamma)
         return sched.ExponentialDecay(base, decay_steps=every, decay_rate=s.gamma, staircase=True)
+    if s.name == "onecycle":
+        return OneCycle(base, total_steps=train_cfg.epochs * steps_per_epoch)
     raise ValueError(f"train.schedule.name: got {s.name!r}")
 
 
@@ -84,10 +134,11 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
     """Step decay after a linear warm-up: CosineDecay's warm-up, then ExponentialDecay(staircase=True) from the end
     of the warm-up: warmup_target × decay_rate^⌊(step − warmup_steps) / decay_steps⌋.
 
-    Keras has no built-in for this combination, so it is a small class, registered as `nfp>WarmupStepDecay` the
-    way nfp.layers registers the layers; nfp.layers imports this module, so a checkpoint saved with its optimizer
-    loads with `keras.saving.load_model(path)` after `import nfp.layers`, as the layers do. Its config is plain
-    numbers. The other schedules are Keras's own and load anywhere.
+    Keras has no built-in for this combination, so it is a small class, registered as `nfp>WarmupStepDecay` when
+    this module is imported, the way the families' layers register themselves; nfp.model_source imports it before it
+    loads a checkpoint, so one saved with its optimizer loads (elsewhere: `import nfp.optim` before
+    `keras.saving.load_model(path)`). Its config is plain numbers. OneCycle is registered the same way; the other
+    schedules are Keras's own and load anywhere.
     """
 
     def __init__(self, initial_learning_rate, warmup_target, warmup_steps, decay_steps, decay_rate, name=None):
@@ -113,6 +164,55 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
             "warmup_steps": self.warmup_steps,
             "decay_steps": self.decay_steps,
             "decay_rate": self.decay_rate,
+            "name": self.name,
+        }
+
+
+@keras.saving.register_keras_serializable(package="nfp")
+class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+    """PyTorch's `OneCycleLR(max_lr, total_steps, pct_start, div_factor, final_div_factor)` with
+    anneal_strategy="cos" and three_phase=False, its LR at scheduler step s being this one's at optimizer step s
+    (both start at 0 and move once per optimizer step).
+
+    From initial = max/div_factor, a cosine up to max_learning_rate at step pct_start·total_steps − 1, then down to
+    initial/final_div_factor at step total_steps − 1, held after it (where PyTorch raises). Each phase, from step a
+    at LR u to step b at LR v, is PyTorch's `v + (u − v)/2·(1 + cos(π·(s − a)/(b − a)))`, written
+    `v + (u − v)·sin²(π/2·(b − s)/(b − a))`, the same number without float32's cancellation near v.
+
+    Registered as `nfp>OneCycle`, with a config of plain numbers, as WarmupStepDecay.
+    """
+
+    def __init__(self, max_learning_rate, total_steps, pct_start=0.3, div_factor=25.0, final_div_factor=1e4, name=None):
+        super().__init__()
+        if total_steps < 1 or not 0 <= pct_start <= 1:
+            raise ValueError(f"total_steps must be ≥ 1 and pct_start in [0, 1]: got {total_steps}, {pct_start}")
+        self.max_learning_rate, self.total_steps = float(max_learning_rate), int(total_steps)
+        self.pct_start, self.div_factor = float(pct_start), float(div_factor)
+        self.final_div_factor = float(final_div_factor)
+        self.name = name or "OneCycle"
+
+    def __call__(self, step):
+        top = self.max_learning_rate
+        initial = top / self.div_factor
+        final = initial / self.final_div_factor
+        peak = float(self.pct_start * self.total_steps) - 1  # PyTorch's phase ends, in float64 as it computes them
+        last = float(self.total_steps - 1)
+        step = ops.minimum(ops.cast(step, "float32"), last)
+
+        def anneal(start_step, end_step, start, end):
+            span = (end_step - start_step) or 1.0  # 0 only where PyTorch divides 0 by 0
+            return end + (start - end) * ops.square(ops.sin(math.pi / 2 * (end_step - step) / span))
+
+        in_warmup = step <= math.floor(peak)  # = step <= peak at PyTorch's integer steps, in float32 too
+        return ops.where(in_warmup, anneal(0.0, peak, initial, top), anneal(peak, last, top, final))
+
+    def get_config(self):
+        return {
+            "max_learning_rate": self.max_learning_rate,
+            "total_steps": self.total_steps,
+            "pct_start": self.pct_start,
+            "div_factor": self.div_factor,
+            "final_div_factor": self.final_div_factor,
             "name": self.name,
         }
 

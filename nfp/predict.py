@@ -22,8 +22,7 @@ def run_predict(
     cfg, *, model_uri, inputs, context_frames=None, horizon=None, out_dir=None, save_npy=False
 ) -> dict[str, Path]:
     """Predict `horizon` frames from the first `context_frames` of one clip; → {"strip", "gif"[, "npy"]} paths."""
-    from nfp import devices, storage, visualize
-    from nfp.model import check_compatible, rollout
+    from nfp import devices, models, storage, visualize
     from nfp.model_source import load_model
 
     k = cfg.evaluate.context_frames if context_frames is None else context_frames
@@ -41,11 +40,12 @@ def run_predict(
     if k >= len(clip):
         raise ConfigError(f"--context: got {k}, expected < the clip length {len(clip)} of {inputs}")
     model = model or load_model(model_uri)
-    check_compatible(model, clip.shape[1:])
+    models.check_compatible(model, clip.shape[1:])
+    models.check_context(model, k, "--context" if context_frames is not None else "evaluate.context_frames")
 
     context = clip[None, :k].astype(np.float32) / 255.0
-    choices = devices.for_inference(cfg.train, model, (1, k + n - 1, *clip.shape[1:]))  # rollout's input shape
-    rolled = rollout(model, context, n, jit_compile=choices.jit_compile)[0]  # (n, H, W, C)
+    choices = devices.for_inference(cfg.train, model, models.rollout_batch_shape(model, 1, k, n, clip.shape[1:]))
+    rolled = models.rollout(model, context, n, jit_compile=choices.jit_compile)[0]  # (n, H, W, C)
     predicted = (np.clip(rolled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     truth = np.zeros_like(predicted)
     known = clip[k : k + n]

@@ -54,11 +54,17 @@ def evaluate_model(
     """
     import tensorflow as tf
 
+    from nfp import models
     from nfp.metrics import FrameMetrics
-    from nfp.model import check_compatible, rollout
 
     if protocol not in PROTOCOLS:
         raise ConfigError(f"evaluate.protocol: got {protocol!r}, expected one of {', '.join(PROTOCOLS)}")
+    if protocol == "one_step" and models.of_model(model).KIND == "direct":
+        raise ConfigError(
+            "evaluate.protocol: got one_step, expected rollout for a direct model (it makes no one-step predictions)"
+        )
+    if protocol == "rollout":
+        models.check_context(model, context_frames, "evaluate.context_frames")
     accumulators = {name: FrameMetrics() for name in PREDICTORS}
     forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True, jit_compile=jit_compile)
     length = None
@@ -67,11 +73,11 @@ def evaluate_model(
         if length is None:
             length = int(x.shape[1])
             check_lengths(protocol, context_frames, predict_frames, length)
-            check_compatible(model, tuple(x.shape[2:]))
+            models.check_compatible(model, tuple(x.shape[2:]))
         if protocol == "rollout":
             inputs, truth = x[:, :context_frames], x[:, context_frames : context_frames + predict_frames]
             preds = {
-                "model": rollout(model, inputs, predict_frames, jit_compile=jit_compile),
+                "model": models.rollout(model, inputs, predict_frames, jit_compile=jit_compile),
                 **baselines(inputs, predict_frames),
             }
         else:

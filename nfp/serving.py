@@ -4,7 +4,7 @@ One MLflow model, two flavors over one .keras file (`artifacts/model.keras`):
 - `python_function` (`mlflow.pyfunc.load_model`, `mlflow models serve` / `predict`): `Forecaster` below, with nfp's
   own code in the model's `code/` (MLflow puts it on sys.path before loading), so nothing but the model's
   requirements (mlflow, keras, tensorflow, numpy) is needed to load and serve it.
-- `keras` (`mlflow.keras.load_model`): the Keras model itself, after `import nfp.layers` (nfp installed, as always
+- `keras` (`mlflow.keras.load_model`): the Keras model itself, after `nfp.models.register_layers()` (nfp installed, as always
   for nfp's own checkpoints).
 """
 
@@ -98,8 +98,9 @@ class Forecaster(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         import keras
 
-        import nfp.layers  # noqa: F401 - registers nfp's layers for deserialisation
+        from nfp.models import register_layers
 
+        register_layers()  # nfp's layers, for deserialisation
         self.model = keras.saving.load_model(context.artifacts[ARTIFACT], compile=False)
         self.frame_shape = tuple(self.model.inputs[0].shape[2:])
         config = context.model_config or {}
@@ -109,12 +110,17 @@ class Forecaster(mlflow.pyfunc.PythonModel):
         self.predict(context, np.zeros((1, k, *self.frame_shape), np.float32), {"horizon": self.horizon})
 
     def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
-        from nfp.model import rollout
+        from nfp.errors import ModelError
+        from nfp.models import check_context, rollout
 
         frames = scaled_context(model_input, self.frame_shape)
         horizon = (params or {}).get("horizon", self.horizon)
         if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or not 1 <= horizon <= MAX_HORIZON:
             raise BadRequest(f"horizon: got {horizon!r}, expected an integer from 1 to {MAX_HORIZON}")
+        try:
+            check_context(self.model, frames.shape[1], "context frames (k)")
+        except ModelError as err:
+            raise BadRequest(str(err)) from None
         return rollout(self.model, frames, int(horizon))
 
 

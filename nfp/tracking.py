@@ -524,8 +524,9 @@ def _replay_call(record: dict, files: Path) -> tuple[str, tuple]:
     if kind == "model":
         import keras
 
-        import nfp.layers  # noqa: F401 - registers nfp's custom layers for loading
+        from nfp.models import register_layers
 
+        register_layers()  # nfp's custom layers, for loading
         model = keras.saving.load_model(files / "model.keras", compile=False)
         example = np.load(files / "input_example.npy")
         # records from before horizon and alias have neither: the defaults

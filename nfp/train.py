@@ -303,9 +303,9 @@ def _check_tensorboard(train_cfg) -> None:
         )
 
 
-# What the backup's weights and optimizer state are shaped by: a change to any of them cannot resume from it (other
-# changes, a learning rate or batch size, load, and tracking warns that the run keeps its original params).
-_WEIGHT_KEYS = ("model.cell", "model.filters", "model.kernel_sizes", "model.patch_size")
+# What the backup's optimizer state is shaped by (the weights: the family's WEIGHT_KEYS): a change to any of them
+# cannot resume from it (other changes, a learning rate or batch size, load, and tracking warns that the run keeps
+# its original params).
 _OPTIMIZER_STATE = {"adam": "moments", "adamw": "moments", "sgd": "none"}  # AdamW keeps Adam's variables
 
 
@@ -321,9 +321,20 @@ def _check_backup_fits(cfg, out: RunDir) -> None:
         old = yaml.safe_load(storage.read_bytes(saved))
     except yaml.YAMLError:
         return  # no judgement to make from it: restoring the backup says what does not fit
+    from nfp import models
+
     new = yaml.safe_load(cfg.to_yaml())
-    keys = [*_WEIGHT_KEYS, *(["model.norm"] if _at(new, "model.cell") == "keras" else [])]  # norm layers hold weights
+    if isinstance(old, dict) and isinstance(old.get("model"), dict):
+        old["model"].setdefault("family", models.DEFAULT_FAMILY)  # a config from before families
+    family = models.of_config(cfg.model)
+    keys = [
+        "model.family", *(f"model.{key}" for key in family.WEIGHT_KEYS),
+        *(["model.norm"] if _at(new, "model.cell") == "keras" else []),  # norm layers hold weights
+        *(["data.context_frames"] if family.KIND == "direct" else []),  # the frames a direct model stacks
+    ]  # fmt: skip
     changed = [f"{k}: {_at(old, k)} → {_at(new, k)}" for k in keys if _at(old, k) != _at(new, k)]
+    if _at(old, "model.family") != _at(new, "model.family"):
+        changed = changed[:1]  # another family: its keys say nothing more
     was, now = _at(old, "train.optimizer"), _at(new, "train.optimizer")
     if _OPTIMIZER_STATE.get(was, was) != _OPTIMIZER_STATE.get(now, now):
         changed.append(f"train.optimizer: {was} → {now}")
@@ -390,9 +401,10 @@ def compiled_model(cfg, strategy, replicas: int, choices: devices.Choices, *, ba
     (the LR schedule's length, `steps_per_epoch`, does not matter to them)."""
     import keras
 
-    from nfp.optim import build_loss, build_optimizer
+    from nfp.models import loss_terms
+    from nfp.optim import build_loss, build_optimizer, term_metrics
 
-    t = cfg.train
+    t, terms = cfg.train, loss_terms(cfg.model)
 
     def build(xla: str):
         policy = keras.mixed_precision.global_policy()
@@ -402,7 +414,8 @@ def compiled_model(cfg, strategy, replicas: int, choices: devices.Choices, *, ba
                 model = _build_model(cfg, xla_cell=xla == "cell")
                 model.compile(
                     optimizer=build_optimizer(t, replicas, steps_per_epoch),
-                    loss=build_loss(t),
+                    loss=build_loss(t, terms),
+                    metrics=term_metrics(terms),
                     jit_compile=xla == "step",
                     steps_per_execution=t.steps_per_execution,
                 )
@@ -411,15 +424,18 @@ def compiled_model(cfg, strategy, replicas: int, choices: devices.Choices, *, ba
         return model
 
     model = build(choices.xla)
-    checked = devices.confirmed(choices, t.jit_compile, model, batch_shape, loss=build_loss(t))
+    checked = devices.confirmed(choices, t.jit_compile, model, batch_shape, loss=build_loss(t, terms))
     return (model if checked.xla == choices.xla else build(checked.xla)), checked
 
 
 def _build_model(cfg, *, xla_cell: bool = False):
-    from nfp.model import build_model
+    from nfp.models import build_model
 
-    return build_model(cfg.model, frame_shape=cfg.data.frame_shape, scheduled_sampling=cfg.train.scheduled_sampling,
-                       context_frames=cfg.evaluate.context_frames, xla_cell=xla_cell)  # fmt: skip
+    d = cfg.data
+    return build_model(
+        cfg.model, frame_shape=d.frame_shape, context_frames=d.context_frames, predict_frames=d.predict_frames,
+        scheduled_sampling=cfg.train.scheduled_sampling, sampling_from=cfg.evaluate.context_frames, xla_cell=xla_cell,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- tracking
@@ -516,7 +532,7 @@ def _log_preview(run, data_dir: str) -> None:
 def _log_results(run, cfg, job: Job, *, model, manifest):
     """CSV, loss/LR curves (from the whole CSV, so a resumed run shows every epoch), a predicted-clip GIF, checkpoints, the model."""
     from nfp.data import pipeline
-    from nfp.model import rollout
+    from nfp.models import rollout
 
     out = job.output
     # A plain copy outside the strategy: predicting with a multi-worker model would wait on the other workers.

@@ -90,7 +90,7 @@ def tiny_checkpoint(tiny_overrides, tmp_path) -> str:
     from nfp.config import load_config
     from nfp.data.pipeline import make_dataset
     from nfp.data.prepare import prepare
-    from nfp.model import build_model
+    from nfp.models.convlstm.model import build_model
 
     cfg = load_config(None, tiny_overrides)
     manifest = prepare(cfg.data, progress=False)

@@ -68,7 +68,7 @@ def test_only_replaces_one_section_and_keeps_the_others():
 @pytest.mark.parametrize("preset", ["tiny", "keras_io", "convlstm_s"])
 def test_flops_formula_implies_the_keras_parameter_count(preset):
     from bench.common import nfp_config
-    from nfp.model import build_model, flops_per_clip
+    from nfp.models.convlstm.model import build_model, flops_per_clip
 
     cfg = nfp_config([f"model.preset={preset}"]).model
     counted = flops_per_clip(cfg, image_size=16, frames=1)

@@ -10,7 +10,7 @@ from nfp import callbacks as cb
 from nfp.config import load_config
 from nfp.distribute import ClusterInfo
 from nfp.job import Job
-from nfp.model import build_model
+from nfp.models.convlstm.model import build_model
 from nfp.optim import WarmupThenPlateau, build_optimizer
 from nfp.rundir import RunDir, read_csv_history, trim_csv
 

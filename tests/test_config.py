@@ -92,7 +92,10 @@ def test_flat_params_use_dotted_key_paths():
         ("train.bogus=1", "train.bogus: unknown key"),
         ("bogus.key=1", "bogus: unknown key"),
         ("train.batch_size=0", "train.batch_size: got 0, expected >= 1"),
-        ("model.preset=huge", "model.preset: got 'huge', expected one of tiny, keras_io, convlstm_s, custom"),
+        (
+            "model.preset=huge",
+            "model.preset: got 'huge', expected one of tiny, keras_io, convlstm_s, simvp_gsta, tau, simvp_tiny, tau_tiny, custom",
+        ),
         ("data.stage=maybe", "data.stage: got 'maybe', expected true or false"),
         ("data.split.train=0.5", "data.split: fractions sum to 0.7"),
         ("model.dropout=1.5", "model.dropout: got 1.5, expected <= 0.99"),

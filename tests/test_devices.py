@@ -6,11 +6,12 @@ import mlflow
 import numpy as np
 import pytest
 
-from nfp import devices, layers
+from nfp import devices
 from nfp.config import load_config
 from nfp.devices import Device, choose
 from nfp.errors import ConfigError, TrainingError
-from nfp.model import build_model, rollout
+from nfp.models.convlstm import layers
+from nfp.models.convlstm.model import build_model, rollout
 
 H100 = Device("GPU", "NVIDIA H100 80GB HBM3", (9, 0))
 A100 = Device("GPU", "NVIDIA A100-SXM4-40GB", (8, 0))

@@ -102,7 +102,7 @@ _MIRRORED = textwrap.dedent(
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from nfp.config import load_config
     from nfp.distribute import make_strategy, strategy_name
-    from nfp.model import build_model
+    from nfp.models.convlstm.model import build_model
 
     x = np.random.default_rng(0).random((16, 5, 16, 16, 1), dtype=np.float32)
     ds = tf.data.Dataset.from_tensor_slices((x[:, :-1], x[:, 1:])).batch(8)

@@ -6,9 +6,9 @@ import keras
 import mlflow
 import pytest
 
-from nfp import layers
 from nfp.cli import main
 from nfp.config import load_config
+from nfp.models.convlstm import layers
 
 SHRUNK = [
     "data.image_size=16",

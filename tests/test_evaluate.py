@@ -118,7 +118,7 @@ def test_evaluate_of_a_run_logs_into_that_run_with_the_one_step_protocol(trained
 def test_evaluate_errors_are_one_line(trained, tiny_overrides, tmp_path):
     from nfp.config import load_config
     from nfp.evaluate import run_evaluate
-    from nfp.model import build_model
+    from nfp.models.convlstm.model import build_model
 
     cfg, checkpoint = trained
     cfg = dataclasses.replace(

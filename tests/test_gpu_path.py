@@ -32,14 +32,15 @@ _RUN = textwrap.dedent(
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from nfp import layers, model
+    from nfp.models import traced
+    from nfp.models.convlstm import layers
     from nfp.cli import main
 
     cell_xla = []
     real = layers.ConvLSTMStack._xla_steps
     layers.ConvLSTMStack._xla_steps = lambda self, feedback: cell_xla.append(feedback) or real(self, feedback)
     code = main(sys.argv[1:])
-    compiled = sorted({f"{kind}:{'xla' if jit else 'plain'}" for fns in model._COMPILED.values() for kind, jit in fns})
+    compiled = sorted({f"{kind}:{'xla' if jit else 'plain'}" for fns in traced.COMPILED.values() for kind, jit in fns})
     print("REPORT " + json.dumps({"code": code, "cell_xla": len(cell_xla), "compiled": compiled}))
     sys.exit(code)
     """
@@ -214,7 +215,7 @@ def test_bf16_training_follows_float32_on_the_same_batches(xla):
     step's loss stays within BF16_TOLERANCE of float32's (the cell state stays float32: a bfloat16 state stops
     growing once its steps fall under half a unit in the last place; test_model.py shows it at 0.5)."""
     cfg = load_config(None, ["model.preset=tiny", "model.filters=[16, 16]", "data.image_size=16", "data.digit_size=8"])
-    from nfp.model import build_model
+    from nfp.models.convlstm.model import build_model
 
     rng = np.random.default_rng(0)
     clips = rng.random((20, 4, 6, 16, 16, 1), dtype=np.float32)

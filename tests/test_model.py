@@ -7,7 +7,7 @@ import pytest
 
 from nfp.config import load_config
 from nfp.errors import ConfigError
-from nfp.model import build_model, rollout
+from nfp.models.convlstm.model import build_model, rollout
 
 TINY = ["model.preset=custom", "model.filters=[4]", "model.kernel_sizes=[3]"]
 CELLS = {
@@ -61,7 +61,7 @@ def test_convlstm_s_preset_is_openstls_shape():
 
 
 def test_patches_round_trip_and_keep_each_patch_together():
-    from nfp.layers import DepthToSpace, SpaceToDepth
+    from nfp.models.convlstm.layers import DepthToSpace, SpaceToDepth
 
     x = _frames((2, 3, 8, 8, 1))
     patches = np.asarray(SpaceToDepth(4)(x))

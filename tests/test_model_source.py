@@ -72,7 +72,7 @@ def test_a_keras_file_that_is_not_a_model_is_named_as_such_not_as_not_found(cont
 
 def test_a_truncated_real_checkpoint_is_named_as_such(tmp_path):
     from nfp.config import load_config
-    from nfp.model import build_model
+    from nfp.models.convlstm.model import build_model
 
     good = tmp_path / "good.keras"
     build_model(

@@ -1,5 +1,6 @@
 """Loss, optimizer and the per-step learning-rate schedules of `cfg.train`, resumed from `optimizer.iterations`."""
 
+import dataclasses
 import itertools
 import math
 
@@ -9,8 +10,16 @@ import pytest
 
 from nfp import callbacks as cb
 from nfp.config import load_config
-from nfp.model import build_model
-from nfp.optim import WarmupStepDecay, build_loss, build_optimizer, learning_rate_schedule, plateau_callback
+from nfp.errors import ConfigError
+from nfp.models import build_model
+from nfp.optim import (
+    OneCycle,
+    WarmupStepDecay,
+    build_loss,
+    build_optimizer,
+    learning_rate_schedule,
+    plateau_callback,
+)
 
 SPE = 4  # steps per epoch
 
@@ -77,7 +86,7 @@ def _data(n=8):
 
 def _fit(cfg, epochs, callbacks, steps_per_epoch=SPE):
     keras.utils.set_random_seed(0)
-    model = build_model(cfg.model, image_size=16)
+    model = build_model(cfg.model, frame_shape=cfg.data.frame_shape)  # 16×16×1
     model.compile(build_optimizer(cfg.train, 1, steps_per_epoch), build_loss(cfg.train))
     history = model.fit(_data(), epochs=epochs, callbacks=callbacks, verbose=0)
     return model, history.history
@@ -112,7 +121,9 @@ def test_a_checkpoint_saved_with_the_warm_up_step_schedule_loads(tiny_overrides,
     )  # fmt: skip
     model, _ = _fit(cfg, 1, [])
     model.save(tmp_path / "m.keras")
-    assert keras.saving.get_registered_object("nfp>WarmupStepDecay") is WarmupStepDecay  # nfp.layers registers it
+    assert (
+        keras.saving.get_registered_object("nfp>WarmupStepDecay") is WarmupStepDecay
+    )  # importing nfp.optim registers it
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     schedule = loaded.optimizer._learning_rate
     assert (
@@ -144,3 +155,94 @@ def test_plateau_warms_up_per_step_then_reduces_on_a_plateau(tiny_overrides):
     # epoch 3 sets the best, epochs 4 and 5 beat it by nothing: × 0.5 after each (each epoch logs its first step's LR)
     assert history["learning_rate"] == pytest.approx([0.05, 0.075, 0.1, 0.1, 0.05])
     assert seen[-1] == pytest.approx(0.05) and float(model.optimizer.learning_rate) == pytest.approx(0.025)
+
+
+# --------------------------------------------------------------------------- onecycle: PyTorch's OneCycleLR
+def _torch_one_cycle(max_lr, total_steps, pct_start=0.3, div_factor=25.0, final_div_factor=1e4):
+    """torch.optim.lr_scheduler.OneCycleLR's LR at scheduler steps 0 … total_steps − 1 (anneal_strategy="cos",
+    three_phase=False), its get_lr() re-written in NumPy, float64, phase loop and all: the reference."""
+    initial = max_lr / div_factor
+    phases = [
+        (float(pct_start * total_steps) - 1, initial, max_lr),
+        (total_steps - 1, max_lr, initial / final_div_factor),
+    ]
+    lrs = []
+    for step in range(total_steps):
+        start_step = 0.0
+        for i, (end_step, start, end) in enumerate(phases):
+            if step <= end_step or i == len(phases) - 1:
+                pct = (step - start_step) / (end_step - start_step)
+                lrs.append(end + (start - end) / 2.0 * (np.cos(np.pi * pct) + 1))
+                break
+            start_step = end_step
+    return np.array(lrs)
+
+
+# OneCycleLR(SGD(lr=0.1), max_lr=0.1, total_steps=24, final_div_factor=1e4), torch 2.13.0: the LR of each of the
+# 24 optimizer steps (param_groups[0]["lr"] before optimizer.step(), then scheduler.step())
+TORCH_24 = [
+    0.004, 0.01003136243, 0.0266097275, 0.0495688399, 0.07313891927, 0.09139664518, 0.09975372752, 0.09944154355,
+    0.09719417774, 0.09330129698, 0.08789863456, 0.08117456539, 0.07336353796, 0.06473789977, 0.05559840141,
+    0.04626371027, 0.03705929951, 0.02830609982, 0.02030930949, 0.01334775302, 0.007664159383, 0.003456698743,
+    0.0008720728516, 4e-07,
+]  # fmt: skip
+
+
+def test_onecycle_is_pytorchs_one_cycle_lr_step_by_step(tiny_overrides):
+    assert _torch_one_cycle(0.1, 24) == pytest.approx(TORCH_24, rel=1e-9)  # the reference is PyTorch's
+    schedule = learning_rate_schedule(_train_cfg(tiny_overrides, "train.schedule.name=onecycle"), 1, SPE)
+    assert isinstance(schedule, OneCycle) and schedule.get_config()["total_steps"] == 6 * SPE  # train.epochs = 6
+    assert _lrs(schedule, range(6 * SPE)) == pytest.approx(TORCH_24, rel=1e-5)
+    for total in (1, 2, 3, 7, 37, 100, 1000, 33333):  # phase ends off and on whole steps, phase 1 empty, long runs
+        steps = np.arange(total)
+        assert np.asarray(OneCycle(0.1, total)(steps)) == pytest.approx(_torch_one_cycle(0.1, total), rel=1e-5)
+    assert _lrs(schedule, [24, 25, 1000]) == pytest.approx([4e-7] * 3)  # past the end it holds; PyTorch raises
+
+
+def test_onecycle_peaks_at_the_learning_rate_after_30_percent_and_ends_25e4_times_lower(tiny_overrides):
+    t = _train_cfg(tiny_overrides, "train.schedule.name=onecycle", "train.epochs=10")
+    lrs = np.array(_lrs(learning_rate_schedule(t, 1, 10), range(100)))  # 100 steps
+    assert int(np.argmax(lrs)) == 29 and lrs[29] == pytest.approx(0.1)  # step 0.3 × 100 − 1
+    assert lrs[0] == pytest.approx(0.1 / 25) and lrs[-1] == pytest.approx(0.1 / 2.5e5)
+    assert np.all(np.diff(lrs[:30]) > 0) and np.all(np.diff(lrs[29:]) < 0)
+    scaled = learning_rate_schedule(dataclasses.replace(t, scale_lr=True), 4, 10)
+    assert float(scaled(29)) == pytest.approx(0.4)  # the peak is the base LR: scale_lr scales it
+
+
+def test_onecycle_follows_the_optimizer_step_so_a_resumed_run_continues_it(tiny_overrides):
+    t = _train_cfg(tiny_overrides, "train.schedule.name=onecycle")
+    optimizer = build_optimizer(t, 1, SPE)
+    optimizer.build([keras.Variable(np.zeros(2, "float32"))])
+    for step in (0, 6, 7, 17, 23):
+        optimizer.iterations.assign(step)  # as a restored backup sets it
+        assert float(optimizer.learning_rate) == pytest.approx(TORCH_24[step], rel=1e-5)
+    optimizer.iterations.assign(6 * SPE + 3)  # past the end: the last LR
+    assert float(optimizer.learning_rate) == pytest.approx(TORCH_24[-1], rel=1e-5)
+
+
+def test_a_checkpoint_saved_with_the_onecycle_schedule_loads(tiny_overrides, tmp_path):
+    cfg = load_config(None, [*tiny_overrides, "train.schedule.name=onecycle"])
+    model, _ = _fit(cfg, 1, [])
+    model.save(tmp_path / "m.keras")
+    assert keras.saving.get_registered_object("nfp>OneCycle") is OneCycle  # importing nfp.optim registers it
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    schedule = loaded.optimizer._learning_rate
+    assert isinstance(schedule, OneCycle) and schedule.get_config() == model.optimizer._learning_rate.get_config()
+    assert schedule.get_config() == {
+        "max_learning_rate": cfg.train.learning_rate, "total_steps": cfg.train.epochs * SPE, "pct_start": 0.3,
+        "div_factor": 25.0, "final_div_factor": 1e4, "name": "OneCycle",
+    }  # fmt: skip
+    assert int(loaded.optimizer.iterations) == SPE
+    assert float(loaded.optimizer.learning_rate) == pytest.approx(float(model.optimizer.learning_rate))
+
+
+def test_onecycle_refuses_a_warm_up_of_its_own(tiny_overrides):
+    t = _train_cfg(tiny_overrides, "train.schedule.name=onecycle", "train.schedule.warmup_epochs=2")
+    with pytest.raises(ConfigError) as err:
+        learning_rate_schedule(t, 1, SPE)
+    assert str(err.value) == (
+        "train.schedule.warmup_epochs: got 2, expected 0 with train.schedule.name: onecycle "
+        "(its warm-up is the first 30% of train.epochs)"
+    )
+    with pytest.raises(ConfigError, match="train.schedule.warmup_epochs"):
+        build_optimizer(t, 1, SPE)

@@ -33,7 +33,7 @@ def _noise_npy(path, clips=3, frames=6, size=16, dtype=np.uint8):
 def test_predict_from_npy_writes_strip_gif_and_npy_of_the_rollout(cfg, checkpoint, tmp_path):
     import keras
 
-    from nfp.model import rollout
+    from nfp.models.convlstm.model import rollout
 
     clips = _noise_npy(tmp_path / "clips.npy")
     out = tmp_path / "pred"

@@ -150,8 +150,8 @@ def _post(url: str, body: dict) -> tuple[int, dict]:
 
 def _nfp_rollout(model_uri: str, context: np.ndarray, horizon: int) -> np.ndarray:
     """What `nfp predict` computes for these context frames (float 0–1, or uint8 read as /255)."""
-    from nfp.model import rollout
     from nfp.model_source import load_model
+    from nfp.models.convlstm.model import rollout
 
     frames = context.astype(np.float32) / 255.0 if context.dtype == np.uint8 else context.astype(np.float32)
     return rollout(load_model(model_uri), frames, horizon)

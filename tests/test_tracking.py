@@ -208,7 +208,7 @@ def test_server_dying_mid_run_warns_keeps_a_backlog_and_replays_it(cfg, tmp_path
 def test_logged_model_serves_the_rollout_and_still_loads_as_keras(cfg, tmp_path):
     import keras
 
-    from nfp.model import rollout
+    from nfp.models.convlstm.model import rollout
 
     model = keras.Sequential([keras.Input((None, 8, 8, 1)), keras.layers.Conv3D(1, 1, activation="sigmoid")])
     example = np.random.rand(1, 3, 8, 8, 1).astype(np.float32)
@@ -234,7 +234,7 @@ def test_a_logged_nfp_model_names_its_requirements_quietly(cfg, tmp_path, capfd,
     import keras
     import tensorflow as tf
 
-    from nfp.model import build_model
+    from nfp.models.convlstm.model import build_model
 
     model_cfg = load_config(None, ["model.preset=custom", "model.filters=[4]", "model.kernel_sizes=[3]"]).model
     model = build_model(model_cfg, image_size=8)
@@ -367,7 +367,7 @@ def test_offline_records_keep_copies_so_temp_files_images_figures_and_models_arr
         experiment_ids=[again.experiment_id], filter_string=f"source_run_id = '{run.run_id}'", output_format="list"
     )
     loaded = mlflow.pyfunc.load_model(logged.model_uri)
-    from nfp.model import rollout
+    from nfp.models.convlstm.model import rollout
 
     np.testing.assert_allclose(loaded.predict(example), rollout(model, example, 2), atol=1e-6)
 

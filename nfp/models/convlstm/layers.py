@@ -7,7 +7,7 @@
   in float32 under mixed precision (as PyTorch autocast does) and can feed its own predictions back
   during training (scheduled sampling). Its time loop (`time_loop`) is bounded, so XLA compiles it.
 
-Imported by nfp.model when a model is built or loaded; importing it registers the layers for
+Imported when a model is built or loaded (nfp.models.register_layers); importing it registers the layers for
 `keras.saving.load_model`.
 """
 
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import keras
 from keras import ops
-
-from nfp import optim  # noqa: F401 - registers nfp's LR schedule: a checkpoint saved with its optimizer loads too
 
 
 @keras.saving.register_keras_serializable(package="nfp")
@@ -110,7 +108,7 @@ class ConvLSTMStack(keras.layers.Layer):
         # True: the steps through time run as one XLA function of the weights' values (TensorFlow, clips of a known
         # length). For replicated training, where Keras cannot compile the whole step: an XLA function that reads
         # the variables of a MirroredStrategy fails on every replica but the first (keras-team/keras#19005).
-        # Passed by nfp.model.build_model, not saved: where a loaded model runs, its own devices decide.
+        # Passed by nfp.models.convlstm.model.build_model, not saved: where a loaded model runs, its own devices decide.
         self.jit_compile = jit_compile
 
     def build(self, input_shape):
@@ -133,7 +131,7 @@ class ConvLSTMStack(keras.layers.Layer):
 
     def call(self, frames, training=False, free_run_after=None):
         """`free_run_after` k (a Python int): from step k on, the inputs are the layer's own predictions, so a whole
-        rollout takes one pass instead of one per predicted frame (nfp.model.rollout)."""
+        rollout takes one pass instead of one per predicted frame (nfp.models.convlstm.model.rollout)."""
         batch, steps = ops.shape(frames)[0], ops.shape(frames)[1]
         sampling = bool(training) and self.sampling_steps > 0
         feedback = sampling or free_run_after is not None

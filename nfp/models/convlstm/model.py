@@ -1,9 +1,9 @@
-"""Next-frame models from `cfg.model`: (batch, time, H, W, C) frames → (batch, time, H, W, C) float32 predictions.
+"""The ConvLSTM family's models from `cfg.model`: (batch, time, H, W, C) frames → (batch, time, H, W, C) float32 predictions.
 
 Output t predicts frame t+1 and sees input frames 0..t only (causal in time), so a model can be
 rolled out autoregressively. With `model.patch_size` p > 1 the frames are cut into p×p patches
 (space-to-depth) before the recurrent stack and put back after. Two stacks (`model.cell`):
-- nfp: nfp.layers.ConvLSTMStack — OpenSTL's ConvLSTM cell, float32 cell state under mixed
+- nfp: nfp.models.convlstm.layers.ConvLSTMStack — OpenSTL's ConvLSTM cell, float32 cell state under mixed
   precision, a 1×1 head per step, scheduled sampling in training;
 - keras: keras.layers.ConvLSTM2D layers (normalisation between them) and a Conv3D head whose
   temporal padding is on the past side only (keras-io#1003: the reference's `same`-padded Conv3D
@@ -14,9 +14,9 @@ run these models under Keras 3 on JAX.
 
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
+
+from nfp.models.traced import traced
 
 HEAD_KERNEL = (3, 3, 3)  # keras cell: (time, H, W), the keras-io head's shape, so its parameter count matches
 
@@ -32,12 +32,12 @@ def build_model(
 ):
     """Uncompiled model for `model_cfg` on frames of `frame_shape` (H, W, C), or `image_size`² grey frames (the
     shorthand, as data.image_size); `scheduled_sampling` steps after `context_frames`
-    (nfp cell only, see nfp.layers.ConvLSTMStack); `xla_cell`: the nfp cell's steps as one XLA function (TensorFlow;
+    (nfp cell only, see layers.ConvLSTMStack); `xla_cell`: the nfp cell's steps as one XLA function (TensorFlow;
     nfp.devices decides when: replicated training, where Keras cannot compile the whole step)."""
     import keras
 
-    from nfp import layers as nfp_layers
     from nfp.errors import ConfigError
+    from nfp.models.convlstm import layers as nfp_layers
 
     p = model_cfg.patch_size
     h, w, c = _frame_shape(frame_shape, image_size)
@@ -118,26 +118,11 @@ def free_run(model, frames, free_run_after: int):
     return x
 
 
-_COMPILED = weakref.WeakKeyDictionary()  # model → {(kind, jit): function}: traced once, not per call
-
-
 def _compiled(model, kind: str, jit_compile: bool):
-    """model(frames) or free_run(model, frames, k) as a function of (frames, k): a tf.function on TensorFlow (k is
-    a Python int, part of the trace), the plain call elsewhere."""
-    import keras
-
-    functions = _COMPILED.setdefault(model, {})
-    if (kind, jit_compile) not in functions:
-        if kind == "free_run":
-            fn = lambda frames, k: free_run(model, frames, k)
-        else:
-            fn = lambda frames, k: model(frames, training=False)
-        if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
-
-            fn = tf.function(fn, jit_compile=jit_compile, reduce_retracing=True)
-        functions[kind, jit_compile] = fn
-    return functions[kind, jit_compile]
+    """model(frames) or free_run(model, frames, k) as a function of (frames, k), traced once (nfp.models.traced)."""
+    if kind == "free_run":
+        return traced(model, kind, jit_compile, lambda: lambda frames, k: free_run(model, frames, k))
+    return traced(model, kind, jit_compile, lambda: lambda frames, k: model(frames, training=False))
 
 
 def flops_per_clip(model_cfg, *, frames: int, frame_shape=None, image_size: int | None = None) -> dict:
@@ -173,32 +158,6 @@ def flops_per_clip(model_cfg, *, frames: int, frame_shape=None, image_size: int 
 
 def _nfp_stack(model):
     """The model's ConvLSTMStack, if it is an nfp-cell model (not a stand-in callable)."""
-    from nfp.layers import ConvLSTMStack
+    from nfp.models.convlstm.layers import ConvLSTMStack
 
     return next((layer for layer in getattr(model, "layers", ()) if isinstance(layer, ConvLSTMStack)), None)
-
-
-def check_compatible(model, frame_shape) -> None:
-    """ModelError unless the model takes (batch, time, H, W, C) clips with frame_shape = (H, W, C) and predicts
-    frames of that shape, (batch, time, H, W, C): a rollout feeds its outputs back as inputs."""
-    from nfp.errors import ModelError
-
-    inputs = getattr(model, "inputs", None)
-    if not inputs:
-        return  # subclassed model without a declared input: its first call will tell
-    shape = tuple(inputs[0].shape)
-    if len(shape) != 5:
-        raise ModelError(f"model input {shape}: expected 5-D (batch, time, H, W, channels)")
-    expected = shape[2:]
-    if any(e is not None and e != g for e, g in zip(expected, frame_shape)):
-        raise ModelError(
-            f"model expects frames H×W×C = {'×'.join(str(e) for e in expected)}, "
-            f"the clips are {'×'.join(map(str, frame_shape))} (wrong data.dir, data.frame_size or data.channels?)"
-        )
-    outputs = getattr(model, "outputs", None) or ()
-    wanted = f"(batch, time, {', '.join(map(str, frame_shape))}): the next frames, shaped as the clips' frames"
-    if len(outputs) > 1:
-        raise ModelError(f"model has {len(outputs)} outputs: expected one, {wanted}")
-    out = tuple(outputs[0].shape) if outputs else None
-    if out is not None and (len(out) != 5 or any(e is not None and e != g for e, g in zip(out[2:], frame_shape))):
-        raise ModelError(f"model output {out}: expected {wanted}")
