@@ -1,7 +1,9 @@
 """Quality per CPU-second: every model preset trained for the same wall-clock budget on the same clips, scored 10 → 10.
 
-Each preset is nfp's model, loss (`train.loss: auto`), optimizer and input pipeline (`make_dataset`,
-shift protocol), trained with `model.fit` for the same seconds of training time on identical
+Each preset is nfp's model, loss (`train.loss: auto`, plus its family's loss terms), optimizer and input pipeline
+(`make_dataset`: the shift protocol for the autoregressive ConvLSTM presets, 10 → 10 pairs for the direct SimVP ones,
+each with its preset's recipe; a OneCycle schedule runs over the steps the budget is estimated to hold), trained
+with `model.fit` for the same seconds of training time on identical
 generated clips, then rolled out 10 → 10 on held-out test clips and scored by `nfp.scoring`
 (OpenSTL's metrics) next to the copy-last-frame and mean-frame baselines. A learning curve (test
 MSE against training seconds) is taken along the way; evaluation time is not training time.
@@ -26,6 +28,7 @@ NAME = "quality"
 TITLE = "5. Quality per CPU-second: presets side by side, 10 → 10 rollout vs the baselines"
 TARGETS = {"copy_last": 0.40, "mean_frame": 0.60}  # best preset's MSE ≤ these × the baseline's
 SCHEDULE_TARGET = 1.05  # per-step cosine MSE ≤ this × the per-epoch one's: the noise between two runs
+SIMVP_TARGET = 0.8  # the best SimVP preset's MSE ≤ this × `tiny`'s, at equal CPU-seconds (#31)
 
 SIZES = {
     False: dict(
@@ -39,7 +42,7 @@ SIZES = {
         budget=600,
         curve=[150, 300, 600],
         context=10,
-        presets={"tiny": [], "convlstm_s": [], "keras_io": []},
+        presets={"tiny": [], "convlstm_s": [], "keras_io": [], "simvp_tiny": [], "tau_tiny": []},
         colour=dict(budget=300, curve=[150, 300]),  # tiny only: the best grey preset per CPU-second so far
         schedule=dict(learning_rate=0.003, epochs=6, steps_per_epoch=40),  # tiny twice: ~3 min on 2 cores
     ),
@@ -57,6 +60,7 @@ SIZES = {
         presets={
             "tiny": ["model.filters=[4]", "model.kernel_sizes=[3]"],
             "keras_io": ["model.filters=[4]", "model.kernel_sizes=[3]"],
+            "tau_tiny": ["model.spatial_channels=4", "model.temporal_channels=8"],
         },
         colour=dict(budget=4, curve=[2, 4]),
         schedule=dict(learning_rate=0.003, epochs=3, steps_per_epoch=2),
@@ -75,7 +79,8 @@ def config(workdir: Path, s: dict, preset: str, extra: list[str], *, data: list[
         "data.source=generate", "data.digit_bank=sklearn", f"data.image_size={s['image']}", f"data.digit_size={s['digit']}",
         f"data.frames={s['frames']}", f"data.num_clips={s['train'] + s['val'] + s['test']}", "data.num_shards=4",
         f"data.split.train={s['train']}", f"data.split.val={s['val']}", f"data.split.test={s['test']}",
-        *data, f"data.dir={workdir / data_dir}", "data.protocol=shift", f"model.preset={preset}", *extra,
+        *data, f"data.dir={workdir / data_dir}", f"data.context_frames={k}", f"data.predict_frames={k}",
+        f"model.preset={preset}", *extra,
         f"train.batch_size={s['batch']}", "evaluate.protocol=rollout", f"evaluate.context_frames={k}",
         f"evaluate.predict_frames={k}", "evaluate.batch_size=32", "tracking.enabled=false",
     ])  # fmt: skip
@@ -107,14 +112,20 @@ def rollout_scores(model, cfg, manifest) -> dict:
 
 def train_for(cfg, manifest, budget_s: float, curve_s: list[float]) -> dict:
     """Fit cfg's model for `budget_s` seconds of training; score the test rollout at each of `curve_s` seconds."""
+    import dataclasses
+
     import keras
 
     from nfp.data.pipeline import make_dataset
+    from nfp.models import loss_terms
     from nfp.optim import build_loss, build_optimizer
 
-    model = seeded_model(cfg)
-    model.compile(optimizer=build_optimizer(cfg.train, 1, steps_per_epoch=1), loss=build_loss(cfg.train))
     data = make_dataset(cfg.data, manifest, "train", cfg.train.batch_size, training=True)
+    t = cfg.train
+    if t.schedule.name == "onecycle":  # its length: the steps the budget holds, from a timed run of a copy
+        t = dataclasses.replace(t, epochs=max(1, int(budget_s / step_seconds(cfg, data))))
+    model = seeded_model(cfg)
+    model.compile(optimizer=build_optimizer(t, 1, steps_per_epoch=1), loss=build_loss(t, loss_terms(cfg.model)))
 
     class StopAt(keras.callbacks.Callback):
         """Stops fit once the training seconds reach the next point of the curve (the first batch's tracing excluded)."""
@@ -143,6 +154,19 @@ def train_for(cfg, manifest, budget_s: float, curve_s: list[float]) -> dict:
         "curve": curve,
         "clips_per_s": clock.steps * cfg.train.batch_size / clock.trained,
     }
+
+
+def step_seconds(cfg, data, steps: int = 20) -> float:
+    """Seconds per training step of cfg's model on `data` (a throw-away copy, the first, tracing step excluded)."""
+    from nfp.models import loss_terms
+    from nfp.optim import build_loss
+
+    model = seeded_model(cfg)
+    model.compile(optimizer="adam", loss=build_loss(cfg.train, loss_terms(cfg.model)))
+    model.fit(data, steps_per_epoch=1, epochs=1, verbose=0)
+    start = time.perf_counter()
+    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
+    return (time.perf_counter() - start) / steps
 
 
 def per_epoch_cosine(epoch: int, train_cfg) -> float:
@@ -192,7 +216,7 @@ def score_rows(results: dict, baselines: dict) -> list[list]:
         m = cfg.model
         scores = r["curve"][-1][2]["scores"]["model"]
         rows.append([
-            f"`{preset}`", f"{m.cell}, {m.filters}×{m.kernel_sizes[0]}², patch {m.patch_size}, {m.output_activation} / {cfg.train.loss}",
+            f"`{preset}`", f"{describe(m)}, {m.output_activation} / {cfg.train.loss}",
             f"{r['params']:,}", r["clips_per_s"], r["curve"][-1][1], scores["mse"], scores["mae"], scores["ssim"], scores["psnr"],
             scores["mse"] / copy_mse, scores["mse"] / mean_mse,
         ])  # fmt: skip
@@ -201,6 +225,13 @@ def score_rows(results: dict, baselines: dict) -> list[list]:
         rows.append([name.replace("_", "-"), "baseline", "—", "—", "—", b["mse"], b["mae"], b["ssim"], b["psnr"],
                      b["mse"] / copy_mse, b["mse"] / mean_mse])  # fmt: skip
     return rows
+
+
+def describe(model_cfg) -> str:
+    """The model in a few words, by family (nfp.models.describe)."""
+    from nfp.models import describe as family_words
+
+    return family_words(model_cfg)
 
 
 def baseline_checks(what: str, mse: float, baselines: dict) -> list[Check]:
@@ -245,6 +276,12 @@ def run(quick: bool, workdir: Path) -> Section:
     best_mse = final[best]["scores"]["model"]["mse"]
     checks = baseline_checks(f"best preset (`{best}`)", best_mse, baselines)
     checks += baseline_checks("colour: `tiny`", colour_final["model"]["mse"], colour_final)
+    simvp = [p for p in final if results[p][0].model.family == "simvp"]
+    if simvp and "tiny" in final:
+        best_simvp = min(simvp, key=lambda p: final[p]["scores"]["model"]["mse"])
+        checks.append(ratio_check(f"best SimVP preset (`{best_simvp}`) MSE / `tiny` MSE, equal CPU-seconds",
+                                  final[best_simvp]["scores"]["model"]["mse"], final["tiny"]["scores"]["model"]["mse"],
+                                  SIMVP_TARGET, "MSE", higher_is_better=False))  # fmt: skip
     epoch_scores, step_scores = schedules["per-epoch"][2], schedules["per-step"][2]
     schedule_rows = [
         [
@@ -269,10 +306,12 @@ def run(quick: bool, workdir: Path) -> Section:
         setup=(
             f"Generated Moving MNIST (scikit-learn digits, {s['digit']} px on {s['image']}×{s['image']}, {s['frames']} frames, 2 digits): "
             f"{s['train']:,} training clips, {s['test']} held-out test clips, identical for every preset. Each preset: nfp's model, "
-            f"`train.loss: auto`, Adam {results[best][0].train.learning_rate:g} (constant), batch {s['batch']}, shift protocol "
-            f"through `make_dataset`, `model.fit` for {s['budget']} s of training time on this CPU (the first step's tracing and "
-            f"every evaluation excluded); then {s['context']} context frames → {s['context']} predicted autoregressively "
-            "(`nfp.scoring`, OpenSTL metrics: MSE/MAE summed per frame over H×W)."
+            f"`train.loss: auto`, batch {s['batch']}, through `make_dataset`: the ConvLSTM presets Adam 0.001 (constant), "
+            "shift protocol; the SimVP presets their recipe (Adam, OneCycle to 0.001 over the steps the budget was "
+            f"estimated to hold, TAU's differential divergence term), {s['context']} → {s['context']} pairs; "
+            f"`model.fit` for {s['budget']} s of training time on this CPU (the first step's tracing and "
+            f"every evaluation excluded); then {s['context']} context frames → {s['context']} predicted, "
+            "autoregressively or in one block (`nfp.scoring`, OpenSTL metrics: MSE/MAE summed per frame over H×W)."
         ),
         columns=columns,
         rows=rows,

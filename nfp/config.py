@@ -375,7 +375,7 @@ def loss_for(output_activation: str) -> str:
 def _fill_in_preset(raw: dict) -> None:
     """Resolve the model's family from its preset (or model.family), refuse model keys the family does not read, and
     set every model key the config leaves unset to its preset's value; likewise the preset's training recipe (train
-    keys) and a direct family's data.protocol (context) and evaluate.context_frames (data.context_frames)."""
+    keys) and a direct family's data.protocol (context) and evaluate.context_frames and predict_frames (the data's)."""
     from nfp import models
 
     model = raw.get("model")
@@ -415,9 +415,9 @@ def _fill_in_preset(raw: dict) -> None:
     _fill_in(raw, "train", recipe)
     if family.KIND == "direct":
         _fill_in(raw, "data", {"protocol": "context"})
-        data = raw.get("data")
-        context = data.get("context_frames", DataConfig.context_frames) if isinstance(data, dict) else None
-        _fill_in(raw, "evaluate", {"context_frames": context})
+        data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+        frames = {key: data.get(key, getattr(DataConfig, key)) for key in ("context_frames", "predict_frames")}
+        _fill_in(raw, "evaluate", frames)
 
 
 def _fill_in(raw: dict, section: str, defaults: dict) -> None:

@@ -50,7 +50,11 @@ BAD_OVERRIDES = [
     ("train.schedule.gamma=2", "train.schedule.gamma: got 2.0, expected <= 1"),
     ("train.images.every_n_epochs=-1", "train.images.every_n_epochs: got -1, expected >= 0"),
     ("train=3", "train: expected a mapping, got 3"),
-    ("model.preset=resnet", "model.preset: got 'resnet', expected one of tiny, keras_io, convlstm_s, custom"),
+    (
+        "model.preset=resnet",
+        "model.preset: got 'resnet', expected one of tiny, keras_io, convlstm_s, simvp_gsta, tau, simvp_tiny, "
+        "tau_tiny, custom",
+    ),
     ("model.cell=lstm", "model.cell: got 'lstm', expected one of nfp, keras"),
     ("model.patch_size=0", "model.patch_size: got 0, expected >= 1"),
     ("model.patch_size=3", "model.patch_size: got 3, expected a divisor of data.image_size (32)"),

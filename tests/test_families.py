@@ -180,7 +180,7 @@ def test_tau_trains_with_its_loss_term_evaluates_predicts_serves_past_its_block_
 
     assert main(["train", *overrides, "train.epochs=3"]) == 0  # resumes after epoch 2, into the same run
     assert len((out / "history.csv").read_text().splitlines()) == 1 + 3
-    assert len(client.search_runs([run.info.experiment_id])) == 1
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 3  # the same run, its third epoch added
 
 
 @pytest.mark.slow
@@ -241,7 +241,7 @@ _REPLICAS = textwrap.dedent(
             steps = []
             record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: steps.append(dict(logs)))
             model.fit(ds, epochs=2, verbose=0, callbacks=[record])
-            moving = [float(np.mean(w.numpy())) for w in model.non_trainable_weights if "moving_mean" in w.path]
+            moving = [float(np.mean(w.numpy())) for w in model.non_trainable_weights if "moving_" in w.path]
             out[f"{preset}/{name}"] = {"replicas": strategy.num_replicas_in_sync, "steps": steps, "moving": moving}
     print(json.dumps(out))
     """
@@ -262,6 +262,8 @@ def test_one_and_two_replicas_give_the_same_losses_step_by_step_for_each_simvp_t
         assert len(one["steps"]) == len(two["steps"]) == 8
         for a, b in zip(one["steps"], two["steps"]):
             assert b == pytest.approx(a, rel=1e-4), preset
-        assert two["moving"] == pytest.approx(one["moving"], rel=1e-4, abs=1e-7), preset  # synchronized statistics
+        # BatchNorm's moving statistics (means over channels): unsynchronized, each replica's variance would be of its
+        # half batch; 1e-3, as they accumulate the float32 round-off of 8 steps' statistics
+        assert two["moving"] == pytest.approx(one["moving"], rel=1e-3), preset
         assert one["steps"][-1]["loss"] < one["steps"][0]["loss"], preset
     assert "differential_divergence" in out["tau_tiny/default"]["steps"][0]

@@ -77,6 +77,22 @@ def _shrunk(tmp_path, *extra) -> list[str]:
     ]
 
 
+# A tiny TAU in place of the shipped model: what a GPU chooses for it, forced. Replicated, XLA is off (Keras cannot
+# compile a replicated step and SimVP has no cell of its own to compile: nfp.devices), so training takes auto;
+# one replica compiles the whole step (jit_compile on), and so do evaluate and predict.
+SIMVP = [
+    "model.preset=tau_tiny", "model.spatial_channels=4", "model.temporal_channels=8", "data.context_frames=3",
+    "data.predict_frames=3", "train.scheduled_sampling=0",  # multi_gpu.yaml anneals the ConvLSTM's: not a direct model's
+]  # fmt: skip
+
+
+def _shrunk_simvp(tmp_path, *extra, jit_compile="auto") -> list[str]:
+    """_shrunk with the tiny TAU for the shipped model, and train.jit_compile as a GPU would choose it."""
+    convlstm = ("model.", "train.scheduled_sampling=", "train.jit_compile=")
+    kept = [o for o in _shrunk(tmp_path, *extra) if not o.startswith(convlstm)]
+    return [*kept, *SIMVP, f"train.jit_compile={jit_compile}"]
+
+
 def _nfp(command: str, config: str, overrides: list[str], *args, env=None, timeout=600) -> dict:
     proc = subprocess.run(
         [sys.executable, "-c", _RUN, command, "--config", config, *args, *overrides],
@@ -104,16 +120,18 @@ def _artifacts(client, run_id, path=None) -> set[str]:
     return out
 
 
-def _evaluate_and_predict_with_xla(config: str, overrides: list[str], out: Path) -> None:
-    """nfp evaluate and nfp predict on the training's best checkpoint, XLA forced: reports and pictures written."""
+def _evaluate_and_predict_with_xla(config: str, overrides: list[str], out: Path, rollout: str = "free_run") -> None:
+    """nfp evaluate and nfp predict on the training's best checkpoint, XLA forced: reports and pictures written.
+    `rollout`: the compiled function a rollout runs (free_run: the nfp cell's one pass; direct: a direct model)."""
+    overrides = [o for o in overrides if o != "train.jit_compile=auto"] + ["train.jit_compile=on"]
     best = str(out / "checkpoints/best.keras")
     evaluated = _nfp("evaluate", config, overrides, "--model", best, "--split", "val", "--out", str(out / "eval"))
-    assert evaluated["compiled"] == ["free_run:xla"]  # the one-pass rollout, compiled by XLA
+    assert evaluated["compiled"] == [f"{rollout}:xla"]  # the rollout, compiled by XLA
     report = json.loads((out / "eval/report.json").read_text())
     assert report["clips"] == 4 and report["predict_frames"] == 3  # 40 clips → 4 val clips (max 8), 3 → 3
     assert np.isfinite(report["scores"]["model"]["mse"])
     predicted = _nfp("predict", config, overrides, "--model", best, "--input", "split:val:1", "--out", str(out / "p"))
-    assert predicted["compiled"] == ["free_run:xla"]
+    assert predicted["compiled"] == [f"{rollout}:xla"]
     assert sorted(p.suffix for p in (out / "p").iterdir()) == [".gif", ".png"]
 
 
@@ -148,9 +166,42 @@ def test_the_multi_gpu_config_trains_evaluates_and_predicts_with_xla_and_bf16_on
     _evaluate_and_predict_with_xla(config, overrides, out)
 
 
-def test_the_multi_node_config_trains_on_two_workers_with_xla_and_bf16_then_evaluates_and_predicts(tmp_path):
+def test_the_multi_gpu_config_trains_a_direct_family_on_two_devices_then_evaluates_and_predicts_with_xla(tmp_path):
+    config = "configs/multi_gpu.yaml"
+    overrides = _shrunk_simvp(tmp_path, "distribute.devices=['/cpu:0', '/cpu:1']")
+    trained = _nfp("train", config, overrides)
+    assert trained["cell_xla"] == 0 and set(trained["compiled"]) == {"direct:plain"}
+    client, run = _the_run()
+    tags = run.data.tags
+    assert (tags["strategy"], tags["xla"], tags["precision"], tags["replicas"]) == (
+        "MirroredStrategy", "off", "mixed_bfloat16", "2",
+    )  # fmt: skip
+    assert run.data.params["model.preset"] == "tau_tiny"
+    metrics = run.data.metrics
+    assert np.isfinite(metrics["loss"]) and "differential_divergence" in metrics and "val_mse" in metrics
+    assert {"checkpoints/best.keras", "predictions/clip.gif"} <= _artifacts(client, run.info.run_id)
+    _evaluate_and_predict_with_xla(config, overrides, tmp_path / "out", rollout="direct")
+
+
+def test_the_tau_config_trains_with_xla_and_bf16_on_one_device_then_evaluates_and_predicts(tmp_path):
+    """configs/tau.yaml, the one-GPU config: Keras compiles the whole training step with XLA."""
+    config = "configs/tau.yaml"
+    shipped = load_config(config, [])
+    assert (shipped.model.preset, shipped.distribute.strategy, shipped.train.schedule.name) == (
+        "tau", "default", "onecycle",
+    )  # fmt: skip
+    overrides = _shrunk_simvp(tmp_path, jit_compile="on")
+    trained = _nfp("train", config, overrides)
+    assert {"direct:xla"} == set(trained["compiled"])  # strips and periodic evaluation, as training: XLA
+    _, run = _the_run()
+    assert (run.data.tags["xla"], run.data.tags["precision"]) == ("step", "mixed_bfloat16")
+    _evaluate_and_predict_with_xla(config, overrides, tmp_path / "out", rollout="direct")
+
+
+@pytest.mark.parametrize("family", ["convlstm", "simvp"])
+def test_the_multi_node_config_trains_on_two_workers_with_xla_and_bf16_then_evaluates_and_predicts(tmp_path, family):
     config = "configs/multi_node.yaml"
-    overrides = _shrunk(tmp_path)
+    overrides = _shrunk(tmp_path) if family == "convlstm" else _shrunk_simvp(tmp_path)
     from nfp.data.prepare import ensure_prepared
 
     ensure_prepared(load_config(config, overrides).data)  # one shared data dir, prepared once (gs:// in production)
@@ -175,17 +226,16 @@ def test_the_multi_node_config_trains_on_two_workers_with_xla_and_bf16_then_eval
     for p, (stdout, stderr) in zip(procs, results):
         assert p.returncode == 0, stderr[-4000:]
         reports.append(json.loads(next(ln for ln in reversed(stdout.splitlines()) if ln.startswith("REPORT "))[7:]))
-    assert all(r["cell_xla"] >= 1 for r in reports)  # both workers' cells compiled by XLA
+    xla = "cell" if family == "convlstm" else "off"  # a replicated SimVP runs without XLA (nfp.devices)
+    assert all((r["cell_xla"] >= 1) == (xla == "cell") for r in reports)  # both workers' cells compiled by XLA
     _, run = _the_run()
     assert run.info.status == "FINISHED"
     tags = run.data.tags
-    assert (tags["strategy"], tags["xla"], tags["precision"]) == (
-        "MultiWorkerMirroredStrategy",
-        "cell",
-        "mixed_bfloat16",
-    )
+    assert (tags["strategy"], tags["xla"], tags["precision"]) == ("MultiWorkerMirroredStrategy", xla, "mixed_bfloat16")
     assert run.data.tags["num_workers"] == "2"
-    _evaluate_and_predict_with_xla(config, overrides, tmp_path / "out")
+    _evaluate_and_predict_with_xla(
+        config, overrides, tmp_path / "out", "free_run" if family == "convlstm" else "direct"
+    )
 
 
 def test_the_keras_cell_trains_under_xla(tiny_overrides, monkeypatch):

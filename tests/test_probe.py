@@ -1,9 +1,11 @@
 """bench/probe.py, the GPU probe, on this CPU: its data and Keras parts write scored JSON lines, one per milestone
-under PROBE_MILESTONES; its torch part, where PyTorch is missing, says so in one line."""
+under PROBE_MILESTONES, for an autoregressive and a direct (TAU) variant; its torch part, where PyTorch is missing,
+says so in one line, and where PyTorch is installed (not in the project's venv) dry-runs the TAU peer."""
 
 import json
 import math
 import os
+import runpy
 import subprocess
 import sys
 import textwrap
@@ -17,7 +19,7 @@ PROBE = REPO / "bench" / "probe.py"
 
 def probe_env(tmp_path) -> dict:
     env = {**os.environ, "PROBE_SMALL": "1", "KERAS_BACKEND": "tensorflow", "TMPDIR": str(tmp_path)}  # clips there
-    env["PROBE_VARIANTS"] = "tiny8=model.preset=tiny model.filters=[8,8]"
+    env["PROBE_VARIANTS"] = "tiny8=model.preset=tiny model.filters=[8,8]; tau=model.preset=tau_tiny"
     return env
 
 
@@ -25,30 +27,63 @@ def records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "probe.jsonl").read_text().splitlines() if line.strip()]
 
 
+def run_part(part: str, out: Path, env: dict, timeout: int = 180):
+    done = subprocess.run([sys.executable, str(PROBE), part, str(out)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def assert_scored_at_milestones(first: dict, second: dict, slack: float = 0.6):
+    """One run scored after 1 s and 2 s of training (PROBE_MILESTONES=1,2), scoring not counted as training: each
+    line's train_s is its milestone, or past it by less than `slack` (the last step's overshoot)."""
+    times = (first["train_s"], second["train_s"])
+    assert 1 <= times[0] < 1 + slack and 2 <= times[1] < max(2, times[0]) + slack, times
+    assert 0 < first["steps"] <= second["steps"]
+    assert second["epochs_seen"] >= first["epochs_seen"] and first["compile_s"] == second["compile_s"]
+    for r in (first, second):
+        assert r["clips_per_s"] > 0 and r["train_gflop_per_clip"] > 0 and r["tflops"] > 0
+        assert r["mfu"] is None  # no peak for a CPU
+        assert all(math.isfinite(r[k]) for k in ("mse", "mae", "ssim", "final_loss", "clips_per_s"))
+
+
 @pytest.mark.slow
 def test_data_and_keras_parts_score_one_run_at_each_milestone(tmp_path):
-    """PROBE_MILESTONES=1,2: one run, scored after 1 s and after 2 s of training, the scoring not counted as training."""
+    """An autoregressive variant (nfp's tiny ConvLSTM) and a direct one (tau_tiny: 10 frames in, 10 out, MSE plus
+    TAU's differential divergence, OneCycle over the run's seconds), each trained once and scored at 1 s and 2 s."""
     out, env = tmp_path / "out", {**probe_env(tmp_path), "PROBE_MILESTONES": "1,2"}
     for part in ("data", "keras"):  # no budget_s: the last milestone ends the run
-        done = subprocess.run([sys.executable, str(PROBE), part, str(out)], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
-        assert done.returncode == 0, done.stderr[-2000:]
+        run_part(part, out, env)
     lines = records(out)
     by_part = {r["part"]: r for r in lines}
     assert by_part["data"]["train"] == [64, 20, 32, 32] and by_part["data"]["test"] == [16, 20, 32, 32]
     assert math.isfinite(by_part["baselines"]["copy_last"]["mse"])
-    header, first, second = [r for r in lines if r["part"] == "keras"]
+    header, *results = [r for r in lines if r["part"] == "keras"]
     assert header["backend"] == "tensorflow" and "devices" in header
-    assert first["model"] == second["model"] == "tiny8" and first["loss"] == "mse"
-    assert 1 <= first["train_s"] < 1.6 and 2 <= second["train_s"] < 2.6, (first["train_s"], second["train_s"])
-    assert 0 < first["steps"] <= second["steps"]
-    assert second["epochs_seen"] >= first["epochs_seen"] and first["compile_s"] == second["compile_s"]
-    for r in (first, second):
-        assert r["clips_per_s"] > 0
-        assert all(math.isfinite(r[k]) for k in ("mse", "mae", "ssim", "final_loss", "clips_per_s"))
+    assert [r["model"] for r in results] == ["tiny8", "tiny8", "tau", "tau"]
+    ar, direct = results[:2], results[2:]
+    assert all(r["loss"] == "mse" and r["kind"] == "autoregressive" and r["schedule"] == "constant" for r in ar)
+    for r in direct:
+        assert r["kind"] == "direct" and r["schedule"] == "onecycle" and r["lr"] == 1e-3
+        assert r["loss"] == "mse + 0.1 differential_divergence"
+    assert_scored_at_milestones(*ar)
+    assert_scored_at_milestones(*direct)
 
 
-def test_torch_part_without_pytorch_says_so_in_one_line(tmp_path):
+def test_one_cycle_over_seconds_is_nfps_onecycle_over_steps():
+    """The probe's OneCycle at fraction f of the run is nfp.optim.OneCycle (PyTorch's OneCycleLR) at step
+    f·(total − 1), for a run of many steps."""
+    from nfp.optim import OneCycle
+
+    one_cycle = runpy.run_path(str(PROBE), run_name="probe")["one_cycle"]
+    total = 100_001
+    nfp = OneCycle(1e-3, total_steps=total)
+    for step in (0, 1_000, 29_999, 30_000, 30_001, 65_000, 99_000, 100_000, 120_000):
+        expected = float(nfp(step))
+        assert one_cycle(step / (total - 1), 1e-3) == pytest.approx(expected, rel=1e-3, abs=1e-12), step
+
+
+@pytest.mark.parametrize("peer", ["convlstm", "tau"])
+def test_torch_part_without_pytorch_says_so_in_one_line(tmp_path, peer):
     out = tmp_path / "out"
     code = textwrap.dedent(
         f"""
@@ -62,10 +97,37 @@ def test_torch_part_without_pytorch_says_so_in_one_line(tmp_path):
         runpy.run_path("bench/probe.py", run_name="__main__")
         """
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=probe_env(tmp_path), capture_output=True,
-                          text=True, timeout=60)  # fmt: skip
+    env = {**probe_env(tmp_path), "PROBE_TORCH_MODEL": peer}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
         "probe torch: PyTorch is not installed here (ModuleNotFoundError: No module named 'torch'); the torch part needs it"
     ]
     assert done.stdout == "" and not (out / "probe.jsonl").exists()
+
+
+def test_torch_part_names_the_peers_it_has(tmp_path):
+    env = {**probe_env(tmp_path), "PROBE_TORCH_MODEL": "predrnn"}
+    done = subprocess.run([sys.executable, str(PROBE), "torch", str(tmp_path / "out"), "1"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip() == "probe torch: PROBE_TORCH_MODEL: got 'predrnn', expected convlstm, tau, gsta"
+
+
+@pytest.mark.slow
+def test_torch_tau_peer_scores_one_run_at_each_milestone(tmp_path):
+    """Where PyTorch is installed (the GPU machine, a scratch venv; not the project's venv): the TAU peer at
+    tau_tiny's sizes, eager, scored at 1 s and 2 s, with nfp's FLOP count of the same architecture."""
+    pytest.importorskip("torch")
+    out = tmp_path / "out"
+    env = {**probe_env(tmp_path), "PROBE_MILESTONES": "1,2", "PROBE_TORCH_MODEL": "tau", "PROBE_TORCH_COMPILE": "0"}
+    for part in ("data", "torch"):
+        run_part(part, out, env)
+    header, *results = [r for r in records(out) if r["part"] == "torch"]
+    assert header["peer"] == "openstl_tau" and header["modes"] == ["eager"]
+    assert [(r["model"], r["mode"]) for r in results] == [("openstl_tau", "eager")] * 2
+    for r in results:
+        assert r["loss"] == "mse + 0.1 diff_div_reg" and r["schedule"] == "onecycle"
+        assert r["params"] == 397_873  # tau_tiny's 398,769 less its BatchNorms' moving mean and variance
+    assert_scored_at_milestones(*results, slack=3)  # a step of the peer on a busy 2-core CPU: up to seconds

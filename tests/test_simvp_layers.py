@@ -7,7 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from nfp.models.simvp.layers import DropPath, build_model, differential_divergence, flops_per_clip
+from nfp.models.simvp.cost import flops_per_clip
+from nfp.models.simvp.layers import DropPath, build_model, differential_divergence
 
 # OpenSTL's SimVP_Model instantiated in PyTorch (mmnist sizes, 10×1×64×64): parameters, and its BatchNorms'
 # running mean and variance (buffers there, weights that count_params() counts here: 2·C for each of 16 BNs
@@ -222,7 +223,8 @@ def test_builds_and_runs_on_jax(tmp_path):
 
     script = (
         "import sys, types, keras, numpy as np\n"
-        "from nfp.models.simvp.layers import build_model, differential_divergence, flops_per_clip\n"
+        "from nfp.models.simvp.cost import flops_per_clip\n"
+        "from nfp.models.simvp.layers import build_model, differential_divergence\n"
         "for tr in ('gsta', 'tau'):\n"
         f"    cfg = types.SimpleNamespace(**{_cfg().__dict__!r})\n"
         "    cfg.translator, cfg.drop_path = tr, 0.1\n"

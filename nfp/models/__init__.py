@@ -72,6 +72,11 @@ def rollout_batch_shape(model, batch: int, context_frames: int, horizon: int, fr
     return (batch, frames, *frame_shape)
 
 
+def describe(model_cfg) -> str:
+    """The model in a few words, e.g. "nfp, [64, 64]×3², patch 4" or "tau, 16/64 channels, 2+2 blocks"."""
+    return of_config(model_cfg).describe(model_cfg)
+
+
 def is_direct(model_cfg) -> bool:
     return of_config(model_cfg).KIND == "direct"
 

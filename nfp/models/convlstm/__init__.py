@@ -47,6 +47,10 @@ PRESETS: dict[str, dict] = {
 RECIPES: dict[str, dict] = {}  # train keys a preset sets unless the config does: none (the train defaults are its)
 
 
+def describe(m) -> str:
+    return f"{m.cell}, {m.filters}×{m.kernel_sizes[0]}², patch {m.patch_size}"
+
+
 def check(model_cfg, data_cfg) -> None:
     """The rules between this family's keys and the frames, one line each."""
     m = model_cfg

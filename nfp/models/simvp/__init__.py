@@ -45,6 +45,10 @@ def stride_factor(model_cfg) -> int:
     return 2 ** (model_cfg.encoder_blocks // 2)
 
 
+def describe(m) -> str:
+    return f"{m.translator}, {m.spatial_channels}/{m.temporal_channels} channels, {m.encoder_blocks}+{m.translator_blocks} blocks"
+
+
 def check(model_cfg, data_cfg) -> None:
     if model_cfg.encoder_blocks % 2:
         raise ConfigError(
@@ -98,7 +102,7 @@ def rollout_input_frames(model, context_frames: int, horizon: int) -> int:
 
 
 def flops_per_clip(model_cfg, *, frame_shape, input_frames: int, output_frames: int) -> dict:
-    from nfp.models.simvp.layers import flops_per_clip
+    from nfp.models.simvp.cost import flops_per_clip
 
     return flops_per_clip(
         model_cfg, frame_shape=tuple(frame_shape), context_frames=input_frames, predict_frames=output_frames
