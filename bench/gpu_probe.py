@@ -1,7 +1,7 @@
 """Model quality per GPU-second, recorded: nfp's presets (Keras 3 / JAX backend) next to OpenSTL's ConvLSTM-S (PyTorch).
 
 The GPU machines lent for measuring have PyTorch and JAX but no TensorFlow, so nfp's own TF path
-cannot run there. What runs is nfp's model definition (`nfp.model.build_model`) under Keras 3 on
+cannot run there. What runs is nfp's model definition (`nfp.models.build_model`) under Keras 3 on
 JAX, trained by a plain `train_on_batch` loop, and OpenSTL's ConvLSTM-S cell in PyTorch, on the same
 8,000 generated 20×64×64 clips, batch 16, for the same seconds of training, each scored 10 → 10 on
 the same 512 held-out clips at 75 s and 140 s (the probe, now `bench/probe.py`, with
@@ -28,8 +28,14 @@ LABELS = {
     "keras_cell_same_recipe": "same recipe on `keras.layers.ConvLSTM2D` (`model.cell=keras`)",
     "keras_io_bce": "nfp `keras_io` (the former GPU default: ConvLSTM2D + BN, sigmoid, BCE)",
     PEER: "OpenSTL ConvLSTM-S cell (PyTorch, eager), Adam 1e-3",
+    # the SimVP family (bench/PROBE.md, "SimVP / TAU"): direct, 10 → 10, Adam with OneCycle to 1e-3 over the run
+    "tau": "nfp `tau` (SimVP + TAU, MSE + 0.1 differential divergence), Adam, OneCycle 1e-3",
+    "simvp_gsta": "nfp `simvp_gsta` (SimVP v2 gSTA, MSE), Adam, OneCycle 1e-3",
+    "openstl_tau": "OpenSTL TAU (PyTorch, eager), Adam, OneCycle 1e-3",
+    "openstl_simvp_gsta": "OpenSTL SimVP gSTA (PyTorch, eager), Adam, OneCycle 1e-3",
 }
 COMPILED_PEER = "OpenSTL ConvLSTM-S cell (PyTorch, torch.compile), Adam 1e-3"
+TAU_PEER, TAU_TARGET = "openstl_tau", 0.8  # nfp's `tau` MSE ≤ 0.8 × the peer's at equal GPU-seconds
 
 
 def mode(p: dict) -> str:
@@ -38,7 +44,10 @@ def mode(p: dict) -> str:
 
 
 def label(p: dict) -> str:
-    return COMPILED_PEER if p["part"] == "torch" and mode(p) == "compile" else LABELS.get(p["model"], p["model"])
+    text = LABELS.get(p["model"], p["model"])
+    if p["part"] == "torch" and mode(p) == "compile":
+        return COMPILED_PEER if p["model"] == PEER else text.replace("eager", "torch.compile")
+    return text
 
 
 def run(quick: bool, workdir) -> Section:
@@ -63,6 +72,8 @@ def run(quick: bool, workdir) -> Section:
     checks = []
     for seconds in (75, 140):
         ours, peer = mse(NFP, seconds), mse(PEER, seconds)
+        if ours is None or peer is None:  # a file of the SimVP / TAU command: its own checks below
+            continue
         checks.append(Check(f"nfp `convlstm_s` MSE / OpenSTL ConvLSTM-S MSE after {seconds} s, same session", ours / peer,
                             "≤ 1×", ours <= peer, f"{ours:.1f} / {peer:.1f}"))  # fmt: skip
         compiled = mse(PEER, seconds, "compile")
@@ -72,6 +83,13 @@ def run(quick: bool, workdir) -> Section:
         earlier = EARLIER_PEER[seconds]
         checks.append(Check(f"nfp `convlstm_s` MSE / the issue's reference figure for the peer at {seconds} s", ours / earlier,
                             "≤ 1×", ours <= earlier, f"{ours:.1f} / {earlier}"))  # fmt: skip
+    # nfp's TAU against OpenSTL's at each milestone where the file has both (the SimVP / TAU command's lines)
+    for seconds in sorted({round(p["train_s"]) for p in points if p["model"] == "tau"}):
+        for how in ("eager", "compile"):
+            ours, peer = mse("tau", seconds), mse(TAU_PEER, seconds, how)
+            if ours is not None and peer is not None:
+                checks.append(Check(f"nfp `tau` MSE / OpenSTL TAU ({how}) MSE after {seconds} s, same session", ours / peer,
+                                    f"≤ {TAU_TARGET}×", ours <= TAU_TARGET * peer, f"{ours:.1f} / {peer:.1f}"))  # fmt: skip
     # the notes on the stock Keras cell and on Adam 2e-3 need those rows (the recorded H200 file has them at 75 s)
     stock, fast_lr, ours_75 = mse("keras_cell_same_recipe", 75), mse("nfp_convlstm_s_lr2e-3", 75), mse(NFP, 75)
     steps_at = lambda model: next(p["steps"] for p in points if p["model"] == model and abs(p["train_s"] - 75) < 2)
@@ -95,8 +113,9 @@ def run(quick: bool, workdir) -> Section:
                "long runs that cost nothing measurable in short ones."] if stock is not None else []),
             *([f"A higher learning rate (2e-3) learned {'less' if fast_lr > ours_75 else 'more'} in 75 s than 1e-3."]
               if fast_lr is not None else []),
-            f"The peer here ran at {min(peer_rates):.0f}–{max(peer_rates):.0f} clips/s; in the earlier session it ran "
-            "at 259–288 clips/s (same card and probe): its figures from then are checked as well.",
+            *([f"The peer here ran at {min(peer_rates):.0f}–{max(peer_rates):.0f} clips/s; in the earlier session it "
+               "ran at 259–288 clips/s (same card and probe): its figures from then are checked as well."]
+              if peer_rates else []),
             f"Recorded in `{RESULTS.relative_to(REPO)}` (probe: {session['probe']}).",
             *(f"The peer under torch.compile gave no row: {r['error']}" for r in failed),
         ],

@@ -1,14 +1,14 @@
-"""GPU probe: ConvLSTM speed and quality per GPU-second, nfp's models next to OpenSTL's cell.
+"""GPU probe: speed and quality per GPU-second, nfp's models next to OpenSTL's (ConvLSTM-S, TAU, SimVP gSTA).
 
 The GPU machines available for measuring have PyTorch and JAX but no TensorFlow (and TF with
 its CUDA libraries cannot be brought there), so nfp's own TF path cannot run there. This probe runs nfp's model
-definition (`nfp.model.build_model`, from the checkout in NFP_ROOT, default the current
-directory) under Keras 3 on the JAX backend, and OpenSTL's ConvLSTM-S in PyTorch (the peer a
-user would pick instead), eager as OpenSTL runs it and under `torch.compile`, on the same generated
+definition (`nfp.models.build_model`, from the checkout in NFP_ROOT, default the current
+directory) under Keras 3 on the JAX backend, and a PyTorch peer after OpenSTL (the model a user would pick
+instead: ConvLSTM-S, or TAU / SimVP gSTA), eager as OpenSTL runs it and under `torch.compile`, on the same generated
 Moving MNIST (nfp's OpenSTL-style generator, scikit-learn digits), for the same number of seconds,
 then scores each 10 -> 10 with OpenSTL's MSE (per-frame sum over 64x64), MAE and SSIM
 (skimage-default style, data_range 2). Label its figures "Keras 3 / JAX backend, <card>".
-It needs nfp.model, nfp.config and nfp.data.moving_mnist to import without TensorFlow.
+It needs nfp.models, nfp.config, nfp.optim, nfp.devices and nfp.data.moving_mnist to import without TensorFlow.
 Versioned with the model code it measures (bench/PROBE.md); bench/gpu_probe.py renders recorded results.
 
 Usage, from the project root: python3 bench/probe.py data|keras|torch OUTDIR [budget_s, default 60]
@@ -17,6 +17,8 @@ Usage, from the project root: python3 bench/probe.py data|keras|torch OUTDIR [bu
     timeout 300 python3 bench/probe.py keras $OUT 60
   timeout 400 python3 bench/probe.py torch $OUT 75          # the peer, same clips, same seconds (per mode)
   PROBE_MILESTONES=75,140 python3 bench/probe.py keras $OUT  # one run per model, scored at 75 s and 140 s
+  PROBE_VARIANTS="tau=model.preset=tau; simvp=model.preset=simvp_gsta" python3 bench/probe.py keras $OUT 60
+  PROBE_TORCH_MODEL=tau python3 bench/probe.py torch $OUT 60  # OpenSTL's TAU in PyTorch
 Each result is a JSON line, printed and appended to OUTDIR/probe.jsonl.
   PROBE_MILESTONES="s1,s2,..."  seconds of training at which to score (increasing; default: budget_s alone):
       each model trains until the first, the clock stops, it is scored 10 -> 10 on the held-out clips and a
@@ -24,9 +26,22 @@ Each result is a JSON line, printed and appended to OUTDIR/probe.jsonl.
       far), then training goes on to the next. Scoring time is not training time. With milestones set,
       budget_s is not used: the last milestone ends the run. Both parts, and each torch mode.
   PROBE_VARIANTS="name=key.path=v key.path=v; name2=..."  nfp configs to train (keras part);
-      default: "keras_io=model.preset=keras_io"
+      default: "keras_io=model.preset=keras_io". An autoregressive model (the convlstm family) trains on
+      (frames 0..18 -> 1..19) with train.loss and is scored by a rollout fed its own predictions. A direct model
+      (the simvp family: simvp_gsta, tau, simvp_tiny, tau_tiny) trains on (the first data.context_frames frames ->
+      the next data.predict_frames), k + n <= 20 and k <= 10, with nfp's loss (nfp.optim.build_loss: train.loss plus
+      the family's terms, for TAU 0.1 x differential divergence) and is scored by nfp.models.rollout from frames
+      0..9. The learning rate: with train.schedule.name onecycle (the simvp presets' recipe), PyTorch's OneCycleLR
+      up to train.learning_rate over the run's seconds (see one_cycle); any other schedule, a constant
+      train.learning_rate. Adam, batch 16, both.
   PROBE_REF_KERAS=1  also a hand-built Keras ConvLSTM-S (patch 4, 4x128, 5x5) for comparison
   PROBE_POLICY=mixed_bfloat16|float32 (default mixed_bfloat16)
+  PROBE_TORCH_MODEL=convlstm|tau|gsta (default convlstm): the torch part's peer. convlstm: OpenSTL's ConvLSTM-S
+      cell (patch 4, 4 x 128, 5x5), teacher-forced on frames 0..18, MSE, Adam 1e-3 constant. tau / gsta:
+      OpenSTL's SimVP_Model with the TAU / gSTA translator at its Moving MNIST sizes (hid_S 64, hid_T 512, N_S 4,
+      N_T 8, mlp_ratio 8, drop_path 0), written out here (no OpenSTL or timm needed), frames 0..9 -> 10..19, MSE
+      (+ 0.1 x diff_div_reg for tau, openstl/methods/tau.py), Adam with OneCycleLR up to 1e-3 over the run's
+      seconds, as the keras part.
   PROBE_TORCH_COMPILE=0|1|both (default both): the peer eager (0), under torch.compile with the default
       inductor backend (1), or eager then compiled (both), each from the same seed on the same clips for
       budget_s seconds of training (or to each milestone). Two warm-up steps come first, outside the budget (under compile they
@@ -34,13 +49,18 @@ Each result is a JSON line, printed and appended to OUTDIR/probe.jsonl.
       optimizer go back to the seed's. A failing torch.compile is one line on stderr and a JSON line with
       "error" in place of the scores (after the lines of the milestones it reached, if any). Each line's
       "mode" is "eager" or "compile".
-  PROBE_SMALL=1  a CPU dry run of the logic (64 + 16 clips of 32x32, batch 4)
+  PROBE_SMALL=1  a CPU dry run of the logic (64 + 16 clips of 32x32, batch 4; the torch tau / gsta peer at
+      nfp's tau_tiny / simvp_tiny sizes: hid_S 16, hid_T 64, N_S 2, N_T 2, mlp_ratio 4)
+Every result line also has the model's training FLOPs per clip (nfp.models.flops_per_clip, the analytic count
+from the layer shapes, ~3x forward; for a peer, the count of the nfp preset of the same architecture), the TFLOP/s
+they make at the line's clips/s, and "mfu", that over the card's dense bfloat16 peak (nfp.devices) where known.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import sys
 import tempfile
@@ -56,6 +76,19 @@ N_TRAIN, N_TEST, SIZE = (64, 16, 32) if SMALL else (8000, 512, 64)
 BATCH = 4 if SMALL else 16
 USAGE = "usage: python3 bench/probe.py data|keras|torch OUTDIR [budget_s]"
 TORCH_MODES = {"0": ("eager",), "1": ("compile",), "both": ("eager", "compile")}
+# the torch part's peers: {PROBE_TORCH_MODEL: (line's model name, the nfp preset of the same architecture)}
+TORCH_MODELS = {
+    "convlstm": ("openstl_convlstm_s_patch4", "convlstm_s"),
+    "tau": ("openstl_tau", "tau_tiny" if SMALL else "tau"),
+    "gsta": ("openstl_simvp_gsta", "simvp_tiny" if SMALL else "simvp_gsta"),
+}
+# OpenSTL's configs/mmnist/TAU.py and simvp/SimVP_gSTA.py sizes; PROBE_SMALL: nfp's *_tiny sizes
+SIMVP_SIZES = (
+    dict(hid_s=16, hid_t=64, n_s=2, n_t=2, mlp_ratio=4.0, drop_path=0.0, kernel=3)
+    if SMALL
+    else dict(hid_s=64, hid_t=512, n_s=4, n_t=8, mlp_ratio=8.0, drop_path=0.0, kernel=3)
+)
+TAU_ALPHA = 0.1  # configs/mmnist/TAU.py alpha: the weight of diff_div_reg
 
 
 def milestones(budget: float) -> list[float]:
@@ -70,6 +103,60 @@ def milestones(budget: float) -> list[float]:
     if not marks or marks[0] <= 0 or marks != sorted(set(marks)):
         sys.exit(f"probe: PROBE_MILESTONES: got {text!r}, expected increasing positive seconds such as 75,140")
     return marks
+
+
+def one_cycle(fraction: float, top: float, pct_start=0.3, div_factor=25.0, final_div_factor=1e4) -> float:
+    """The learning rate at `fraction` (0..1) of the run's training seconds: PyTorch's OneCycleLR (anneal "cos",
+    two phases, its defaults as OpenSTL uses them; nfp.optim.OneCycle) with fraction standing for step / last step:
+    a cosine from top/25 up to `top` at 30% of the run, then down to top/25/1e4 at its end, held after it. Over
+    seconds, not steps, so that the schedule spans the run whatever the step rate: every model and peer gets the
+    same LR at the same second."""
+    initial = top / div_factor
+    final = initial / final_div_factor
+    f = min(max(fraction, 0.0), 1.0)
+    start, end, u, v = (0.0, pct_start, initial, top) if f <= pct_start else (pct_start, 1.0, top, final)
+    return v + (u - v) * (1 + math.cos(math.pi * (f - start) / (end - start))) / 2
+
+
+def learning_rate(schedule: str, top: float, seconds: float, total: float) -> float:
+    """`schedule` "onecycle": one_cycle at seconds / total; "constant": top."""
+    return one_cycle(seconds / total, top) if schedule == "onecycle" else top
+
+
+def nfp_train_flops(overrides: list[str], input_frames: int, output_frames: int) -> int | None:
+    """nfp's analytic training FLOPs per clip (nfp.models.flops_per_clip) for the config of `overrides` at the
+    probe's frame size; None where it cannot be counted here (no Keras: the counts live beside the layers)."""
+    sys.path.insert(0, ROOT)
+    from nfp.config import load_config
+
+    try:
+        from nfp.models import flops_per_clip
+
+        cfg = load_config(None, [*overrides, f"data.image_size={SIZE}"])
+        count = flops_per_clip(
+            cfg.model, frame_shape=(SIZE, SIZE, 1), input_frames=input_frames, output_frames=output_frames
+        )
+    except ImportError as err:
+        print(f"probe: no FLOP count ({first_line(err)})", file=sys.stderr, flush=True)
+        return None
+    return int(count["train"])
+
+
+def flop_fields(train_flops: int | None, clips_per_s: float, card: str) -> dict:
+    """A result line's FLOP fields: training GFLOP per clip, the TFLOP/s they make at clips_per_s, and mfu, that
+    over `card`'s dense bfloat16 peak (nfp.devices.PEAK_BF16_TFLOPS; null for a CPU or an unknown card)."""
+    if train_flops is None:
+        return {"train_gflop_per_clip": None, "tflops": None, "mfu": None}
+    sys.path.insert(0, ROOT)
+    from nfp.devices import PEAK_BF16_TFLOPS
+
+    tflops = train_flops * clips_per_s / 1e12
+    peak = next((p for key, p in PEAK_BF16_TFLOPS.items() if key in card), None)
+    return {
+        "train_gflop_per_clip": round(train_flops / 1e9, 2),
+        "tflops": round(tflops, 3),
+        "mfu": round(tflops / peak, 4) if peak else None,
+    }
 
 
 def log(obj):
@@ -138,13 +225,16 @@ def baselines(test):
 
 # ---------------------------------------------------------------- Keras 3 on JAX
 def keras_models():
-    """{name: (build(), loss, learning_rate)} for each variant."""
+    """{name: variant} for each variant, a variant being a dict: make() (the uncompiled model), loss (what
+    compile takes) and loss_name, lr and schedule ("onecycle" or "constant"), pairs(clips) → (inputs, targets),
+    direct (whether nfp.models.rollout scores it), train_flops (per clip, or None)."""
     import keras
     from keras import layers
 
     sys.path.insert(0, ROOT)
     from nfp.config import load_config
-    from nfp.model import build_model
+    from nfp.models import build_model, is_direct, loss_terms
+    from nfp.optim import build_loss
 
     def convlstm_s(patch=4, hidden=128, layers_n=4):
         """OpenSTL ConvLSTM-S shape: space-to-depth patch 4, 4 x ConvLSTM(128, 5x5), 1x1 conv back, no norm."""
@@ -162,24 +252,50 @@ def keras_models():
         out = layers.Activation("sigmoid", dtype="float32")(x)
         return keras.Model(inp, out, name="convlstm_s_patch4")
 
+    shifted = lambda clips: (clips[:, :-1], clips[:, 1:])  # autoregressive: frames 0..18 → 1..19
     models = {}
     variants = os.environ.get("PROBE_VARIANTS", "keras_io=model.preset=keras_io")
     for item in filter(None, (v.strip() for v in variants.split(";"))):
         name, _, overrides = item.partition("=")
-        cfg = load_config(None, [*overrides.split(), f"data.image_size={SIZE}"])
-        losses = {"bce": "binary_crossentropy", "mse": "mse"}
-        models[name] = (
-            lambda cfg=cfg: build_model(cfg.model, image_size=SIZE),
-            losses[cfg.train.loss],
-            cfg.train.learning_rate,
-        )
+        name, overrides = name.strip(), overrides.split()
+        cfg = load_config(None, [*overrides, f"data.image_size={SIZE}"])
+        schedule = "onecycle" if cfg.train.schedule.name == "onecycle" else "constant"
+        variant = dict(lr=cfg.train.learning_rate, schedule=schedule, direct=is_direct(cfg.model))
+        if variant["direct"]:
+            k, n = cfg.data.context_frames, cfg.data.predict_frames
+            if k > 10 or k + n > 20:
+                sys.exit(
+                    f"probe: variant {name}: data.context_frames {k}, data.predict_frames {n}: expected k <= 10 and "
+                    "k + n <= 20 (clips of 20 frames, scored from frames 0..9)"
+                )
+            terms = loss_terms(cfg.model)
+            variant.update(
+                make=lambda cfg=cfg, k=k, n=n: build_model(
+                    cfg.model, frame_shape=(SIZE, SIZE, 1), context_frames=k, predict_frames=n
+                ),
+                loss=build_loss(cfg.train, terms),
+                loss_name=" + ".join([cfg.train.loss, *(f"{w:g} {term}" for term, w in terms.items())]),
+                pairs=lambda clips, k=k, n=n: (clips[:, :k], clips[:, k : k + n]),
+                train_flops=nfp_train_flops(overrides, k, n),
+            )
+        else:
+            loss = {"bce": "binary_crossentropy", "mse": "mse"}[cfg.train.loss]
+            variant.update(
+                make=lambda cfg=cfg: build_model(cfg.model, frame_shape=(SIZE, SIZE, 1)),
+                loss=loss, loss_name=loss, pairs=shifted, train_flops=nfp_train_flops(overrides, 19, 19),
+            )  # fmt: skip
+        models[name] = variant
     if os.environ.get("PROBE_REF_KERAS") == "1":
-        models["ref_keras_convlstm_s_patch4_bce"] = (convlstm_s, "binary_crossentropy", 1e-3)
+        models["ref_keras_convlstm_s_patch4_bce"] = dict(
+            make=convlstm_s, loss="binary_crossentropy", loss_name="binary_crossentropy", lr=1e-3,
+            schedule="constant", direct=False, pairs=shifted, train_flops=None,
+        )  # fmt: skip
     return models
 
 
 def keras_backend_info():
-    """({framework versions, devices}, peak_bytes()) of Keras's backend: JAX on the GPU machine; TF for CPU checks."""
+    """({framework versions, devices}, peak_bytes(), the first device's name) of Keras's backend: JAX on the GPU
+    machine; TF for CPU checks."""
     import keras
 
     backend = keras.backend.backend()
@@ -187,14 +303,18 @@ def keras_backend_info():
         import jax
 
         peak = lambda: (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use", 0)
-        return {"jax": jax.__version__, "devices": [str(d) for d in jax.devices()]}, peak
+        card = jax.devices()[0].device_kind if jax.devices()[0].platform == "gpu" else "cpu"
+        return {"jax": jax.__version__, "devices": [str(d) for d in jax.devices()]}, peak, card
     if backend == "tensorflow":
         import tensorflow as tf
 
         gpu = bool(tf.config.list_logical_devices("GPU"))
         peak = lambda: tf.config.experimental.get_memory_info("GPU:0")["peak"] if gpu else 0
-        return {"tensorflow": tf.__version__, "devices": [d.name for d in tf.config.list_logical_devices()]}, peak
-    return {"devices": []}, lambda: 0
+        card = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0]).get(
+            "device_name", "GPU"
+        ) if gpu else "cpu"  # fmt: skip
+        return {"tensorflow": tf.__version__, "devices": [d.name for d in tf.config.list_logical_devices()]}, peak, card
+    return {"devices": []}, lambda: 0, "cpu"
 
 
 def keras_rollout(model, test_f):
@@ -212,71 +332,73 @@ def keras_rollout(model, test_f):
     return pred
 
 
+def direct_rollout(model, test_f):
+    """10 -> 10 predictions (n, 10, H, W) of a direct model by nfp.models.rollout (blocks of its n frames from the
+    last k), 64 clips at a time."""
+    from nfp.models import rollout
+
+    return np.concatenate(
+        [rollout(model, test_f[b : b + 64, :10, ..., None], 10)[..., 0] for b in range(0, len(test_f), 64)]
+    )
+
+
 def run_keras(budget):
     marks = milestones(budget)
     os.environ.setdefault("KERAS_BACKEND", "jax")
     import keras
 
     train, test = load()
-    info, peak_bytes = keras_backend_info()
+    info, peak_bytes, card = keras_backend_info()
     log({"part": "keras", "backend": keras.backend.backend(), "keras": keras.__version__, **info})
     x_all = train.astype(np.float32) / 255
     test_f = test.astype(np.float32) / 255
-    for name, (make, loss_name, lr) in keras_models().items():
+    for name, v in keras_models().items():
         for policy in (os.environ.get("PROBE_POLICY", "mixed_bfloat16"),) if not SMALL else ("float32",):
             keras.mixed_precision.set_global_policy(policy)
             keras.utils.set_random_seed(0)
-            model = make()
-            model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss_name)
+            model = v["make"]()
+            lr = lambda seconds, v=v: learning_rate(v["schedule"], v["lr"], seconds, marks[-1])
+            model.compile(optimizer=keras.optimizers.Adam(lr(0.0)), loss=v["loss"])
             t0 = time.time()
             for _ in range(2):  # the first call builds the optimizer's slots and traces again
-                model.train_on_batch(x_all[:BATCH, :-1], x_all[:BATCH, 1:])
+                model.train_on_batch(*v["pairs"](x_all[:BATCH]))
             compile_s = time.time() - t0
             # timed training up to each milestone, batch by batch over shuffled clips; the clock stops while scoring
             rng = np.random.default_rng(0)
             order, pos, steps, train_s = rng.permutation(len(x_all)), 0, 0, 0.0
             for mark in marks:
                 t0 = time.time()
-                while train_s + time.time() - t0 < mark:
+                while (seconds := train_s + time.time() - t0) < mark:
                     if pos + BATCH > len(order):
                         order, pos = rng.permutation(len(x_all)), 0
                     idx = np.sort(order[pos : pos + BATCH])
                     pos += BATCH
-                    loss = model.train_on_batch(x_all[idx, :-1], x_all[idx, 1:])
+                    if v["schedule"] != "constant":
+                        model.optimizer.learning_rate = lr(seconds)
+                    loss = model.train_on_batch(*v["pairs"](x_all[idx]))
                     steps += 1
                 loss_v = float(np.asarray(loss))  # sync
                 train_s += time.time() - t0
                 t1 = time.time()
-                pred = keras_rollout(model, test_f)
-                log({"part": "keras", "model": name, "policy": policy, "loss": loss_name, "params": int(model.count_params()),
-                     "compile_s": round(compile_s, 1), "train_s": round(train_s, 1), "steps": steps, "batch": BATCH,
-                     "clips_per_s": round(steps * BATCH / train_s, 1), "epochs_seen": round(steps * BATCH / len(x_all), 2),
-                     "final_loss": loss_v, "eval_s": round(time.time() - t1, 1),
-                     "peak_gb": round(peak_bytes() / 2**30, 2), **scores(test_f[:, 10:], pred)})  # fmt: skip
+                pred = direct_rollout(model, test_f) if v["direct"] else keras_rollout(model, test_f)
+                rate = steps * BATCH / train_s
+                log({"part": "keras", "model": name, "policy": policy, "loss": v["loss_name"],
+                     "kind": "direct" if v["direct"] else "autoregressive", "schedule": v["schedule"], "lr": v["lr"],
+                     "params": int(model.count_params()), "compile_s": round(compile_s, 1), "train_s": round(train_s, 1),
+                     "steps": steps, "batch": BATCH, "clips_per_s": round(rate, 1),
+                     "epochs_seen": round(steps * BATCH / len(x_all), 2), "final_loss": loss_v,
+                     "eval_s": round(time.time() - t1, 1), "peak_gb": round(peak_bytes() / 2**30, 2),
+                     **flop_fields(v["train_flops"], rate, card), **scores(test_f[:, 10:], pred)})  # fmt: skip
             del model
             keras.backend.clear_session()
 
 
-# ---------------------------------------------------------------- PyTorch, OpenSTL ConvLSTM-S cell
-def run_torch(budget):
-    marks = milestones(budget)
-    mode_env = os.environ.get("PROBE_TORCH_COMPILE", "both")
-    if mode_env not in TORCH_MODES:
-        sys.exit(f"probe torch: PROBE_TORCH_COMPILE: got {mode_env!r}, expected 0, 1 or both")
-    try:
-        import torch
-        from torch import nn
-    except ImportError as err:
-        sys.exit(f"probe torch: PyTorch is not installed here ({first_line(err)}); the torch part needs it")
-
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.backends.cudnn.benchmark = True
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    train, test = load()
+# ---------------------------------------------------------------- PyTorch peers, after OpenSTL
+def convlstm_peer(torch, nn, dev):
+    """OpenSTL's ConvLSTM-S cell (openstl/modules/convlstm_modules.py, layer_norm=0; openstl/models/convlstm_model.py):
+    patch 4, 4 x 128 hidden, 5x5, teacher-forced on frames 0..18, MSE, Adam 1e-3 constant. The peer's functions."""
     patch, hidden, nl = 4, 128, 4
     g, ch = SIZE // patch, patch * patch
-    name = "openstl_convlstm_s_patch4"
 
     class Cell(nn.Module):  # openstl/modules/convlstm_modules.py, layer_norm=0
         def __init__(self, cin):
@@ -320,27 +442,243 @@ def run_torch(budget):
         n, t = p.shape[:2]
         return p.reshape(n, t, patch, patch, g, g).permute(0, 1, 4, 2, 5, 3).reshape(n, t, SIZE, SIZE)
 
+    def pairs(clips):
+        x = to_patches(clips)
+        return x[:, :-1], x[:, 1:]
+
+    def predict(model, clips):  # outputs for frames 10..19
+        return from_patches(model(to_patches(clips), context=10, total=20)[:, 9:].float())
+
+    return dict(
+        make=ConvLSTM, pairs=pairs, loss=torch.nn.functional.mse_loss, predict=predict, schedule="constant",
+        loss_name="mse", frames=(19, 19),
+    )  # fmt: skip
+
+
+def simvp_peer(torch, nn, dev, translator: str):
+    """OpenSTL's SimVP_Model (openstl/models/simvp_model.py) with the TAU (model_type 'tau', TAUSubBlock) or gSTA
+    ('gsta', GASubBlock) translator, at SIMVP_SIZES, written out from openstl/modules/simvp_modules.py and
+    openstl/modules/layers/van.py (MixMlp) with their initialisation (timm's trunc_normal_ is torch's; DropPath
+    inlined). Frames 0..9 -> 10..19 in one pass; loss MSE, for tau + 0.1 x diff_div_reg (openstl/methods/tau.py);
+    Adam with OneCycleLR up to 1e-3 (configs/mmnist/TAU.py, SimVP_gSTA.py). The peer's functions."""
+    F = torch.nn.functional
+    tau = translator == "tau"
+    hs, ht, n_s, n_t, kernel = (SIMVP_SIZES[k] for k in ("hid_s", "hid_t", "n_s", "n_t", "kernel"))
+
+    class DropPath(nn.Module):  # timm.layers.DropPath, scale_by_keep
+        def __init__(self, p):
+            super().__init__()
+            self.p = p
+
+        def forward(self, x):
+            if self.p == 0.0 or not self.training:
+                return x
+            keep = 1 - self.p
+            mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+            return x * mask.div_(keep)
+
+    class ConvSC(nn.Module):  # ConvSC / BasicConv2d, act_norm=True
+        def __init__(self, c_in, c_out, k, down=False, up=False):
+            super().__init__()
+            stride = 2 if down else 1
+            pad = (k - stride + 1) // 2
+            if up:
+                self.conv = nn.Sequential(nn.Conv2d(c_in, c_out * 4, k, 1, pad), nn.PixelShuffle(2))
+            else:
+                self.conv = nn.Conv2d(c_in, c_out, k, stride, pad)
+            self.norm, self.act = nn.GroupNorm(2, c_out), nn.SiLU()
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.trunc_normal_(m.weight, std=0.02)
+                    nn.init.constant_(m.bias, 0)
+
+        def forward(self, x):
+            return self.act(self.norm(self.conv(x)))
+
+    class Attention(nn.Module):  # SpatialAttention + AttentionModule (gsta) / TemporalAttention + ...Module (tau)
+        def __init__(self, d, temporal, kernel_size=21, dilation=3):
+            super().__init__()
+            d_k = 2 * dilation - 1
+            dd_k = kernel_size // dilation + ((kernel_size // dilation) % 2 - 1)
+            self.proj_1, self.activation = nn.Conv2d(d, d, 1), nn.GELU()
+            self.conv0 = nn.Conv2d(d, d, d_k, padding=(d_k - 1) // 2, groups=d)
+            self.conv_spatial = nn.Conv2d(d, d, dd_k, padding=dilation * (dd_k - 1) // 2, groups=d, dilation=dilation)
+            self.conv1 = nn.Conv2d(d, d if temporal else 2 * d, 1)
+            self.temporal = temporal
+            if temporal:
+                r = max(d // 16, 4)
+                self.fc = nn.Sequential(
+                    nn.Linear(d, d // r, bias=False), nn.ReLU(True), nn.Linear(d // r, d, bias=False), nn.Sigmoid()
+                )
+            self.proj_2 = nn.Conv2d(d, d, 1)
+
+        def forward(self, x):
+            shortcut = x
+            u = self.activation(self.proj_1(x))
+            a = self.conv1(self.conv_spatial(self.conv0(u)))
+            if self.temporal:  # squeeze-excitation of u, times the 1x1, times u
+                a = self.fc(u.mean((2, 3)))[:, :, None, None] * a * u
+            else:
+                f, gate = torch.split(a, a.shape[1] // 2, dim=1)
+                a = torch.sigmoid(gate) * f
+            return self.proj_2(a) + shortcut
+
+    class MixMlp(nn.Module):  # openstl/modules/layers/van.py, drop 0
+        def __init__(self, d, hidden):
+            super().__init__()
+            self.fc1 = nn.Conv2d(d, hidden, 1)
+            self.dwconv = nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden)
+            self.act, self.fc2 = nn.GELU(), nn.Conv2d(hidden, d, 1)
+
+        def forward(self, x):
+            return self.fc2(self.act(self.dwconv(self.fc1(x))))
+
+    class SubBlock(nn.Module):  # GASubBlock; TAUSubBlock: the same, its attention replaced after the init
+        def __init__(self, d, drop_path):
+            super().__init__()
+            self.norm1, self.attn = nn.BatchNorm2d(d), Attention(d, temporal=False)
+            self.drop_path = DropPath(drop_path)
+            self.norm2, self.mlp = nn.BatchNorm2d(d), MixMlp(d, int(d * SIMVP_SIZES["mlp_ratio"]))
+            self.layer_scale_1 = nn.Parameter(1e-2 * torch.ones(d))
+            self.layer_scale_2 = nn.Parameter(1e-2 * torch.ones(d))
+            for m in self.modules():  # GASubBlock._init_weights (MixMlp's own is the same)
+                if isinstance(m, nn.Conv2d):
+                    fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+                    m.weight.data.normal_(0, math.sqrt(2.0 / fan_out))
+                    m.bias.data.zero_()
+            if tau:
+                self.attn = Attention(d, temporal=True)  # PyTorch's default init
+
+        def forward(self, x):
+            x = x + self.drop_path(self.layer_scale_1[:, None, None] * self.attn(self.norm1(x)))
+            return x + self.drop_path(self.layer_scale_2[:, None, None] * self.mlp(self.norm2(x)))
+
+    class MetaBlock(nn.Module):
+        def __init__(self, c_in, c_out, drop_path):
+            super().__init__()
+            self.block = SubBlock(c_in, drop_path)
+            self.reduction = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+        def forward(self, x):
+            return self.reduction(self.block(x))
+
+    def samplings(n, reverse=False):  # sampling_generator
+        s = ([False, True] * (n // 2))[:n]
+        return list(reversed(s)) if reverse else s
+
+    class SimVP(nn.Module):  # SimVP_Model: Encoder, MidMetaNet, Decoder
+        def __init__(self, frames=10, channels=1):
+            super().__init__()
+            c_in = frames * hs
+            self.enc = nn.ModuleList(
+                [ConvSC(channels if i == 0 else hs, hs, kernel, down=s) for i, s in enumerate(samplings(n_s))]
+            )
+            dpr = [x.item() for x in torch.linspace(1e-2, SIMVP_SIZES["drop_path"], n_t)]  # as MidMetaNet
+            self.hid = nn.Sequential(
+                MetaBlock(c_in, ht, dpr[0]),
+                *[MetaBlock(ht, ht, dpr[i]) for i in range(1, n_t - 1)],
+                MetaBlock(ht, c_in, SIMVP_SIZES["drop_path"]),
+            )
+            self.dec = nn.ModuleList([ConvSC(hs, hs, kernel, up=s) for s in samplings(n_s, reverse=True)])
+            self.readout = nn.Conv2d(hs, channels, 1)
+
+        def forward(self, x_raw):  # (B, T, C, H, W) -> (B, T, C, H, W)
+            b, t, c, h, w = x_raw.shape
+            x = self.enc[0](x_raw.reshape(b * t, c, h, w))
+            skip = x
+            for layer in self.enc[1:]:
+                x = layer(x)
+            _, c_, h_, w_ = x.shape
+            x = self.hid(x.reshape(b, t * c_, h_, w_)).reshape(b * t, c_, h_, w_)
+            for layer in self.dec[:-1]:
+                x = layer(x)
+            y = self.readout(self.dec[-1](x + skip))
+            return y.reshape(b, t, c, h, w)
+
+    def diff_div_reg(pred_y, batch_y, tau=0.1, eps=1e-12):  # openstl/methods/tau.py
+        b, t = pred_y.shape[:2]
+        if t <= 2:
+            return 0
+        gap_p = F.softmax((pred_y[:, 1:] - pred_y[:, :-1]).reshape(b, t - 1, -1) / tau, -1)
+        gap_b = F.softmax((batch_y[:, 1:] - batch_y[:, :-1]).reshape(b, t - 1, -1) / tau, -1)
+        return (gap_p * torch.log(gap_p / (gap_b + eps) + eps)).mean()
+
+    def loss(pred, truth):
+        mse = F.mse_loss(pred, truth)
+        return mse + TAU_ALPHA * diff_div_reg(pred, truth) if tau else mse
+
+    def frames(clips):  # (n, T, H, W) uint8 -> (n, T, 1, H, W) float
+        return torch.as_tensor(clips, device=dev).float().div_(255)[:, :, None]
+
+    def pairs(clips):
+        x = frames(clips)
+        return x[:, :10], x[:, 10:20]
+
+    def predict(model, clips):
+        return model(frames(clips)[:, :10])[:, :, 0].float()
+
+    return dict(
+        make=SimVP, pairs=pairs, loss=loss, predict=predict, schedule="onecycle",
+        loss_name=f"mse + {TAU_ALPHA:g} diff_div_reg" if tau else "mse", frames=(10, 10),
+    )  # fmt: skip
+
+
+def run_torch(budget):
+    marks = milestones(budget)
+    mode_env = os.environ.get("PROBE_TORCH_COMPILE", "both")
+    if mode_env not in TORCH_MODES:
+        sys.exit(f"probe torch: PROBE_TORCH_COMPILE: got {mode_env!r}, expected 0, 1 or both")
+    which = os.environ.get("PROBE_TORCH_MODEL", "convlstm")
+    if which not in TORCH_MODELS:
+        sys.exit(f"probe torch: PROBE_TORCH_MODEL: got {which!r}, expected {', '.join(TORCH_MODELS)}")
+    try:
+        import torch
+        from torch import nn
+    except ImportError as err:
+        sys.exit(f"probe torch: PyTorch is not installed here ({first_line(err)}); the torch part needs it")
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    train, test = load()
+    name, preset = TORCH_MODELS[which]
+    peer = convlstm_peer(torch, nn, dev) if which == "convlstm" else simvp_peer(torch, nn, dev, which)
+    # the FLOP count is nfp's (it lives beside the Keras layers): Keras on the backend loaded here, not on JAX,
+    # which would take the GPU's memory
+    os.environ["KERAS_BACKEND"] = "torch"
+    train_flops = nfp_train_flops([f"model.preset={preset}"], *peer["frames"])
+    card = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
+
     def sync():
         if dev == "cuda":
             torch.cuda.synchronize()
 
     train_gpu = torch.as_tensor(train, device=dev)
-    log({"part": "torch", "torch": torch.__version__, "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
-         "modes": list(TORCH_MODES[mode_env])})  # fmt: skip
+    log(
+        {
+            "part": "torch",
+            "torch": torch.__version__,
+            "device": card,
+            "peer": name,
+            "modes": list(TORCH_MODES[mode_env]),
+        }
+    )
 
     def train_and_score(mode):
         """Yields one result line per milestone."""
         torch.manual_seed(0)
-        model = ConvLSTM().to(dev)
+        model = peer["make"]().to(dev)
         initial = copy.deepcopy(model.state_dict())
         forward = torch.compile(model) if mode == "compile" else model  # shares model's parameters
         params = sum(p.numel() for p in model.parameters())
+        lr = lambda seconds: learning_rate(peer["schedule"], 1e-3, seconds, marks[-1])
 
         def step(opt, clips):
-            x = to_patches(clips)
+            x, y = peer["pairs"](clips)
             with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
-                y = forward(x[:, :-1])
-                loss = torch.nn.functional.mse_loss(y.float(), x[:, 1:])
+                out = forward(x)
+                loss = peer["loss"](out.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -350,19 +688,22 @@ def run_torch(budget):
             torch.cuda.reset_peak_memory_stats()
         # warm-up, outside the budget: compiles forward and backward under compile (cudnn autotuning in both)
         t0 = time.time()
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        opt = torch.optim.Adam(model.parameters(), lr=lr(0.0))
         for _ in range(2):
             float(step(opt, train_gpu[:BATCH]))
         sync()
         compile_s = time.time() - t0
         model.load_state_dict(initial)  # in place: back to the seed's weights, and a fresh optimizer
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        opt = torch.optim.Adam(model.parameters(), lr=lr(0.0))
         gen = torch.Generator(device="cpu").manual_seed(0)  # the same clips in the same order for each mode
         steps, train_s = 0, 0.0
         for mark in marks:  # train to each milestone; the clock stops while scoring
             t0 = time.time()
-            while train_s + time.time() - t0 < mark:
+            while (seconds := train_s + time.time() - t0) < mark:
                 idx = torch.randint(0, len(train), (BATCH,), generator=gen).to(dev)
+                if peer["schedule"] != "constant":
+                    for group in opt.param_groups:
+                        group["lr"] = lr(seconds)
                 loss = step(opt, train_gpu[idx])
                 steps += 1
             loss_v = float(loss)  # sync
@@ -372,18 +713,17 @@ def run_torch(budget):
             preds = []
             with torch.no_grad(), torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
                 for b in range(0, len(test), 64):
-                    x = to_patches(test[b : b + 64])
-                    y = model(x, context=10, total=20)[:, 9:]  # outputs for frames 10..19
-                    preds.append(from_patches(y.float()).clamp(0, 1).cpu().numpy())
+                    preds.append(peer["predict"](model, test[b : b + 64]).clamp(0, 1).cpu().numpy())
             model.train()
             pred = np.concatenate(preds)
+            rate = steps * BATCH / train_s
             yield {"part": "torch", "model": name, "mode": mode, "policy": "autocast bf16" if dev == "cuda" else "float32",
-                   "params": int(params), "compile_s": round(compile_s, 1), "train_s": round(train_s, 1), "steps": steps,
-                   "batch": BATCH, "clips_per_s": round(steps * BATCH / train_s, 1),
-                   "epochs_seen": round(steps * BATCH / len(train), 2), "final_loss": loss_v,
-                   "eval_s": round(time.time() - t1, 1),
+                   "loss": peer["loss_name"], "schedule": peer["schedule"], "lr": 1e-3, "params": int(params),
+                   "compile_s": round(compile_s, 1), "train_s": round(train_s, 1), "steps": steps, "batch": BATCH,
+                   "clips_per_s": round(rate, 1), "epochs_seen": round(steps * BATCH / len(train), 2),
+                   "final_loss": loss_v, "eval_s": round(time.time() - t1, 1),
                    "peak_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if dev == "cuda" else 0,
-                   **scores(test[:, 10:].astype(np.float32) / 255, pred)}  # fmt: skip
+                   **flop_fields(train_flops, rate, card), **scores(test[:, 10:].astype(np.float32) / 255, pred)}  # fmt: skip
 
     for mode in TORCH_MODES[mode_env]:
         if mode == "eager":

@@ -267,3 +267,24 @@ def test_one_and_two_replicas_give_the_same_losses_step_by_step_for_each_simvp_t
         assert two["moving"] == pytest.approx(one["moving"], rel=1e-3), preset
         assert one["steps"][-1]["loss"] < one["steps"][0]["loss"], preset
     assert "differential_divergence" in out["tau_tiny/default"]["steps"][0]
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tau_tiny"])
+def test_each_familys_flop_count_matches_the_built_models(preset):
+    """The count the doctor reports (nfp.models.flops_per_clip, from the config) against TensorFlow's profiler over
+    the built model's forward graph: within 5% (the analytic count's elementwise terms are rough). Not `keras_io`:
+    keras.layers.ConvLSTM2D steps in a while loop, whose body the profiler counts once, not once per frame."""
+    import tensorflow as tf
+
+    cfg = load_config(None, [f"model.preset={preset}", "data.image_size=16", "data.digit_size=8"])
+    direct = models.is_direct(cfg.model)
+    k, n = (10, 10) if direct else (6, 6)
+    model = models.build_model(cfg.model, frame_shape=(16, 16, 1), context_frames=k, predict_frames=n)
+    graph = (
+        tf.function(lambda x: model(x, training=False)).get_concrete_function(tf.TensorSpec((1, k, 16, 16, 1))).graph
+    )
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    profiled = tf.compat.v1.profiler.profile(graph, options=options).total_float_ops
+    counted = models.flops_per_clip(cfg.model, frame_shape=(16, 16, 1), input_frames=k, output_frames=n)["forward"]
+    assert counted == pytest.approx(profiled, rel=0.05)

@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -131,3 +132,73 @@ def test_torch_tau_peer_scores_one_run_at_each_milestone(tmp_path):
         assert r["loss"] == "mse + 0.1 diff_div_reg" and r["schedule"] == "onecycle"
         assert r["params"] == 397_873  # tau_tiny's 398,769 less its BatchNorms' moving mean and variance
     assert_scored_at_milestones(*results, slack=3)  # a step of the peer on a busy 2-core CPU: up to seconds
+
+
+@pytest.mark.parametrize(("peer", "preset"), [("tau", "tau_tiny"), ("gsta", "simvp_tiny")])
+def test_torch_simvp_peer_is_nfps_model_with_the_same_weights(monkeypatch, peer, preset):
+    """Where PyTorch is installed: the peer written out in the probe (OpenSTL's SimVP_Model) and nfp's model of the
+    same preset, one set of weights copied across (BatchNorm statistics and layer scales moved off their init),
+    give the same frames in inference, and the peer's TAU loss is nfp's MSE + 0.1 differential divergence."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from nfp.config import load_config
+    from nfp.models import build_model, loss_term
+
+    monkeypatch.setenv("PROBE_SMALL", "1")  # tau_tiny's sizes
+    make_peer = runpy.run_path(str(PROBE), run_name="probe")["simvp_peer"]
+    torch.manual_seed(0)
+    functions = make_peer(torch, nn, "cpu", peer)
+    theirs = functions["make"]().eval()
+    with torch.no_grad():
+        for m in theirs.modules():
+            if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.2, 0.2)
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 1.5)
+        for name, p in theirs.named_parameters():
+            if "layer_scale" in name:
+                p.uniform_(0.5, 1.5)
+    ours = build_model(
+        load_config(None, [f"model.preset={preset}", "data.image_size=32"]).model, frame_shape=(32, 32, 1)
+    )
+    layer = {lay.name: lay for lay in ours.get_layer("core").layers}
+    w = lambda t: t.detach().numpy()
+
+    def conv(name, m, depthwise=False):
+        layer[name].set_weights([w(m.weight).transpose((2, 3, 0, 1) if depthwise else (2, 3, 1, 0)), w(m.bias)])
+
+    def norm(name, m):
+        stats = [w(m.running_mean), w(m.running_var)] if isinstance(m, nn.BatchNorm2d) else []
+        layer[name].set_weights([w(m.weight), w(m.bias), *stats])
+
+    for i, block in enumerate(theirs.enc):
+        conv(f"enc{i}_conv", block.conv), norm(f"enc{i}_norm", block.norm)
+    for i, block in enumerate(theirs.dec):
+        conv(f"dec{i}_conv", block.conv[0] if isinstance(block.conv, nn.Sequential) else block.conv)
+        norm(f"dec{i}_norm", block.norm)
+    conv("readout", theirs.readout)
+    for i, meta in enumerate(theirs.hid):
+        b, a, p = meta.block, meta.block.attn, f"mid{i}"
+        norm(f"{p}_norm_attn", b.norm1), norm(f"{p}_norm_mlp", b.norm2)
+        conv(f"{p}_attn_proj1", a.proj_1), conv(f"{p}_attn_conv1", a.conv1), conv(f"{p}_attn_proj2", a.proj_2)
+        conv(f"{p}_attn_conv0", a.conv0, True), conv(f"{p}_attn_conv_spatial", a.conv_spatial, True)
+        if peer == "tau":
+            layer[f"{p}_attn_fc1"].set_weights([w(a.fc[0].weight).T])
+            layer[f"{p}_attn_fc2"].set_weights([w(a.fc[2].weight).T])
+        conv(f"{p}_mlp_fc1", b.mlp.fc1), conv(f"{p}_mlp_dw", b.mlp.dwconv, True), conv(f"{p}_mlp_fc2", b.mlp.fc2)
+        layer[f"{p}_scale_attn"].set_weights([w(b.layer_scale_1)])
+        layer[f"{p}_scale_mlp"].set_weights([w(b.layer_scale_2)])
+        if isinstance(meta.reduction, nn.Conv2d):
+            conv(f"{p}_reduction", meta.reduction)
+    rng = np.random.default_rng(0)
+    x, truth = rng.random((2, 2, 10, 32, 32, 1), dtype=np.float32)
+    to_torch = lambda a: torch.from_numpy(a).permute(0, 1, 4, 2, 3)  # (B, T, C, H, W)
+    with torch.no_grad():
+        expected = theirs(to_torch(x)).permute(0, 1, 3, 4, 2).numpy()
+    np.testing.assert_allclose(np.asarray(ours(x, training=False)), expected, atol=1e-4)
+    loss = float(functions["loss"](to_torch(expected), to_torch(truth)))
+    nfp_loss = np.mean((expected - truth) ** 2)
+    if peer == "tau":
+        nfp_loss += 0.1 * np.mean(np.asarray(loss_term("differential_divergence")(truth, expected)))
+    assert loss == pytest.approx(float(nfp_loss), rel=1e-5)
