@@ -610,6 +610,11 @@ def _check_consistency(cfg: Config) -> None:
         raise ConfigError(
             f"train.loss: got bce, expected mse with model.output_activation: {m.output_activation} (BCE needs probabilities)"
         )
+    if t.schedule.name == "onecycle" and t.schedule.warmup_epochs:
+        raise ConfigError(
+            f"train.schedule.warmup_epochs: got {t.schedule.warmup_epochs}, expected 0 with train.schedule.name: "
+            "onecycle (its warm-up is the first 30% of train.epochs)"
+        )
     if t.scheduled_sampling and family.KIND == "direct":
         raise ConfigError(
             f"train.scheduled_sampling: got {t.scheduled_sampling}, expected 0 with model.family {m.family} "

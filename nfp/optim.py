@@ -25,8 +25,6 @@ import math
 import keras
 from keras import ops
 
-from nfp.errors import ConfigError
-
 _OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD"}
 _LOSSES = {"bce": "BinaryCrossentropy", "mse": "MeanSquaredError"}
 
@@ -88,12 +86,7 @@ def learning_rate_schedule(train_cfg, replicas: int, steps_per_epoch: int):
     moves the LR (plateau) or it is 0."""
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch: got {steps_per_epoch}, expected ≥ 1")
-    s = train_cfg.schedule
-    if s.name == "onecycle" and s.warmup_epochs:
-        raise ConfigError(
-            f"train.schedule.warmup_epochs: got {s.warmup_epochs}, expected 0 with train.schedule.name: onecycle "
-            "(its warm-up is the first 30% of train.epochs)"
-        )
+    s = train_cfg.schedule  # onecycle with a warm-up of its own: refused by nfp.config
     base = base_learning_rate(train_cfg, replicas)
     warmup = s.warmup_epochs * steps_per_epoch
     start = warmup_start(base, s.warmup_epochs)

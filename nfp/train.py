@@ -469,6 +469,7 @@ def _log_setup(run, cfg, job: Job, *, config_path, manifest, model, strategy, de
             "global_batch_size": job.global_batch,
             "steps_per_epoch": job.steps_per_epoch,
             "model_params": model.count_params(),
+            "model_family": cfg.model.family,
             "tensorflow_version": tf.__version__,
             "keras_version": keras.__version__,
             "mlflow_version": mlflow.__version__,
