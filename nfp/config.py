@@ -197,7 +197,7 @@ class ModelConfig:
     translator_blocks: int = _knob(4, min=2, help="translator blocks (N_T)")
     encoder_kernel: int = _knob(3, min=1, help="encoder conv kernel (spatio_kernel_enc)")
     decoder_kernel: int = _knob(3, min=1, help="decoder conv kernel (spatio_kernel_dec)")
-    mlp_ratio: float = _knob(8.0, min=0.25, help="translator MLP width / its channels")
+    mlp_ratio: float = _knob(8.0, min=0, help="translator MLP width / its channels, > 1")
     drop_path: float = _knob(0.0, min=0, max=0.99, help="stochastic depth, rising linearly over translator blocks")
 
 

@@ -60,6 +60,11 @@ def check(model_cfg, data_cfg) -> None:
             f"model.encoder_blocks: got {model_cfg.encoder_blocks}, expected an even number (blocks come in pairs, "
             "the second of each pair stride 2)"
         )
+    for key in ("encoder_kernel", "decoder_kernel"):
+        if not getattr(model_cfg, key) % 2:
+            raise ConfigError(f"model.{key}: got {getattr(model_cfg, key)}, expected an odd size (padded to keep H×W)")
+    if model_cfg.mlp_ratio <= 1:
+        raise ConfigError(f"model.mlp_ratio: got {model_cfg.mlp_ratio:g}, expected > 1 (OpenSTL's MidMetaNet widens)")
     factor = stride_factor(model_cfg)
     if any(side % factor for side in data_cfg.frame_hw):
         key, sides = data_cfg.frame_hw_key
