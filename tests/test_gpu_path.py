@@ -192,7 +192,7 @@ def test_the_tau_config_trains_with_xla_and_bf16_on_one_device_then_evaluates_an
     )  # fmt: skip
     overrides = _shrunk_simvp(tmp_path, jit_compile="on")
     trained = _nfp("train", config, overrides)
-    assert {"direct:xla"} == set(trained["compiled"])  # strips and periodic evaluation, as training: XLA
+    assert "direct:xla" in trained["compiled"]  # strips and periodic evaluation, as training: XLA
     _, run = _the_run()
     assert (run.data.tags["xla"], run.data.tags["precision"]) == ("step", "mixed_bfloat16")
     _evaluate_and_predict_with_xla(config, overrides, tmp_path / "out", rollout="direct")
