@@ -2,12 +2,13 @@
 #   make quickstart   creates .venv if missing, installs nfp, trains the offline CPU quickstart under `mlflow run`
 #   make test         creates .venv if missing, installs nfp with test extras (and Chromium, as root on Debian),
 #                     lints (ruff), runs the whole test suite
+#   make test-quick   the inner loop: the tests not marked slow, a process per core (pytest-xdist)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(abspath $(VENV))/bin
 TF     ?= cpu        # `make install TF=gpu` on a CUDA machine
 
-.PHONY: install quickstart test browser bench ui clean
+.PHONY: install quickstart test test-quick browser bench ui clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +26,10 @@ test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest
+
+# a file's tests stay on one worker (--dist loadfile): those that share a module's server or fixture share it still
+test-quick: install
+	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow and not external" -n auto --dist loadfile
 
 # tests/test_mlflow_ui.py drives Debian's Chromium: installed here when missing and apt-get may (root); else skipped
 browser:
