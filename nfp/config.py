@@ -157,8 +157,8 @@ class DataConfig:
 
 # --------------------------------------------------------------------------- model
 # Presets belong to their family (nfp/models/<family>/__init__.py PRESETS): a bundle of model keys that fills every
-# key the config does not set (keys you set win), and for some a training recipe (train keys, likewise).
-PRESET_NAMES = ("tiny", "keras_io", "convlstm_s", "simvp_gsta", "tau", "simvp_tiny", "tau_tiny", "custom")
+# key the config does not set (keys you set win), and for some a training recipe (train keys, likewise). The Literal
+# below names them all, and `custom` (tests/test_families.py holds it to the families' lists).
 
 
 @dataclass(frozen=True)
@@ -386,7 +386,7 @@ def _fill_in_preset(raw: dict) -> None:
     preset, given = model.get("preset"), model.get("family")
     if (
         not isinstance(preset, (str, type(None)))
-        or preset not in (*PRESET_NAMES, None)
+        or preset not in (*models.PRESETS, "custom", None)
         or given not in (*models.FAMILIES, None)
     ):
         return  # _build names the bad value

@@ -61,13 +61,13 @@ class LossWithTerms(keras.losses.Loss):
     def __init__(self, base: str, terms: dict[str, float], name: str = "loss_with_terms", **kwargs):
         super().__init__(name=name, **kwargs)
         self.base, self.terms = base, dict(terms)
+        self._base = getattr(keras.losses, _LOSSES[base])(reduction=None)  # per value, averaged per clip below
 
     def call(self, y_true, y_pred):
         from nfp.models import loss_term
 
-        base = getattr(keras.losses, {"bce": "binary_crossentropy", "mse": "mean_squared_error"}[self.base])
         clips = ops.shape(y_pred)[0]
-        total = ops.mean(ops.reshape(base(y_true, y_pred), (clips, -1)), axis=1)  # per clip: all its values alike
+        total = ops.mean(ops.reshape(self._base(y_true, y_pred), (clips, -1)), axis=1)  # per clip: all its values alike
         for name, weight in self.terms.items():
             total = total + weight * ops.cast(loss_term(name)(y_true, y_pred), total.dtype)
         return total

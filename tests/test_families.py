@@ -94,6 +94,15 @@ def test_what_a_family_cannot_take_is_one_line_naming_the_key(overrides, expecte
     assert expected in str(info.value) and "\n" not in str(info.value)
 
 
+def test_the_config_schema_names_every_familys_presets():
+    import typing
+
+    from nfp.config import ModelConfig
+
+    literal = typing.get_type_hints(ModelConfig)["preset"]
+    assert set(typing.get_args(literal)) == {*models.PRESETS, "custom"}
+
+
 def test_a_family_alone_picks_its_default_preset():
     assert load_config(None, ["model.family=simvp"]).model.preset == models.family("simvp").DEFAULT_PRESET
 

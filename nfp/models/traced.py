@@ -12,7 +12,8 @@ COMPILED = weakref.WeakKeyDictionary()  # model → {(kind, jit): function}: tra
 
 
 def traced(model, kind: str, jit_compile: bool, make):
-    """`make()` → a function of (frames, k), traced once for `model` under `kind`."""
+    """`make()` → a function of the model's inputs (the frames, and for some kinds a Python int), traced once for
+    `model` under `kind`."""
     import keras
 
     functions = COMPILED.setdefault(model, {})
