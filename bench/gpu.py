@@ -108,8 +108,8 @@ def _child(args: dict) -> dict:
         out["peak_gb"] = _peak_gb(gpus)
         return out
 
-    from nfp.evaluate import run_evaluate
-    from nfp.train import train
+    from nfp.inference.evaluate import run_evaluate
+    from nfp.training.train import train
 
     summary = train(cfg)
     out["peak_gb"] = _peak_gb(gpus)

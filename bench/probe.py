@@ -8,7 +8,7 @@ instead: ConvLSTM-S, or TAU / SimVP gSTA), eager as OpenSTL runs it and under `t
 Moving MNIST (nfp's OpenSTL-style generator, scikit-learn digits), for the same number of seconds,
 then scores each 10 -> 10 with OpenSTL's MSE (per-frame sum over 64x64), MAE and SSIM
 (skimage-default style, data_range 2). Label its figures "Keras 3 / JAX backend, <card>".
-It needs nfp.models, nfp.config, nfp.optim, nfp.devices and nfp.data.moving_mnist to import without TensorFlow.
+It needs nfp.models, nfp.config, nfp.models.optim, nfp.distribute.devices and nfp.data.moving_mnist to import without TensorFlow.
 Versioned with the model code it measures (bench/PROBE.md); bench/gpu_probe.py renders recorded results.
 
 Usage, from the project root: python3 bench/probe.py data|keras|torch OUTDIR [budget_s, default 60]
@@ -29,7 +29,7 @@ Each result is a JSON line, printed and appended to OUTDIR/probe.jsonl.
       default: "keras_io=model.preset=keras_io". An autoregressive model (the convlstm family) trains on
       (frames 0..18 -> 1..19) with train.loss and is scored by a rollout fed its own predictions. A direct model
       (the simvp family: simvp_gsta, tau, simvp_tiny, tau_tiny) trains on (the first data.context_frames frames ->
-      the next data.predict_frames), k + n <= 20 and k <= 10, with nfp's loss (nfp.optim.build_loss: train.loss plus
+      the next data.predict_frames), k + n <= 20 and k <= 10, with nfp's loss (nfp.models.optim.build_loss: train.loss plus
       the family's terms, for TAU 0.1 x differential divergence) and is scored by nfp.models.rollout from frames
       0..9. The learning rate: with train.schedule.name onecycle (the simvp presets' recipe), PyTorch's OneCycleLR
       up to train.learning_rate over the run's seconds (see one_cycle); any other schedule, a constant
@@ -53,7 +53,7 @@ Each result is a JSON line, printed and appended to OUTDIR/probe.jsonl.
       nfp's tau_tiny / simvp_tiny sizes: hid_S 16, hid_T 64, N_S 2, N_T 2, mlp_ratio 4)
 Every result line also has the model's training FLOPs per clip (nfp.models.flops_per_clip, the analytic count
 from the layer shapes, ~3x forward; for a peer, the count of the nfp preset of the same architecture), the TFLOP/s
-they make at the line's clips/s, and "mfu", that over the card's dense bfloat16 peak (nfp.devices) where known.
+they make at the line's clips/s, and "mfu", that over the card's dense bfloat16 peak (nfp.distribute.devices) where known.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def milestones(budget: float) -> list[float]:
 
 def one_cycle(fraction: float, top: float, pct_start=0.3, div_factor=25.0, final_div_factor=1e4) -> float:
     """The learning rate at `fraction` (0..1) of the run's training seconds: PyTorch's OneCycleLR (anneal "cos",
-    two phases, its defaults as OpenSTL uses them; nfp.optim.OneCycle) with fraction standing for step / last step:
+    two phases, its defaults as OpenSTL uses them; nfp.models.optim.OneCycle) with fraction standing for step / last step:
     a cosine from top/25 up to `top` at 30% of the run, then down to top/25/1e4 at its end, held after it. Over
     seconds, not steps, so that the schedule spans the run whatever the step rate: every model and peer gets the
     same LR at the same second."""
@@ -144,11 +144,11 @@ def nfp_train_flops(overrides: list[str], input_frames: int, output_frames: int)
 
 def flop_fields(train_flops: int | None, clips_per_s: float, card: str) -> dict:
     """A result line's FLOP fields: training GFLOP per clip, the TFLOP/s they make at clips_per_s, and mfu, that
-    over `card`'s dense bfloat16 peak (nfp.devices.PEAK_BF16_TFLOPS; null for a CPU or an unknown card)."""
+    over `card`'s dense bfloat16 peak (nfp.distribute.devices.PEAK_BF16_TFLOPS; null for a CPU or an unknown card)."""
     if train_flops is None:
         return {"train_gflop_per_clip": None, "tflops": None, "mfu": None}
     sys.path.insert(0, ROOT)
-    from nfp.devices import PEAK_BF16_TFLOPS
+    from nfp.distribute.devices import PEAK_BF16_TFLOPS
 
     tflops = train_flops * clips_per_s / 1e12
     peak = next((p for key, p in PEAK_BF16_TFLOPS.items() if key in card), None)
@@ -234,7 +234,7 @@ def keras_models():
     sys.path.insert(0, ROOT)
     from nfp.config import load_config
     from nfp.models import build_model, is_direct, loss_terms
-    from nfp.optim import build_loss
+    from nfp.models.optim import build_loss
 
     def convlstm_s(patch=4, hidden=128, layers_n=4):
         """OpenSTL ConvLSTM-S shape: space-to-depth patch 4, 4 x ConvLSTM(128, 5x5), 1x1 conv back, no norm."""

@@ -4,7 +4,7 @@ Each preset is nfp's model, loss (`train.loss: auto`, plus its family's loss ter
 (`make_dataset`: the shift protocol for the autoregressive ConvLSTM presets, 10 → 10 pairs for the direct SimVP ones,
 each with its preset's recipe; a OneCycle schedule runs over the steps the budget is estimated to hold), trained
 with `model.fit` for the same seconds of training time on identical
-generated clips, then rolled out 10 → 10 on held-out test clips and scored by `nfp.scoring`
+generated clips, then rolled out 10 → 10 on held-out test clips and scored by `nfp.inference.scoring`
 (OpenSTL's metrics) next to the copy-last-frame and mean-frame baselines. A learning curve (test
 MSE against training seconds) is taken along the way; evaluation time is not training time.
 
@@ -13,7 +13,7 @@ split (digits over moving crops of scikit-learn's sample photos, RGB), scored ag
 
 Then the learning-rate schedule side by side: `tiny` trained twice from the same weights on the same batches for the
 same steps, once with the per-epoch cosine nfp had (a LearningRateScheduler callback, written here as the baseline)
-and once with `nfp.optim.build_optimizer`'s per-step CosineDecay, both scored by the same test rollout.
+and once with `nfp.models.optim.build_optimizer`'s per-step CosineDecay, both scored by the same test rollout.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def seeded_model(cfg):
 def rollout_scores(model, cfg, manifest) -> dict:
     """evaluate_model's result for the held-out test clips, cfg.evaluate's rollout."""
     from nfp.data.pipeline import clip_batches
-    from nfp.scoring import evaluate_model
+    from nfp.inference.scoring import evaluate_model
 
     e = cfg.evaluate
     return evaluate_model(model, clip_batches(cfg.data, manifest, "test", e.batch_size), protocol="rollout",
@@ -118,7 +118,7 @@ def train_for(cfg, manifest, budget_s: float, curve_s: list[float]) -> dict:
 
     from nfp.data.pipeline import make_dataset
     from nfp.models import loss_terms
-    from nfp.optim import build_loss, build_optimizer
+    from nfp.models.optim import build_loss, build_optimizer
 
     data = make_dataset(cfg.data, manifest, "train", cfg.train.batch_size, training=True)
     t = cfg.train
@@ -159,7 +159,7 @@ def train_for(cfg, manifest, budget_s: float, curve_s: list[float]) -> dict:
 def step_seconds(cfg, data, steps: int = 20) -> float:
     """Seconds per training step of cfg's model on `data` (a throw-away copy, the first, tracing step excluded)."""
     from nfp.models import loss_terms
-    from nfp.optim import build_loss
+    from nfp.models.optim import build_loss
 
     model = seeded_model(cfg)
     model.compile(optimizer="adam", loss=build_loss(cfg.train, loss_terms(cfg.model)))
@@ -184,7 +184,7 @@ def compare_schedules(cfg, manifest, steps_per_epoch: int) -> dict:
     import tensorflow as tf
 
     from nfp.data.pipeline import make_dataset
-    from nfp.optim import build_loss, build_optimizer
+    from nfp.models.optim import build_loss, build_optimizer
 
     t = cfg.train
     in_order = tf.data.Options()
@@ -312,7 +312,7 @@ def run(quick: bool, workdir: Path) -> Section:
             f"estimated to hold, TAU's differential divergence term), {s['context']} → {s['context']} pairs; "
             f"`model.fit` for {s['budget']} s of training time on this CPU (the first step's tracing and "
             f"every evaluation excluded); then {s['context']} context frames → {s['context']} predicted, "
-            "autoregressively or in one block (`nfp.scoring`, OpenSTL metrics: MSE/MAE summed per frame over H×W)."
+            "autoregressively or in one block (`nfp.inference.scoring`, OpenSTL metrics: MSE/MAE summed per frame over H×W)."
         ),
         columns=columns,
         rows=rows,

@@ -99,7 +99,7 @@ def reference_rate(cfg, *, train: int, val: int, epochs: int, batch: int = BATCH
 
 def nfp_rate(workdir: Path, s: dict, repeat: int) -> tuple[float, float]:
     """`nfp train` steady state: (clips/s from the 1+E vs 1 epoch difference, EpochStats' own median clips/s)."""
-    from nfp.train import train
+    from nfp.training.train import train
 
     seconds = {}
     for epochs in (1, 1 + s["epochs"]):
@@ -117,7 +117,7 @@ def run(quick: bool, workdir: Path) -> Section:
 
     s = SIZES[quick]
     prepare(config(workdir, s, "prep", 1).data, progress=False)
-    from nfp.train import train
+    from nfp.training.train import train
 
     if not quick:
         train(config(workdir, s, "warm-up", 1))  # one-off imports and first traces, outside every timing

@@ -1,10 +1,10 @@
 """XLA and mixed precision under TensorFlow on this CPU: the same model on the same batches, side by side.
 
 Every variant is nfp's model from `nfp.models.build_model` compiled as `nfp train` compiles it
-(`nfp.train.compiled_model`), trained from the same initial weights on the same batches:
+(`nfp.training.train.compiled_model`), trained from the same initial weights on the same batches:
 - precision float32 or mixed_bfloat16 (`train.mixed_precision`), the cell state and loss float32 in both;
 - XLA off, "step" (Keras compiles the whole training step: one replica) or "cell" (nfp's cell compiles its
-  steps through time as one XLA function: what a replicated GPU job runs) — `train.jit_compile` and nfp/devices.py.
+  steps through time as one XLA function: what a replicated GPU job runs) — `train.jit_compile` and nfp/distribute/devices.py.
 Compile seconds = the first step (tracing + XLA compilation); steady step time = the median over rounds that
 visit the variants in turn, so machine noise hits them alike. The loss column is the last of the timed steps:
 bfloat16 must track float32 on the same batches.
@@ -51,8 +51,8 @@ def _child(args: dict) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from nfp.devices import Choices
-    from nfp.train import compiled_model
+    from nfp.distribute.devices import Choices
+    from nfp.training.train import compiled_model
 
     s = args["sizes"]
     shape = (s["batch"], s["frames"] - 1, s["image"], s["image"], 1)
@@ -184,7 +184,7 @@ def run(quick: bool, workdir) -> Section:
         notes=[
             f"Fastest here: {fastest} ({fmt(1000 * result['step_s'][fastest])} ms a step). A CPU shows what it can of "
             "the GPU path (compile cost, that bfloat16 trains alike); `auto` keeps both off on a CPU and turns them on "
-            "where a GPU is visible (nfp/devices.py). The GPU's own figures: `nfp doctor` on the VM.",
+            "where a GPU is visible (nfp/distribute/devices.py). The GPU's own figures: `nfp doctor` on the VM.",
             f"Peak RSS of the benchmark process: {fmt(peak)} MB.",
         ],
         quick=quick,

@@ -193,7 +193,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         paths = write_demo_videos(args.out, cfg.data, videos=args.videos, frames=args.frames)
         print(f"wrote {len(paths)} videos to {args.out}")
     elif args.command == "train":
-        from nfp.train import train
+        from nfp.training.train import train
 
         train(cfg, config_path=args.config)
     elif args.command == "preview":
@@ -212,7 +212,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         for name, path in paths.items():
             print(f"{name}: {path}")
     elif args.command == "evaluate":
-        from nfp.evaluate import run_evaluate
+        from nfp.inference.evaluate import run_evaluate
 
         report = run_evaluate(cfg, model_uri=args.model, split=args.split, out_dir=args.out, run_id=args.run_id)
         print(json.dumps(report["summary"], indent=2))
@@ -223,7 +223,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print("\n".join(report["lines"]))
         print(f"doctor: report in {report['path']}", file=sys.stderr)
     elif args.command == "predict":
-        from nfp.predict import run_predict
+        from nfp.inference.predict import run_predict
 
         paths = run_predict(
             cfg,

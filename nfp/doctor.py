@@ -17,7 +17,8 @@ import time
 
 import keras
 
-from nfp import devices, storage
+from nfp import storage
+from nfp.distribute import devices
 from nfp.errors import NfpError, TrainingError, tf_error_line
 
 
@@ -32,7 +33,7 @@ def run_doctor(cfg, *, steps: int = 30, out: str | None = None) -> dict:
     from nfp.distribute import make_strategy, strategy_name
     from nfp.models import flops_per_clip
     from nfp.rundir import RunDir
-    from nfp.train import compiled_model
+    from nfp.training.train import compiled_model
 
     out = out or storage.join(RunDir(cfg.train.output_dir).doctor, f"{_host()}.txt")
     seen = devices.visible_devices()

@@ -5,6 +5,14 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # else each gcsfs call waits 60 s on gRPC
 
+import csv
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
 import pytest
 
 
@@ -241,3 +249,60 @@ def emulator(tmp_path_factory):
         yield host
     proc.terminate()
     proc.wait(timeout=10)
+
+
+# --------------------------------------------------------------------------- a training process to kill
+class Trainer:
+    """`nfp train` in a subprocess; its stdout (Keras progress bars, verbose=1) is collected as it comes."""
+
+    def __init__(self, overrides, env=None):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nfp", "train", *overrides],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+        self.stdout, self._err = "", []
+        threading.Thread(target=self._pump, args=(self.proc.stdout, None), daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.proc.stderr, self._err), daemon=True).start()
+
+    def _pump(self, stream, sink):
+        while chunk := stream.read1(4096):
+            if sink is None:
+                self.stdout += chunk.decode(errors="replace")
+            else:
+                sink.append(chunk)
+
+    @property
+    def stderr(self) -> str:
+        return b"".join(self._err).decode(errors="replace")
+
+    def wait_until(self, condition, what: str, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert self.proc.poll() is None, f"training ended before {what}: {self.stderr[-3000:]}"
+            assert time.monotonic() < deadline, f"no {what} after {timeout}s"
+            time.sleep(0.005)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def finish(self, timeout: float = 300) -> int:
+        self.proc.wait(timeout=timeout)
+        time.sleep(0.1)  # let the pump threads drain the pipes
+        return self.proc.returncode
+
+    def send_signal(self, signum) -> None:
+        self.proc.send_signal(signum)
+
+    def rows(self, path) -> list[dict]:
+        """The CSV rows at `path` so far (the job's history.csv)."""
+        if not Path(path).exists():
+            return []
+        with Path(path).open() as f:
+            return list(csv.DictReader(f))
+
+    def wait_for_rows(self, path, n: int, timeout: float = 180) -> None:
+        """Until the CSV at `path` holds `n` epochs' rows."""
+        self.wait_until(lambda: len(self.rows(path)) >= n, f"epoch {n}'s row in {path}", timeout)

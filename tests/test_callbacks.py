@@ -6,13 +6,13 @@ import keras
 import numpy as np
 import pytest
 
-from nfp import callbacks as cb
 from nfp.config import load_config
 from nfp.distribute import ClusterInfo
-from nfp.job import Job
 from nfp.models.convlstm.model import build_model
-from nfp.optim import WarmupThenPlateau, build_optimizer
+from nfp.models.optim import WarmupThenPlateau, build_optimizer
 from nfp.rundir import RunDir, read_csv_history, trim_csv
+from nfp.training import callbacks as cb
+from nfp.training.job import Job
 
 EVERYTHING_ON = [
     "train.schedule.name=plateau",

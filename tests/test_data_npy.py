@@ -15,7 +15,7 @@ from nfp.data.manifest import load_manifest
 from nfp.data.pipeline import read_clips
 from nfp.data.prepare import prepare
 from nfp.errors import DataError
-from nfp.predict import load_input
+from nfp.inference.predict import load_input
 
 FRAMES, SIZE, CLIPS = 6, 16, 24
 

@@ -349,7 +349,7 @@ def test_a_replacement_that_fails_leaves_no_preview_of_the_old_clips(tmp_path, m
     ],
 )
 def test_sizes_that_cannot_fit_in_memory_are_refused_before_anything_is_made(tmp_path, monkeypatch, change, keys):
-    monkeypatch.setattr(prep, "_memory_bytes", lambda: 16 * 10**9)
+    monkeypatch.setattr("nfp.data.plan._memory_bytes", lambda: 16 * 10**9)
     with pytest.raises(DataError) as info:
         prep.prepare(tiny(tmp_path, **change), progress=False)
     message = str(info.value)
@@ -362,7 +362,7 @@ def test_shards_that_cannot_fit_on_the_disk_are_refused_before_anything_is_made(
     import collections
 
     usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(prep.shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 20_000, 20_000))
+    monkeypatch.setattr("nfp.data.plan.shutil.disk_usage", lambda path: usage(10**6, 10**6 - 20_000, 20_000))
     with pytest.raises(DataError, match=(
         r"^data.num_clips, data.image_size, data.frames: 24 clips of 6×16×16 take 37.2 kB of shards, .* has 20.0 kB "
         r"free; lower them, use data.compression=gzip or another data.dir$"

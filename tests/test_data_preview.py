@@ -82,7 +82,7 @@ def test_a_split_without_clips_is_named(cfg, tmp_path, capsys):
 
 def test_training_logs_the_preview_once_not_again_on_resume(tiny_overrides, monkeypatch):
     from nfp import tracking
-    from nfp.train import train
+    from nfp.training.train import train
 
     logged = []
     real = tracking.Online.log_artifact

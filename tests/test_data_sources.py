@@ -354,7 +354,7 @@ def test_the_videos_config_trains_evaluates_and_predicts_on_demo_videos_with_two
 def test_a_skipped_file_is_in_the_runs_manifest_and_tags_and_the_model_serves_colour_frames(tmp_path, tiny_overrides):
     import mlflow
 
-    from nfp.train import train
+    from nfp.training.train import train
 
     folder = tmp_path / "videos"
     for i in range(3):
@@ -397,7 +397,7 @@ def test_generated_digits_over_photos_prepare_in_colour_with_a_colour_preview(tm
 
 
 def test_predict_input_takes_a_frame_folder_or_a_video_fitted_to_the_models_frames(tmp_path):
-    from nfp.predict import load_input
+    from nfp.inference.predict import load_input
 
     cfg = load_config(
         None, ["data.frames=5", "data.frame_step=2", "evaluate.context_frames=2", "evaluate.predict_frames=3"]

@@ -1,4 +1,4 @@
-"""The GPU decisions (nfp.devices) for the devices a machine shows, and XLA on the CPU with a GPU's choices forced:
+"""The GPU decisions (nfp.distribute.devices) for the devices a machine shows, and XLA on the CPU with a GPU's choices forced:
 nfp's cell compiles with its time loop bounded, a model that does not compile falls back under auto, errors under on."""
 
 import keras
@@ -6,9 +6,9 @@ import mlflow
 import numpy as np
 import pytest
 
-from nfp import devices
 from nfp.config import load_config
-from nfp.devices import Device, choose
+from nfp.distribute import devices
+from nfp.distribute.devices import Device, choose
 from nfp.errors import ConfigError, TrainingError
 from nfp.models.convlstm import layers
 from nfp.models.convlstm.model import build_model, rollout
@@ -150,12 +150,12 @@ def _unbounded(monkeypatch):
 def test_a_model_xla_cannot_compile_falls_back_under_auto_with_one_warning_and_a_tag(
     tiny_overrides, monkeypatch, caplog
 ):
-    from nfp.train import train
+    from nfp.training.train import train
 
     _unbounded(monkeypatch)
     # auto turns XLA on where a GPU is visible: show it one
     monkeypatch.setattr(devices, "visible_devices", lambda: [H100])
-    monkeypatch.setattr("nfp.train._device_kind", lambda seen: "1x NVIDIA H100 (pretend)")
+    monkeypatch.setattr("nfp.tracking.training_run._device_kind", lambda seen: "1x NVIDIA H100 (pretend)")
     summary = train(load_config(None, [*tiny_overrides, "train.jit_compile=auto", "train.epochs=1"]))
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "XLA" in r.getMessage()]
     assert len(warnings) == 1 and "fixed tensor list size" in warnings[0]

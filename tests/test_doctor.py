@@ -51,7 +51,7 @@ def test_doctor_reports_devices_choices_speed_memory_and_utilisation_in_a_few_li
 
 @pytest.mark.slow
 def test_train_logs_the_doctors_reports_to_its_run(tiny_overrides, tmp_path, host):
-    from nfp.train import train
+    from nfp.training.train import train
 
     assert main(["doctor", "--steps", "2", *tiny_overrides]) == 0
     summary = train(load_config(None, [*tiny_overrides, "train.epochs=1", "tracking.log_model=false"]))

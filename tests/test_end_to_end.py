@@ -25,7 +25,7 @@ def _artifact_paths(client, run_id, path=None) -> set[str]:
 
 def test_training_against_a_real_server_logs_a_complete_run(mlflow_server, tiny_overrides, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-    from nfp.train import train
+    from nfp.training.train import train
 
     secret_url = "https://alice:s3cret@data.example.com/mnist_test_seq.npy"  # unused by generate; must not leak
     cfg = load_config(

@@ -38,7 +38,7 @@ def test_nfp_evaluate_writes_report_csv_and_plot(trained, tiny_overrides, tmp_pa
 
 
 def test_a_shard_corrupted_behind_the_check_is_named_and_nothing_is_written(trained, tmp_path, corrupt_after_building):
-    from nfp.evaluate import run_evaluate
+    from nfp.inference.evaluate import run_evaluate
 
     cfg, checkpoint = trained
     corrupt_after_building(
@@ -52,7 +52,7 @@ def test_a_shard_corrupted_behind_the_check_is_named_and_nothing_is_written(trai
 def test_evaluate_logs_metrics_report_and_plot_to_a_new_run_tagged_with_the_model(trained):
     from mlflow import MlflowClient
 
-    from nfp.evaluate import run_evaluate
+    from nfp.inference.evaluate import run_evaluate
 
     cfg, checkpoint = trained
     report = run_evaluate(cfg, model_uri=checkpoint)
@@ -81,7 +81,7 @@ def test_curves_longer_than_one_mlflow_batch_all_arrive(tiny_overrides):
     from mlflow import MlflowClient
 
     from nfp.config import load_config
-    from nfp.evaluate import _log_to_mlflow
+    from nfp.inference.evaluate import _log_to_mlflow
 
     frames = 700
     curves = {"mse": [i / frames for i in range(frames)], "ssim": [1 - i / frames for i in range(frames)]}
@@ -101,7 +101,7 @@ def test_evaluate_of_a_run_logs_into_that_run_with_the_one_step_protocol(trained
     import mlflow
 
     from nfp.config import load_config
-    from nfp.evaluate import run_evaluate
+    from nfp.inference.evaluate import run_evaluate
 
     _, checkpoint = trained
     with mlflow.start_run() as run:
@@ -117,7 +117,7 @@ def test_evaluate_of_a_run_logs_into_that_run_with_the_one_step_protocol(trained
 
 def test_evaluate_errors_are_one_line(trained, tiny_overrides, tmp_path):
     from nfp.config import load_config
-    from nfp.evaluate import run_evaluate
+    from nfp.inference.evaluate import run_evaluate
     from nfp.models.convlstm.model import build_model
 
     cfg, checkpoint = trained
@@ -146,7 +146,7 @@ def test_evaluate_errors_are_one_line(trained, tiny_overrides, tmp_path):
 def test_evaluate_of_an_empty_split_is_a_data_error(tiny_overrides, tmp_path):
     from nfp.config import load_config
     from nfp.data.prepare import prepare
-    from nfp.evaluate import run_evaluate
+    from nfp.inference.evaluate import run_evaluate
 
     cfg = load_config(
         None,
@@ -197,7 +197,7 @@ def test_evaluated_logged_models_are_ranked_by_their_scores(trained, tmp_path):
     import keras
     import mlflow
 
-    from nfp.evaluate import run_evaluate
+    from nfp.inference.evaluate import run_evaluate
 
     cfg, checkpoint = trained
     trained_model = keras.saving.load_model(checkpoint)
@@ -218,7 +218,7 @@ def test_evaluated_logged_models_are_ranked_by_their_scores(trained, tmp_path):
         assert logged["test_mse"] == pytest.approx(scores[m.model_id]) and "test_ssim" in logged
     run_evaluate(cfg, model_uri=checkpoint)  # a checkpoint is no LoggedModel: its scores go to the run only
 
-    from nfp.model_source import logged_model_id
+    from nfp.inference.model_source import logged_model_id
 
     mlflow.register_model(f"models:/{ids[1]}", "ranked")  # a registered version names its LoggedModel too
     mlflow.MlflowClient().set_registered_model_alias("ranked", "champion", "1")

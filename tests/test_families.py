@@ -118,7 +118,7 @@ def test_the_resolved_config_holds_its_familys_keys_only_and_loads_back_as_itsel
 
 
 def test_a_gpu_compiles_simvps_whole_step_on_one_replica_and_none_when_replicated():
-    from nfp import devices
+    from nfp.distribute import devices
 
     h100 = devices.Device("GPU", "NVIDIA H100 80GB HBM3", (9, 0))
     cfg = load_config(None, ["model.preset=tau"])
@@ -214,7 +214,7 @@ def test_simvp_takes_colour_and_rectangular_frames(tiny_overrides):
 def test_resuming_with_another_family_is_refused_before_any_work(tiny_overrides):
     assert main(["train", *tiny_overrides, "train.epochs=1", "tracking.enabled=false"]) == 0
     with pytest.raises(ConfigError, match=r"model.family: convlstm → simvp"):
-        from nfp.train import train
+        from nfp.training.train import train
 
         train(load_config(None, _simvp(tiny_overrides, "tau_tiny", "train.epochs=2", "tracking.enabled=false")))
 
@@ -237,7 +237,7 @@ _REPLICAS = textwrap.dedent(
     from nfp import models
     from nfp.config import load_config
     from nfp.distribute import make_strategy
-    from nfp.optim import build_loss, term_metrics
+    from nfp.models.optim import build_loss, term_metrics
 
     x = np.random.default_rng(0).random((32, 6, 16, 16, 1), dtype=np.float32)
     ds = tf.data.Dataset.from_tensor_slices((x[:, :3], x[:, 3:])).batch(8)  # 4 steps of a global batch of 8
@@ -312,7 +312,7 @@ def test_a_checkpoint_saved_before_the_seam_loads_and_predicts_the_same(tmp_path
     finds them by their registered name (`nfp>ConvLSTMStack`), which the move kept."""
     import zipfile
 
-    from nfp.model_source import load_model
+    from nfp.inference.model_source import load_model
 
     cfg = load_config(None, ["model.preset=custom", "model.filters=[4]", "model.kernel_sizes=[3]"])
     model = models.build_model(cfg.model, frame_shape=(16, 16, 1))

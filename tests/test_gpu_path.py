@@ -21,7 +21,7 @@ from nfp.config import load_config
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
-# What a GPU VM would choose, forced (nfp/devices.py), on top of the shipped config.
+# What a GPU VM would choose, forced (nfp/distribute/devices.py), on top of the shipped config.
 GPU_CHOICES = ["train.jit_compile=on", "train.mixed_precision=bfloat16"]
 
 # nfp's command in a process with 2 logical CPU devices (as a 2-GPU VM shows 2 devices); it reports how often the
@@ -78,7 +78,7 @@ def _shrunk(tmp_path, *extra) -> list[str]:
 
 
 # A tiny TAU in place of the shipped model: what a GPU chooses for it, forced. Replicated, XLA is off (Keras cannot
-# compile a replicated step and SimVP has no cell of its own to compile: nfp.devices), so training takes auto;
+# compile a replicated step and SimVP has no cell of its own to compile: nfp.distribute.devices), so training takes auto;
 # one replica compiles the whole step (jit_compile on), and so do evaluate and predict.
 SIMVP = [
     "model.preset=tau_tiny", "model.spatial_channels=4", "model.temporal_channels=8", "data.context_frames=3",
@@ -226,7 +226,7 @@ def test_the_multi_node_config_trains_on_two_workers_with_xla_and_bf16_then_eval
     for p, (stdout, stderr) in zip(procs, results):
         assert p.returncode == 0, stderr[-4000:]
         reports.append(json.loads(next(ln for ln in reversed(stdout.splitlines()) if ln.startswith("REPORT "))[7:]))
-    xla = "cell" if family == "convlstm" else "off"  # a replicated SimVP runs without XLA (nfp.devices)
+    xla = "cell" if family == "convlstm" else "off"  # a replicated SimVP runs without XLA (nfp.distribute.devices)
     assert all((r["cell_xla"] >= 1) == (xla == "cell") for r in reports)  # both workers' cells compiled by XLA
     _, run = _the_run()
     assert run.info.status == "FINISHED"
@@ -240,7 +240,7 @@ def test_the_multi_node_config_trains_on_two_workers_with_xla_and_bf16_then_eval
 
 def test_the_keras_cell_trains_under_xla(tiny_overrides, monkeypatch):
     """One replica: Keras compiles the whole step (the keras cell has no XLA function of its own)."""
-    from nfp.train import train
+    from nfp.training.train import train
 
     compiled = []
     real_fit = keras.Model.fit

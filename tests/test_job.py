@@ -5,7 +5,7 @@ import pytest
 from nfp.config import load_config
 from nfp.distribute import ClusterInfo
 from nfp.errors import ConfigError
-from nfp.job import plan
+from nfp.training.job import plan
 
 CHIEF = ClusterInfo(is_chief=True, task_index=0, num_workers=1)
 

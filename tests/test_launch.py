@@ -398,7 +398,7 @@ def test_gce_bad_project_id_is_refused(verb, project):
     assert out.stderr.count("\n") == 1
 
 
-@pytest.mark.parametrize("name", ["nfp-", "Nfp", "1nfp", "nfp_job", "nfp.job", "-nfp", "", "a" * 62])
+@pytest.mark.parametrize("name", ["nfp-", "Nfp", "1nfp", "nfp_job", "nfp.training.job", "-nfp", "", "a" * 62])
 def test_gce_bad_vm_name_is_refused(name):
     out = launch("delete", *BASE, f"--name={name}", "--dry-run", check=False)
     assert out.returncode == 2 and out.stderr.startswith(f"error: --name: got {name!r}, expected"), out.stderr

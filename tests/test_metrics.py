@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from nfp.metrics import FrameMetrics, frame_metrics, ssim
+from nfp.inference.metrics import FrameMetrics, frame_metrics, ssim
 
 
 def _clip(*frames):

@@ -40,7 +40,7 @@ def test_the_prediction_strips_read_well_in_the_mlflow_ui(
     mlflow_server, tiny_overrides, monkeypatch, tmp_path, capsys, page
 ):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-    from nfp.train import train
+    from nfp.training.train import train
 
     cfg = load_config(None, [*tiny_overrides, "tracking.experiment=ui", "tracking.log_model=false"])
     run_id = train(cfg)["run_id"]

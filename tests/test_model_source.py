@@ -5,7 +5,7 @@ import pytest
 from conftest import tiny_model
 
 from nfp.errors import ModelError
-from nfp.model_source import load_model, resolve_model
+from nfp.inference.model_source import load_model, resolve_model
 
 SIZE = 16
 

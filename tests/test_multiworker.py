@@ -18,9 +18,9 @@ _WORKER = textwrap.dedent(
     """
     import json, os, sys
     import keras, numpy as np
-    from nfp import callbacks as cb
+    from nfp.training import callbacks as cb
     from nfp.config import load_config
-    from nfp.train import train
+    from nfp.training.train import train
 
     real_build = cb.build_callbacks
     out = os.environ["NFP_TEST_OUT"]
@@ -106,7 +106,7 @@ def test_two_workers_train_in_lock_step_and_only_the_chief_writes(tiny_overrides
     assert sorted(os.listdir(tmp_path / "out/checkpoints")) == ["best.keras", "last.keras"]
     assert summaries[1]["run_id"] is None and summaries[1]["best_checkpoint"] is not None  # it reads the chief's files
 
-    from nfp.model_source import load_model
+    from nfp.inference.model_source import load_model
 
     last = load_model(str(tmp_path / "out/checkpoints/last.keras"))
     for key, weight in zip(w0.files, last.get_weights()):

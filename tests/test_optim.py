@@ -8,11 +8,10 @@ import keras
 import numpy as np
 import pytest
 
-from nfp import callbacks as cb
 from nfp.config import load_config
 from nfp.errors import ConfigError
 from nfp.models import build_model
-from nfp.optim import (
+from nfp.models.optim import (
     OneCycle,
     WarmupStepDecay,
     build_loss,
@@ -20,6 +19,7 @@ from nfp.optim import (
     learning_rate_schedule,
     plateau_callback,
 )
+from nfp.training import callbacks as cb
 
 SPE = 4  # steps per epoch
 
@@ -123,7 +123,7 @@ def test_a_checkpoint_saved_with_the_warm_up_step_schedule_loads(tiny_overrides,
     model.save(tmp_path / "m.keras")
     assert (
         keras.saving.get_registered_object("nfp>WarmupStepDecay") is WarmupStepDecay
-    )  # importing nfp.optim registers it
+    )  # importing nfp.models.optim registers it
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     schedule = loaded.optimizer._learning_rate
     assert (
@@ -224,7 +224,7 @@ def test_a_checkpoint_saved_with_the_onecycle_schedule_loads(tiny_overrides, tmp
     cfg = load_config(None, [*tiny_overrides, "train.schedule.name=onecycle"])
     model, _ = _fit(cfg, 1, [])
     model.save(tmp_path / "m.keras")
-    assert keras.saving.get_registered_object("nfp>OneCycle") is OneCycle  # importing nfp.optim registers it
+    assert keras.saving.get_registered_object("nfp>OneCycle") is OneCycle  # importing nfp.models.optim registers it
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     schedule = loaded.optimizer._learning_rate
     assert isinstance(schedule, OneCycle) and schedule.get_config() == model.optimizer._learning_rate.get_config()

@@ -7,7 +7,7 @@ from PIL import Image
 from nfp import visualize
 from nfp.data.manifest import load_manifest
 from nfp.errors import ConfigError, DataError
-from nfp.predict import load_input, run_predict
+from nfp.inference.predict import load_input, run_predict
 
 
 @pytest.fixture

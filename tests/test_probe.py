@@ -71,9 +71,9 @@ def test_data_and_keras_parts_score_one_run_at_each_milestone(tmp_path):
 
 
 def test_one_cycle_over_seconds_is_nfps_onecycle_over_steps():
-    """The probe's OneCycle at fraction f of the run is nfp.optim.OneCycle (PyTorch's OneCycleLR) at step
+    """The probe's OneCycle at fraction f of the run is nfp.models.optim.OneCycle (PyTorch's OneCycleLR) at step
     f·(total − 1), for a run of many steps."""
-    from nfp.optim import OneCycle
+    from nfp.models.optim import OneCycle
 
     one_cycle = runpy.run_path(str(PROBE), run_name="probe")["one_cycle"]
     total = 100_001

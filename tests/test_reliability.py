@@ -13,13 +13,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import MlflowServer, free_port
+from conftest import MlflowServer, Trainer, free_port
 
 from nfp import tracking
 from nfp.cli import main
@@ -28,7 +27,7 @@ from nfp.data import pipeline
 from nfp.data import prepare as prep
 from nfp.data.manifest import load_manifest
 from nfp.errors import TrackingError
-from nfp.model_source import load_model
+from nfp.inference.model_source import load_model
 from nfp.rundir import RunDir
 
 
@@ -151,48 +150,6 @@ EPOCHS = 4
 STEPS = 60  # ~1 s per epoch here: wide windows between the files each epoch writes
 
 
-class Trainer:
-    """`nfp train` in a subprocess; its stdout (Keras progress bars, verbose=1) is collected as it comes."""
-
-    def __init__(self, overrides, env=None):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nfp", "train", *overrides],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        )
-        self.stdout, self._err = "", []
-        threading.Thread(target=self._pump, args=(self.proc.stdout, None), daemon=True).start()
-        threading.Thread(target=self._pump, args=(self.proc.stderr, self._err), daemon=True).start()
-
-    def _pump(self, stream, sink):
-        while chunk := stream.read1(4096):
-            if sink is None:
-                self.stdout += chunk.decode(errors="replace")
-            else:
-                sink.append(chunk)
-
-    @property
-    def stderr(self) -> str:
-        return b"".join(self._err).decode(errors="replace")
-
-    def wait_until(self, condition, what: str, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            assert self.proc.poll() is None, f"training ended before {what}: {self.stderr[-3000:]}"
-            assert time.monotonic() < deadline, f"no {what} after {timeout}s"
-            time.sleep(0.005)
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def finish(self, timeout: float = 300) -> int:
-        self.proc.wait(timeout=timeout)
-        time.sleep(0.1)  # let the pump threads drain the pipes
-        return self.proc.returncode
-
-
 def _train_overrides(tiny_overrides, *extra):
     return [
         *tiny_overrides,
@@ -280,7 +237,7 @@ def test_sigkill_during_image_logging_and_evaluation_then_rerun_redoes_that_epoc
 
 
 def test_resuming_into_an_evaluation_epoch_keeps_the_csv_columns_of_the_file(tiny_overrides, tmp_path):
-    from nfp.train import train
+    from nfp.training.train import train
 
     every_2 = [*tiny_overrides, "train.steps_per_epoch=3", "evaluate.every_n_epochs=2", "tracking.enabled=false"]
     train(load_config(None, [*every_2, "train.epochs=1"]))
@@ -379,7 +336,7 @@ def test_tracking_server_dying_mid_training_costs_a_warning_and_the_backlog_is_r
 def test_nan_loss_exits_2_with_one_line_and_keeps_the_last_good_checkpoint(tiny_overrides, tmp_path, capsys):
     import numpy as np
 
-    from nfp.train import train
+    from nfp.training.train import train
 
     sgd = [
         *tiny_overrides,
@@ -500,7 +457,7 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_partial_check
     import keras
 
     from nfp.errors import TrainingError
-    from nfp.train import train
+    from nfp.training.train import train
 
     real_save, saves = keras.Model.save, []
 

@@ -6,8 +6,8 @@ import tensorflow as tf
 from conftest import tiny_model
 
 from nfp.errors import ConfigError, DataError, ModelError
+from nfp.inference.scoring import evaluate_model, flat_metrics
 from nfp.models.convlstm.model import rollout  # the rollout evaluation and predict use
-from nfp.scoring import evaluate_model, flat_metrics
 
 SIZE = 16
 

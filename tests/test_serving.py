@@ -41,7 +41,7 @@ def _tiny(root: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One tiny model trained with tracking on, logged, registered and aliased, in a store of its own."""
-    from nfp.train import train
+    from nfp.training.train import train
 
     root = tmp_path_factory.mktemp("served")
     uri = f"sqlite:///{root}/mlflow.db"
@@ -150,7 +150,7 @@ def _post(url: str, body: dict) -> tuple[int, dict]:
 
 def _nfp_rollout(model_uri: str, context: np.ndarray, horizon: int) -> np.ndarray:
     """What `nfp predict` computes for these context frames (float 0–1, or uint8 read as /255)."""
-    from nfp.model_source import load_model
+    from nfp.inference.model_source import load_model
     from nfp.models.convlstm.model import rollout
 
     frames = context.astype(np.float32) / 255.0 if context.dtype == np.uint8 else context.astype(np.float32)
@@ -159,7 +159,7 @@ def _nfp_rollout(model_uri: str, context: np.ndarray, horizon: int) -> np.ndarra
 
 def _clip(trained, seed: int = 7) -> np.ndarray:
     """(1, 3, 16, 16, 1) uint8: the first 3 frames of a generated clip, as `nfp predict --input generate:7` reads."""
-    from nfp.predict import load_input
+    from nfp.inference.predict import load_input
 
     clip, _ = load_input(trained.cfg, f"generate:{seed}")
     return clip[None, :3]
@@ -188,7 +188,7 @@ def test_the_serving_example_gets_the_rollout_of_the_default_horizon(server, sto
 
 
 def test_a_horizon_request_of_uint8_frames_gets_nfp_predicts_frames(server, store, tmp_path):
-    from nfp.predict import run_predict
+    from nfp.inference.predict import run_predict
 
     context = _clip(store)
     status, body = _post(server, {"inputs": context.tolist(), "params": {"horizon": 5}})
@@ -242,7 +242,7 @@ def test_a_bad_request_gets_400_and_one_line(server, body, expected):
 
 
 def test_the_version_training_registers_loads_by_its_alias(store):
-    from nfp.model_source import resolve_model
+    from nfp.inference.model_source import resolve_model
 
     version = mlflow.MlflowClient().get_model_version_by_alias(REGISTERED, ALIAS)
     assert int(version.version) == 1 and version.source == store.model_uri

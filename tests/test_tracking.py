@@ -14,6 +14,7 @@ from conftest import BUCKET, MlflowServer, free_port
 from nfp import tracking
 from nfp.config import load_config
 from nfp.errors import TrackingError, redact
+from nfp.inference import serving
 
 
 @pytest.fixture
@@ -148,7 +149,7 @@ def test_bad_register_name_is_refused():
 
 
 def test_unwritable_artifact_location_is_refused_before_training(tmp_path, tiny_overrides):
-    from nfp.train import train
+    from nfp.training.train import train
 
     blocker = tmp_path / "a-file"
     blocker.write_text("")  # a directory cannot be made under a file, even as root
@@ -212,7 +213,7 @@ def test_logged_model_serves_the_rollout_and_still_loads_as_keras(cfg, tmp_path)
 
     model = keras.Sequential([keras.Input((None, 8, 8, 1)), keras.layers.Conv3D(1, 1, activation="sigmoid")])
     example = np.random.rand(1, 3, 8, 8, 1).astype(np.float32)
-    with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path) as run:
+    with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path, model_flavor=serving) as run:
         run.log_model(model, input_example=example, horizon=4)
     assert not (tmp_path / tracking.BACKLOG_DIR).exists(), "log_model failed and went to the backlog"
     (logged,) = mlflow.search_logged_models(output_format="list", experiment_ids=[_runs()[0].info.experiment_id])
@@ -238,7 +239,7 @@ def test_a_logged_nfp_model_names_its_requirements_quietly(cfg, tmp_path, capfd,
 
     model_cfg = load_config(None, ["model.preset=custom", "model.filters=[4]", "model.kernel_sizes=[3]"]).model
     model = build_model(model_cfg, image_size=8)
-    with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path) as run:
+    with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path, model_flavor=serving) as run:
         run.log_model(model, input_example=np.zeros((1, 3, 8, 8, 1), np.float32))
     (logged,) = mlflow.search_logged_models(output_format="list", experiment_ids=[_runs()[0].info.experiment_id])
     requirements = mlflow.artifacts.load_text(f"{logged.artifact_location}/requirements.txt").split()
@@ -339,7 +340,7 @@ def test_offline_records_keep_copies_so_temp_files_images_figures_and_models_arr
     image = np.random.randint(0, 256, (8, 8, 3), np.uint8)
     fig = Figure()
     fig.subplots().plot([3, 1, 2])
-    with tracking.start_run(cfg, is_chief=True, state_dir=state) as run:
+    with tracking.start_run(cfg, is_chief=True, state_dir=state, model_flavor=serving) as run:
         with monkeypatch.context() as mp, tempfile.TemporaryDirectory() as tmp:
             mp.setattr(mlflow, "log_artifact", _refuse)
             Path(tmp, "resolved.yaml").write_text("a: 1\n")
@@ -354,7 +355,7 @@ def test_offline_records_keep_copies_so_temp_files_images_figures_and_models_arr
         run.log_model(model, input_example=example, horizon=2)  # the default horizon replays too
     assert [r["kind"] for r in _backlog(state)] == ["artifact", "artifact", "image", "artifact", "model"]
 
-    with tracking.start_run(cfg, is_chief=True, state_dir=state) as again:
+    with tracking.start_run(cfg, is_chief=True, state_dir=state, model_flavor=serving) as again:
         assert again.offline is None
     assert again.run_id == run.run_id and not (state / tracking.BACKLOG_DIR).exists()
     artifacts = _artifact_paths(run.run_id)
@@ -388,7 +389,7 @@ def test_a_replay_the_server_breaks_off_keeps_the_rest_and_loses_or_repeats_noth
 
     with monkeypatch.context() as mp:
         mp.setattr(mlflow, "log_metrics", dies_at_step_3)
-        mp.setattr(tracking, "_server_answers", lambda run_id: False)  # the server died with that call
+        mp.setattr("nfp.tracking.backlog._server_answers", lambda run_id: False)  # the server died with that call
         with pytest.warns(UserWarning, match=r"MLflow logging failed \(replaying metrics: connection reset\)"):
             with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path):
                 pass
@@ -548,7 +549,8 @@ def test_evaluate_into_a_deleted_run_or_experiment_is_one_line_before_the_evalua
 # --------------------------------------------------------------------------- what a run shows: params, data, system
 def test_a_run_holds_the_compared_params_the_dataset_input_and_system_metrics(tiny_overrides, tmp_path, monkeypatch):
     from nfp.data.manifest import load_manifest
-    from nfp.train import COMPARED_KEYS, train
+    from nfp.tracking.training_run import COMPARED_KEYS
+    from nfp.training.train import train
 
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # MLflow's own knobs: sample often here
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")

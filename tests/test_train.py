@@ -5,21 +5,18 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 import warnings
 
 import keras
 import mlflow
 import pytest
-from conftest import BUCKET
+from conftest import BUCKET, Trainer
 
-from nfp import callbacks as cb
 from nfp.config import load_config
 from nfp.errors import ConfigError, DataError, TrainingError
 from nfp.rundir import RunDir, held
-from nfp.train import train
+from nfp.training import callbacks as cb
+from nfp.training.train import train
 
 ALL_ON = [
     "train.schedule.name=cosine",
@@ -152,7 +149,7 @@ def test_train_reads_the_manifest_once_and_hands_it_on(tiny_overrides, tmp_path,
 
 
 def test_scheduled_sampling_continues_its_schedule_when_training_resumes(tiny_overrides, tmp_path):
-    from nfp.model_source import load_model
+    from nfp.inference.model_source import load_model
 
     overrides = [*tiny_overrides, "train.scheduled_sampling=100", "train.steps_per_epoch=3", "tracking.enabled=false"]
 
@@ -237,56 +234,11 @@ def test_a_csv_row_written_after_the_last_backup_is_trimmed_on_resume(tiny_overr
 
 
 # --------------------------------------------------------------------------- killed and restarted
-def _start(overrides):
-    return subprocess.Popen(
-        [sys.executable, "-m", "nfp", "train", *overrides], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-
-
 def _rows(path):
     if not path.exists():
         return []
     with path.open() as f:
         return [row for row in csv.DictReader(f)]
-
-
-def _wait_for_rows(proc, path, n, timeout=180):
-    deadline = time.monotonic() + timeout
-    while len(_rows(path)) < n:
-        assert proc.poll() is None, f"training ended before epoch {n}: {proc.communicate()[1][-2000:]}"
-        assert time.monotonic() < deadline, "no progress"
-        time.sleep(0.05)
-
-
-@pytest.mark.slow
-def test_sigkill_then_rerun_resumes_after_the_last_completed_epoch(tiny_overrides, tmp_path):
-    overrides = [
-        *tiny_overrides,
-        "train.epochs=5",
-        "train.steps_per_epoch=12",
-        "train.images.every_n_epochs=0",
-        "tracking.log_model=false",
-    ]
-    history = tmp_path / "out/history.csv"
-    proc = _start(overrides)
-    _wait_for_rows(proc, history, 2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = RunDir(str(tmp_path / "out")).resume_epoch()
-    assert 1 <= done < 5
-    before = {row["epoch"]: row for row in _rows(history)}
-
-    proc = _start(overrides)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
-    assert f"resuming after epoch {done} of 5" in err
-    rows = _rows(history)
-    assert [row["epoch"] for row in rows] == ["1", "2", "3", "4", "5"]  # each epoch once
-    for row in rows[:done]:
-        assert row == before[row["epoch"]]  # the epochs before the kill were not trained again
-    run = _run()
-    assert run.info.status == "FINISHED"
-    assert [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4, 5]
 
 
 @pytest.mark.slow
@@ -298,11 +250,11 @@ def test_sigterm_stops_at_once_with_the_backup_kept(tiny_overrides, tmp_path):
         "train.images.every_n_epochs=0",
         "tracking.log_model=false",
     ]
-    proc = _start(overrides)
-    _wait_for_rows(proc, tmp_path / "out/history.csv", 2)  # the CSV row comes before the backup: epoch 1 is backed up
+    proc = Trainer(overrides)
+    proc.wait_for_rows(tmp_path / "out/history.csv", 2)  # the CSV row comes before the backup: epoch 1 is backed up
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    returncode, err = proc.finish(timeout=60), proc.stderr
+    assert returncode == 128 + signal.SIGTERM, err[-3000:]
     assert "SIGTERM received, stopping; re-run the same command to resume" in err
     assert "Traceback" not in err
     assert json.loads((tmp_path / "out/backup/training_metadata.json").read_text())["epoch"] >= 1
@@ -312,7 +264,7 @@ def test_sigterm_stops_at_once_with_the_backup_kept(tiny_overrides, tmp_path):
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped SystemExit, on purpose
 def test_a_sigterm_whose_exit_python_drops_still_stops_training_at_the_next_batch(tmp_path, capsys):
     """A handler's exception raised while a __del__ runs is printed and dropped by Python: training would go on."""
-    from nfp.train import _sigterm_stops
+    from nfp.training.callbacks import sigterm_stops as _sigterm_stops
 
     class SigtermInDel:
         def __del__(self):
@@ -348,9 +300,10 @@ def test_a_second_train_on_a_busy_output_dir_refuses_and_a_killed_holder_frees_i
 
     overrides = [*tiny_overrides, "train.images.every_n_epochs=0", "tracking.enabled=false"]
     out = tmp_path / "out"
-    proc = _start([*overrides, "train.epochs=500"])
+    trainer = Trainer([*overrides, "train.epochs=500"])
+    proc = trainer.proc
     try:
-        _wait_for_rows(proc, out / "history.csv", 1)
+        trainer.wait_for_rows(out / "history.csv", 1)
         rows = len(_rows(out / "history.csv"))
         assert main(["train", *overrides, "train.epochs=500"]) == 2
         (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith(("error", "Traceback"))]
@@ -360,8 +313,7 @@ def test_a_second_train_on_a_busy_output_dir_refuses_and_a_killed_holder_frees_i
         )
         assert proc.poll() is None and len(_rows(out / "history.csv")) >= rows  # the first job goes on, untouched
     finally:
-        proc.kill()  # SIGKILL: no cleanup runs, the kernel drops the lock
-        proc.wait()
+        trainer.kill()  # SIGKILL: no cleanup runs, the kernel drops the lock
     done = RunDir(str(out)).resume_epoch()
     summary = train(load_config(None, [*overrides, f"train.epochs={done + 1}"]))
     assert len(summary["history"]["loss"]) == 1  # it took the dir over and resumed
@@ -385,7 +337,7 @@ def test_training_stops_at_the_next_batch_once_its_output_dir_is_taken_over():
     import numpy as np
 
     from nfp.rundir import Hold
-    from nfp.train import _stops_when_taken_over
+    from nfp.training.callbacks import stops_when_taken_over as _stops_when_taken_over
 
     hold, batches = Hold(), []
 
@@ -435,7 +387,7 @@ def test_tensorboard_without_its_package_is_one_line_before_any_work(tiny_overri
 def test_the_steps_before_fit_build_the_data_model_and_schedule_the_job_plans(tiny_overrides, tmp_path):
     import keras
 
-    from nfp.train import Training
+    from nfp.training.train import Training
 
     cfg = load_config(
         None,
@@ -455,7 +407,7 @@ def test_the_steps_before_fit_build_the_data_model_and_schedule_the_job_plans(ti
 
 
 def test_what_fit_dies_of_is_one_line_naming_the_epoch_and_what_is_kept(tiny_overrides, tmp_path):
-    from nfp.train import Training
+    from nfp.training.train import Training
 
     cfg = load_config(None, [*tiny_overrides, "tracking.enabled=false"])
     training, stats = Training(cfg), cb.EpochStats(8)
@@ -569,7 +521,7 @@ def test_a_model_too_large_for_memory_is_one_line_naming_the_keys_to_lower(tiny_
 def test_out_of_memory_in_fit_is_one_line_naming_the_epoch_the_keys_and_what_is_kept(tiny_overrides, tmp_path):
     import tensorflow as tf
 
-    from nfp.train import Training
+    from nfp.training.train import Training
 
     training, stats = Training(load_config(None, [*tiny_overrides, "tracking.enabled=false"])), cb.EpochStats(8)
     stats.epoch = 0

@@ -66,7 +66,7 @@ def test_a_clip_is_wrapped_near_square_so_mlflows_thumbnail_draws_its_frames_lar
 def test_prediction_images_start_at_step_zero_on_a_fresh_run_only(tmp_path):
     import keras
 
-    from nfp.callbacks import PredictionImages
+    from nfp.training.callbacks import PredictionImages
 
     clips = np.zeros((2, 6, 16, 16, 1), np.uint8)
     steps = []

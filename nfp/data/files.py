@@ -286,7 +286,7 @@ def split_videos(data_cfg, videos: list[Video]) -> dict[str, list[Video]]:
     """{split: videos}: by name patterns (data.split given as lists; the rest train), else the seeded order of the
     videos cut by data.split's fractions or counts of videos."""
     from nfp.data.moving_mnist import SPLITS
-    from nfp.data.prepare import split_counts
+    from nfp.data.plan import split_counts
 
     patterns = data_cfg.split.patterns()
     if patterns is not None:

@@ -14,9 +14,7 @@ import contextlib
 import dataclasses
 import errno
 import json
-import math
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -29,14 +27,11 @@ import numpy as np
 
 from nfp import rundir, storage
 from nfp.config import FILE_SOURCES, DataConfig
-from nfp.data import files, images, preview
+from nfp.data import files, images, plan, preview
 from nfp.data.manifest import FILENAME, FORMAT_VERSION, RECORD, SHARD_NAME, Manifest, content_id, load_manifest
 from nfp.data.moving_mnist import SPLITS
+from nfp.data.plan import shard_counts
 from nfp.errors import DataError, first_line, redact
-
-_CHUNK = 256  # clips rendered/read at a time: bounds memory whatever the shard size
-_CHUNK_BYTES = 64 << 20  # … and at most this many bytes of them (128×128×3 clips are 1 MB each)
-_MIN_SHARD_MB = 10  # TF guidance: shards of at least 10 MB (ideally 100 MB)
 
 
 def ensure_prepared(data_cfg: DataConfig) -> Manifest:
@@ -87,49 +82,6 @@ def _same_config(manifest: Manifest, config: dict) -> bool:
     return _old_config(manifest) == config
 
 
-# --------------------------------------------------------------------------- plan
-def split_counts(data_cfg: DataConfig, available: int) -> dict[str, int]:
-    """Clips per split from fractions (rounded, rest to train) or counts (summing to <= available)."""
-    s = data_cfg.split
-    wanted = {"train": s.train, "val": s.val, "test": s.test}
-    if s.are_counts():
-        counts = {k: int(v) for k, v in wanted.items()}
-        if sum(counts.values()) > available:
-            raise DataError(
-                f"data.split: counts sum to {sum(counts.values())}, but only {available} clips are available"
-            )
-        return counts
-    counts = {k: round(available * wanted[k]) for k in ("val", "test")}
-    counts["train"] = available - counts["val"] - counts["test"]
-    if counts["train"] <= 0:
-        raise DataError(f"data.split: leaves no training clips out of {available}")
-    return {k: counts[k] for k in SPLITS}
-
-
-def shard_counts(data_cfg: DataConfig, counts: dict[str, int], clip_bytes: int) -> dict[str, int]:
-    """Shards per split: train from data.num_shards, else from data.shard_mb / num_workers; others proportional."""
-    train = counts["train"]
-    if data_cfg.num_shards > 0:
-        n = data_cfg.num_shards
-        if n > train:
-            raise DataError(
-                f"data.num_shards: got {n} shards for {train} training clips, expected at most one shard per clip"
-            )
-    else:
-        mb = train * clip_bytes / 1e6
-        n = max(math.ceil(mb / data_cfg.shard_mb), 10 * data_cfg.num_workers)  # >= 10 files per reading host
-        n = min(n, max(data_cfg.num_workers, math.floor(mb / _MIN_SHARD_MB)))  # but >= 10 MB each where data allows
-        n = max(1, min(n, train))
-    out = {"train": n}
-    for split in SPLITS[1:]:
-        out[split] = min(counts[split], max(1, round(n * counts[split] / train))) if counts[split] else 0
-    return out
-
-
-def shard_name(split: str, index: int, total: int, compression: str) -> str:
-    return f"{split}-{index:05d}-of-{total:05d}.tfrecord" + (".gz" if compression == "gzip" else "")
-
-
 # --------------------------------------------------------------------------- sources
 @dataclasses.dataclass
 class _Source:
@@ -144,10 +96,10 @@ def _generated(data_cfg: DataConfig) -> _Source:
     from nfp.data import moving_mnist as mm
 
     d = data_cfg
-    counts = split_counts(d, d.num_clips)
+    counts = plan.split_counts(d, d.num_clips)
     clip_shape = (d.frames, *d.frame_shape)
     # the random draws of every clip are held at once: 4 float64 and an index per digit (and 4 numbers per photo)
-    _check_fits(d, counts, clip_shape, per_clip=48 * d.digits_per_clip + 32 * (d.background == "photos"))
+    plan.check_fits(d, counts, clip_shape, per_clip=48 * d.digits_per_clip + 32 * (d.background == "photos"))
     bank = mm.load_digit_bank(d.digit_bank, d.digit_size)
     streams = mm.split_streams(d.seed)
     params = {s: mm.draw_params(streams[s], counts[s], d.digits_per_clip, len(bank)) for s in SPLITS}
@@ -185,9 +137,9 @@ def _downloaded(data_cfg: DataConfig, progress: bool) -> _Source:
         warnings.warn(
             f"data.num_clips: {data_cfg.num_clips} asked for, {path.name} holds {total}: using {total}", stacklevel=2
         )
-    counts = split_counts(data_cfg, available)
+    counts = plan.split_counts(data_cfg, available)
     clip_shape = (data_cfg.frames, h, w, data_cfg.channels)
-    _check_fits(data_cfg, counts, clip_shape, per_clip=16)  # the seeded order and each split's part
+    plan.check_fits(data_cfg, counts, clip_shape, per_clip=16)  # the seeded order and each split's part
     order = np.random.default_rng(data_cfg.seed).permutation(available)  # seeded split of the file's clips
     bounds = np.cumsum([0] + [counts[s] for s in SPLITS])
     indices = {s: order[bounds[i] : bounds[i + 1]] for i, s in enumerate(SPLITS)}
@@ -221,7 +173,7 @@ def _own_files(data_cfg: DataConfig, entries: list, progress: bool) -> _Source:
         if not counts["train"]:
             raise DataError("data.split: leaves no training clips")
         clip_shape = (data_cfg.frames, *data_cfg.frame_shape)
-        _check_fits(data_cfg, counts, clip_shape, per_clip=64)  # every clip's (video, start)
+        plan.check_fits(data_cfg, counts, clip_shape, per_clip=64)  # every clip's (video, start)
     except BaseException:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -233,66 +185,6 @@ def _own_files(data_cfg: DataConfig, entries: list, progress: bool) -> _Source:
         "skipped": [{"file": s.name, "why": s.why} for s in skipped],
     }
     return _Source(info, counts, clip_shape, reader, close=(pool.shutdown if pool is not None else lambda: None))
-
-
-def _memory_bytes() -> int | None:
-    """This machine's physical memory (None where the OS does not say)."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _check_fits(data_cfg: DataConfig, counts: dict[str, int], clip_shape, per_clip: int) -> None:
-    """DataError naming the keys to lower when prepare could not hold what it allocates in this machine's memory,
-    or (local data.dir, no compression) its shards could not fit on the disk: before anything is allocated or
-    written."""
-    clips, clip_bytes = sum(counts.values()), math.prod(clip_shape)
-    shape = _shape_text(clip_shape)
-    # At once: `per_clip` bytes for every clip, a chunk of clips rendered or read plus its copy, and the preview's
-    # clips of every split with their RGB picture.
-    parts = {
-        "data.num_clips": clips * per_clip,
-        "data.image_size, data.frames": (2 * min(_chunk(clip_shape), max(counts.values())) + 4 * 3 * preview.CLIPS)
-        * clip_bytes,
-    }
-    need, have = sum(parts.values()), _memory_bytes()
-    if have is not None and need > have:
-        keys = " or ".join(k for k, v in sorted(parts.items(), key=lambda kv: -kv[1]) if v >= need / 10)
-        raise DataError(
-            f"{keys}: preparing {clips} clips of {shape} would take about {_size(need)} of memory at once, "
-            f"this machine has {_size(have)}; lower {keys}"
-        )
-    if not storage.is_local(data_cfg.dir) or data_cfg.compression != "none":
-        return
-    disk = clips * (clip_bytes + 16)  # TFRecord framing: length, two CRCs
-    existing = storage.local_path(data_cfg.dir)
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    try:
-        free = shutil.disk_usage(existing).free
-    except OSError:
-        return
-    if existing.is_dir():  # shards already there may be kept
-        free += sum(p.stat().st_size for p in existing.iterdir() if SHARD_NAME.match(p.name) and p.is_file())
-    if disk > free:
-        raise DataError(
-            f"data.num_clips, data.image_size, data.frames: {clips} clips of {shape} take {_size(disk)} of shards, "
-            f"{existing} has {_size(free)} free; lower them, use data.compression=gzip or another data.dir"
-        )
-
-
-def _chunk(clip_shape) -> int:
-    """Clips rendered or read at a time."""
-    return max(1, min(_CHUNK, _CHUNK_BYTES // math.prod(clip_shape)))
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
-        if n < 1000 or unit == "PB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError  # unreachable
 
 
 # --------------------------------------------------------------------------- writing
@@ -404,9 +296,9 @@ def _write_held(data_cfg: DataConfig, old, source: _Source, n_shards, config: di
             shards = []
             n, parts = source.counts[split], n_shards[split]
             sizes = [n // parts + (i < n % parts) for i in range(parts)] if parts else []  # as np.array_split
-            start, chunk = 0, _chunk(source.clip_shape)
+            start, chunk = 0, plan.chunk(source.clip_shape)
             for i, size in enumerate(sizes):
-                name = shard_name(split, i, len(sizes), data_cfg.compression)
+                name = plan.shard_name(split, i, len(sizes), data_cfg.compression)
                 url = storage.join(data_cfg.dir, name)
                 entry = _reuse(url, known.get(name), size)
                 if entry is None:
@@ -478,20 +370,14 @@ def _check_unusable(data_cfg: DataConfig, config: dict) -> None:
     print(f"prepare: {why.split('; run `nfp prepare`')[0]}: preparing it afresh", file=sys.stderr)
 
 
-def _shape_text(clip_shape) -> str:
-    """6×16×16 for grey clips, 6×16×16×3 for colour."""
-    shape = list(clip_shape)
-    return "×".join(map(str, shape[:3] if shape[3:] == [1] else shape))
-
-
 def _describe(config: dict, clip_shape) -> str:
     """ "download of URL, 10000 clips of 20×64×64" / "generate (seed 0), 600 clips of 20×32×32"."""
     source = config.get("source")
     if source in FILE_SOURCES:
-        return f"{source} from {', '.join(map(str, config.get('path', [])))}, clips of {_shape_text(clip_shape)}"
+        return f"{source} from {', '.join(map(str, config.get('path', [])))}, clips of {plan.shape_text(clip_shape)}"
     origin = f"download of {redact(str(config.get('url')))}" if source == "download" else (
         f"generate from {config.get('digit_bank')} digits, seed {config.get('seed')}")  # fmt: skip
-    return f"{origin}, {config.get('num_clips')} clips of {_shape_text(clip_shape)}"
+    return f"{origin}, {config.get('num_clips')} clips of {plan.shape_text(clip_shape)}"
 
 
 def _check_writable(data_dir: str) -> None:

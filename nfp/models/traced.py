@@ -1,6 +1,6 @@
 """Traced model calls, made once per model and kind: what every family's rollout runs.
 
-On TensorFlow a call becomes a tf.function (XLA-compiled when asked, as nfp.devices chooses for the machine; XLA
+On TensorFlow a call becomes a tf.function (XLA-compiled when asked, as nfp.distribute.devices chooses for the machine; XLA
 compiles once per input shape); on other backends the plain call.
 """
 

@@ -33,7 +33,7 @@ def build_model(
     """Uncompiled model for `model_cfg` on frames of `frame_shape` (H, W, C), or `image_size`² grey frames (the
     shorthand, as data.image_size); `scheduled_sampling` steps after `context_frames`
     (nfp cell only, see layers.ConvLSTMStack); `xla_cell`: the nfp cell's steps as one XLA function (TensorFlow;
-    nfp.devices decides when: replicated training, where Keras cannot compile the whole step)."""
+    nfp.distribute.devices decides when: replicated training, where Keras cannot compile the whole step)."""
     import keras
 
     from nfp.errors import ConfigError
@@ -93,7 +93,7 @@ def rollout(model, context, horizon: int, *, jit_compile: bool = False) -> np.nd
     An nfp-cell model feeds its predictions back itself: one pass. Any other model runs once per predicted frame,
     always on the same k + horizon - 1 frames, those not predicted yet zero: a causal model's output at t ignores
     them. Either way one traced function per model, input shape and k (TensorFlow: a tf.function, XLA-compiled
-    when `jit_compile`, as nfp.devices chooses for the machine; XLA compiles once per shape)."""
+    when `jit_compile`, as nfp.distribute.devices chooses for the machine; XLA compiles once per shape)."""
     context = np.asarray(context, np.float32)
     k = context.shape[1]
     frames = np.zeros((context.shape[0], k + horizon - 1, *context.shape[2:]), np.float32)

@@ -22,8 +22,9 @@ def run_predict(
     cfg, *, model_uri, inputs, context_frames=None, horizon=None, out_dir=None, save_npy=False
 ) -> dict[str, Path]:
     """Predict `horizon` frames from the first `context_frames` of one clip; → {"strip", "gif"[, "npy"]} paths."""
-    from nfp import devices, models, storage, visualize
-    from nfp.model_source import load_model
+    from nfp import models, storage, visualize
+    from nfp.distribute import devices
+    from nfp.inference.model_source import load_model
 
     k = cfg.evaluate.context_frames if context_frames is None else context_frames
     n = cfg.evaluate.predict_frames if horizon is None else horizon

@@ -26,8 +26,9 @@ class Job:
         return self.steps_per_epoch * self.global_batch
 
 
-def plan(train_cfg, *, cluster: ClusterInfo, replicas: int, train_clips: int) -> Job:
-    """The job `train_cfg` describes on `replicas` replicas over `train_clips` training clips (full batches only)."""
+def plan(train_cfg, *, cluster: ClusterInfo, replicas: int, train_clips: int, output: RunDir | None = None) -> Job:
+    """The job `train_cfg` describes on `replicas` replicas over `train_clips` training clips (full batches only),
+    writing into `output` (the caller's RunDir of train.output_dir, handed on; else one made here)."""
     global_batch = train_cfg.batch_size * replicas
     if train_clips < global_batch:  # not even one step
         raise ConfigError(
@@ -35,4 +36,4 @@ def plan(train_cfg, *, cluster: ClusterInfo, replicas: int, train_clips: int) ->
             f"{train_clips} training clips, expected at most {train_clips // replicas} per replica"
         )
     steps = train_cfg.steps_per_epoch or train_clips // global_batch
-    return Job(cluster, replicas, global_batch, steps, RunDir(train_cfg.output_dir))
+    return Job(cluster, replicas, global_batch, steps, output or RunDir(train_cfg.output_dir))

@@ -10,9 +10,11 @@ One MLflow model, two flavors over one .keras file (`artifacts/model.keras`):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -24,7 +26,7 @@ from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 ARTIFACT = "keras_model"  # the name Forecaster finds the .keras file under in its context
 # The model "from code" MLflow runs to make the pyfunc model (no pickle: MLflow warns against one, and it would tie
 # the model to this process's cloudpickle); nfp's code is on sys.path by then.
-MODEL_CODE = "import mlflow\n\nfrom nfp.serving import Forecaster\n\nmlflow.models.set_model(Forecaster())\n"
+MODEL_CODE = "import mlflow\n\nfrom nfp.inference.serving import Forecaster\n\nmlflow.models.set_model(Forecaster())\n"
 MAX_HORIZON = 1000  # a request for more frames than this is refused, not allowed to take the server's memory
 
 
@@ -41,12 +43,18 @@ def signature(frame_shape: tuple[int, ...], horizon: int) -> ModelSignature:
     )
 
 
-def log_model(model, context_example: np.ndarray, *, horizon: int, requirements: list[str], registered_model_name=None):
+def log_model(model, context_example: np.ndarray, *, horizon: int, registered_model_name=None):
     """Log `model` (a keras.Model of nfp's layers) as the serving model "model" of the active run; → MLflow's
     ModelInfo. `context_example`: (1, k, H, W, C) float32 in [0, 1], the request example (with `horizon`)."""
+    import keras
+    import tensorflow as tf
+
     context_example = np.asarray(context_example, np.float32)
     shape = ", ".join(map(str, context_example.shape[2:]))
-    with tempfile.TemporaryDirectory(prefix="nfp-serving-") as tmp:
+    # Said, not inferred: what the served model imports besides mlflow (nfp's code travels with it). MLflow's
+    # inference would load the model in a subprocess, and list what that happens to import.
+    requirements = [f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}", f"numpy=={np.__version__}"]
+    with tempfile.TemporaryDirectory(prefix="nfp-serving-") as tmp, _no_progress_bars():  # MLflow predicts the example
         saved = Path(tmp, "model.keras")
         model.save(saved)
         return Model.log(
@@ -62,6 +70,30 @@ def log_model(model, context_example: np.ndarray, *, horizon: int, requirements:
             pip_requirements=requirements,
             registered_model_name=registered_model_name,
         )
+
+
+def load_saved(path):
+    """A .keras file of nfp's model, as `model.save` wrote it (the tracking backlog's copy), uncompiled."""
+    import keras
+
+    from nfp.models import register_layers
+
+    register_layers()  # nfp's custom layers, for loading
+    return keras.saving.load_model(path, compile=False)
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Keras progress bars off (they would put escape codes in a redirected log), restored after."""
+    import keras
+
+    was_on = keras.config.is_interactive_logging_enabled()
+    keras.config.disable_interactive_logging()
+    try:
+        yield
+    finally:
+        if was_on:
+            keras.config.enable_interactive_logging()
 
 
 def save_model(path, mlflow_model: Model, *, keras_file: str, **pyfunc_kwargs) -> None:

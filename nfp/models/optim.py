@@ -9,7 +9,7 @@ restored step count with no callback: `train.schedule`'s epochs become steps wit
 - cosine: `CosineDecay` with its warm-up, from the base LR to `min_lr` at `train.epochs`.
 - step: `ExponentialDecay(staircase=True)`, × gamma every `step_epochs`; with warm-up, `WarmupStepDecay`.
 - plateau: a float LR (ReduceLROnPlateau must set it) and `plateau_callback`, which warms up itself.
-- onecycle: `OneCycle`, PyTorch's OneCycleLR as OpenSTL trains with it (SimVP, TAU): over train.epochs ×
+- onecycle: `OneCycle`, PyTorch's OneCycleLR as OpenSTL trains its direct models with it: over train.epochs ×
   steps_per_epoch steps, a cosine from base/25 up to base at 30% of them, then a cosine down to base/2.5e5 at the
   last, held after it. Its warm-up is that first 30%: `warmup_epochs` must stay 0, and `min_lr` does not apply.
 
@@ -128,8 +128,8 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
     of the warm-up: warmup_target × decay_rate^⌊(step − warmup_steps) / decay_steps⌋.
 
     Keras has no built-in for this combination, so it is a small class, registered as `nfp>WarmupStepDecay` when
-    this module is imported, the way the families' layers register themselves; nfp.model_source imports it before it
-    loads a checkpoint, so one saved with its optimizer loads (elsewhere: `import nfp.optim` before
+    this module is imported, the way the families' layers register themselves; nfp.inference.model_source imports it before it
+    loads a checkpoint, so one saved with its optimizer loads (elsewhere: `import nfp.models.optim` before
     `keras.saving.load_model(path)`). Its config is plain numbers. OneCycle is registered the same way; the other
     schedules are Keras's own and load anywhere.
     """

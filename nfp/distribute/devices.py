@@ -18,6 +18,7 @@ without XLA there.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -46,6 +47,7 @@ class Choices:
     xla: str  # off | step (Keras compiles the training step) | cell (nfp's cell compiles its steps through time)
     why: str  # one line: what was chosen and why
     fallback: str | None = None  # the cause, when `auto` wanted XLA and the model did not compile
+    devices: tuple[Device, ...] = ()  # the devices seen, that the choices were made from
 
     @property
     def jit_compile(self) -> bool:
@@ -96,7 +98,8 @@ def choose(train_cfg, model_cfg, devices: list[Device], *, replicated: bool) -> 
     else:
         xla, reason = "off", f"{deciding_key}, replicated (Keras cannot compile a replicated step, {KERAS_19005})"
     where = ", ".join(sorted({d.name for d in devices})) or "CPU"
-    return Choices(policy, xla, f"{len(gpus) or 1}x {where}: precision {policy}, XLA {xla} ({reason})")
+    why = f"{len(gpus) or 1}x {where}: precision {policy}, XLA {xla} ({reason})"
+    return Choices(policy, xla, why, devices=tuple(devices))
 
 
 def _policy(setting: str, gpus: list[Device]) -> str:
@@ -123,7 +126,9 @@ def confirmed(choices: Choices, jit_compile: str, model, batch_shape, *, loss=No
     if jit_compile == "on":
         raise TrainingError(f"train.jit_compile: on, but XLA cannot compile the model ({cause}); use auto or off")
     log.warning("train.jit_compile: auto: XLA cannot compile the model (%s); going on without XLA", cause)
-    return Choices(choices.policy, "off", f"{choices.why}; XLA off: it did not compile ({cause})", cause)
+    return dataclasses.replace(
+        choices, xla="off", why=f"{choices.why}; XLA off: it did not compile ({cause})", fallback=cause
+    )
 
 
 def for_inference(train_cfg, model, batch_shape) -> Choices:

@@ -42,8 +42,10 @@ def resolve_model(model_uri: str):
 def _load_checkpoint(path: str):
     import keras
 
-    from nfp import optim  # noqa: F401 - registers nfp's LR schedules: a checkpoint saved with its optimizer loads
-    from nfp.models import register_layers
+    from nfp.models import (
+        optim,  # noqa: F401 - registers nfp's LR schedules: a checkpoint saved with its optimizer loads
+        register_layers,
+    )
 
     register_layers()  # nfp's layers, for deserialisation
     if not storage.exists(path):

@@ -48,14 +48,14 @@ def evaluate_model(
 ) -> dict:
     """Stream uint8 clips (batch, T, H, W) through a protocol; OpenSTL metrics for the model and both baselines.
 
-    `jit_compile`: the model's calls XLA-compiled (nfp.devices chooses).
+    `jit_compile`: the model's calls XLA-compiled (nfp.distribute.devices chooses).
     Returns {"protocol", "context_frames", "predict_frames", "clips", "frames" (scored frame indices),
     "scores": {predictor: {metric: float}}, "per_frame": {predictor: {metric: [float per frame]}}}.
     """
     import tensorflow as tf
 
     from nfp import models
-    from nfp.metrics import FrameMetrics
+    from nfp.inference.metrics import FrameMetrics
 
     if protocol not in PROTOCOLS:
         raise ConfigError(f"evaluate.protocol: got {protocol!r}, expected one of {', '.join(PROTOCOLS)}")

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nfp import devices, storage, tracking
+from nfp import storage, tracking
+from nfp.distribute import devices
 from nfp.errors import DataError
 
 
@@ -23,8 +24,8 @@ def run_evaluate(
     from nfp.data.manifest import load_manifest
     from nfp.data.pipeline import clip_batches
     from nfp.data.shards import naming_bad_shards
-    from nfp.model_source import resolve_model
-    from nfp.scoring import check_lengths, evaluate_model, flat_metrics
+    from nfp.inference.model_source import resolve_model
+    from nfp.inference.scoring import check_lengths, evaluate_model, flat_metrics
 
     e = cfg.evaluate
     split = split or e.split  # checked already: --split by argparse's choices, evaluate.split by the config
@@ -144,7 +145,7 @@ def _log_to_mlflow(cfg, report: dict, files: dict[str, Path], *, run_id: str | N
     import mlflow
     from mlflow.entities import Metric
 
-    from nfp.model_source import logged_model_id
+    from nfp.inference.model_source import logged_model_id
 
     client = mlflow.MlflowClient()
     split = report["split"]

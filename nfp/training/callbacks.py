@@ -7,9 +7,12 @@ MultiWorkerMirroredStrategy) but into a scratch dir, and restore from the chief'
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,9 +24,9 @@ import numpy as np
 
 from nfp import storage, visualize
 from nfp.errors import TrainingError, first_line
-from nfp.job import Job
-from nfp.optim import plateau_callback
-from nfp.rundir import BACKUP_METADATA, RunDir, read_csv_history
+from nfp.models.optim import plateau_callback
+from nfp.rundir import BACKUP_METADATA, Hold, RunDir, read_csv_history
+from nfp.training.job import Job
 
 if TYPE_CHECKING:
     from nfp.tracking import RunLogger
@@ -135,7 +138,7 @@ class PeriodicEvaluation(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or (epoch + 1) % self.every:
             return
-        from nfp.scoring import evaluate_model, flat_metrics
+        from nfp.inference.scoring import evaluate_model, flat_metrics
 
         e = self.cfg
         result = evaluate_model(
@@ -230,14 +233,16 @@ class Backup(keras.callbacks.BackupAndRestore):
 # --------------------------------------------------------------------------- from config
 @dataclass(frozen=True)
 class Inputs:
-    """What the callbacks take from the job around them (nfp.train hands them on)."""
+    """What the callbacks take from the job around them (nfp.training.train hands them on)."""
 
     run: RunLogger  # epoch metrics and the strips' images go here (its no-op twin off the chief)
     has_validation: bool = True  # fit gets validation data: val_* appear in the logs
     strip_clips: np.ndarray | None = None  # the fixed validation clips of the prediction strips
     eval_batches: Callable | None = None  # → the validation clips the periodic evaluation scores
     fresh: bool = True  # no epoch done yet: the strips start at step 0, the untrained model
-    jit_compile: bool = False  # the evaluation's and strips' rollouts XLA-compiled, as training is (nfp.devices)
+    jit_compile: bool = (
+        False  # the evaluation's and strips' rollouts XLA-compiled, as training is (nfp.distribute.devices)
+    )
     stops: tuple = ()  # job control (SIGTERM, takeover): raise at the next batch
     scratch_dir: str | None = None  # off the chief, files go here (default: a new temporary dir)
     worker_metrics: keras.callbacks.Callback | None = None  # off the chief: its machine's system metrics to MLflow
@@ -270,7 +275,7 @@ def evaluation(cfg, job: Job, inputs: Inputs) -> list:
 
 
 def learning_rate(cfg, job: Job, has_validation: bool) -> list:
-    """train.schedule plateau's callback; every other schedule moves the LR per step inside the optimizer (nfp.optim)."""
+    """train.schedule plateau's callback; every other schedule moves the LR per step inside the optimizer (nfp.models.optim)."""
     t = cfg.train
     if t.schedule.name != "plateau":
         return []
@@ -358,3 +363,59 @@ def _best_so_far(csv_path: str, monitor: str) -> float | None:
 def _mode(monitor: str) -> str:
     """Higher is better for SSIM, PSNR, accuracy and AUC; lower for losses, MSE and MAE."""
     return "max" if any(s in monitor for s in ("ssim", "psnr", "acc", "auc")) else "min"
+
+
+# --------------------------------------------------------------------------- preemption, takeover
+def stops_when_taken_over(hold: Hold):
+    """A callback that stops training at the next batch once another job took the output dir over (see rundir)."""
+    import keras
+
+    class StopWhenTakenOver(keras.callbacks.Callback):
+        def _raise_if_lost(self, *args, **kwargs):
+            if hold.lost.is_set():
+                raise TrainingError(hold.reason)
+
+        on_train_batch_end = on_test_batch_end = on_epoch_end = _raise_if_lost
+
+    return StopWhenTakenOver()
+
+
+@contextlib.contextmanager
+def sigterm_stops(backup_dir: str):
+    """SIGTERM → SystemExit(143) with a message, at once (the backup holds the last completed epoch).
+
+    Yields a callback for fit: Python drops an exception a signal handler raises while a __del__ or GC
+    callback runs ("Exception ignored in …"), and training would go on; the callback raises it again at the
+    next batch."""
+    import threading
+
+    import keras
+
+    received = threading.Event()
+
+    class StopAfterSigterm(keras.callbacks.Callback):
+        def _raise_if_received(self, *args, **kwargs):
+            if received.is_set():
+                raise SystemExit(128 + signal.SIGTERM)
+
+        on_train_batch_end = on_test_batch_end = on_epoch_end = _raise_if_received
+
+    if threading.current_thread() is not threading.main_thread():
+        yield StopAfterSigterm()
+        return
+
+    def _stop(signum, frame):
+        if not received.is_set():
+            print(
+                f"train: SIGTERM received, stopping; re-run the same command to resume from {backup_dir}",
+                file=sys.stderr,
+                flush=True,
+            )
+        received.set()
+        raise SystemExit(128 + signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        yield StopAfterSigterm()
+    finally:
+        signal.signal(signal.SIGTERM, previous)

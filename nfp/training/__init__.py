@@ -1,0 +1,1 @@
+"""The training job: train (named steps), the job's facts, optimiser and schedules, callbacks."""
