@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(abspath $(VENV))/bin
 TF     ?= cpu        # `make install TF=gpu` on a CUDA machine
 
-.PHONY: install quickstart test test-quick browser bench ui clean
+.PHONY: install quickstart test test-quick browser docs bench ui clean
 
 install: $(VENV)/.installed
 
@@ -22,7 +22,7 @@ quickstart: install
 	PATH="$(BIN):$$PATH" mlflow run . --env-manager local --experiment-name nfp-quickstart -P config=configs/quickstart.yaml
 	@echo "Done. See the run with: $(BIN)/mlflow ui   (then open http://127.0.0.1:5000, pick Model training at the top left)"
 
-test: install browser
+test: install browser docs
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest
@@ -37,6 +37,10 @@ browser:
 	  echo "installing Debian's chromium for the MLflow UI test" && apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "note: no Chromium; tests/test_mlflow_ui.py will skip (sudo apt-get install chromium to run it)"
+
+# the docs site (docs/, mkdocs.yml) into site/; --strict: a broken link, anchor or a page missing from the nav fails
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 
 bench: install
 	$(BIN)/python -m bench

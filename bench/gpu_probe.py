@@ -109,7 +109,7 @@ def run(quick: bool, workdir) -> Section:
                f"keras.layers.ConvLSTM2D': MSE {stock:.1f} at 75 s): per step and layer it runs eight narrow convolutions "
                "(one per gate, for the input and for the state) where nfp's cell runs one over [x, h], so it gets "
                f"{steps_at('keras_cell_same_recipe') / steps_at(NFP):.2f}× the steps; per step the two learn alike (on "
-               "the CPU: README, \"Quality recipe\"). nfp's cell also keeps the cell state in float32, a safeguard for "
+               "the CPU: docs/benchmarks.md, \"Quality recipe\"). nfp's cell also keeps the cell state in float32, a safeguard for "
                "long runs that cost nothing measurable in short ones."] if stock is not None else []),
             *([f"A higher learning rate (2e-3) learned {'less' if fast_lr > ours_75 else 'more'} in 75 s than 1e-3."]
               if fast_lr is not None else []),
