@@ -188,10 +188,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         manifest = prepare(cfg.data)
         print(f"prepared {cfg.data.dir}: " + ", ".join(f"{split}={manifest.count(split)}" for split in manifest.splits))
     elif args.command == "demo-videos":
-        from nfp.data.demo import write_demo_videos
+        from nfp.data.demo import others_there, write_demo_videos
 
+        storage.output_dir_flag(args.out, args.out)  # a file or an unwritable place: one line, before any video
         paths = write_demo_videos(args.out, cfg.data, videos=args.videos, frames=args.frames)
         print(f"wrote {len(paths)} videos to {args.out}")
+        if others := others_there(args.out, paths):
+            print(f"note: {args.out} also holds {len(others)} demo video(s) of an earlier run ({', '.join(others[:3])}"
+                  f"{', …' if len(others) > 3 else ''}): data.path reads them too; delete them to keep only these")  # fmt: skip
     elif args.command == "train":
         from nfp.training.train import train
 

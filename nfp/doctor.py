@@ -35,7 +35,8 @@ def run_doctor(cfg, *, steps: int = 30, out: str | None = None) -> dict:
     from nfp.rundir import RunDir
     from nfp.training.train import compiled_model
 
-    out = out or storage.join(RunDir(cfg.train.output_dir).doctor, f"{_host()}.txt")
+    given, out = out, out or storage.join(RunDir(cfg.train.output_dir).doctor, f"{_host()}.txt")
+    _check_report_path(out, given=given is not None)  # before the steps, not after them
     seen = devices.visible_devices()
     gpus = [d for d in seen if d.kind == "GPU"]
     local = _local(cfg.distribute.strategy, gpus=len(gpus))
@@ -168,3 +169,13 @@ def _lines(r: dict, steps: int) -> list[str]:
 
 def _host() -> str:
     return os.environ.get("NFP_HOST") or socket.gethostname()
+
+
+def _check_report_path(out: str, *, given: bool) -> None:
+    """ConfigError (naming --out, or train.output_dir for the default) when the report could not be written there."""
+    from nfp.errors import ConfigError
+
+    folder = out.rpartition("/")[0] or "."
+    storage.output_dir_flag(folder if given else None, folder)
+    if storage.is_local(out) and storage.local_path(out).is_dir():
+        raise ConfigError(f"--out: {out} is a directory, expected the report's file path")

@@ -9,6 +9,9 @@ BAD_OVERRIDES = [
     ("bogus=1", "bogus: unknown key; allowed: data, model, train"),
     ("train.bogus=1", "train.bogus: unknown key"),
     ("train.schedule.bogus=1", "train.schedule.bogus: unknown key"),
+    ("data.frame_sizes=[16,16]", "data.frame_sizes: unknown key, did you mean data.frame_size?"),
+    ("model.channels=3", "model.channels: unknown key, did you mean data.channels?"),
+    ("train.learningrate=0.1", "train.learningrate: unknown key, did you mean train.learning_rate?"),
     ("train.epochs=ten", "train.epochs: got 'ten', expected an integer"),
     ("train.epochs=2.5", "train.epochs: got 2.5, expected an integer"),
     ("train.epochs=0", "train.epochs: got 0, expected >= 1"),
@@ -206,6 +209,7 @@ TOO_BIG = [
     ("data.num_clips=1000000000", "data.num_clips: preparing "),
     ("data.image_size=1000000", "data.image_size, data.frames: preparing "),
     ("data.frames=100000000", "data.image_size, data.frames: preparing "),
+    ("data.frame_size=[100000,100000]", "data.frame_size, data.frames: preparing "),
 ]
 
 

@@ -103,3 +103,40 @@ def test_train_on_a_cpu_is_quiet_and_logs_a_line_per_epoch_to_a_pipe(tiny_overri
         assert noise == [], noise
     assert "\x1b[" not in done.stdout and "\b" not in done.stdout  # verbose 2 on a pipe: plain lines
     assert sum(line.startswith("Epoch ") for line in done.stdout.splitlines()) == 2
+
+
+# --------------------------------------------------------------------------- outputs checked before the work
+def test_an_unwritable_doctor_report_is_one_line_before_any_step(tmp_path, capsys, monkeypatch):
+    import nfp.training.train
+
+    not_a_dir = tmp_path / "a-file"
+    not_a_dir.write_text("x")
+    monkeypatch.setattr(nfp.training.train, "compiled_model", lambda *a, **k: pytest.fail("a step ran"))
+    assert main(["doctor", "--out", str(not_a_dir / "x.txt"), "--steps", "3"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == f"error: --out: cannot write to {not_a_dir} (Not a directory: {not_a_dir})"
+
+
+def test_demo_videos_refuse_a_file_as_out_and_write_again_over_an_earlier_run(tmp_path, capsys):
+    import av
+
+    def frames_of(path) -> int:
+        with av.open(str(path)) as container:
+            return sum(1 for _ in container.decode(video=0))
+
+    small = ["data.frame_size=[32,32]"]
+    (tmp_path / "file").write_text("x")
+    assert main(["demo-videos", "--out", str(tmp_path / "file"), *small]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"error: --out: cannot write to {tmp_path / 'file'} (")
+
+    out = tmp_path / "demo"
+    assert main(["demo-videos", "--out", str(out), "--videos", "3", "--frames", "6", *small]) == 0
+    capsys.readouterr()
+    assert main(["demo-videos", "--out", str(out), "--videos", "2", "--frames", "4", *small]) == 0
+    said = capsys.readouterr().out.strip().splitlines()
+    assert [frames_of(out / f"demo_00{i}.mp4") for i in range(3)] == [4, 4, 6]  # written again, not kept
+    assert said == [
+        f"wrote 2 videos to {out}",
+        f"note: {out} also holds 1 demo video(s) of an earlier run (demo_002.mp4): data.path reads them too; "
+        "delete them to keep only these",
+    ]

@@ -121,8 +121,8 @@ def test_a_data_dir_holding_other_clips_is_not_replaced_without_data_overwrite(t
     before = files(tmp_path / "data")
     with pytest.raises(DataError, match=(
         r"^data.dir .*data: holds another data set \(generate from sklearn digits, seed 0, 24 clips of 6×16×16\) than "
-        r"this config makes \(generate from sklearn digits, seed 7, 24 clips of 6×16×16\); use another data.dir, or "
-        r"set data.overwrite=true to replace it$"
+        r"this config makes \(generate from sklearn digits, seed 7, 24 clips of 6×16×16\), differing in data.seed: 0 → "
+        r"7; use another data.dir, or set data.overwrite=true to replace it$"
     )):  # fmt: skip
         prep.ensure_prepared(dataclasses.replace(cfg, seed=7))
     assert files(tmp_path / "data") == before  # nothing touched

@@ -115,7 +115,11 @@ def test_a_video_added_to_the_folder_is_a_new_data_set(tmp_path):
     cfg = _cfg(tmp_path, "video", folder, "data.split={train: 1.0, val: 0.0, test: 0.0}")
     first = prep.ensure_prepared(cfg)
     write_video(folder / "v2.mp4", moving_shapes(12, 16, 16, seed=2))
-    with pytest.raises(DataError, match=r"holds another data set \(video from .*videos"):
+    with pytest.raises(
+        DataError,
+        match=r"holds another data set \(video from .*videos.*differing in the files under "
+        r"data.path \(one added, removed or rewritten\)",
+    ):  # what differs, not two equal descriptions
         prep.ensure_prepared(cfg)  # not silently the old shards, not silently replaced
     assert first.count("train") == 4
 
@@ -133,6 +137,30 @@ def test_name_patterns_split_by_person_and_the_manifest_lists_where_each_went(tm
     }
     with pytest.raises(DataError, match=r"data.split: person22_walking.mp4 matches the patterns of val and test"):
         prep.prepare(_cfg(tmp_path, "video", folder, 'data.split={test: ["person2*"], val: ["*22*"]}', name="b"))
+
+
+def test_a_split_pattern_matching_no_file_is_named_and_training_goes_on_without_validation(
+    tmp_path, tiny_overrides, capsys, caplog
+):
+    from nfp.training.train import train
+
+    folder = tmp_path / "cams"
+    for cam in (1, 2, 3):
+        write_video(folder / f"cam{cam}.mp4", moving_shapes(18, 16, 16, seed=cam))
+    split = 'data.split={test: ["cam3*"], val: ["cam9*"]}'  # a typo: no cam9
+    overrides = [*tiny_overrides, "data.source=video", f"data.path={folder}", split, "data.image_size=16",
+                 "data.channels=3", "train.images.every_n_epochs=1", "evaluate.every_n_epochs=1",
+                 "tracking.log_model=false"]  # fmt: skip
+    cfg = load_config(None, overrides)
+    manifest = prep.prepare(cfg.data, progress=False)
+    assert manifest.count("val") == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if "matches no file" in line]
+    assert said == ["prepare: note: data.split.val pattern 'cam9*' matches no file: val is empty"]
+    summary = train(cfg)  # strips and periodic evaluation come from val: without it, neither, and no failure
+    assert len(summary["history"]["loss"]) == 2 and "val_loss" not in summary["history"]
+    warned = [r.getMessage() for r in caplog.records if "without validation" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("no validation clips in ")
+    assert not (tmp_path / "out" / "images").exists() or not any((tmp_path / "out" / "images").iterdir())
 
 
 @pytest.mark.parametrize(
@@ -196,6 +224,46 @@ def test_frame_folders_read_in_natural_order_and_convert_rgba_once(tmp_path, cap
     assert len(said) == 1 and said[0].startswith("prepare: RGBA frames are converted to RGB (the first: ")
     clips = pipeline.read_clips(cfg, manifest, "train", 4)
     np.testing.assert_array_equal(clips[1], frames[6:12])  # f6..f11, not f10, f11, f2, … (text order)
+
+
+def test_16_bit_frames_are_scaled_to_8_bits_not_saturated(tmp_path, capsys):
+    """A 16-bit grey PNG (Pillow's mode I;16) holds 0..65535: its gradient keeps its shades in the shards."""
+    from PIL import Image
+
+    gradient = np.linspace(0, 65535, 16 * 24).round().astype(np.uint16).reshape(16, 24)
+    folder = tmp_path / "clips" / "deep"
+    folder.mkdir(parents=True)
+    for t in range(6):
+        Image.fromarray(np.roll(gradient, t, axis=1)).save(folder / f"f{t}.png")
+    assert Image.open(folder / "f0.png").mode == "I;16"
+    cfg = _cfg(
+        tmp_path, "frames", tmp_path / "clips", "data.split={train: 1.0, val: 0.0, test: 0.0}", "data.channels=1"
+    )
+    manifest = prep.prepare(cfg, progress=False)
+    (clip,) = pipeline.read_clips(cfg, manifest, "train", 4)
+    expected = (gradient.astype(np.int64) * 255 + 32767) // 65535
+    np.testing.assert_array_equal(clip[0, ..., 0], expected)  # 0..255, every shade kept
+    assert clip.min() == 0 and clip.max() == 255 and len(np.unique(clip[0])) > 200
+    (said,) = [line for line in capsys.readouterr().out.splitlines() if "I;16" in line]
+    assert said.startswith("prepare: I;16 frames are scaled from 16 bits to 8 (0..65535 → 0..255) (the first: ")
+
+
+@pytest.mark.parametrize(
+    ("mode", "values", "message"),
+    [
+        ("I", np.full((4, 4), 70000, np.int32), r"I pixels from 70000 to 70000, expected 8- or 16-bit values"),
+        ("F", np.full((4, 4), 2.5, np.float32), r"float pixels from 2.5 to 2.5, expected values from 0 to 1"),
+        ("F", np.full((4, 4), np.nan, np.float32), r"float pixels with NaN or infinity"),
+    ],
+    ids=["32-bit beyond 16", "float above 1", "float NaN"],
+)
+def test_pixels_that_cannot_be_scaled_to_8_bits_are_one_line(mode, values, message):
+    from PIL import Image
+
+    with pytest.raises(ValueError, match=message):
+        images.eight_bit(Image.fromarray(values, mode))
+    scaled = images.eight_bit(Image.fromarray(np.full((4, 4), 0.5, np.float32), "F"))
+    assert scaled.mode == "L" and np.asarray(scaled).max() == 128
 
 
 @pytest.mark.parametrize(
@@ -433,3 +501,14 @@ def test_prepare_shows_progress_in_files_and_frames(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "2/2 [" in err and "file/s" in err.replace("s/file", "file/s")  # the index bar, in files
     assert "24/24 [" in err and "frame" in err  # 4 clips of 6 frames, counted as frames
+
+
+def test_more_decoding_processes_than_cores_are_capped_and_said(capsys, monkeypatch):
+    monkeypatch.setattr(files.os, "cpu_count", lambda: 2)
+    pool = files.pool(100000)
+    try:
+        assert pool._max_workers == 2
+    finally:
+        pool.shutdown()
+    assert capsys.readouterr().out == "prepare: data.prepare_processes 100000 capped at this machine's 2 cores\n"
+    assert files.pool(1) is None and capsys.readouterr().out == ""

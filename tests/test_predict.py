@@ -143,6 +143,9 @@ def test_split_index_out_of_range_and_context_too_long_are_errors(cfg, tmp_path)
         run_predict(cfg, model_uri="unused.keras", inputs=str(tmp_path / "c.npy"), context_frames=6)
     with pytest.raises(ConfigError, match="--horizon: got 0"):
         run_predict(cfg, model_uri="unused.keras", inputs=str(tmp_path / "c.npy"), horizon=0)
+    # bounded as the served model is: 100000 frames would run for minutes into gigabytes, deaf to Ctrl-C
+    with pytest.raises(ConfigError, match=r"^--horizon: got 100000, expected 1 to 1000 frames \(predict from the last"):
+        run_predict(cfg, model_uri="unused.keras", inputs=str(tmp_path / "c.npy"), horizon=100000)
 
 
 def test_nfp_predict_cli_prints_the_paths(tiny_overrides, checkpoint, tmp_path, capsys):

@@ -1,6 +1,7 @@
 """The logged model in MLflow's own clients: `mlflow models serve` / `predict` run from a virtualenv holding only the
 model's own requirements, answer with `nfp predict`'s rollout, and refuse bad requests with HTTP 400 and one line."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ from conftest import free_port
 
 from nfp.config import load_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serving")]  # one worker builds the venv and server once
 
 REGISTERED, ALIAS = "nfp-served", "champion"
 VENV_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nfp-test"
@@ -86,7 +87,16 @@ def serving_venv(trained) -> Path:
     started = time.monotonic()
     for cmd in (
         [sys.executable, "-m", "venv", str(venv)],
-        [str(venv / "bin/python"), "-m", "pip", "install", "-q", "-r", str(trained.root / "requirements.txt")],
+        [
+            str(venv / "bin/python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-compile",
+            "-r",
+            str(trained.root / "requirements.txt"),
+        ],
     ):
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -104,16 +114,16 @@ def _venv_env(venv: Path, tracking_uri: str) -> dict:
     return {**env, "PATH": f"{venv}/bin:{env['PATH']}", "VIRTUAL_ENV": str(venv), "MLFLOW_TRACKING_URI": tracking_uri}
 
 
-@pytest.fixture(scope="module")
-def server(trained, serving_venv):
-    """`mlflow models serve` of the logged model on 127.0.0.1, run from the serving venv outside the checkout."""
+@contextlib.contextmanager
+def _serving(venv: Path, model_uri: str, root: Path, tracking_uri: str):
+    """`mlflow models serve` of `model_uri` on 127.0.0.1, run from `venv` in `root` (outside the checkout) → its URL."""
     port = free_port()
-    log = trained.root / "serve.log"
+    log = root / f"serve-{port}.log"
     proc = subprocess.Popen(
-        [str(serving_venv / "bin/mlflow"), "models", "serve", "-m", trained.model_uri, "-h", "127.0.0.1",
+        [str(venv / "bin/mlflow"), "models", "serve", "-m", model_uri, "-h", "127.0.0.1",
          "-p", str(port), "--env-manager", "local"],
-        env=_venv_env(serving_venv, trained.tracking_uri),
-        cwd=trained.root,  # not the checkout: nfp must come from the model's own code/
+        env=_venv_env(venv, tracking_uri),
+        cwd=root,  # not the checkout: nfp must come from the model's own code/
         stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -135,6 +145,13 @@ def server(trained, serving_venv):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(trained, serving_venv):
+    """`mlflow models serve` of the logged model on 127.0.0.1, run from the serving venv outside the checkout."""
+    with _serving(serving_venv, trained.model_uri, trained.root, trained.tracking_uri) as url:
+        yield url
 
 
 def _post(url: str, body: dict) -> tuple[int, dict]:
@@ -251,3 +268,26 @@ def test_the_version_training_registers_loads_by_its_alias(store):
     np.testing.assert_allclose(served.predict(context), _nfp_rollout(store.model_uri, context, 3), atol=1e-5)
     keras_model, run_id, _ = resolve_model(f"models:/{REGISTERED}@{ALIAS}")  # nfp's own loader: the keras flavor
     assert run_id == version.run_id and keras_model.input_shape == (None, None, 16, 16, 1)
+
+
+def test_a_linear_head_whose_raw_frames_leave_0_1_is_served_clipped_to_them(serving_venv, store, tmp_path):
+    """The signature says float32 in [0, 1]: a client that scales by 255 into uint8 must never wrap around."""
+    from nfp.config import load_config
+    from nfp.inference import serving
+    from nfp.models import build_model, rollout
+
+    cfg = load_config(None, [*_tiny(tmp_path), "model.output_activation=linear"])
+    model = build_model(cfg.model, frame_shape=(16, 16, 1), context_frames=3, predict_frames=3, scheduled_sampling=0,
+                        sampling_from=3)  # fmt: skip
+    head_bias = [w for w in model.weights if w.path.endswith("bias")][-1]
+    head_bias.assign(np.full(head_bias.shape, 2.0, np.float32))  # every raw frame far above 1
+    context = _clip(store).astype(np.float32) / 255.0
+    assert rollout(model, context, 4).min() > 1.0
+    with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name("served").experiment_id):
+        info = serving.log_model(model, context, horizon=4)
+    with _serving(serving_venv, info.model_uri, tmp_path, store.tracking_uri) as url:
+        status, body = _post(url, {"inputs": context.tolist(), "params": {"horizon": 4}})
+    assert status == 200, body
+    predicted = np.asarray(body["predictions"], np.float32)
+    assert predicted.shape == (1, 4, 16, 16, 1)
+    np.testing.assert_array_equal(predicted, 1.0)  # clipped, not 2.x

@@ -282,6 +282,20 @@ def test_a_sigterm_whose_exit_python_drops_still_stops_training_at_the_next_batc
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_a_sigterm_inside_a_tracking_store_call_stops_at_the_next_batch_not_in_the_call(tmp_path, capsys):
+    """SQLAlchemy prints the traceback of a statement a SystemExit breaks off: the call ends, the next batch stops."""
+    from nfp.training.callbacks import sigterm_stops
+
+    store_code = {"__name__": "sqlalchemy.engine.result", "signal": signal}
+    exec("def fetch():\n    signal.raise_signal(signal.SIGTERM)\n    return 'rows'\n", store_code)
+    with sigterm_stops(str(tmp_path / "backup")) as stop_after_sigterm:
+        assert store_code["fetch"]() == "rows"  # the store's call ran to its end
+        with pytest.raises(SystemExit) as stopped:
+            stop_after_sigterm.on_train_batch_end(0)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.count("SIGTERM received, stopping") == 1
+
+
 def test_global_batch_larger_than_the_training_split_names_the_batch_size(tiny_overrides):
     from nfp.errors import ConfigError
 
@@ -465,6 +479,35 @@ def test_resuming_with_a_model_or_optimizer_the_backup_cannot_fit_is_one_line_be
     assert named in line and f"rerun with the config it was trained with ({tmp_path}/out/config.yaml)" in line
     assert "another train.output_dir" in line
     assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == before  # nothing touched
+
+
+@pytest.mark.parametrize(
+    "change, named", [("data.seed=7", "data.seed: 0 → 7"), ("data.num_clips=28", "data.num_clips: 24 → 28")]
+)
+def test_resuming_on_another_data_set_is_one_line_naming_what_differs_before_any_work(
+    change, named, tiny_overrides, tmp_path, capsys
+):
+    """One run, one data set: a rerun into the output dir on other data would log a second dataset input and
+    overwrite the manifest tag; it is refused before any work, as a changed model is."""
+    import json
+
+    from nfp.cli import main
+
+    again = _trained_one_epoch(tiny_overrides)
+    old_id = json.loads((tmp_path / "out" / "manifest.json").read_text())["id"]
+    capsys.readouterr()
+    before = sorted(p.name for p in (tmp_path / "out").rglob("*"))
+    assert main(["train", *again, change, f"data.dir={tmp_path}/other"]) == 2
+    line = _error_line(capsys)
+    assert line == (
+        f"error: train.output_dir {tmp_path}/out: its backup was trained on another data set (data {old_id}; "
+        f"{named}) and cannot be resumed on it: rerun with the data it was trained on (its config: "
+        f"{tmp_path}/out/config.yaml), or use another train.output_dir to start over"
+    )
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == before  # nothing touched
+    assert not (tmp_path / "other").exists()  # nor prepared
+    summary = train(load_config(None, [*again, f"data.dir={tmp_path}/copy"]))  # the same data elsewhere: resumes
+    assert len(summary["history"]["loss"]) == 1
 
 
 def test_resuming_with_changes_that_load_goes_on(tiny_overrides, tmp_path):

@@ -174,6 +174,21 @@ def _set_path(raw: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _closest_key(name: str, path: str, fields: list[str]) -> str | None:
+    """The key a misspelt `name` under `path` likely meant: the closest of its section's (difflib), else the same
+    name in another section (`model.channels` → `data.channels`)."""
+    import difflib
+
+    near = difflib.get_close_matches(name, fields, n=1, cutoff=0.75)
+    if near:
+        return f"{path}.{near[0]}" if path else near[0]
+    hints = typing.get_type_hints(Config)
+    for section in dataclasses.fields(Config):
+        if section.name != path and name in {f.name for f in dataclasses.fields(hints[section.name])}:
+            return f"{section.name}.{name}"
+    return None
+
+
 def _build(cls, raw: Any, path: str):
     where = path or "config"
     if raw is None:
@@ -185,6 +200,9 @@ def _build(cls, raw: Any, path: str):
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         key = f"{path}.{unknown[0]}" if path else str(unknown[0])
+        near = _closest_key(str(unknown[0]), path, list(fields))
+        if near:
+            raise ConfigError(f"{key}: unknown key, did you mean {near}?")
         raise ConfigError(f"{key}: unknown key; allowed: {', '.join(fields)}")
     values = {}
     for name, f in fields.items():

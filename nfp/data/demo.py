@@ -38,9 +38,20 @@ def write_video(path: str | Path, frames: np.ndarray, *, fps: int = 10, codec: s
     return path
 
 
+def demo_name(index: int) -> str:
+    return f"demo_{index:03d}.mp4"
+
+
+def others_there(out_dir: str | Path, written: list[Path]) -> list[str]:
+    """Demo videos in `out_dir` that this run did not write (an earlier run's, with more videos): data.path would
+    read them too."""
+    folder, mine = Path(out_dir), {p.name for p in written}
+    return sorted(p.name for p in folder.glob("demo_*.mp4") if p.name not in mine)
+
+
 def write_demo_videos(out_dir: str | Path, data_cfg, *, videos: int, frames: int, progress: bool = True) -> list[Path]:
-    """`videos` mp4 files of `frames` frames of data.frame_size (RGB), digits over photos, seeded by data.seed;
-    files already there are kept (a rerun writes only what is missing)."""
+    """`videos` mp4 files of `frames` frames of data.frame_size (RGB), digits over photos, seeded by data.seed,
+    `demo_000.mp4`…; each written again when already there (another length or size must not stay)."""
     from tqdm.auto import tqdm
 
     from nfp.data import moving_mnist as mm
@@ -53,9 +64,8 @@ def write_demo_videos(out_dir: str | Path, data_cfg, *, videos: int, frames: int
     backgrounds = mm.draw_backgrounds(data_cfg.seed, "train", videos, len(photos))
     paths = []
     for i in tqdm(range(videos), unit="video", desc=f"demo videos → {out_dir}", disable=not progress):
-        path = Path(out_dir, f"demo_{i:03d}.mp4")
-        if not path.exists():
-            grey = mm.render(params[i : i + 1], bank, frames=frames, image_size=(h, w), step_length=0.05)
-            write_video(path, mm.over_photos(grey, backgrounds[i : i + 1], photos, step_length=0.05)[0])
+        path = Path(out_dir, demo_name(i))
+        grey = mm.render(params[i : i + 1], bank, frames=frames, image_size=(h, w), step_length=0.05)
+        write_video(path, mm.over_photos(grey, backgrounds[i : i + 1], photos, step_length=0.05)[0])
         paths.append(path)
     return paths

@@ -179,7 +179,7 @@ def index(data_cfg, entries: list[Entry], pool, progress: bool) -> tuple[list[Vi
                 continue
             videos.extend(found)
     for mode, first in sorted(converted.items()):
-        print(f"prepare: {mode} frames are converted to RGB (the first: {first})", flush=True)
+        print(f"prepare: {mode} frames are {images.what_becomes_of(mode)} (the first: {first})", flush=True)
     if not videos:
         raise DataError(f"data.path: none of the {len(entries)} file(s) could be cut into a clip (see the warnings)")
     return videos, skipped
@@ -190,7 +190,7 @@ def _label(source: str, url: str) -> str:
 
 
 def _probe(task) -> tuple[list[Video], str | None, tuple[str, str] | None]:
-    """(videos, why not, (image mode, frame) of a frame converted to RGB) of one entry, in a worker."""
+    """(videos, why not, (image mode, frame) of a frame not of 8-bit L or RGB) of one entry, in a worker."""
     kind, url, name, layout = task
     try:
         if kind == "video":
@@ -301,6 +301,12 @@ def split_videos(data_cfg, videos: list[Video]) -> dict[str, list[Video]]:
             out[hits[0] if hits else "train"].append(video)
         if not out["train"]:
             raise DataError("data.split: the patterns leave no training videos")
+        names = [video.name.partition("#")[0] for video in videos]
+        for split in SPLITS:
+            for pattern in patterns[split]:  # a typo would leave its split silently smaller, or empty
+                if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+                    empty = "" if out[split] else f": {split} is empty"
+                    print(f"prepare: note: data.split.{split} pattern {pattern!r} matches no file{empty}", flush=True)
         return out
     try:
         counts = split_counts(data_cfg, len(videos))
@@ -418,6 +424,8 @@ def _folder_frames(piece: Piece, needed: list[int]) -> np.ndarray:
             with fs.open(path, "rb") as f, Image.open(f) as image:
                 image.load()
                 out[k] = images.fit(image, piece.frame_hw, piece.channels)
+        except ValueError as err:  # pixels of a depth nfp cannot scale to 8 bits
+            raise DataError(f"frame folder {piece.video.url}: frame {i} ({posixpath.basename(path)}): {err}") from None
         except OSError as err:
             raise DataError(f"frame folder {piece.video.url}: frame {i} ({posixpath.basename(path)}) cannot be decoded "
                             f"({first_line(err)})") from None  # fmt: skip
@@ -443,8 +451,12 @@ def _array_frames(piece: Piece, needed: list[int]) -> np.ndarray:
 
 # --------------------------------------------------------------------------- the pool
 def pool(processes: int):
-    """A process pool of `processes` (0: one per core), or None for 1: decoding in this process."""
-    n = processes or os.cpu_count() or 1
+    """A process pool of `processes` (0: one per core), at most one per core (more would only contend, and each
+    holds a decoder's memory: said once), or None for 1: decoding in this process."""
+    cores = os.cpu_count() or 1
+    n = min(processes or cores, cores)
+    if processes > cores:
+        print(f"prepare: data.prepare_processes {processes} capped at this machine's {cores} cores", flush=True)
     if n == 1:
         return None
     # spawn: the parent may hold TensorFlow's threads, which fork would copy mid-flight

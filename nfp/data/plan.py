@@ -78,12 +78,13 @@ def check_fits(data_cfg: DataConfig, counts: dict[str, int], clip_shape, per_cli
     or (local data.dir, no compression) its shards could not fit on the disk: before anything is allocated or
     written."""
     clips, clip_bytes = sum(counts.values()), math.prod(clip_shape)
+    frame_key = data_cfg.frame_hw_key[0]  # data.frame_size where set, else data.image_size
     shape = shape_text(clip_shape)
     # At once: `per_clip` bytes for every clip, a chunk of clips rendered or read plus its copy, and the preview's
     # clips of every split with their RGB picture.
     parts = {
         "data.num_clips": clips * per_clip,
-        "data.image_size, data.frames": (2 * min(chunk(clip_shape), max(counts.values())) + 4 * 3 * preview.CLIPS)
+        f"{frame_key}, data.frames": (2 * min(chunk(clip_shape), max(counts.values())) + 4 * 3 * preview.CLIPS)
         * clip_bytes,
     }
     need, have = sum(parts.values()), _memory_bytes()
@@ -107,7 +108,7 @@ def check_fits(data_cfg: DataConfig, counts: dict[str, int], clip_shape, per_cli
         free += sum(p.stat().st_size for p in existing.iterdir() if SHARD_NAME.match(p.name) and p.is_file())
     if disk > free:
         raise DataError(
-            f"data.num_clips, data.image_size, data.frames: {clips} clips of {shape} take {size_text(disk)} of shards, "
+            f"data.num_clips, {frame_key}, data.frames: {clips} clips of {shape} take {size_text(disk)} of shards, "
             f"{existing} has {size_text(free)} free; lower them, use data.compression=gzip or another data.dir"
         )
 

@@ -71,7 +71,8 @@ def content_config(data_cfg: DataConfig, entries: list | None = None) -> dict:
 _ADDED_KEYS = {"download": {"layout": "TNHW", "channels": 1}, "generate": {"channels": 1, "background": "none"}}
 
 
-def _old_config(manifest: Manifest) -> dict:
+def config_of(manifest: Manifest) -> dict:
+    """The content config `manifest` was prepared from, with keys added since at the values it was made with."""
     config = dict(manifest.content.get("config", {}))
     if "image_size" in config and "frame_size" not in config:  # square frames, before data.frame_size
         config["frame_size"] = [config.pop("image_size")] * 2
@@ -79,7 +80,26 @@ def _old_config(manifest: Manifest) -> dict:
 
 
 def _same_config(manifest: Manifest, config: dict) -> bool:
-    return _old_config(manifest) == config
+    return config_of(manifest) == config
+
+
+def what_differs(old: dict, new: dict) -> list[str]:
+    """How content config `new` makes another data set than `old`: "data.seed: 0 → 7" per key that differs, and
+    the files under data.path when they are not the same files."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if key == "files" or old.get(key) == new.get(key):
+            continue
+        out.append(f"data.{key}: {_shown(old.get(key))} → {_shown(new.get(key))}")
+    if old.get("files") != new.get("files") and old.get("path") == new.get("path"):
+        out.append("the files under data.path (one added, removed or rewritten)")
+    return out
+
+
+def _shown(value) -> str:
+    if isinstance(value, dict):  # data.split
+        return "{" + ", ".join(f"{k}: {v}" for k, v in value.items() if v not in (None, [])) + "}"
+    return "(not set)" if value is None else str(value)
 
 
 # --------------------------------------------------------------------------- sources
@@ -339,14 +359,15 @@ _LAYOUT_KEYS = ("num_shards", "shard_mb", "num_workers", "compression")
 def _check_replaceable(data_cfg: DataConfig, old: Manifest, config: dict) -> None:
     """DataError unless data.dir holds the same clips in another layout, or data.overwrite allows replacing them."""
     clips = {k: v for k, v in config.items() if k not in _LAYOUT_KEYS}
-    if data_cfg.overwrite or {k: v for k, v in _old_config(old).items() if k not in _LAYOUT_KEYS} == clips:
+    if data_cfg.overwrite or {k: v for k, v in config_of(old).items() if k not in _LAYOUT_KEYS} == clips:
         return
     shape = old.content.get("clip_shape")
     shape = shape if isinstance(shape, list) else ["?"]
+    differs = "; ".join(what_differs(config_of(old), config)) or "its manifest says no more"
     raise DataError(
         f"data.dir {data_cfg.dir}: holds another data set ({_describe(old.content.get('config', {}), shape)}) "
-        f"than this config makes ({_describe(config, (data_cfg.frames, *data_cfg.frame_shape))}); "
-        "use another data.dir, or set data.overwrite=true to replace it"
+        f"than this config makes ({_describe(config, (data_cfg.frames, *data_cfg.frame_shape))}), differing in "
+        f"{differs}; use another data.dir, or set data.overwrite=true to replace it"
     )
 
 

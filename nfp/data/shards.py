@@ -36,7 +36,7 @@ def readable_paths(data_cfg: DataConfig, manifest: Manifest, split: str) -> list
     """The paths TF reads for a split: verified local/staged files or direct gs:// URLs."""
     shards = manifest.shards(split)
     if not shards:
-        raise DataError(f"split {split!r}: no clips in {data_cfg.dir} (data.split.{split} is 0)")
+        raise DataError(f"split {split!r}: no clips in {data_cfg.dir} (data.split.{split} gave it none)")
     _warn_unlisted(manifest)
     if _staged(data_cfg):
         return stage(data_cfg, manifest, split)

@@ -25,13 +25,16 @@ def run_predict(
     from nfp import models, storage, visualize
     from nfp.distribute import devices
     from nfp.inference.model_source import load_model
+    from nfp.inference.serving import MAX_HORIZON
 
     k = cfg.evaluate.context_frames if context_frames is None else context_frames
     n = cfg.evaluate.predict_frames if horizon is None else horizon
     if k < 1:
         raise ConfigError(f"--context: got {k}, expected >= 1")
-    if n < 1:
-        raise ConfigError(f"--horizon: got {n}, expected >= 1")
+    horizon_key = "--horizon" if horizon is not None else "evaluate.predict_frames"
+    if not 1 <= n <= MAX_HORIZON:  # the served model's bound: a horizon past it would only fill memory
+        raise ConfigError(f"{horizon_key}: got {n}, expected 1 to {MAX_HORIZON} frames (predict from the last ones "
+                          f"to go further)")  # fmt: skip
     out_dir = storage.output_dir_flag(out_dir, storage.join(cfg.train.output_dir, "predict"))
     from nfp.data import files
 

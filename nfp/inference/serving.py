@@ -153,7 +153,8 @@ class Forecaster(mlflow.pyfunc.PythonModel):
             check_context(self.model, frames.shape[1], "context frames (k)")
         except ModelError as err:
             raise BadRequest(str(err)) from None
-        return rollout(self.model, frames, int(horizon))
+        # the signature's range even where the head is linear: a client scaling by 255 into uint8 never wraps around
+        return np.clip(rollout(self.model, frames, int(horizon)), 0.0, 1.0)
 
 
 def scaled_context(frames, frame_shape: tuple[int, ...]) -> np.ndarray:

@@ -386,7 +386,8 @@ def sigterm_stops(backup_dir: str):
 
     Yields a callback for fit: Python drops an exception a signal handler raises while a __del__ or GC
     callback runs ("Exception ignored in …"), and training would go on; the callback raises it again at the
-    next batch."""
+    next batch. A SIGTERM inside a call into a local tracking store (SQLAlchemy: milliseconds) stops there too, not
+    in the call: SQLAlchemy would print the traceback of the statement it broke off."""
     import threading
 
     import keras
@@ -412,10 +413,20 @@ def sigterm_stops(backup_dir: str):
                 flush=True,
             )
         received.set()
-        raise SystemExit(128 + signal.SIGTERM)
+        if not _inside_a_store_call(frame):
+            raise SystemExit(128 + signal.SIGTERM)
 
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
         yield StopAfterSigterm()
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _inside_a_store_call(frame) -> bool:
+    """Whether the interrupted `frame` runs inside SQLAlchemy (MLflow's sqlite or database store)."""
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith("sqlalchemy."):
+            return True
+        frame = frame.f_back
+    return False

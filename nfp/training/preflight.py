@@ -78,3 +78,28 @@ def make_output_dir(output_dir: str) -> None:
         storage.make_writable_dir(output_dir)
     except OSError as err:
         raise ConfigError(f"train.output_dir: cannot write to {output_dir} ({err.strerror or err})") from None
+
+
+def check_same_data(cfg, out: RunDir) -> None:
+    """ConfigError before any work when the output dir's backup was trained on another data set than `cfg.data`
+    makes (judged from the manifest.json the earlier attempt left, as nfp prepare judges a data dir): resuming would
+    mix two data sets in one run, and log a second dataset input into it."""
+    import json
+
+    from nfp.data.manifest import Manifest
+    from nfp.data.prepare import config_of, content_config, what_differs
+
+    saved = out.file("manifest.json")
+    if not out.resume_epoch() or not storage.exists(saved):
+        return
+    try:
+        old = Manifest(out.root, json.loads(storage.read_bytes(saved)))
+        differs = what_differs(config_of(old), content_config(cfg.data))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return  # no judgement to make from it
+    if differs:
+        raise ConfigError(
+            f"train.output_dir {out.root}: its backup was trained on another data set (data {old.id}; "
+            f"{'; '.join(differs)}) and cannot be resumed on it: rerun with the data it was trained on (its config: "
+            f"{out.file('config.yaml')}), or use another train.output_dir to start over"
+        )

@@ -96,6 +96,7 @@ class Training:
             preflight.check_output_dir(cfg.train.output_dir)
         if cfg.train.backup:
             preflight.check_backup_fits(cfg, self.out)
+            preflight.check_same_data(cfg, self.out)
         if cfg.tracking.enabled and is_chief:
             tracking.check_reachable()  # a dead server must not cost a run
             tracking.check_can_log(cfg, state_dir=self.out.root)  # nor a deleted run or experiment
@@ -213,9 +214,13 @@ class Training:
             run,
             has_validation=data.val is not None,
             strip_clips=data.val_head[: cfg.train.images.num_clips] if show_images else None,
-            eval_batches=lambda: pipeline.clip_batches(
-                cfg.data, manifest, "val", cfg.evaluate.batch_size, cfg.evaluate.max_clips
-            ),
+            eval_batches=(
+                lambda: pipeline.clip_batches(
+                    cfg.data, manifest, "val", cfg.evaluate.batch_size, cfg.evaluate.max_clips
+                )
+            )
+            if manifest.count("val")
+            else None,  # no validation clips: no periodic evaluation (said once, with fit's validation)
             fresh=fresh,
             jit_compile=choices.jit_compile,
             stops=tuple(stops),
@@ -350,6 +355,13 @@ def _validation(cfg, manifest, job: Job):
         spe = cfg.train.steps_per_execution
         val_steps = val_steps or val_count // job.global_batch // spe * spe
         val_ds = val_ds.repeat() if val_steps else None
+    if not val_count:
+        log.warning(
+            "no validation clips in %s (data.split.val gave none): training without validation: no val_loss, no "
+            "periodic evaluation, no prediction strips",
+            cfg.data.dir,
+        )
+        return None, None
     if val_ds is None:
         log.warning(
             "validation split (%d clips) too small for the global batch (%d): training without validation",
