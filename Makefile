@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11:
 #   make quickstart   creates .venv if missing, installs nfp, trains the offline CPU quickstart under `mlflow run`
 #   make test         creates .venv if missing, installs nfp with test extras (and Chromium, as root on Debian),
-#                     lints (ruff), runs the whole test suite
+#                     lints (ruff), builds the docs, runs the whole test suite, a process per core
 #   make test-quick   the inner loop: the tests not marked slow, a process per core (pytest-xdist)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
@@ -22,12 +22,13 @@ quickstart: install
 	PATH="$(BIN):$$PATH" mlflow run . --env-manager local --experiment-name nfp-quickstart -P config=configs/quickstart.yaml
 	@echo "Done. See the run with: $(BIN)/mlflow ui   (then open http://127.0.0.1:5000, pick Model training at the top left)"
 
+# a process per core (pytest-xdist); a file's tests stay on one worker (--dist loadfile): those that share a module's
+# server, venv or fixture share it still, and its module fixtures are built once
 test: install browser docs
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest
+	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -n auto --dist loadfile
 
-# a file's tests stay on one worker (--dist loadfile): those that share a module's server or fixture share it still
 test-quick: install
 	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow and not external" -n auto --dist loadfile
 

@@ -16,8 +16,6 @@ sys.path.insert(0, str(REPO))  # bench/ is a repo-root package, not installed wi
 from bench.__main__ import MODULES  # noqa: E402
 from bench.common import merge, sections_of  # noqa: E402
 
-pytestmark = pytest.mark.xdist_group("bench")  # one worker builds this file's module fixtures once
-
 
 @pytest.fixture(scope="module")
 def quick_report(tmp_path_factory) -> str:

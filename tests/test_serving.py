@@ -21,7 +21,7 @@ from conftest import free_port
 
 from nfp.config import load_config
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serving")]  # one worker builds the venv and server once
+pytestmark = pytest.mark.slow
 
 REGISTERED, ALIAS = "nfp-served", "champion"
 VENV_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nfp-test"
