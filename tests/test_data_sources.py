@@ -3,6 +3,7 @@ shards — shapes, splits without leakage, byte-identical reruns for any pool si
 
 import hashlib
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -325,6 +326,30 @@ def test_bad_arrays_are_one_line_naming_the_file(tmp_path):
     np.save(tmp_path / "hot.npy", np.full((2, 6, 16, 24), 3.0, np.float32))
     with pytest.raises(DataError, match=r"hot.npy: float values 3..3 in clip 0, expected floats in \[0, 1\]"):
         prep.prepare(_cfg(tmp_path, "arrays", tmp_path / "hot.npy", split, "data.layout=NTHW", name="hot"))
+
+
+def test_float_arrays_with_nan_or_out_of_range_values_are_found_while_indexing_so_skip_skips_them(tmp_path, capsys):
+    good = np.stack([moving_shapes(6, 16, 24, seed=i)[..., 0] for i in range(4)]).astype(np.float32) / 255.0
+    folder = tmp_path / "arrays"
+    folder.mkdir()
+    np.save(folder / "a_good.npy", good)
+    with_nan = good.copy()
+    with_nan[2, 3, 5, 5] = np.nan
+    np.save(folder / "b_nan.npy", with_nan)
+    hot = good.copy()
+    hot[1] *= 3
+    np.save(folder / "c_hot.npy", hot)
+    split = "data.split={train: 1.0, val: 0.0, test: 0.0}"
+    with pytest.raises(DataError, match=r"b_nan.npy: NaN in clip 2, expected floats in \[0, 1\]"):
+        prep.prepare(_cfg(tmp_path, "arrays", folder, split, "data.layout=NTHW", "data.channels=1"))
+    skipping = _cfg(tmp_path, "arrays", folder, split, "data.layout=NTHW", "data.channels=1", "data.on_bad_file=skip",
+                    name="skipped")  # fmt: skip
+    manifest = prep.prepare(skipping, progress=False)
+    whys = {s["file"]: s["why"] for s in manifest.content["source"]["skipped"]}
+    assert set(whys) == {"b_nan.npy", "c_hot.npy"}
+    assert "NaN in clip 2" in whys["b_nan.npy"]
+    assert re.search(r"float values 0\.\.[\d.]+ in clip 1, expected floats in \[0, 1\]", whys["c_hot.npy"])
+    assert manifest.count("train") == 4  # a_good.npy's clips only
 
 
 def test_npz_members_are_mapped_not_loaded(tmp_path):

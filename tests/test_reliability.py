@@ -84,6 +84,63 @@ def test_a_missing_listed_shard_stops_nfp_train_with_one_line_naming_it(prepared
 
 
 # --------------------------------------------------------------------------- faults during prepare
+@pytest.fixture(scope="module")
+def many_frames(tmp_path_factory) -> Path:
+    """Twelve videos of 240 frames of 120×160: a few seconds of decoding for two processes."""
+    from media import moving_shapes, write_video
+
+    root = tmp_path_factory.mktemp("many_frames")
+    for i in range(12):
+        write_video(root / f"v{i:02d}.mp4", moving_shapes(240, 120, 160, seed=i))
+    return root
+
+
+def _prepare_with_a_pool(videos: Path, data: Path) -> tuple[subprocess.Popen, list]:
+    """`nfp prepare` of `videos` with 2 decoding processes, in its own process group (as a terminal runs it), once
+    its decoding processes are up → (the process, its decoders)."""
+    import psutil
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nfp", "prepare", "data.source=video", f"data.path={videos}", f"data.dir={data}",
+         "data.frame_size=[64,64]", "data.frames=10", "data.prepare_processes=2", "evaluate.context_frames=5",
+         "evaluate.predict_frames=5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None, f"prepare ended before its decoders were seen: {proc.communicate()[1][-2000:]}"
+        assert time.monotonic() < deadline, "no decoding processes after 120 s"
+        decoders = [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+        if len(decoders) == 2:
+            return proc, decoders
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_pooled_prepare_is_one_line_and_leaves_no_process(many_frames, tmp_path):
+    import psutil
+
+    proc, decoders = _prepare_with_a_pool(many_frames, tmp_path / "data")
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "interrupted"
+    _, alive = psutil.wait_procs(decoders, timeout=10)
+    assert not alive, [p.pid for p in alive]
+    assert not (tmp_path / "data" / "manifest.json").exists()
+
+
+@pytest.mark.slow
+def test_a_pooled_prepare_killed_with_sigkill_takes_its_decoders_with_it(many_frames, tmp_path):
+    import psutil
+
+    proc, decoders = _prepare_with_a_pool(many_frames, tmp_path / "data")
+    proc.send_signal(signal.SIGKILL)  # no cleanup runs in the parent
+    proc.wait()
+    _, alive = psutil.wait_procs(decoders, timeout=5)  # each watches its parent twice a second
+    assert not alive, f"decoders outlived their parent: {[p.pid for p in alive]}"
+
+
 def test_prepare_killed_mid_write_leaves_no_partial_shard_and_a_rerun_completes_byte_identical(tmp_path):
     # Big enough (12 train shards of 100 clips at 64×64) that shards are written one after another for a second or two.
     overrides = [

@@ -588,3 +588,21 @@ def test_a_run_holds_the_compared_params_the_dataset_input_and_system_metrics(ti
         load_config(None, [*overrides, f"train.output_dir={tmp_path}/quiet", "tracking.system_metrics=false"])
     )
     assert not [m for m in client.get_run(quiet["run_id"]).data.metrics if m.startswith("system/")]
+
+
+def test_an_image_step_already_in_the_run_is_not_logged_again_on_resume(cfg, tmp_path):
+    """A job interrupted after its step-0 strips (the untrained model) runs again from epoch 0: one image per step."""
+    image = np.zeros((8, 8, 3), np.uint8)
+    with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path) as run:
+        run.log_image(image, "predictions/clip_0", step=0)
+    first = {p for p in _artifact_paths(run.run_id, "images") if "+step+0+" in p}
+    assert first
+    with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path) as again:
+        again.log_image(image + 1, "predictions/clip_0", step=0)  # the rerun's step 0
+        again.log_image(image, "predictions/clip_0", step=1)
+        again.log_image(image, "predictions/clip_0", step=1)  # and within one job too
+    assert again.run_id == run.run_id
+    paths = _artifact_paths(run.run_id, "images")
+    assert {p for p in paths if "+step+0+" in p} == first
+    assert len({p.split("+timestamp+")[0] for p in paths if "+step+1+" in p}) == 1
+    assert len([p for p in paths if "+step+1+" in p]) == len(first)

@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import posixpath
 import re
+import time
 import warnings
 from collections.abc import Iterator
 
@@ -275,10 +276,29 @@ def _probe_arrays(url: str, name: str, layout: str) -> list[Video]:
     out = []
     for member, array in arrays.items():
         clips = npy.as_time_major(array, layout)
-        npy.check_layout(clips, layout, _label("arrays", url) + (f" [{member}]" if member else ""))  # axes swapped?
+        label = _label("arrays", url) + (f" [{member}]" if member else "")
+        npy.check_layout(clips, layout, label)  # axes swapped?
+        if clips.dtype != np.uint8:
+            _check_float_values(clips, label)  # here, while indexing: data.on_bad_file=skip can leave the file out
         where = f"{name}[{member}]" if member else name
         out += [Video("arrays", url, f"{where}#{i}", clips.shape[0], (member, i)) for i in range(clips.shape[1])]
     return out
+
+
+def _check_float_values(clips: np.ndarray, label: str, first_clip: int = 0) -> None:
+    """DataError naming the first clip of float `clips` (T, N, H, W, C) with a NaN or a value outside [0, 1]; read a
+    few clips at a time (a memory-mapped file stays mapped)."""
+    for start in range(0, clips.shape[1], 16):
+        part = np.asarray(clips[:, start : start + 16])
+        for i in range(part.shape[1]):
+            clip = part[:, i]
+            if np.isnan(clip).any():
+                raise DataError(f"{label}: NaN in clip {first_clip + start + i}, expected floats in [0, 1] "
+                                "(or uint8 0–255)")  # fmt: skip
+            low, high = float(clip.min()), float(clip.max())
+            if not (0.0 <= low and high <= 1.0):
+                raise DataError(f"{label}: float values {low:g}..{high:g} in clip {first_clip + start + i}, expected "
+                                "floats in [0, 1] (or uint8 0–255)")  # fmt: skip
 
 
 # --------------------------------------------------------------------------- splitting
@@ -439,10 +459,7 @@ def _array_frames(piece: Piece, needed: list[int]) -> np.ndarray:
     array = npy.open_arrays(storage.local_path(video.url), label, piece.layout)[member]
     frames = np.asarray(npy.as_time_major(array, piece.layout)[needed, clip])  # (n, H, W, C)
     if frames.dtype != np.uint8:
-        low, high = float(frames.min()), float(frames.max())
-        if not (0.0 <= low and high <= 1.0):
-            raise DataError(f"{label}: float values {low:g}..{high:g} in clip {clip}, expected floats in [0, 1] "
-                            "(or uint8 0–255)")  # fmt: skip
+        _check_float_values(frames[:, None], label, first_clip=clip)  # checked while indexing: a file changed since
         frames = np.rint(frames * 255.0).astype(np.uint8)
     if frames.shape[1:3] != tuple(piece.frame_hw):
         return np.stack([images.fit(f, piece.frame_hw, piece.channels) for f in frames])
@@ -460,7 +477,43 @@ def pool(processes: int):
     if n == 1:
         return None
     # spawn: the parent may hold TensorFlow's threads, which fork would copy mid-flight
-    return concurrent.futures.ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
+    return _DecoderPool(
+        n, mp_context=multiprocessing.get_context("spawn"), initializer=_decoder_start, initargs=(os.getpid(),)
+    )
+
+
+class _DecoderPool(concurrent.futures.ProcessPoolExecutor):
+    """Decoding processes that never see Ctrl-C, not even while they start: each is spawned with SIGINT ignored,
+    a disposition Python keeps when it inherits it (a KeyboardInterrupt mid-import would print its traceback)."""
+
+    def _spawn_process(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return super()._spawn_process()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            return super()._spawn_process()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _decoder_start(parent: int) -> None:
+    """In each decoding process: Ctrl-C is the parent's to answer (one line there, not a traceback from every
+    worker: a terminal sends SIGINT to the whole process group), and the process ends with its parent, even one
+    killed with SIGKILL (which runs no cleanup): a thread watches for it twice a second."""
+    import signal
+    import threading
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="nfp-parent-watch", daemon=True).start()
 
 
 def first_clip(data_cfg, spec: str, frame_hw, channels: int, *, label: str) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +55,7 @@ class Online(RunLogger):
         self.backlog = storage.join(str(state_dir), BACKLOG_DIR)
         self.offline: Offline | None = None
         self._logged_steps = set(logged_steps)
+        self._logged_images: set[tuple[str, int]] | None = None  # (key, step) already in the run, read once
         self._replaying = False
 
     @property
@@ -116,8 +118,15 @@ class Online(RunLogger):
 
     @_offline_on_failure("image")
     def log_image(self, image: np.ndarray, key: str, step: int) -> None:
+        """Once per (key, step) in the run: a job interrupted after logging a step's image and run again (the
+        untrained model's step 0 above all) does not log it twice."""
+        if self._logged_images is None:
+            self._logged_images = _image_steps(self.run_id)
+        if (key, step) in self._logged_images:
+            return
         # synchronous: MLflow's default uploads in a thread whose failure is lost, and the image with it
         mlflow.log_image(np.asarray(image, np.uint8), key=key, step=step, synchronous=True)
+        self._logged_images.add((key, step))
 
     @_offline_on_failure("figure")
     def log_figure(self, fig, artifact_file: str) -> None:
@@ -150,3 +159,13 @@ def _default_horizon() -> int:
     from nfp.config import EvaluateConfig
 
     return EvaluateConfig.predict_frames
+
+
+def _image_steps(run_id: str) -> set[tuple[str, int]]:
+    """(key, step) of every stepped image in the run: MLflow stores each as images/<key, / as ~>+step+<step>+….png."""
+    found = set()
+    for artifact in mlflow.MlflowClient().list_artifacts(run_id, "images"):
+        match = re.match(r"images/(.+?)\+step\+(\d+)\+", artifact.path)
+        if match:
+            found.add((match.group(1).replace("~", "/"), int(match.group(2))))
+    return found
