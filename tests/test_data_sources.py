@@ -119,10 +119,39 @@ def test_a_video_added_to_the_folder_is_a_new_data_set(tmp_path):
     with pytest.raises(
         DataError,
         match=r"holds another data set \(video from .*videos.*differing in the files under "
-        r"data.path \(one added, removed or rewritten\)",
+        r"data.path \(v2.mp4 added\)",
     ):  # what differs, not two equal descriptions
         prep.ensure_prepared(cfg)  # not silently the old shards, not silently replaced
     assert first.count("train") == 4
+
+
+def test_a_data_sets_identity_follows_its_files_content_not_the_paths_spelling_or_times(tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    folder = tmp_path / "videos"
+    for i in range(2):
+        write_video(folder / f"v{i}.mp4", moving_shapes(12, 16, 16, seed=i))
+    split = "data.split={train: 1.0, val: 0.0, test: 0.0}"
+    first = prep.ensure_prepared(_cfg(tmp_path, "video", folder, split))
+    monkeypatch.chdir(tmp_path)
+    same = [
+        _cfg(tmp_path, "video", f"{folder}/", split),  # a trailing slash
+        _cfg(tmp_path, "video", "videos", split),  # the same folder, relative
+        _cfg(tmp_path, "video", folder, split, "data.on_bad_file=skip"),  # nothing was skipped: no matter
+    ]
+    for cfg in same:
+        assert prep.ensure_prepared(cfg).id == first.id
+    os.utime(folder / "v0.mp4", (1e9, 1e9))  # touched: same bytes
+    assert prep.ensure_prepared(same[0]).id == first.id
+    shutil.copytree(folder, tmp_path / "copy")  # a copy (new times) is the same data set
+    assert prep.ensure_prepared(_cfg(tmp_path, "video", tmp_path / "copy", split)).id == first.id
+
+    data = bytearray((folder / "v1.mp4").read_bytes())
+    data[len(data) // 2] ^= 0xFF  # rewritten in place: same name, same size
+    (folder / "v1.mp4").write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"differing in the files under data.path \(v1.mp4 rewritten\); use another"):
+        prep.ensure_prepared(same[0])
 
 
 def test_name_patterns_split_by_person_and_the_manifest_lists_where_each_went(tmp_path):
@@ -164,6 +193,20 @@ def test_a_split_pattern_matching_no_file_is_named_and_training_goes_on_without_
     assert not (tmp_path / "out" / "images").exists() or not any((tmp_path / "out" / "images").iterdir())
 
 
+def _faststart_cut_short(path: Path) -> None:
+    """An mp4 whose index (moov) comes first, declaring 60 frames, cut at half its bytes: it opens and demuxes fine."""
+    import av
+
+    frames = moving_shapes(60, 64, 64)  # frames big enough that the index is a small part of the file
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.height, stream.width, stream.pix_fmt = 64, 64, "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+        container.mux(stream.encode())
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
@@ -172,8 +215,9 @@ def test_a_split_pattern_matching_no_file_is_named_and_training_goes_on_without_
          r"video .*bad.mp4: (cannot be opened as a video|cut short|has no frames|shorter than one clip)"),
         (lambda p: write_video(p, moving_shapes(4, 16, 16)),
          r"video .*bad.mp4: shorter than one clip: 4 frame\(s\), a clip spans 6 \(data.frames 6, data.frame_step 1\)"),
+        (_faststart_cut_short, r"video .*bad.mp4: cut short: its header declares 60 frames, \d+ are there"),
     ],
-    ids=["not a video", "truncated", "too short"],
+    ids=["not a video", "truncated", "too short", "faststart cut short"],
 )  # fmt: skip
 def test_a_bad_video_is_one_line_naming_it_or_skipped_and_listed(tmp_path, make, message):
     folder = tmp_path / "videos"
@@ -537,3 +581,25 @@ def test_more_decoding_processes_than_cores_are_capped_and_said(capsys, monkeypa
         pool.shutdown()
     assert capsys.readouterr().out == "prepare: data.prepare_processes 100000 capped at this machine's 2 cores\n"
     assert files.pool(1) is None and capsys.readouterr().out == ""
+
+
+def test_each_file_is_hashed_once_until_it_changes(tmp_path, monkeypatch):
+    from nfp import storage
+
+    folder = tmp_path / "videos"
+    for i in range(2):
+        write_video(folder / f"v{i}.mp4", moving_shapes(12, 16, 16, seed=i))
+    cfg = _cfg(tmp_path, "video", folder, "data.split={train: 1.0, val: 0.0, test: 0.0}")
+    prep.ensure_prepared(cfg)
+    assert (tmp_path / "data" / prep.HASHES).is_file()
+    prep._HASHED.clear()  # a new process: only data.dir's memory
+    hashed = []
+    real = storage.sha256
+    monkeypatch.setattr(storage, "sha256", lambda url: hashed.append(url) or real(url))
+    prep.ensure_prepared(cfg)
+    assert hashed == []
+    import os
+
+    os.utime(folder / "v1.mp4", (2e9, 2e9))
+    prep.ensure_prepared(cfg)
+    assert [Path(u).name for u in hashed] == ["v1.mp4"]

@@ -113,7 +113,8 @@ def _relative(path: str, base: str) -> str:
 
 
 def fingerprint(entries: list[Entry]) -> str:
-    """What changes when a file is added, removed, renamed or rewritten: names, sizes and modification times."""
+    """The identity of data.path's files before nfp hashed their content: names, sizes and modification times (a
+    data dir prepared then records this; `same_files` still recognises it)."""
     import hashlib
 
     digest = hashlib.sha256()
@@ -124,6 +125,42 @@ def fingerprint(entries: list[Entry]) -> str:
             stamp = item.get("mtime") or item.get("updated") or item.get("LastModified") or ""
             digest.update(f"{item['name']}\0{item.get('size')}\0{stamp}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def content_records(entries: list[Entry], known: dict) -> tuple[list[list], dict]:
+    """([name under data.path, size, sha256 (16 hex)] of every file, as the data set's identity: what a copy keeps
+    and a rewrite changes; {url: [size, time, sha256]} to remember). A file whose size and modification time are in
+    `known` (the data dir's memory of earlier hashes) is not read again: only new or changed files are hashed."""
+    records, seen = [], {}
+    for entry in entries:
+        for item in _items(entry):
+            url = _url_like(entry.url, item["name"])
+            name = entry.name if item["name"].rstrip("/") == _path_of(entry.url) else (
+                f"{entry.name}/{posixpath.basename(item['name'])}")  # fmt: skip
+            size, stamp = item.get("size"), str(item.get("mtime") or item.get("updated") or item.get("LastModified"))
+            cached = known.get(url)
+            sha = cached[2] if cached and cached[:2] == [size, stamp] else storage.sha256(url)[0][:16]
+            records.append([name, size, sha])
+            seen[url] = [size, stamp, sha]
+    return records, seen
+
+
+def _items(entry: Entry) -> list[dict]:
+    fs, path = storage.filesystem(entry.url)
+    if not fs.isdir(path):
+        return [fs.info(path)]
+    return sorted((i for i in fs.ls(path, detail=True) if i.get("type") != "directory"), key=lambda i: i["name"])
+
+
+def _path_of(url: str) -> str:
+    return storage.filesystem(url)[1].rstrip("/")
+
+
+def _url_like(entry_url: str, path: str) -> str:
+    """`path` as fsspec lists it, as a URL of the same scheme as `entry_url`."""
+    if "://" in entry_url and "://" not in path:
+        return entry_url.partition("://")[0] + "://" + path.lstrip("/")
+    return path
 
 
 # --------------------------------------------------------------------------- videos
@@ -230,6 +267,11 @@ def _probe_video(url: str, name: str) -> Video:
                     pts.append(packet.pts)
         except av.error.FFmpegError as err:
             raise DataError(f"cut short or damaged after {len(pts)} frame(s) ({first_line(err)})") from None
+        # An MP4/MOV's sample table counts its frames exactly: a file cut short (a copy that stopped, a faststart file
+        # whose index comes first) demuxes fewer packets, without an error, and would give fewer clips silently.
+        declared = stream.frames if "mp4" in container.format.name or "mov" in container.format.name else 0
+    if declared and len(pts) < declared:
+        raise DataError(f"cut short: its header declares {declared} frames, {len(pts)} are there")
     if not pts:
         raise DataError("has no frames")
     ordered = tuple(sorted(pts)) if None not in pts else ()  # no timestamps: decoded in order, never sought

@@ -63,8 +63,30 @@ def content_config(data_cfg: DataConfig, entries: list | None = None) -> dict:
     if "path" in out:
         out["path"] = [redact(p) for p in out["path"]]
         out["clip_stride"] = data_cfg.clip_stride or data_cfg.frames
-        out["files"] = files.fingerprint(files.list_entries(data_cfg) if entries is None else entries)
+        entries = files.list_entries(data_cfg) if entries is None else entries
+        out["files"], _ = _file_records(data_cfg, entries)
     return out
+
+
+HASHES = ".nfp-file-hashes.json"  # in data.dir: {url: [size, time, sha256]} of data.path's files, hashed once each
+_HASHED: dict[str, list] = {}  # … and in this process, before data.dir exists
+
+
+def _file_records(data_cfg: DataConfig, entries: list) -> tuple[list[list], dict]:
+    """files.content_records of `entries`, remembering each file's hash (in the process, and in data.dir once it is
+    there) so that a file is read again only when its size or modification time changes."""
+    url = storage.join(data_cfg.dir, HASHES)
+    try:
+        saved = json.loads(storage.read_bytes(url)) if storage.exists(url) else {}
+    except ValueError:
+        saved = {}  # a memory cut short: hash again
+    known = {**saved, **_HASHED}
+    records, seen = files.content_records(entries, known)
+    _HASHED.update(seen)
+    if seen != {k: saved.get(k) for k in seen} and storage.exists(data_cfg.dir):
+        with contextlib.suppress(OSError):  # a memory only: a read-only data dir hashes again next time
+            storage.write_bytes(url, json.dumps({**saved, **seen}).encode())
+    return records, seen
 
 
 # Keys content_config gained after data dirs were prepared without them, at the value those dirs were made with.
@@ -80,20 +102,60 @@ def config_of(manifest: Manifest) -> dict:
 
 
 def _same_config(manifest: Manifest, config: dict) -> bool:
-    return config_of(manifest) == config
+    return not what_differs(
+        config_of(manifest), config, skipped=bool(manifest.content.get("source", {}).get("skipped"))
+    )
 
 
-def what_differs(old: dict, new: dict) -> list[str]:
-    """How content config `new` makes another data set than `old`: "data.seed: 0 → 7" per key that differs, and
-    the files under data.path when they are not the same files."""
-    out = []
-    for key in sorted(set(old) | set(new)):
-        if key == "files" or old.get(key) == new.get(key):
-            continue
-        out.append(f"data.{key}: {_shown(old.get(key))} → {_shown(new.get(key))}")
-    if old.get("files") != new.get("files") and old.get("path") == new.get("path"):
-        out.append("the files under data.path (one added, removed or rewritten)")
+# Not the data set's identity: where the files are (a copy, a trailing slash, an absolute path name the same files),
+# and data.on_bad_file when nothing was skipped.
+_SPELLING = ("path",)
+
+
+def what_differs(old: dict, new: dict, *, skipped: bool = True) -> list[str]:
+    """How content config `new` makes another data set than `old` (a manifest's, that skipped files or not):
+    "data.seed: 0 → 7" per key that differs, and the files added, removed or rewritten under data.path."""
+    ignored = {*_SPELLING, "files", *(() if skipped else ("on_bad_file",))}
+    out = [
+        f"data.{key}: {_shown(old.get(key))} → {_shown(new.get(key))}"
+        for key in sorted((set(old) | set(new)) - ignored)
+        if old.get(key) != new.get(key)
+    ]
+    if "files" in old or "files" in new:
+        out += _files_differ(old.get("files"), new.get("files"), new)
     return out
+
+
+def _files_differ(old, new, config: dict) -> list[str]:
+    """The files under data.path by which `new` records differ from `old` (records, or the digest of names, sizes
+    and times that data dirs prepared before content hashes hold)."""
+    if isinstance(old, str):  # prepared before: judged as then, from the files as they are now
+        entries = files.list_entries(_AsListed(config))
+        return (
+            [] if old == files.fingerprint(entries) else ["the files under data.path (one added, removed or rewritten)"]
+        )
+    before, after = {r[0]: r[1:] for r in old or []}, {r[0]: r[1:] for r in new or []}
+    changes = [
+        *(f"{name} added" for name in sorted(set(after) - set(before))),
+        *(f"{name} removed" for name in sorted(set(before) - set(after))),
+        *(f"{name} rewritten" for name in sorted(set(before) & set(after)) if before[name] != after[name]),
+    ]
+    if not changes:
+        return []
+    shown = ", ".join(changes[:3]) + (f" and {len(changes) - 3} more" if len(changes) > 3 else "")
+    return [f"the files under data.path ({shown})"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _AsListed:
+    """What files.list_entries reads of a data config, from a content config."""
+
+    path: list
+    source: str
+
+    def __init__(self, config: dict):
+        object.__setattr__(self, "path", list(config.get("path", [])))
+        object.__setattr__(self, "source", config.get("source"))
 
 
 def _shown(value) -> str:
@@ -279,7 +341,10 @@ def _write(
             old = _existing_manifest(data_cfg.dir)  # another job may have written it since it was read
         if reuse and old is not None and _same_config(old, config):
             return old
-        return _write_held(data_cfg, old, source, n_shards, config, hold, progress=progress)
+        manifest = _write_held(data_cfg, old, source, n_shards, config, hold, progress=progress)
+        if entries is not None:  # the files' hashes, remembered in data.dir now that it is there
+            _file_records(data_cfg, entries)
+        return manifest
 
 
 def _write_held(data_cfg: DataConfig, old, source: _Source, n_shards, config: dict, hold, *, progress: bool):
@@ -358,12 +423,14 @@ _LAYOUT_KEYS = ("num_shards", "shard_mb", "num_workers", "compression")
 
 def _check_replaceable(data_cfg: DataConfig, old: Manifest, config: dict) -> None:
     """DataError unless data.dir holds the same clips in another layout, or data.overwrite allows replacing them."""
-    clips = {k: v for k, v in config.items() if k not in _LAYOUT_KEYS}
-    if data_cfg.overwrite or {k: v for k, v in config_of(old).items() if k not in _LAYOUT_KEYS} == clips:
+    layout = tuple(f"data.{key}:" for key in _LAYOUT_KEYS)
+    skipped = bool(old.content.get("source", {}).get("skipped"))
+    differs = [d for d in what_differs(config_of(old), config, skipped=skipped) if not d.startswith(layout)]
+    if data_cfg.overwrite or not differs:
         return
     shape = old.content.get("clip_shape")
     shape = shape if isinstance(shape, list) else ["?"]
-    differs = "; ".join(what_differs(config_of(old), config)) or "its manifest says no more"
+    differs = "; ".join(differs)
     raise DataError(
         f"data.dir {data_cfg.dir}: holds another data set ({_describe(old.content.get('config', {}), shape)}) "
         f"than this config makes ({_describe(config, (data_cfg.frames, *data_cfg.frame_shape))}), differing in "

@@ -94,7 +94,8 @@ def check_same_data(cfg, out: RunDir) -> None:
         return
     try:
         old = Manifest(out.root, json.loads(storage.read_bytes(saved)))
-        differs = what_differs(config_of(old), content_config(cfg.data))
+        skipped = bool(old.content.get("source", {}).get("skipped"))
+        differs = what_differs(config_of(old), content_config(cfg.data), skipped=skipped)
     except (ValueError, KeyError, TypeError, AttributeError):
         return  # no judgement to make from it
     if differs:
