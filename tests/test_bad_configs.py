@@ -12,6 +12,12 @@ BAD_OVERRIDES = [
     ("data.frame_sizes=[16,16]", "data.frame_sizes: unknown key, did you mean data.frame_size?"),
     ("model.channels=3", "model.channels: unknown key, did you mean data.channels?"),
     ("train.learningrate=0.1", "train.learningrate: unknown key, did you mean train.learning_rate?"),
+    ("data.frame_size=[32,32,3]", "data.frame_size: got [32, 32, 3], expected [H, W] (a frame's height and width; "),
+    ("data.frame_size=[32,24] data.image_size=16", "data.frame_size and data.image_size: both set ([32, 24] and 16)"),
+    (
+        "data.source=video data.path=/v data.split.test=cam1*",
+        "data.split.test: got 'cam1*', expected a fraction, a count or a list of patterns (['cam1*'])",
+    ),
     ("train.epochs=ten", "train.epochs: got 'ten', expected an integer"),
     ("train.epochs=2.5", "train.epochs: got 2.5, expected an integer"),
     ("train.epochs=0", "train.epochs: got 0, expected >= 1"),

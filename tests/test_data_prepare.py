@@ -449,3 +449,14 @@ def test_two_nfp_prepare_on_one_fresh_data_dir_take_turns(tmp_path, seeds):
     for entry in manifest["splits"].values():
         for shard in entry["shards"]:
             assert sha(tmp_path / "data" / shard["name"]) == shard["sha256"]
+
+
+def test_three_channels_of_grey_generated_digits_are_allowed_and_said_once(tmp_path, capsys):
+    prep.prepare(tiny(tmp_path, channels=3), progress=False)
+    said = [line for line in capsys.readouterr().out.splitlines() if "grey digits" in line]
+    assert said == [
+        "prepare: note: data.channels 3 with grey digits (data.background none): three equal channels, three times "
+        "the storage; data.background photos makes colour clips"
+    ]
+    prep.prepare(tiny(tmp_path, channels=3, background="photos", dir=str(tmp_path / "colour")), progress=False)
+    assert "grey digits" not in capsys.readouterr().out

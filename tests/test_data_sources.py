@@ -72,6 +72,14 @@ def test_videos_become_clips_of_the_frame_size_and_no_video_is_in_two_splits(tmp
     clips = pipeline.read_clips(cfg, manifest, "test", 5)
     (test_video,) = split_of["test"]
     np.testing.assert_array_equal(clips[1], decode_all(videos / test_video, (16, 24))[6:12])  # clip 2: frames 6..11
+    # no clip leaks between splits: each val and test clip is its own video's, frames 6k..6k+5, and none is a train clip
+    train = pipeline.read_clips(cfg, manifest, "train", 20)
+    for split in ("val", "test"):
+        (video,) = split_of[split]
+        decoded = decode_all(videos / video, (16, 24))
+        for k, clip in enumerate(pipeline.read_clips(cfg, manifest, split, 5)):
+            np.testing.assert_array_equal(clip, decoded[6 * k : 6 * k + 6], err_msg=f"{split} clip {k}")
+            assert not any(np.array_equal(clip, t) for t in train), f"{split} clip {k} is a train clip"
     # …and that is the picture Pillow makes of those frames (another resampler: within a few grey levels)
     pillow = np.stack([images.fit(f, (16, 24), 3) for f in decode_all(videos / test_video)[6:12]])
     assert np.abs(pillow.astype(int) - clips[1]).mean() < 6
@@ -83,15 +91,17 @@ def test_cover_scales_to_cover_the_frame_and_centres_the_crop():
     assert images.cover(64, 96, (64, 96)) == (64, 96, 0, 0)
 
 
-def test_frame_step_and_gaps_seek_yet_give_the_frames_a_plain_decode_gives(tmp_path):
-    write_video(tmp_path / "long.mp4", moving_shapes(400, 32, 32, seed=3))
-    # every 2nd frame, a clip every 60 kept frames: gaps of ~110 frames, past what is decoded through
-    cfg = _cfg(tmp_path, "video", tmp_path / "long.mp4", "data.frame_step=2", "data.clip_stride=60",
+@pytest.mark.parametrize("stride", [60, 61], ids=["starts on keyframes", "starts off the keyframe grid"])
+def test_frame_step_and_gaps_seek_yet_give_the_frames_a_plain_decode_gives(tmp_path, stride):
+    write_video(tmp_path / "long.mp4", moving_shapes(400, 32, 32, seed=3))  # a keyframe every 8 frames
+    # every 2nd frame, a clip every 60 (61) kept frames: gaps of ~110 frames, past what is decoded through; with 61,
+    # clips start at frames 122, 244, 366, between keyframes: a seek must land on the keyframe before, not after
+    cfg = _cfg(tmp_path, "video", tmp_path / "long.mp4", "data.frame_step=2", f"data.clip_stride={stride}",
                "data.split={train: 1, val: 0, test: 0}")  # fmt: skip
     manifest = prep.prepare(cfg, progress=False)
     clips = pipeline.read_clips(cfg, manifest, "train", 100)
     reference = decode_all(tmp_path / "long.mp4", (16, 24))
-    starts = list(range(0, 200 - 6 + 1, 60))
+    starts = list(range(0, 200 - 6 + 1, stride))
     assert len(clips) == len(starts) == 4
     for clip, start in zip(clips, starts):
         np.testing.assert_array_equal(clip, reference[[2 * (start + j) for j in range(6)]])

@@ -26,17 +26,49 @@ def load_config(path: str | Path | None = None, overrides: list[str] | str | Non
     raw: dict = {}
     if path is not None:
         raw = _read_yaml(Path(path))
+    in_file = {k for k in ("frame_size", "image_size") if isinstance(raw.get("data"), dict) and k in raw["data"]}
+    overridden = set()
     for item in _split_overrides(overrides):
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r}: expected key.path=value")
         _set_path(raw, key.strip(), _parse_value(text))
+        overridden.add(key.strip())
     _fill_in_preset(raw)
+    _check_data_keys(raw.get("data"), in_file=in_file, overridden=overridden)
     cfg = _build(Config, raw, "")
     if cfg.train.loss == "auto":
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, loss=loss_for(cfg.model.output_activation)))
     check_consistency(cfg)
     return cfg
+
+
+def _check_data_keys(data, *, in_file: set[str], overridden: set[str]) -> None:
+    """What the data section says that its keys' types alone cannot: a frame size that is not [H, W], two keys that
+    both set the frame size in one place (an override of data.frame_size over a file's data.image_size is meant to
+    win; the reverse would be ignored), a split that is a bare pattern (one line each, naming the keys)."""
+    if not isinstance(data, dict):
+        return  # _build names it
+    size = data.get("frame_size")
+    if isinstance(size, list) and len(size) != 2:
+        raise ConfigError(
+            f"data.frame_size: got {size}, expected [H, W] (a frame's height and width; colour is data.channels)"
+        )
+    if size is not None and "frame_size" in data and "image_size" in data:
+        square = isinstance(size, list) and size == [data["image_size"]] * 2
+        wins = "data.frame_size" in overridden and "data.image_size" not in overridden and "image_size" in in_file
+        if not square and not wins:
+            raise ConfigError(
+                f"data.frame_size and data.image_size: both set ({size} and {data['image_size']}), expected one: "
+                "data.frame_size [H, W], or data.image_size for square frames (an override of data.frame_size wins "
+                "over a config file's data.image_size)"
+            )
+    split = data.get("split")
+    for name, value in split.items() if isinstance(split, dict) else ():
+        if isinstance(value, str):
+            raise ConfigError(
+                f"data.split.{name}: got {value!r}, expected a fraction, a count or a list of patterns ([{value!r}])"
+            )
 
 
 def loss_for(output_activation: str) -> str:

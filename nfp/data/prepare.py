@@ -178,6 +178,9 @@ def _generated(data_cfg: DataConfig) -> _Source:
     from nfp.data import moving_mnist as mm
 
     d = data_cfg
+    if d.channels == 3 and d.background == "none":  # allowed (a colour model's shapes on cheap data), but said
+        print("prepare: note: data.channels 3 with grey digits (data.background none): three equal channels, three "
+              "times the storage; data.background photos makes colour clips", flush=True)  # fmt: skip
     counts = plan.split_counts(d, d.num_clips)
     clip_shape = (d.frames, *d.frame_shape)
     # the random draws of every clip are held at once: 4 float64 and an index per digit (and 4 numbers per photo)
