@@ -58,7 +58,7 @@ def test_predict_from_npy_writes_strip_gif_and_npy_of_the_rollout(cfg, checkpoin
     context = clips[:2, 2][None, ..., None].astype(np.float32) / 255.0
     expected = rollout(keras.saving.load_model(checkpoint), context, 4)[0, ..., 0]
     np.testing.assert_allclose(predicted[:, 0] / 255.0, expected, atol=1 / 255)
-    assert sorted(p.name for p in out.iterdir()) == ["clips_2.gif", "clips_2.npy", "clips_2.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["clips_2.gif", "clips_2.npy", "clips_2.png", "inputs.json"]
 
 
 def test_predict_from_a_split_with_defaults_and_from_the_generator_with_one_context_frame(cfg, checkpoint):
@@ -183,3 +183,22 @@ def test_a_long_horizon_strip_wraps_as_the_mlflow_strips_do(cfg, checkpoint, tmp
         width, height = strip.size
     assert width == visualize.LABEL_PX + visualize.ROW_FRAMES * 66 - 2  # ten 4×-scaled frames a line, not 300
     assert height == (1 + 1 + 30) * 66 - 2  # context, the 4 known truth frames, 300 predictions in 30 lines
+
+
+def test_two_inputs_of_one_name_keep_their_own_outputs_and_a_rerun_replaces_its_own(cfg, checkpoint, tmp_path):
+    import json
+
+    from media import moving_shapes, write_frames
+
+    a = write_frames(tmp_path / "a" / "clip", moving_shapes(6, 16, 16, seed=1))
+    b = write_frames(tmp_path / "b" / "clip", moving_shapes(6, 16, 16, seed=2))
+    out = tmp_path / "predictions"
+    first = run_predict(cfg, model_uri=checkpoint, inputs=str(a), context_frames=3, horizon=2, out_dir=str(out))
+    second = run_predict(cfg, model_uri=checkpoint, inputs=str(b), context_frames=3, horizon=2, out_dir=str(out))
+    assert first["strip"].name == "clip.png" and second["strip"].name.startswith("clip-")  # b's, beside a's
+    a_strip = first["strip"].read_bytes()
+    again = run_predict(cfg, model_uri=checkpoint, inputs=str(a), context_frames=3, horizon=2, out_dir=str(out))
+    assert again["strip"] == first["strip"] and first["strip"].read_bytes() == a_strip  # replaced, not duplicated
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".png") == sorted(["clip.png", second["strip"].name])
+    made = json.loads((out / "inputs.json").read_text())
+    assert made == {"clip": str(a), second["strip"].stem: str(b)}

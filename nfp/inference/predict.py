@@ -8,6 +8,8 @@ Frames past the clip's end have no ground truth: they are shown black in the tru
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import tempfile
@@ -41,6 +43,7 @@ def run_predict(
     fitted = files.is_clip_file(inputs)  # fitted to the model's frames: the model first
     model = load_model(model_uri) if fitted else None
     clip, tag = load_input(cfg, inputs, frame_shape=_frame_shape(model, cfg) if fitted else None)
+    tag, made = _unique_tag(out_dir, tag, inputs)
     if k >= len(clip):
         raise ConfigError(f"--context: got {k}, expected < the clip length {len(clip)} of {inputs}")
     model = model or load_model(model_uri)
@@ -68,8 +71,29 @@ def run_predict(
         if save_npy:  # mnist_test_seq.npy's layout TNHW (TNHWC in colour), so it can be fed back to `nfp predict`
             np.save(tmp / f"{tag}.npy", (predicted[..., 0] if predicted.shape[-1] == 1 else predicted)[:, None])
             names["npy"] = f"{tag}.npy"
+        (tmp / INPUTS).write_text(json.dumps(made, indent=1, sort_keys=True))
         storage.publish(tmp, out_dir)
     return {key: storage.output_path(out_dir, name) for key, name in names.items()}
+
+
+INPUTS = "inputs.json"  # in --out: {output name: the input it was made from}
+
+
+def _unique_tag(out_dir: str, tag: str, spec: str) -> tuple[str, dict]:
+    """(the name of this input's outputs, --out's record of names and inputs with it): `tag`, or `tag-<hash>` when
+    --out holds a `tag` made from another input (a/clip.mp4, then b/clip.mp4), so that a rerun of one input replaces
+    its own outputs and never another's."""
+    from nfp import storage
+
+    source = spec if spec.startswith(("split:", "generate:")) or "://" in spec else os.path.abspath(spec)
+    url = storage.join(out_dir, INPUTS)
+    try:
+        made = json.loads(storage.read_bytes(url)) if storage.exists(url) else {}
+    except ValueError:
+        made = {}  # a record cut short: names from here on
+    if made.get(tag, source) != source:
+        tag = f"{tag}-{hashlib.sha256(source.encode()).hexdigest()[:6]}"
+    return tag, {**made, tag: source}
 
 
 def load_input(cfg, spec: str, *, frame_shape: tuple[int, int, int] | None = None) -> tuple[np.ndarray, str]:
