@@ -8,6 +8,7 @@ import os
 import re
 import shlex
 import sys
+import warnings
 
 from nfp import storage
 from nfp.errors import NfpError, redact
@@ -135,7 +136,13 @@ def run() -> None:
     """The `nfp` executable (and `python -m nfp`): main() with TensorFlow's start-up chatter filtered out of stderr."""
     if "--debug" not in sys.argv[1:]:
         _filter_tensorflow_noise()
+        warnings.formatwarning = _one_line_warning
     sys.exit(main())
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as people read it: one line, its text, not the file, line and source of Python that raised it."""
+    return f"warning: {redact(str(message)).splitlines()[0] if str(message) else category.__name__}\n"
 
 
 # What TF 2.21 writes to stderr from C++ on every start (absl logging, before any flag could silence it): news to

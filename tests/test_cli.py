@@ -140,3 +140,21 @@ def test_demo_videos_refuse_a_file_as_out_and_write_again_over_an_earlier_run(tm
         f"note: {out} also holds 1 demo video(s) of an earlier run (demo_002.mp4): data.path reads them too; "
         "delete them to keep only these",
     ]
+
+
+def test_a_warning_is_one_line_without_pythons_source_line(tmp_path):
+    from media import moving_shapes, write_video
+
+    folder = tmp_path / "videos"
+    write_video(folder / "good.mp4", moving_shapes(12, 16, 16))
+    (folder / "bad.mp4").write_bytes(b"not a video" * 100)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nfp", "prepare", "data.source=video", f"data.path={folder}", f"data.dir={tmp_path}/d",
+         "data.frames=6", "data.image_size=16", "data.on_bad_file=skip", "data.split={train: 1.0, val: 0.0, test: 0.0}",
+         "evaluate.context_frames=3", "evaluate.predict_frames=3"],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (line,) = [x.rpartition("warning: ")[2] for x in proc.stderr.splitlines() if "bad.mp4" in x]  # past tqdm's \r
+    assert line.startswith("video ") and "bad.mp4: skipped, " in line
+    assert "UserWarning" not in proc.stderr and "warnings.warn" not in proc.stderr

@@ -606,3 +606,13 @@ def test_an_image_step_already_in_the_run_is_not_logged_again_on_resume(cfg, tmp
     assert {p for p in paths if "+step+0+" in p} == first
     assert len({p.split("+timestamp+")[0] for p in paths if "+step+1+" in p}) == 1
     assert len([p for p in paths if "+step+1+" in p]) == len(first)
+
+
+def test_a_local_dataset_source_logs_without_mlflows_multiple_ways_warning(cfg, tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path) as run:
+            run.log_dataset("video", "abc123", str(tmp_path / "videos"), [6, 16, 16, 3], {"train": 4})
+    assert not [w for w in caught if "multiple ways" in str(w.message)]
+    (dataset,) = mlflow.get_run(run.run_id).inputs.dataset_inputs
+    assert dataset.dataset.digest == "abc123"

@@ -135,7 +135,9 @@ class Online(RunLogger):
     @_offline_on_failure("dataset")
     def log_dataset(self, name: str, digest: str, source: str, clip_shape: list, counts: dict) -> None:
         try:
-            where = resolve_dataset_source(source)
+            with warnings.catch_warnings():  # MLflow registers its local-file source twice and says so on every run
+                warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple")
+                where = resolve_dataset_source(source)
         except Exception:  # noqa: BLE001 - a scheme MLflow has no source class for: its URL as the source
             where = HTTPDatasetSource(source)
         clips = Schema([TensorSpec(np.dtype(np.uint8), (-1, *clip_shape), name="clips")])
