@@ -579,3 +579,15 @@ def test_out_of_memory_in_fit_is_one_line_naming_the_epoch_the_keys_and_what_is_
             "): lower train.batch_size (4 per replica), model.filters ([4]) or data.image_size (16); "
             "no epoch had finished, nothing kept"
         )
+
+
+def test_the_console_line_shows_the_unchanging_baselines_once_and_the_csv_keeps_them(tiny_overrides, tmp_path, capsys):
+    overrides = [*tiny_overrides, "train.epochs=3", "train.verbose=2", "evaluate.every_n_epochs=1",
+                 "train.images.every_n_epochs=0", "tracking.enabled=false"]  # fmt: skip
+    train(load_config(None, overrides))
+    lines = [x for x in capsys.readouterr().out.splitlines() if "loss:" in x]
+    assert len(lines) == 3
+    assert "val_baseline_copy_last_mse" in lines[0]
+    assert not any("val_baseline" in x for x in lines[1:]) and all("val_mse" in x for x in lines)
+    rows = _rows(tmp_path / "out" / "history.csv")
+    assert [bool(r["val_baseline_copy_last_mse"]) for r in rows] == [True, True, True]  # kept every epoch

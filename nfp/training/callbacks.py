@@ -152,6 +152,22 @@ class PeriodicEvaluation(keras.callbacks.Callback):
         logs.update(flat_metrics(result, "val"))
 
 
+class ConsoleLine(keras.callbacks.ProgbarLogger):
+    """Keras's progress output, with the validation baselines (val_baseline_*: the same clips every epoch, so the same
+    values) on the first epoch that has them only: each later line keeps what moves. They stay in the epoch logs,
+    the CSV and the run."""
+
+    shown_baselines = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        baselines = [key for key in logs if key.startswith("val_baseline_")]
+        if baselines and self.shown_baselines:
+            logs = {key: value for key, value in logs.items() if key not in baselines}
+        self.shown_baselines = self.shown_baselines or bool(baselines)
+        super().on_epoch_end(epoch, logs)
+
+
 class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
     """ModelCheckpoint that saves to a temporary name and renames: a kill mid-save never leaves a partial .keras."""
 

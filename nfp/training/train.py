@@ -242,7 +242,7 @@ class Training:
                 steps_per_epoch=data.job.steps_per_epoch,
                 validation_data=data.val,
                 validation_steps=data.val_steps,
-                callbacks=callbacks,
+                callbacks=[*callbacks, cb.ConsoleLine()],  # last: it prints what every callback added
                 verbose=t.verbose if t.verbose is not None else (1 if sys.stdout.isatty() else 2),
                 shuffle=False,  # the pipeline shuffles; Keras would warn that it ignores shuffle=True
             )
