@@ -56,9 +56,12 @@ BAD_FILES = {
     "cut-in-header": (lambda p, c: p.write_bytes(npy_bytes(c)[:40]), r"not a complete .npy file \(its header"),
     "text": (lambda p, c: p.write_text("clips, I promise\n"), r"not a .npy file \(no NumPy header\)"),
     "objects": (_objects, r"holds Python objects \(dtype object\)"),
-    "float": (
-        lambda p, c: np.save(p, c.astype(np.float32)),
-        r"got shape \(24, 6, 16, 16\) dtype float32, expected a .npy of \(time, clips, H, W\) uint8",
+    "float": (  # Moving MNIST's file is uint8; nfp predict --input reads floats in [0, 1] as the arrays source does
+        lambda p, c: np.save(p, c.transpose(1, 0, 2, 3).astype(np.float32)),
+        {
+            "data.url": r"got shape \(6, 24, 16, 16\) dtype float32, expected a .npy of \(time, clips, H, W\) uint8",
+            "--input": r"float values [\d.]+\.\.[\d.]+ in clip 0, expected floats in \[0, 1\] \(or uint8 0–255\)",
+        },
     ),
     "3-d": (lambda p, c: np.save(p, c[0]), r"got shape \(6, 16, 16\) dtype uint8, expected a .npy of"),
     "one-frame": (lambda p, c: np.save(p, c[:, :1].transpose(1, 0, 2, 3)), r"has 1 frame\(s\) per clip"),
@@ -72,6 +75,7 @@ def test_a_bad_npy_is_the_same_one_line_refusal_from_data_url_and_predict_input(
     bad, entry, tiny_overrides, clips, tmp_path, capsys
 ):
     make, message = BAD_FILES[bad]
+    message = message[entry] if isinstance(message, dict) else message
     path = tmp_path / "clips.npy"
     make(path, clips)
     if entry == "data.url":

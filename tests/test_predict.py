@@ -93,10 +93,10 @@ def test_inputs_resolve_to_one_uint8_clip(cfg, tmp_path):
     "make, spec, error, message",
     [
         (
-            lambda p: _noise_npy(p, dtype=np.float32),
+            lambda p: _noise_npy(p, dtype=np.float32),  # floats, but 0–255: as the arrays source says
             "{p}",
             DataError,
-            r"^--input .*in.npy: got shape \(6, 3, 16, 16\) dtype float32, expected a .npy of \(time, clips, H, W\) uint8",
+            r"^--input .*in.npy: float values [\d.]+\.\.[\d.]+ in clip 0, expected floats in \[0, 1\] \(or uint8 0–255\)",
         ),
         (
             lambda p: np.save(p, np.zeros((6, 16, 16), np.uint8)),
@@ -202,3 +202,13 @@ def test_two_inputs_of_one_name_keep_their_own_outputs_and_a_rerun_replaces_its_
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".png") == sorted(["clip.png", second["strip"].name])
     made = json.loads((out / "inputs.json").read_text())
     assert made == {"clip": str(a), second["strip"].stem: str(b)}
+
+
+def test_a_float_npy_in_0_1_is_read_as_the_arrays_source_reads_it(cfg, tmp_path):
+    """One loader: what data.source arrays takes, nfp predict --input takes."""
+    ints = _noise_npy(tmp_path / "ints.npy")
+    np.save(tmp_path / "floats.npy", ints.astype(np.float32) / 255.0)
+    as_floats, _ = load_input(cfg, f"{tmp_path}/floats.npy:1")
+    as_ints, _ = load_input(cfg, f"{tmp_path}/ints.npy:1")
+    assert as_floats.dtype == np.uint8
+    np.testing.assert_array_equal(as_floats, as_ints)

@@ -321,13 +321,13 @@ def _probe_arrays(url: str, name: str, layout: str) -> list[Video]:
         label = _label("arrays", url) + (f" [{member}]" if member else "")
         npy.check_layout(clips, layout, label)  # axes swapped?
         if clips.dtype != np.uint8:
-            _check_float_values(clips, label)  # here, while indexing: data.on_bad_file=skip can leave the file out
+            check_float_values(clips, label)  # here, while indexing: data.on_bad_file=skip can leave the file out
         where = f"{name}[{member}]" if member else name
         out += [Video("arrays", url, f"{where}#{i}", clips.shape[0], (member, i)) for i in range(clips.shape[1])]
     return out
 
 
-def _check_float_values(clips: np.ndarray, label: str, first_clip: int = 0) -> None:
+def check_float_values(clips: np.ndarray, label: str, first_clip: int = 0) -> None:
     """DataError naming the first clip of float `clips` (T, N, H, W, C) with a NaN or a value outside [0, 1]; read a
     few clips at a time (a memory-mapped file stays mapped)."""
     for start in range(0, clips.shape[1], 16):
@@ -501,7 +501,7 @@ def _array_frames(piece: Piece, needed: list[int]) -> np.ndarray:
     array = npy.open_arrays(storage.local_path(video.url), label, piece.layout)[member]
     frames = np.asarray(npy.as_time_major(array, piece.layout)[needed, clip])  # (n, H, W, C)
     if frames.dtype != np.uint8:
-        _check_float_values(frames[:, None], label, first_clip=clip)  # checked while indexing: a file changed since
+        check_float_values(frames[:, None], label, first_clip=clip)  # checked while indexing: a file changed since
         frames = np.rint(frames * 255.0).astype(np.uint8)
     if frames.shape[1:3] != tuple(piece.frame_hw):
         return np.stack([images.fit(f, piece.frame_hw, piece.channels) for f in frames])

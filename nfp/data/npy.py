@@ -138,10 +138,11 @@ def as_time_major(array: np.ndarray, layout: str) -> np.ndarray:
     return clips if len(layout) == 5 else clips[..., None]
 
 
-def open_clips(path: Path, layout: str, label: str) -> np.ndarray:
-    """The clips of a .npy in `layout`, as a memory-mapped (time, clips, H, W, C) uint8 view; DataError naming `label`
-    when the file is no such array, has fewer than 2 frames per clip, or looks laid out the other way."""
-    array = open_array(path, label, layout)
+def open_clips(path: Path, layout: str, label: str, *, floats: bool = False) -> np.ndarray:
+    """The clips of a .npy in `layout`, as a memory-mapped (time, clips, H, W, C) uint8 (or, where `floats`, float)
+    view; DataError naming `label` when the file is no such array, has fewer than 2 frames per clip, or looks laid out
+    the other way."""
+    array = open_array(path, label, layout, floats=floats)
     clips = as_time_major(array, layout)
     if clips.shape[0] < 2:
         raise DataError(

@@ -1,8 +1,9 @@
 """`nfp predict`: roll a model out from a clip's first frames; write a PNG strip, a side-by-side GIF, optionally .npy.
 
-Inputs: a .npy of uint8 clips in data.layout (by default mnist_test_seq.npy's (time, clips, H, W)) as `PATH` or
-`PATH:INDEX`, checked by the loader `data.url` files go through (nfp.data.npy); a prepared split's clip as
-`split:NAME:INDEX`; or a freshly generated clip as `generate:SEED` (Moving MNIST with the cfg.data recipe).
+Inputs: a .npy of clips in data.layout (by default mnist_test_seq.npy's (time, clips, H, W); uint8, or floats
+in [0, 1] as the arrays source reads them) as `PATH` or `PATH:INDEX`, checked by the loader `data.url` files go
+through (nfp.data.npy); a prepared split's clip as `split:NAME:INDEX`; a freshly generated clip as `generate:SEED`
+(Moving MNIST with the cfg.data recipe); or a video file or frame folder.
 Frames past the clip's end have no ground truth: they are shown black in the truth row/pane.
 """
 
@@ -174,11 +175,18 @@ def _npy_clip(cfg, spec: str) -> tuple[np.ndarray, str]:
         path, index = head, int(tail)
     label = f"--input {path}"
     npy.check_file(Path(path), label, "expected a .npy, split:NAME:INDEX or generate:SEED, a video or a frame folder")
-    clips = npy.open_clips(Path(path), cfg.data.layout, label)  # (time, clips, H, W, C), memory-mapped
+    # as the arrays source reads them: uint8 0–255, or floats in [0, 1]
+    clips = npy.open_clips(Path(path), cfg.data.layout, label, floats=True)  # (time, clips, H, W, C), memory-mapped
     count, index = clips.shape[1], index or 0
     valid = f"expected 0 to {count - 1}" if count else "it has none"
     if index < 0:
         raise DataError(f"--input {spec}: index {index} is negative, {valid} ({path} has {count} clips)")
     if index >= count:
         raise DataError(f"--input {spec}: index {index} out of range, {path} has {count} clips ({valid})")
-    return np.ascontiguousarray(clips[:, index]), f"{Path(path).stem}_{index}"
+    clip = np.ascontiguousarray(clips[:, index])
+    if clip.dtype != np.uint8:
+        from nfp.data.files import check_float_values
+
+        check_float_values(clip[:, None], label, first_clip=index)  # NaN or outside [0, 1]: one line, as in prepare
+        clip = np.rint(clip * 255.0).astype(np.uint8)
+    return clip, f"{Path(path).stem}_{index}"
