@@ -186,7 +186,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     from nfp.config import load_config
 
-    cfg = load_config(args.config, [*args.overrides, *shlex.split(args.overrides_string)])
+    overrides = [*args.overrides, *shlex.split(args.overrides_string)]
+    # nfp demo-videos reads the frame size and the seed only: no other key of the config may refuse it
+    only = ("data.frame_size", "data.image_size", "data.seed") if args.command == "demo-videos" else None
+    cfg = load_config(args.config, overrides, only=only)
     if args.command == "config":
         print(cfg.to_yaml(), end="")
     elif args.command == "prepare":

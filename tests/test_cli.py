@@ -158,3 +158,15 @@ def test_a_warning_is_one_line_without_pythons_source_line(tmp_path):
     (line,) = [x.rpartition("warning: ")[2] for x in proc.stderr.splitlines() if "bad.mp4" in x]  # past tqdm's \r
     assert line.startswith("video ") and "bad.mp4: skipped, " in line
     assert "UserWarning" not in proc.stderr and "warnings.warn" not in proc.stderr
+
+
+def test_demo_videos_are_refused_only_by_the_keys_they_use(tmp_path, capsys):
+    """The frame size and seed: a model.patch_size that does not divide the frames, or the generator's digit size,
+    are for other commands."""
+    out = tmp_path / "demo"
+    args = ["demo-videos", "--out", str(out), "--videos", "1", "--frames", "4", "data.frame_size=[16,16]"]
+    assert main([*args, "model.patch_size=5"]) == 0, capsys.readouterr().err
+    assert (out / "demo_000.mp4").is_file()
+    capsys.readouterr()
+    assert main([*args, "data.seed=-1"]) == 2
+    assert capsys.readouterr().err.startswith("error: data.seed: got -1")

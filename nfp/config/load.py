@@ -21,8 +21,12 @@ from nfp.errors import ConfigError
 
 
 # --------------------------------------------------------------------------- loading
-def load_config(path: str | Path | None = None, overrides: list[str] | str | None = ()) -> Config:
-    """Read a YAML config, apply `key.path=value` overrides, return a validated Config."""
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | str | None = (), *, only: tuple[str, ...] | None = None
+) -> Config:
+    """Read a YAML config, apply `key.path=value` overrides, return a validated Config. `only`: the key paths a
+    command uses (e.g. nfp demo-videos: the frame size and seed); the others are left at their defaults, unchecked,
+    so a key the command never reads cannot refuse it."""
     raw: dict = {}
     if path is not None:
         raw = _read_yaml(Path(path))
@@ -34,6 +38,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | str | Non
             raise ConfigError(f"override {item!r}: expected key.path=value")
         _set_path(raw, key.strip(), _parse_value(text))
         overridden.add(key.strip())
+    if only is not None:
+        kept: dict = {}
+        for dotted in only:
+            section, _, key = dotted.partition(".")
+            if isinstance(raw.get(section), dict) and key in raw[section]:
+                kept.setdefault(section, {})[key] = raw[section][key]
+        cfg = _build(Config, kept, "")  # each kept value's own type and bounds; nothing across keys
+        return cfg
     _fill_in_preset(raw)
     _check_data_keys(raw.get("data"), in_file=in_file, overridden=overridden)
     cfg = _build(Config, raw, "")
