@@ -613,3 +613,14 @@ def test_each_file_is_hashed_once_until_it_changes(tmp_path, monkeypatch):
     os.utime(folder / "v1.mp4", (2e9, 2e9))
     prep.ensure_prepared(cfg)
     assert [Path(u).name for u in hashed] == ["v1.mp4"]
+
+
+def test_two_roots_holding_one_file_name_are_told_apart_in_the_manifest(tmp_path):
+    for root, seed in (("day1", 1), ("day2", 2)):
+        write_video(tmp_path / root / "cam1.mp4", moving_shapes(12, 16, 16, seed=seed))
+    write_video(tmp_path / "day2" / "cam2.mp4", moving_shapes(12, 16, 16, seed=3))
+    cfg = _cfg(tmp_path, "video", f"[{tmp_path}/day1, {tmp_path}/day2]", 'data.split={test: ["day2/cam1*"]}')
+    manifest = prep.prepare(cfg, progress=False)
+    assert manifest.content["source"]["videos"] == {
+        "train": ["cam2.mp4", "day1/cam1.mp4"], "val": [], "test": ["day2/cam1.mp4"],
+    }  # fmt: skip

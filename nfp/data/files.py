@@ -13,6 +13,7 @@ Importable without TensorFlow (workers import only this, numpy, PyAV, Pillow and
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import fnmatch
@@ -65,6 +66,7 @@ def natural_key(text: str) -> list:
 def list_entries(data_cfg) -> list[Entry]:
     """Every file (or frame folder) of data.path, sorted by name; DataError naming the path that has none."""
     found: dict[str, Entry] = {}
+    root_of: dict[str, str] = {}
     for spec in data_cfg.path:
         entries = _list_one(spec, data_cfg.source)
         if not entries:
@@ -73,6 +75,14 @@ def list_entries(data_cfg) -> list[Entry]:
             raise DataError(f"data.path {spec}: no {kinds} found (empty, or not there)")
         for entry in entries:
             found.setdefault(entry.url, entry)
+            root_of.setdefault(entry.url, spec)
+    # Two roots holding one name (a/cam1.mp4, b/cam1.mp4): each such file named after its root too, so the manifest,
+    # split patterns and messages tell them apart.
+    names = collections.Counter(e.name for e in found.values())
+    for url, entry in found.items():
+        if names[entry.name] > 1:
+            root = posixpath.basename(root_of[url].rstrip("/").rstrip("*").rstrip("/")) or root_of[url]
+            found[url] = dataclasses.replace(entry, name=f"{root}/{entry.name}")
     return sorted(found.values(), key=lambda e: (natural_key(e.name), e.url))
 
 
