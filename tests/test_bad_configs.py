@@ -13,7 +13,6 @@ BAD_OVERRIDES = [
     ("model.channels=3", "model.channels: unknown key, did you mean data.channels?"),
     ("train.learningrate=0.1", "train.learningrate: unknown key, did you mean train.learning_rate?"),
     ("data.frame_size=[32,32,3]", "data.frame_size: got [32, 32, 3], expected [H, W] (a frame's height and width; "),
-    ("data.frame_size=[32,24] data.image_size=16", "data.frame_size and data.image_size: both set ([32, 24] and 16)"),
     (
         "data.source=video data.path=/v data.split.test=cam1*",
         "data.split.test: got 'cam1*', expected a fraction, a count or a list of patterns (['cam1*'])",
@@ -174,6 +173,10 @@ BAD_FILES = [
     ("train:\n  epochs: 0\n", "train.epochs: got 0, expected >= 1"),
     ("train:\n  epochs: 3\n  epochs: 4\n", "key 'epochs' given twice (line 3), expected once"),
     ("train: {epochs: 3}\ntrain: {epochs: 4}\n", "key 'train' given twice (line 2), expected once"),
+    (
+        "data: {image_size: 32, frame_size: [32, 24]}\n",
+        "data.frame_size and data.image_size: both set ([32, 24] and 32)",
+    ),
 ]
 
 

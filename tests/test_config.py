@@ -127,3 +127,17 @@ def test_empty_and_non_yaml_files(tmp_path):
         load_config(broken)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_frame_size_wins_over_image_size_and_an_override_it_would_hide_is_refused(tmp_path):
+    square = tmp_path / "square.yaml"
+    square.write_text("data: {image_size: 32, digit_size: 8}\n")
+    assert load_config(square, ["data.frame_size=[32,24]"]).data.frame_hw == (32, 24)  # the override is meant to win
+    assert load_config(None, ["data.image_size=16", "data.frame_size=[16,24]", "data.digit_size=8"]).data.frame_hw == (
+        16,
+        24,
+    )
+    wide = tmp_path / "wide.yaml"
+    wide.write_text("data: {frame_size: [32, 24], digit_size: 8}\n")
+    with pytest.raises(ConfigError, match=r"^data.frame_size and data.image_size: both set \(\[32, 24\] and 16\)"):
+        load_config(wide, ["data.image_size=16"])  # would be ignored: refused

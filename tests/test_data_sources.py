@@ -246,8 +246,15 @@ def test_a_bad_video_is_one_line_naming_it_or_skipped_and_listed(tmp_path, make,
 
 def test_an_empty_directory_is_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match=r"^data.path .*empty: no .mp4/.avi/.mkv/.webm/.mov files found"):
+    with pytest.raises(DataError, match=r"^data.path .*empty: empty, expected .mp4/.avi/.mkv/.webm/.mov files$"):
         prep.prepare(_cfg(tmp_path, "video", tmp_path / "empty"), progress=False)
+    # what is there instead, and what was expected
+    (tmp_path / "pngs").mkdir()
+    write_frames(tmp_path / "pngs" / "clip", moving_shapes(2, 16, 16))
+    with pytest.raises(DataError, match=r"^data.path .*f0.png: a frame \(f0.png\), not a folder, expected folders of "):
+        prep.prepare(_cfg(tmp_path, "frames", tmp_path / "pngs" / "clip" / "f0.png"), progress=False)
+    with pytest.raises(DataError, match=r"^data.path .*clip: holds 2 .png file\(s\) only, expected .mp4/"):
+        prep.prepare(_cfg(tmp_path, "video", tmp_path / "pngs" / "clip"), progress=False)
 
 
 def test_videos_on_gs_are_read_through_fsspec(tmp_path, emulator, videos):
@@ -568,7 +575,7 @@ def test_data_path_takes_a_glob_or_a_list_and_names_files_under_it(tmp_path, cap
     assert listed(tmp_path / "cams") == ["a/x.mp4", "b/y.mp4"]  # names under data.path: what patterns match
     assert listed(f"{tmp_path}/cams/*/*.mp4") == ["a/x.mp4", "b/y.mp4"]
     assert listed(tmp_path / "cams" / "b", tmp_path / "other") == ["y.mp4", "z.mkv"]
-    with pytest.raises(DataError, match=r"^data.path .*nowhere: no .mp4/.avi/.mkv/.webm/.mov files found"):
+    with pytest.raises(DataError, match=r"^data.path .*nowhere: not there, expected .mp4/.avi/.mkv/.webm/.mov files"):
         listed(tmp_path / "cams", tmp_path / "nowhere")
 
 

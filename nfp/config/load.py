@@ -66,14 +66,14 @@ def _check_data_keys(data, *, in_file: set[str], overridden: set[str]) -> None:
         raise ConfigError(
             f"data.frame_size: got {size}, expected [H, W] (a frame's height and width; colour is data.channels)"
         )
-    if size is not None and "frame_size" in data and "image_size" in data:
-        square = isinstance(size, list) and size == [data["image_size"]] * 2
-        wins = "data.frame_size" in overridden and "data.image_size" not in overridden and "image_size" in in_file
-        if not square and not wins:
+    if size is not None and "frame_size" in data and "image_size" in data and size != [data["image_size"]] * 2:
+        # data.frame_size wins: refused only where that hides what someone wrote to take effect
+        ignored = "data.image_size" in overridden and "data.frame_size" not in overridden  # over the file's frame_size
+        if ignored or {"frame_size", "image_size"} <= in_file - {k.partition(".")[2] for k in overridden}:
             raise ConfigError(
                 f"data.frame_size and data.image_size: both set ({size} and {data['image_size']}), expected one: "
-                "data.frame_size [H, W], or data.image_size for square frames (an override of data.frame_size wins "
-                "over a config file's data.image_size)"
+                "data.frame_size [H, W], or data.image_size for square frames (data.frame_size wins; override it, "
+                "not data.image_size, over a config that sets it)"
             )
     split = data.get("split")
     for name, value in split.items() if isinstance(split, dict) else ():

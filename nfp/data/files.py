@@ -72,7 +72,7 @@ def list_entries(data_cfg) -> list[Entry]:
         if not entries:
             kinds = "folders of " + "/".join(IMAGE_SUFFIXES) + " frames" if data_cfg.source == "frames" else (
                 "/".join(_SUFFIXES[data_cfg.source]) + " files")  # fmt: skip
-            raise DataError(f"data.path {spec}: no {kinds} found (empty, or not there)")
+            raise DataError(f"data.path {spec}: {_what_is_there(spec, data_cfg.source)}, expected {kinds}")
         for entry in entries:
             found.setdefault(entry.url, entry)
             root_of.setdefault(entry.url, spec)
@@ -84,6 +84,23 @@ def list_entries(data_cfg) -> list[Entry]:
             root = posixpath.basename(root_of[url].rstrip("/").rstrip("*").rstrip("/")) or root_of[url]
             found[url] = dataclasses.replace(entry, name=f"{root}/{entry.name}")
     return sorted(found.values(), key=lambda e: (natural_key(e.name), e.url))
+
+
+def _what_is_there(spec: str, source: str) -> str:
+    """What data.path `spec` holds instead of what `source` reads: "a frame (a.png)", "3 .mp4 files", "not there"."""
+    fs, path = storage.filesystem(spec)
+    if not fs.exists(path) and not any(c in path for c in "*?["):
+        return "not there"
+    if fs.isfile(path):
+        kind = "a frame" if path.lower().endswith(IMAGE_SUFFIXES) else "a file"
+        return f"{kind} ({posixpath.basename(path)}), not a folder" if source == "frames" else f"{kind} of another kind"
+    names = [
+        posixpath.basename(p.rstrip("/")) for p in (fs.glob(path) if any(c in path for c in "*?[") else fs.ls(path))
+    ]
+    if not names:
+        return "empty"
+    suffixes = collections.Counter(posixpath.splitext(n)[1].lower() or "(none)" for n in names)
+    return "holds " + ", ".join(f"{count} {suffix}" for suffix, count in suffixes.most_common(3)) + " file(s) only"
 
 
 def _list_one(spec: str, source: str) -> list[Entry]:
@@ -220,6 +237,7 @@ def index(data_cfg, entries: list[Entry], pool, progress: bool) -> tuple[list[Vi
                 )
             if why:
                 label = _label(data_cfg.source, entry.url)
+                why = why.removeprefix(f"{label}: ")  # the array loader names the file itself: once is enough
                 if data_cfg.on_bad_file == "error":
                     raise DataError(f"{label}: {why} (data.on_bad_file=skip to leave it out)")
                 warnings.warn(f"{label}: skipped, {why}", stacklevel=2)
