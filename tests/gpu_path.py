@@ -123,4 +123,4 @@ def _evaluate_and_predict_with_xla(config: str, overrides: list[str], out: Path,
     assert np.isfinite(report["scores"]["model"]["mse"])
     predicted = _nfp("predict", config, overrides, "--model", best, "--input", "split:val:1", "--out", str(out / "p"))
     assert predicted["compiled"] == [f"{rollout}:xla"]
-    assert sorted(p.suffix for p in (out / "p").iterdir()) == [".gif", ".png"]
+    assert sorted(p.suffix for p in (out / "p").iterdir()) == [".gif", ".json", ".png"]  # inputs.json: which input

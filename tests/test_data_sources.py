@@ -590,14 +590,16 @@ def test_prepare_shows_progress_in_files_and_frames(tmp_path, capsys):
 
 
 def test_more_decoding_processes_than_cores_are_capped_and_said(capsys, monkeypatch):
-    monkeypatch.setattr(files.os, "cpu_count", lambda: 2)
-    pool = files.pool(100000)
+    from nfp.data import workers
+
+    monkeypatch.setattr(workers.os, "cpu_count", lambda: 2)
+    pool = workers.pool(100000)
     try:
         assert pool._max_workers == 2
     finally:
         pool.shutdown()
     assert capsys.readouterr().out == "prepare: data.prepare_processes 100000 capped at this machine's 2 cores\n"
-    assert files.pool(1) is None and capsys.readouterr().out == ""
+    assert workers.pool(1) is None and capsys.readouterr().out == ""
 
 
 def test_each_file_is_hashed_once_until_it_changes(tmp_path, monkeypatch):
@@ -608,8 +610,10 @@ def test_each_file_is_hashed_once_until_it_changes(tmp_path, monkeypatch):
         write_video(folder / f"v{i}.mp4", moving_shapes(12, 16, 16, seed=i))
     cfg = _cfg(tmp_path, "video", folder, "data.split={train: 1.0, val: 0.0, test: 0.0}")
     prep.ensure_prepared(cfg)
-    assert (tmp_path / "data" / prep.HASHES).is_file()
-    prep._HASHED.clear()  # a new process: only data.dir's memory
+    from nfp.data import identity
+
+    assert (tmp_path / "data" / identity.HASHES).is_file()
+    identity._HASHED.clear()  # a new process: only data.dir's memory
     hashed = []
     real = storage.sha256
     monkeypatch.setattr(storage, "sha256", lambda url: hashed.append(url) or real(url))

@@ -14,14 +14,11 @@ Importable without TensorFlow (workers import only this, numpy, PyAV, Pillow and
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import dataclasses
 import fnmatch
-import multiprocessing
 import os
 import posixpath
 import re
-import time
 import warnings
 from collections.abc import Iterator
 
@@ -137,57 +134,6 @@ def _frame_folders(fs, roots: list[str]) -> list[str]:
 def _relative(path: str, base: str) -> str:
     rel = path[len(base) :].lstrip("/") if base and path.startswith(base) else path
     return rel or posixpath.basename(path.rstrip("/"))
-
-
-def fingerprint(entries: list[Entry]) -> str:
-    """The identity of data.path's files before nfp hashed their content: names, sizes and modification times (a
-    data dir prepared then records this; `same_files` still recognises it)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for entry in entries:
-        fs, path = storage.filesystem(entry.url)
-        info = sorted(fs.ls(path, detail=True), key=lambda i: i["name"]) if fs.isdir(path) else [fs.info(path)]
-        for item in info:
-            stamp = item.get("mtime") or item.get("updated") or item.get("LastModified") or ""
-            digest.update(f"{item['name']}\0{item.get('size')}\0{stamp}\n".encode())
-    return digest.hexdigest()[:16]
-
-
-def content_records(entries: list[Entry], known: dict) -> tuple[list[list], dict]:
-    """([name under data.path, size, sha256 (16 hex)] of every file, as the data set's identity: what a copy keeps
-    and a rewrite changes; {url: [size, time, sha256]} to remember). A file whose size and modification time are in
-    `known` (the data dir's memory of earlier hashes) is not read again: only new or changed files are hashed."""
-    records, seen = [], {}
-    for entry in entries:
-        for item in _items(entry):
-            url = _url_like(entry.url, item["name"])
-            name = entry.name if item["name"].rstrip("/") == _path_of(entry.url) else (
-                f"{entry.name}/{posixpath.basename(item['name'])}")  # fmt: skip
-            size, stamp = item.get("size"), str(item.get("mtime") or item.get("updated") or item.get("LastModified"))
-            cached = known.get(url)
-            sha = cached[2] if cached and cached[:2] == [size, stamp] else storage.sha256(url)[0][:16]
-            records.append([name, size, sha])
-            seen[url] = [size, stamp, sha]
-    return records, seen
-
-
-def _items(entry: Entry) -> list[dict]:
-    fs, path = storage.filesystem(entry.url)
-    if not fs.isdir(path):
-        return [fs.info(path)]
-    return sorted((i for i in fs.ls(path, detail=True) if i.get("type") != "directory"), key=lambda i: i["name"])
-
-
-def _path_of(url: str) -> str:
-    return storage.filesystem(url)[1].rstrip("/")
-
-
-def _url_like(entry_url: str, path: str) -> str:
-    """`path` as fsspec lists it, as a URL of the same scheme as `entry_url`."""
-    if "://" in entry_url and "://" not in path:
-        return entry_url.partition("://")[0] + "://" + path.lstrip("/")
-    return path
 
 
 # --------------------------------------------------------------------------- videos
@@ -534,56 +480,6 @@ def _array_frames(piece: Piece, needed: list[int]) -> np.ndarray:
     if frames.shape[1:3] != tuple(piece.frame_hw):
         return np.stack([images.fit(f, piece.frame_hw, piece.channels) for f in frames])
     return images.to_channels(frames, piece.channels)
-
-
-# --------------------------------------------------------------------------- the pool
-def pool(processes: int):
-    """A process pool of `processes` (0: one per core), at most one per core (more would only contend, and each
-    holds a decoder's memory: said once), or None for 1: decoding in this process."""
-    cores = os.cpu_count() or 1
-    n = min(processes or cores, cores)
-    if processes > cores:
-        print(f"prepare: data.prepare_processes {processes} capped at this machine's {cores} cores", flush=True)
-    if n == 1:
-        return None
-    # spawn: the parent may hold TensorFlow's threads, which fork would copy mid-flight
-    return _DecoderPool(
-        n, mp_context=multiprocessing.get_context("spawn"), initializer=_decoder_start, initargs=(os.getpid(),)
-    )
-
-
-class _DecoderPool(concurrent.futures.ProcessPoolExecutor):
-    """Decoding processes that never see Ctrl-C, not even while they start: each is spawned with SIGINT ignored,
-    a disposition Python keeps when it inherits it (a KeyboardInterrupt mid-import would print its traceback)."""
-
-    def _spawn_process(self):
-        import signal
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            return super()._spawn_process()
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            return super()._spawn_process()
-        finally:
-            signal.signal(signal.SIGINT, previous)
-
-
-def _decoder_start(parent: int) -> None:
-    """In each decoding process: Ctrl-C is the parent's to answer (one line there, not a traceback from every
-    worker: a terminal sends SIGINT to the whole process group), and the process ends with its parent, even one
-    killed with SIGKILL (which runs no cleanup): a thread watches for it twice a second."""
-    import signal
-    import threading
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="nfp-parent-watch", daemon=True).start()
 
 
 def first_clip(data_cfg, spec: str, frame_hw, channels: int, *, label: str) -> np.ndarray:

@@ -27,7 +27,8 @@ import numpy as np
 
 from nfp import rundir, storage
 from nfp.config import FILE_SOURCES, DataConfig
-from nfp.data import files, images, plan, preview
+from nfp.data import files, images, plan, preview, workers
+from nfp.data.identity import config_of, content_config, remember_hashes, same_config, what_differs
 from nfp.data.manifest import FILENAME, FORMAT_VERSION, RECORD, SHARD_NAME, Manifest, content_id, load_manifest
 from nfp.data.moving_mnist import SPLITS
 from nfp.data.plan import shard_counts
@@ -40,128 +41,11 @@ def ensure_prepared(data_cfg: DataConfig) -> Manifest:
     storage.check_credentials(data_cfg.dir, data_cfg.url if data_cfg.source == "download" else "")
     existing = _existing_manifest(data_cfg.dir)
     entries = _own_entries(data_cfg)  # listed once: compared here, then read by _write
-    if existing is None or not _same_config(existing, content_config(data_cfg, entries)):
+    if existing is None or not same_config(existing, content_config(data_cfg, entries)):
         return _write(data_cfg, existing, progress=True, reuse=True, entries=entries)
     if not storage.exists(storage.join(data_cfg.dir, preview.PNG)):  # prepared before previews existed
         preview.write(data_cfg.dir, preview.from_shards(data_cfg, existing))
     return existing
-
-
-def content_config(data_cfg: DataConfig, entries: list | None = None) -> dict:
-    """The config keys that determine the shards' bytes (compared to reuse a prepared dir); for your own files also a
-    fingerprint of them (`entries`, listed now when not given): a file added or changed is a new data set."""
-    keys = ["source", "frames", "seed", "num_shards", "shard_mb", "num_workers", "compression", "channels"]
-    keys += {
-        "download": ["num_clips", "url", "sha256", "layout"],
-        "generate": ["num_clips", "digit_bank", "digit_size", "digits_per_clip", "step_length", "background"],
-    }.get(data_cfg.source, ["path", "layout", "clip_stride", "frame_step", "on_bad_file"])
-    out = {k: getattr(data_cfg, k) for k in keys}
-    out["frame_size"] = list(data_cfg.frame_hw)
-    out["split"] = dataclasses.asdict(data_cfg.split)
-    if "url" in out:
-        out["url"] = redact(out["url"])  # the manifest is logged and copied: a URL's user:password stays out of it
-    if "path" in out:
-        out["path"] = [redact(p) for p in out["path"]]
-        out["clip_stride"] = data_cfg.clip_stride or data_cfg.frames
-        entries = files.list_entries(data_cfg) if entries is None else entries
-        out["files"], _ = _file_records(data_cfg, entries)
-    return out
-
-
-HASHES = ".nfp-file-hashes.json"  # in data.dir: {url: [size, time, sha256]} of data.path's files, hashed once each
-_HASHED: dict[str, list] = {}  # … and in this process, before data.dir exists
-
-
-def _file_records(data_cfg: DataConfig, entries: list) -> tuple[list[list], dict]:
-    """files.content_records of `entries`, remembering each file's hash (in the process, and in data.dir once it is
-    there) so that a file is read again only when its size or modification time changes."""
-    url = storage.join(data_cfg.dir, HASHES)
-    try:
-        saved = json.loads(storage.read_bytes(url)) if storage.exists(url) else {}
-    except ValueError:
-        saved = {}  # a memory cut short: hash again
-    known = {**saved, **_HASHED}
-    records, seen = files.content_records(entries, known)
-    _HASHED.update(seen)
-    if seen != {k: saved.get(k) for k in seen} and storage.exists(data_cfg.dir):
-        with contextlib.suppress(OSError):  # a memory only: a read-only data dir hashes again next time
-            storage.write_bytes(url, json.dumps({**saved, **seen}).encode())
-    return records, seen
-
-
-# Keys content_config gained after data dirs were prepared without them, at the value those dirs were made with.
-_ADDED_KEYS = {"download": {"layout": "TNHW", "channels": 1}, "generate": {"channels": 1, "background": "none"}}
-
-
-def config_of(manifest: Manifest) -> dict:
-    """The content config `manifest` was prepared from, with keys added since at the values it was made with."""
-    config = dict(manifest.content.get("config", {}))
-    if "image_size" in config and "frame_size" not in config:  # square frames, before data.frame_size
-        config["frame_size"] = [config.pop("image_size")] * 2
-    return {**_ADDED_KEYS.get(config.get("source"), {}), **config}
-
-
-def _same_config(manifest: Manifest, config: dict) -> bool:
-    return not what_differs(
-        config_of(manifest), config, skipped=bool(manifest.content.get("source", {}).get("skipped"))
-    )
-
-
-# Not the data set's identity: where the files are (a copy, a trailing slash, an absolute path name the same files),
-# and data.on_bad_file when nothing was skipped.
-_SPELLING = ("path",)
-
-
-def what_differs(old: dict, new: dict, *, skipped: bool = True) -> list[str]:
-    """How content config `new` makes another data set than `old` (a manifest's, that skipped files or not):
-    "data.seed: 0 → 7" per key that differs, and the files added, removed or rewritten under data.path."""
-    ignored = {*_SPELLING, "files", *(() if skipped else ("on_bad_file",))}
-    out = [
-        f"data.{key}: {_shown(old.get(key))} → {_shown(new.get(key))}"
-        for key in sorted((set(old) | set(new)) - ignored)
-        if old.get(key) != new.get(key)
-    ]
-    if "files" in old or "files" in new:
-        out += _files_differ(old.get("files"), new.get("files"), new)
-    return out
-
-
-def _files_differ(old, new, config: dict) -> list[str]:
-    """The files under data.path by which `new` records differ from `old` (records, or the digest of names, sizes
-    and times that data dirs prepared before content hashes hold)."""
-    if isinstance(old, str):  # prepared before: judged as then, from the files as they are now
-        entries = files.list_entries(_AsListed(config))
-        return (
-            [] if old == files.fingerprint(entries) else ["the files under data.path (one added, removed or rewritten)"]
-        )
-    before, after = {r[0]: r[1:] for r in old or []}, {r[0]: r[1:] for r in new or []}
-    changes = [
-        *(f"{name} added" for name in sorted(set(after) - set(before))),
-        *(f"{name} removed" for name in sorted(set(before) - set(after))),
-        *(f"{name} rewritten" for name in sorted(set(before) & set(after)) if before[name] != after[name]),
-    ]
-    if not changes:
-        return []
-    shown = ", ".join(changes[:3]) + (f" and {len(changes) - 3} more" if len(changes) > 3 else "")
-    return [f"the files under data.path ({shown})"]
-
-
-@dataclasses.dataclass(frozen=True)
-class _AsListed:
-    """What files.list_entries reads of a data config, from a content config."""
-
-    path: list
-    source: str
-
-    def __init__(self, config: dict):
-        object.__setattr__(self, "path", list(config.get("path", [])))
-        object.__setattr__(self, "source", config.get("source"))
-
-
-def _shown(value) -> str:
-    if isinstance(value, dict):  # data.split
-        return "{" + ", ".join(f"{k}: {v}" for k, v in value.items() if v not in (None, [])) + "}"
-    return "(not set)" if value is None else str(value)
 
 
 # --------------------------------------------------------------------------- sources
@@ -249,7 +133,7 @@ def _downloaded(data_cfg: DataConfig, progress: bool) -> _Source:
 
 def _own_files(data_cfg: DataConfig, entries: list, progress: bool) -> _Source:
     """Clips of your own videos, frame folders or arrays (nfp.data.files), decoded in data.prepare_processes."""
-    pool = files.pool(data_cfg.prepare_processes)
+    pool = workers.pool(data_cfg.prepare_processes)
     try:
         videos, skipped = files.index(data_cfg, entries, pool, progress)
         splits = files.split_videos(data_cfg, videos)
@@ -326,7 +210,7 @@ def _write(
     already; reuse: return the manifest another job wrote meanwhile when it is of this config."""
     entries = entries if entries is not None else _own_entries(data_cfg)
     config = content_config(data_cfg, entries)
-    if old is not None and not _same_config(old, config):
+    if old is not None and not same_config(old, config):
         _check_replaceable(data_cfg, old, config)  # refused before any download or write (and again once held)
     if data_cfg.source == "download":
         source = _downloaded(data_cfg, progress)
@@ -342,18 +226,18 @@ def _write(
         hold = stack.enter_context(_holding(data_cfg.dir))
         if old is not None or storage.exists(storage.join(data_cfg.dir, FILENAME)):
             old = _existing_manifest(data_cfg.dir)  # another job may have written it since it was read
-        if reuse and old is not None and _same_config(old, config):
+        if reuse and old is not None and same_config(old, config):
             return old
         manifest = _write_held(data_cfg, old, source, n_shards, config, hold, progress=progress)
         if entries is not None:  # the files' hashes, remembered in data.dir now that it is there
-            _file_records(data_cfg, entries)
+            remember_hashes(data_cfg, entries)
         return manifest
 
 
 def _write_held(data_cfg: DataConfig, old, source: _Source, n_shards, config: dict, hold, *, progress: bool):
     from tqdm.auto import tqdm
 
-    if old is not None and not _same_config(old, config):
+    if old is not None and not same_config(old, config):
         _check_replaceable(data_cfg, old, config)
         storage.remove(old.url)  # readers must not pair the old manifest with new shards
         for name in (preview.PNG, preview.GIF):  # nor look at the old clips' preview

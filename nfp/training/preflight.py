@@ -86,8 +86,8 @@ def check_same_data(cfg, out: RunDir) -> None:
     mix two data sets in one run, and log a second dataset input into it."""
     import json
 
+    from nfp.data.identity import config_of, content_config, what_differs
     from nfp.data.manifest import Manifest
-    from nfp.data.prepare import config_of, content_config, what_differs
 
     saved = out.file("manifest.json")
     if not out.resume_epoch() or not storage.exists(saved):
