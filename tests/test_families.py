@@ -187,7 +187,7 @@ def test_tau_trains_with_its_loss_term_evaluates_predicts_serves_past_its_block_
     assert report["predict_frames"] == 3 and np.isfinite(report["scores"]["model"]["mse"])
     assert main(["predict", *overrides, "--model", str(out / "checkpoints/best.keras"), "--input", "split:val:1",
                  "--horizon", "7", "--out", str(tmp_path / "p")]) == 0  # fmt: skip
-    assert sorted(p.suffix for p in (tmp_path / "p").iterdir()) == [".gif", ".png"]
+    assert sorted(p.suffix for p in (tmp_path / "p").iterdir()) == [".gif", ".json", ".png"]  # inputs.json: which input
 
     (logged,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
     served = mlflow.pyfunc.load_model(f"models:/{logged.model_id}")

@@ -291,3 +291,15 @@ def test_a_linear_head_whose_raw_frames_leave_0_1_is_served_clipped_to_them(serv
     predicted = np.asarray(body["predictions"], np.float32)
     assert predicted.shape == (1, 4, 16, 16, 1)
     np.testing.assert_array_equal(predicted, 1.0)  # clipped, not 2.x
+
+
+def test_a_ragged_list_to_pyfunc_predict_is_one_line(store):
+    """In-process clients (mlflow.pyfunc.load_model(...).predict) get nfp's one line, not numpy's."""
+    from nfp.inference.serving import BadRequest
+
+    served = mlflow.pyfunc.load_model(store.model_uri)
+    ragged = [[[[0]] * 16] * 16, [[[0]] * 16] * 15]  # two frames of 16 and 15 rows
+    with pytest.raises(
+        BadRequest, match=r"^context: a ragged list \(rows of different lengths\), expected \(batch, k, "
+    ):
+        served.predict([ragged])

@@ -160,8 +160,11 @@ class Forecaster(mlflow.pyfunc.PythonModel):
 def scaled_context(frames, frame_shape: tuple[int, ...]) -> np.ndarray:
     """Request frames → (batch, k, H, W, C) float32 in [0, 1]: integers are 0–255 and divided by 255 (as `nfp
     predict` reads clips), floats are 0–1. A bad request raises BadRequest, one line."""
-    arr = np.asarray(frames)
     wanted = f"(batch, k, {', '.join(map(str, frame_shape))})"
+    try:
+        arr = np.asarray(frames)
+    except ValueError:  # numpy: "setting an array element with a sequence…", many words for a ragged list
+        raise BadRequest(f"context: a ragged list (rows of different lengths), expected {wanted}") from None
     if arr.ndim != 5:
         raise BadRequest(f"context: got shape {arr.shape}, expected {wanted}")
     if arr.shape[0] < 1 or arr.shape[1] < 1:
