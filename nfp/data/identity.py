@@ -17,8 +17,9 @@ from nfp.errors import redact
 
 
 def content_config(data_cfg: DataConfig, entries: list | None = None) -> dict:
-    """The config keys that determine the shards' bytes (compared to reuse a prepared dir); for your own files also a
-    fingerprint of them (`entries`, listed now when not given): a file added or changed is a new data set."""
+    """The config keys that determine the shards' bytes (compared to reuse a prepared dir); for your own files also
+    their records (`entries`, listed now when not given): [name under data.path, size, sha256] each, so that a file
+    added, removed or rewritten is a new data set, and a copy or a touch is not."""
     keys = ["source", "frames", "seed", "num_shards", "shard_mb", "num_workers", "compression", "channels"]
     keys += {
         "download": ["num_clips", "url", "sha256", "layout"],
@@ -38,8 +39,6 @@ def content_config(data_cfg: DataConfig, entries: list | None = None) -> dict:
 
 
 HASHES = ".nfp-file-hashes.json"  # in data.dir: {url: [size, time, sha256]} of data.path's files, hashed once each
-
-
 _HASHED: dict[str, list] = {}  # … and in this process, before data.dir exists
 
 
