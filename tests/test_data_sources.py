@@ -635,3 +635,22 @@ def test_two_roots_holding_one_file_name_are_told_apart_in_the_manifest(tmp_path
     assert manifest.content["source"]["videos"] == {
         "train": ["cam2.mp4", "day1/cam1.mp4"], "val": [], "test": ["day2/cam1.mp4"],
     }  # fmt: skip
+
+
+def test_a_data_dir_prepared_before_content_hashes_is_still_recognised(tmp_path):
+    """Its manifest holds the older digest of names, sizes and times: the same files are the same data set."""
+    from nfp.data import identity
+
+    folder = tmp_path / "videos"
+    for i in range(2):
+        write_video(folder / f"v{i}.mp4", moving_shapes(12, 16, 16, seed=i))
+    cfg = _cfg(tmp_path, "video", folder, "data.split={train: 1.0, val: 0.0, test: 0.0}")
+    first = prep.ensure_prepared(cfg)
+    manifest = tmp_path / "data" / "manifest.json"
+    old = json.loads(manifest.read_text())
+    old["config"]["files"] = identity.fingerprint(files.list_entries(cfg))  # as a data dir prepared before wrote it
+    manifest.write_text(json.dumps(old))
+    assert prep.ensure_prepared(cfg).id == first.id
+    write_video(folder / "v2.mp4", moving_shapes(12, 16, 16, seed=2))
+    with pytest.raises(DataError, match=r"differing in the files under data.path \(one added, removed or rewritten\)"):
+        prep.ensure_prepared(cfg)

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import json
 import posixpath
+import types
 
 from nfp import storage
 from nfp.config import DataConfig
@@ -100,7 +101,8 @@ def _files_differ(old, new, config: dict) -> list[str]:
     """The files under data.path by which `new` records differ from `old` (records, or the digest of names, sizes
     and times that data dirs prepared before content hashes hold)."""
     if isinstance(old, str):  # prepared before: judged as then, from the files as they are now
-        entries = files.list_entries(_AsListed(config))
+        listed = types.SimpleNamespace(path=list(config.get("path", [])), source=config.get("source"))
+        entries = files.list_entries(listed)  # what list_entries reads of a data config
         return [] if old == fingerprint(entries) else ["the files under data.path (one added, removed or rewritten)"]
     before, after = {r[0]: r[1:] for r in old or []}, {r[0]: r[1:] for r in new or []}
     changes = [
@@ -112,18 +114,6 @@ def _files_differ(old, new, config: dict) -> list[str]:
         return []
     shown = ", ".join(changes[:3]) + (f" and {len(changes) - 3} more" if len(changes) > 3 else "")
     return [f"the files under data.path ({shown})"]
-
-
-@dataclasses.dataclass(frozen=True)
-class _AsListed:
-    """What files.list_entries reads of a data config, from a content config."""
-
-    path: list
-    source: str
-
-    def __init__(self, config: dict):
-        object.__setattr__(self, "path", list(config.get("path", [])))
-        object.__setattr__(self, "source", config.get("source"))
 
 
 def _shown(value) -> str:
@@ -153,10 +143,10 @@ def content_records(entries: list[files.Entry], known: dict) -> tuple[list[list]
     `known` (the data dir's memory of earlier hashes) is not read again: only new or changed files are hashed."""
     records, seen = [], {}
     for entry in entries:
-        for item in _items(entry):
+        folder, items = _items(entry)
+        for item in items:
             url = _url_like(entry.url, item["name"])
-            name = entry.name if item["name"].rstrip("/") == _path_of(entry.url) else (
-                f"{entry.name}/{posixpath.basename(item['name'])}")  # fmt: skip
+            name = f"{entry.name}/{posixpath.basename(item['name'])}" if folder else entry.name
             size, stamp = item.get("size"), str(item.get("mtime") or item.get("updated") or item.get("LastModified"))
             cached = known.get(url)
             sha = cached[2] if cached and cached[:2] == [size, stamp] else storage.sha256(url)[0][:16]
@@ -165,15 +155,12 @@ def content_records(entries: list[files.Entry], known: dict) -> tuple[list[list]
     return records, seen
 
 
-def _items(entry: files.Entry) -> list[dict]:
+def _items(entry: files.Entry) -> tuple[bool, list[dict]]:
+    """(whether the entry is a folder of frames, what fsspec says of each of its files)."""
     fs, path = storage.filesystem(entry.url)
     if not fs.isdir(path):
-        return [fs.info(path)]
-    return sorted((i for i in fs.ls(path, detail=True) if i.get("type") != "directory"), key=lambda i: i["name"])
-
-
-def _path_of(url: str) -> str:
-    return storage.filesystem(url)[1].rstrip("/")
+        return False, [fs.info(path)]
+    return True, sorted((i for i in fs.ls(path, detail=True) if i.get("type") != "directory"), key=lambda i: i["name"])
 
 
 def _url_like(entry_url: str, path: str) -> str:
