@@ -654,3 +654,15 @@ def test_a_data_dir_prepared_before_content_hashes_is_still_recognised(tmp_path)
     write_video(folder / "v2.mp4", moving_shapes(12, 16, 16, seed=2))
     with pytest.raises(DataError, match=r"differing in the files under data.path \(one added, removed or rewritten\)"):
         prep.ensure_prepared(cfg)
+
+
+def test_a_file_that_cannot_be_hashed_is_left_to_indexing_to_name(tmp_path, monkeypatch):
+    """Hashing comes before indexing: a read error there is recorded, not raised as a traceback; the index then
+    refuses or skips the file in one line, as for any unreadable file."""
+    from nfp import storage
+    from nfp.data import identity
+
+    write_video(tmp_path / "v" / "a.mp4", moving_shapes(12, 16, 16))
+    monkeypatch.setattr(storage, "sha256", lambda url: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+    records, _ = identity.content_records(files.list_entries(_cfg(tmp_path, "video", tmp_path / "v")), {})
+    assert records == [["a.mp4", (tmp_path / "v" / "a.mp4").stat().st_size, "unreadable"]]

@@ -149,10 +149,18 @@ def content_records(entries: list[files.Entry], known: dict) -> tuple[list[list]
             name = f"{entry.name}/{posixpath.basename(item['name'])}" if folder else entry.name
             size, stamp = item.get("size"), str(item.get("mtime") or item.get("updated") or item.get("LastModified"))
             cached = known.get(url)
-            sha = cached[2] if cached and cached[:2] == [size, stamp] else storage.sha256(url)[0][:16]
+            sha = cached[2] if cached and cached[:2] == [size, stamp] else _sha(url)
             records.append([name, size, sha])
             seen[url] = [size, stamp, sha]
     return records, seen
+
+
+def _sha(url: str) -> str:
+    """A file's sha256 (16 hex), or "unreadable": indexing then refuses or skips it, naming it, in one line."""
+    try:
+        return storage.sha256(url)[0][:16]
+    except OSError:
+        return "unreadable"
 
 
 def _items(entry: files.Entry) -> tuple[bool, list[dict]]:
