@@ -303,7 +303,7 @@ def run(quick: bool, workdir: Path) -> Section:
         "does not: those peaked at ≈ 70 MB, 6 such videos by hand). "
         "The few-vs-many comparison runs in one process (`data.prepare_processes=1`), so one figure is all of it. "
         "prepare reads a shard's clips a chunk at a time (at most 64 MB of clips, `_CHUNK_BYTES` in "
-        "nfp/data/prepare.py) and holds a chunk and its copy: what it holds above the floor follows the shard size up "
+        "nfp/data/plan.py) and holds a chunk and its copy: what it holds above the floor follows the shard size up "
         "to that cap, not the number of files.",
         f"One GPU's need is an estimate, not a measurement: section 7's nfp `convlstm_s` trained at {GPU_CLIPS_64} "
         f"clips/s on 20×64×64×1 clips (H200, Keras 3/JAX, bf16); its convolutions scale with the pixels, so at "
