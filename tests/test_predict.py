@@ -212,3 +212,61 @@ def test_a_float_npy_in_0_1_is_read_as_the_arrays_source_reads_it(cfg, tmp_path)
     as_ints, _ = load_input(cfg, f"{tmp_path}/ints.npy:1")
     assert as_floats.dtype == np.uint8
     np.testing.assert_array_equal(as_floats, as_ints)
+
+
+# A stand-in for one call into TensorFlow that runs for ever: a Python signal handler cannot run inside it
+_ENDLESS_CALL = """
+import pathlib, sys
+import tensorflow as tf
+import nfp.inference.scoring, nfp.models
+from nfp.cli import main
+
+@tf.function
+def spin(x):
+    return tf.while_loop(lambda i, x: i < 2**62, lambda i, x: (i + 1, tf.tanh(x)), (tf.constant(0, tf.int64), x))[1]
+
+def endless(*args, **kwargs):
+    pathlib.Path(sys.argv[1]).write_text("inside")
+    return spin(tf.ones((8, 8)))
+
+nfp.models.rollout = nfp.inference.scoring.evaluate_model = endless
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_ctrl_c_inside_one_endless_tensorflow_call_of_predict_or_evaluate_ends_in_one_line(
+    command, tiny_overrides, checkpoint, tmp_path
+):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _noise_npy(tmp_path / "c.npy")
+    inside, out = tmp_path / "inside", tmp_path / "out"
+    args = {
+        "predict": ["--input", f"{tmp_path}/c.npy:1", "--context", "3", "--horizon", "3"],
+        "evaluate": ["--split", "test"],
+    }[command]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _ENDLESS_CALL, str(inside), command, "--model", checkpoint, *args, "--out", str(out),
+         *tiny_overrides, "tracking.enabled=false"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not inside.exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the endless call was never reached"
+        time.sleep(0.05)
+    time.sleep(1)  # well inside the call
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=30)  # the call never returns: only the interrupt can end the process
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"nfp {command} ignored Ctrl-C inside a long TensorFlow call")
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "interrupted"
+    assert not out.exists() or not any(out.iterdir())  # nothing half-written

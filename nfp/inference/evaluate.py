@@ -24,6 +24,7 @@ def run_evaluate(
     from nfp.data.manifest import load_manifest
     from nfp.data.pipeline import clip_batches
     from nfp.data.shards import naming_bad_shards
+    from nfp.inference import interruptible
     from nfp.inference.model_source import resolve_model
     from nfp.inference.scoring import check_lengths, evaluate_model, flat_metrics
 
@@ -64,8 +65,8 @@ def run_evaluate(
 
     dataset = clip_batches(cfg.data, manifest, split, e.batch_size, max_clips=e.max_clips)
     with naming_bad_shards(cfg.data, manifest, split):
-        result = evaluate_model(
-            model, dataset, protocol=e.protocol, context_frames=e.context_frames, predict_frames=e.predict_frames,
+        result = interruptible.call(
+            evaluate_model, model, dataset, protocol=e.protocol, context_frames=e.context_frames, predict_frames=e.predict_frames,
             jit_compile=choices.jit_compile,
         )  # fmt: skip
     summary = {"protocol": e.protocol, "split": split, "clips": result["clips"], **flat_metrics(result, split)}

@@ -27,6 +27,7 @@ def run_predict(
     """Predict `horizon` frames from the first `context_frames` of one clip; → {"strip", "gif"[, "npy"]} paths."""
     from nfp import models, storage, visualize
     from nfp.distribute import devices
+    from nfp.inference import interruptible
     from nfp.inference.model_source import load_model
     from nfp.inference.serving import MAX_HORIZON
 
@@ -53,7 +54,7 @@ def run_predict(
 
     context = clip[None, :k].astype(np.float32) / 255.0
     choices = devices.for_inference(cfg.train, model, models.rollout_batch_shape(model, 1, k, n, clip.shape[1:]))
-    rolled = models.rollout(model, context, n, jit_compile=choices.jit_compile)[0]  # (n, H, W, C)
+    rolled = interruptible.call(models.rollout, model, context, n, jit_compile=choices.jit_compile)[0]  # (n, H, W, C)
     predicted = (np.clip(rolled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     truth = np.zeros_like(predicted)
     known = clip[k : k + n]
