@@ -303,3 +303,16 @@ def test_a_ragged_list_to_pyfunc_predict_is_one_line(store):
         BadRequest, match=r"^context: a ragged list \(rows of different lengths\), expected \(batch, k, "
     ):
         served.predict([ragged])
+
+
+def test_requests_of_ever_new_shapes_log_no_retracing_warning(store, caplog):
+    """Each new (batch, k, horizon) of a request traces the rollout once, as it must: TensorFlow's warning that
+    calls "triggered tf.function retracing" is noise in a server's log."""
+    import logging
+
+    served = mlflow.pyfunc.load_model(store.model_uri)
+    with caplog.at_level(logging.WARNING):
+        for n in range(1, 9):
+            frames = np.zeros((n % 3 + 1, n % 2 + 1, 16, 16, 1), np.uint8)
+            assert served.predict(frames, params={"horizon": n}).shape == (n % 3 + 1, n, 16, 16, 1)
+    assert not [r.getMessage() for r in caplog.records if "retracing" in r.getMessage()]

@@ -6,7 +6,9 @@ compiles once per input shape); on other backends the plain call.
 
 from __future__ import annotations
 
+import logging
 import weakref
+from typing import ClassVar
 
 COMPILED = weakref.WeakKeyDictionary()  # model → {(kind, jit): function}: traced once, not per call
 
@@ -22,6 +24,26 @@ def traced(model, kind: str, jit_compile: bool, make):
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
 
+            _ExpectedRetracing.install(fn)
             fn = tf.function(fn, jit_compile=jit_compile, reduce_retracing=True)
         functions[kind, jit_compile] = fn
     return functions[kind, jit_compile]
+
+
+class _ExpectedRetracing(logging.Filter):
+    """Drops TensorFlow's "N out of the last M calls to <function> triggered tf.function retracing" for the functions
+    traced here: each new input shape (batch, context, horizon: a server's requests vary them) traces them once, by
+    design. Other functions' retracing warnings, a real sign of waste, pass."""
+
+    functions: ClassVar[set[str]] = set()  # repr() of each traced Python function, as the warning names it
+
+    @classmethod
+    def install(cls, function) -> None:
+        cls.functions.add(repr(function))
+        logger = logging.getLogger("tensorflow")
+        if not any(isinstance(f, cls) for f in logger.filters):
+            logger.addFilter(cls())
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return "triggered tf.function retracing" not in message or not any(f in message for f in self.functions)
