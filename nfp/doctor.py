@@ -30,8 +30,8 @@ def run_doctor(cfg, *, steps: int = 30, out: str | None = None) -> dict:
     import numpy as np
     import tensorflow as tf
 
+    from nfp import models
     from nfp.distribute import make_strategy, strategy_name
-    from nfp.models import flops_per_clip
     from nfp.rundir import RunDir
     from nfp.training.train import compiled_model
 
@@ -51,11 +51,13 @@ def run_doctor(cfg, *, steps: int = 30, out: str | None = None) -> dict:
     frames = d.frames - 1 if d.protocol == "shift" else d.context_frames
     batch_shape = (t.batch_size, frames, *d.frame_shape)
     choices = devices.choose(t, cfg.model, seen, replicated=strategy_name(strategy) != "DefaultStrategy")
+    predicted = d.predict_frames if models.is_direct(cfg.model) else frames  # a direct model's, else one per input
+    shapes = dict(frame_shape=d.frame_shape, input_frames=frames, output_frames=predicted)
+    devices.check_step_fits(t, cfg.model, choices, **shapes)
     model, choices = compiled_model(cfg, strategy, replicas, choices, batch_shape=batch_shape)
 
     rng = np.random.default_rng(0)
     x = rng.random((t.batch_size * replicas, *batch_shape[1:]), dtype=np.float32)
-    predicted = model.outputs[0].shape[1] or frames  # a direct model's data.predict_frames, else one per input
     y = (
         np.roll(x, -1, axis=1)[:, :predicted]
         if predicted <= frames
@@ -81,7 +83,8 @@ def run_doctor(cfg, *, steps: int = 30, out: str | None = None) -> dict:
 
     step_s = statistics.median(timer.durations[1:])
     clips_per_s = t.batch_size * replicas / step_s
-    flops = flops_per_clip(cfg.model, frame_shape=d.frame_shape, input_frames=frames, output_frames=predicted)["train"]
+    flops = models.flops_per_clip(cfg.model, **shapes)["train"]
+    memory = models.step_memory(cfg.model, **shapes, value_bytes=4 if choices.policy == "float32" else 2)
     peak = devices.peak_tflops(gpus[0] if gpus else seen[0])
     achieved = flops * clips_per_s / replicas / 1e12  # TFLOP/s per device
     report = {
@@ -98,6 +101,7 @@ def run_doctor(cfg, *, steps: int = 30, out: str | None = None) -> dict:
         "clips_per_s": clips_per_s,
         "clips_per_s_per_device": clips_per_s / replicas,
         "peak_memory_bytes": _peak_memory(len(gpus)),
+        "step_bytes_per_clip": memory[0] if memory else None,  # the family's estimate, where it makes one
         "train_flops_per_clip": flops,
         "tflops_per_device": achieved,
         "peak_tflops_per_device": peak,
@@ -162,7 +166,12 @@ def _lines(r: dict, steps: int) -> list[str]:
         f"first step (trace + compile): {r['first_step_s']:.1f} s",
         f"step: {1000 * r['step_s']:.1f} ms (median of {steps - 1}), {r['clips_per_s']:.1f} clips/s, "
         f"{r['clips_per_s_per_device']:.1f} clips/s per device",
-        f"peak memory ({memory}): {r['peak_memory_bytes'] / 2**30:.2f} GiB",
+        f"peak memory ({memory}): {r['peak_memory_bytes'] / 2**30:.2f} GiB"
+        + (
+            f" (the model's estimate: {r['step_bytes_per_clip'] / 2**20:.1f} MiB per clip in a training step)"
+            if r.get("step_bytes_per_clip")
+            else ""
+        ),
         f"model FLOP utilisation: {mfu}",
     ]
 

@@ -77,11 +77,20 @@ SIMVP = [
 ]  # fmt: skip
 
 
-def _shrunk_simvp(tmp_path, *extra, jit_compile="auto") -> list[str]:
-    """_shrunk with the tiny TAU for the shipped model, and train.jit_compile as a GPU would choose it."""
+# A tiny PredFormer, likewise: one block of width 16, 4×4 patches
+PREDFORMER = [
+    "model.preset=predformer_tiny", "model.width=16", "model.heads=2", "model.blocks=1", "data.context_frames=3",
+    "data.predict_frames=3", "train.scheduled_sampling=0",
+]  # fmt: skip
+DIRECT = {"simvp": SIMVP, "predformer": PREDFORMER}
+
+
+def _shrunk_simvp(tmp_path, *extra, jit_compile="auto", family="simvp") -> list[str]:
+    """_shrunk with a tiny direct model (TAU, or `family`'s) for the shipped model, and train.jit_compile as a GPU
+    would choose it."""
     convlstm = ("model.", "train.scheduled_sampling=", "train.jit_compile=")
     kept = [o for o in _shrunk(tmp_path, *extra) if not o.startswith(convlstm)]
-    return [*kept, *SIMVP, f"train.jit_compile={jit_compile}"]
+    return [*kept, *DIRECT[family], f"train.jit_compile={jit_compile}"]
 
 
 def _nfp(command: str, config: str, overrides: list[str], *args, env=None, timeout=600) -> dict:

@@ -94,7 +94,8 @@ def test_flat_params_use_dotted_key_paths():
         ("train.batch_size=0", "train.batch_size: got 0, expected >= 1"),
         (
             "model.preset=huge",
-            "model.preset: got 'huge', expected one of tiny, keras_io, convlstm_s, simvp_gsta, tau, simvp_tiny, tau_tiny, custom",
+            "model.preset: got 'huge', expected one of tiny, keras_io, convlstm_s, simvp_gsta, tau, simvp_tiny, tau_tiny, "
+            "predformer, predformer_tiny, custom",
         ),
         ("data.stage=maybe", "data.stage: got 'maybe', expected true or false"),
         ("data.split.train=0.5", "data.split: fractions sum to 0.7"),

@@ -349,7 +349,7 @@ def test_a_replacement_that_fails_leaves_no_preview_of_the_old_clips(tmp_path, m
     ],
 )
 def test_sizes_that_cannot_fit_in_memory_are_refused_before_anything_is_made(tmp_path, monkeypatch, change, keys):
-    monkeypatch.setattr("nfp.data.plan._memory_bytes", lambda: 16 * 10**9)
+    monkeypatch.setattr("nfp.data.plan.memory_bytes", lambda: 16 * 10**9)
     with pytest.raises(DataError) as info:
         prep.prepare(tiny(tmp_path, **change), progress=False)
     message = str(info.value)

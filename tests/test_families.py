@@ -50,7 +50,7 @@ def test_a_preset_implies_its_family_and_carries_its_recipe():
 @pytest.mark.parametrize("config", sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").glob("*.yaml")))
 def test_every_shipped_config_keeps_or_names_its_family(config):
     cfg = load_config(REPO / config)
-    assert cfg.model.family == ("simvp" if cfg.model.preset in models.family("simvp").PRESETS else "convlstm")
+    assert cfg.model.family == models.PRESETS[cfg.model.preset]
 
 
 @pytest.mark.parametrize("preset", ["tiny", "keras_io", "convlstm_s", "custom"])
@@ -86,6 +86,11 @@ def test_a_config_from_before_families_loads_as_a_convlstm(tmp_path):
         (["model.preset=tau", "data.image_size=18", "data.digit_size=8"], "model.encoder_blocks: got 4 (2 stride-2"),
         (["model.preset=tau", "train.schedule.warmup_epochs=1"], "train.schedule.warmup_epochs: got 1, expected 0"),
         (["model.preset=tau", "model.encoder_blocks=3"], "model.encoder_blocks: got 3, expected an even number"),
+        (["model.preset=predformer", "model.heads=3"], "model.width: got 256, expected a multiple of model.heads (3)"),
+        (["model.preset=predformer", "data.image_size=60", "data.digit_size=8"], "model.patch_size: got 8, expected a"),
+        (["model.preset=predformer", "model.filters=[4]"], "model.filters: does not apply to model.family predformer"),
+        (["model.preset=tau", "model.width=64"], "model.width: does not apply to model.family simvp"),
+        (["model.preset=predformer", "data.protocol=shift"], "data.protocol: got shift, expected context"),
     ],
 )
 def test_what_a_family_cannot_take_is_one_line_naming_the_key(overrides, expected):
@@ -238,15 +243,18 @@ _REPLICAS = textwrap.dedent(
     from nfp.config import load_config
     from nfp.distribute import make_strategy
     from nfp.models.optim import build_loss, term_metrics
+    PRESETS = {"simvp_tiny": ["model.spatial_channels=4", "model.temporal_channels=8"],
+               "tau_tiny": ["model.spatial_channels=4", "model.temporal_channels=8"],
+               "predformer_tiny": ["model.width=16", "model.heads=2", "model.blocks=1"]}
 
     x = np.random.default_rng(0).random((32, 6, 16, 16, 1), dtype=np.float32)
     ds = tf.data.Dataset.from_tensor_slices((x[:, :3], x[:, 3:])).batch(8)  # 4 steps of a global batch of 8
     out = {}
     for name, devices in (("default", "[]"), ("mirrored", "['/cpu:0', '/cpu:1']")):
         strategy = None
-        for preset in ("simvp_tiny", "tau_tiny"):
+        for preset, sizes in PRESETS.items():
             cfg = load_config(None, [f"distribute.strategy={name}", f"distribute.devices={devices}",
-                                     f"model.preset={preset}", "model.spatial_channels=4", "model.temporal_channels=8",
+                                     f"model.preset={preset}", *sizes,
                                      "data.image_size=16", "data.digit_size=8", "data.frames=6",
                                      "data.context_frames=3", "data.predict_frames=3"])
             strategy = strategy or make_strategy(cfg.distribute)
@@ -266,14 +274,14 @@ _REPLICAS = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_one_and_two_replicas_give_the_same_losses_step_by_step_for_each_simvp_translator():
+def test_one_and_two_replicas_give_the_same_losses_step_by_step_for_each_direct_model():
     """From the same weights on the same global batches. Tolerance: relative 1e-4, float32 sums taken in another
     order (per replica, then all-reduced) and BatchNorm's statistics synchronized across the replicas; an
     unsynchronized BatchNorm or a loss averaged per replica instead of over the global batch moves them by ~1e-2."""
     proc = subprocess.run([sys.executable, "-c", _REPLICAS], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    for preset in ("simvp_tiny", "tau_tiny"):
+    for preset in ("simvp_tiny", "tau_tiny", "predformer_tiny"):
         one, two = out[f"{preset}/default"], out[f"{preset}/mirrored"]
         assert (one["replicas"], two["replicas"]) == (1, 2)
         assert len(one["steps"]) == len(two["steps"]) == 8
@@ -286,7 +294,7 @@ def test_one_and_two_replicas_give_the_same_losses_step_by_step_for_each_simvp_t
     assert "differential_divergence" in out["tau_tiny/default"]["steps"][0]
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tau_tiny"])
+@pytest.mark.parametrize("preset", ["tiny", "tau_tiny", "predformer_tiny"])
 def test_each_familys_flop_count_matches_the_built_models(preset):
     """The count the doctor reports (nfp.models.flops_per_clip, from the config) against TensorFlow's profiler over
     the built model's forward graph: within 5% (the analytic count's elementwise terms are rough). Not `keras_io`:

@@ -1,5 +1,6 @@
 """The GPU path on the CPU, continued (apart so that a parallel run shares the long end-to-end runs out): the one-GPU
-TAU config with XLA on the whole step, and the multi-node config in two worker processes for each family."""
+direct configs (TAU, PredFormer) with XLA on the whole step, and the multi-node config in two worker processes for each
+family."""
 
 import json
 import os
@@ -15,14 +16,17 @@ from nfp.config import load_config
 pytestmark = pytest.mark.slow
 
 
-def test_the_tau_config_trains_with_xla_and_bf16_on_one_device_then_evaluates_and_predicts(tmp_path):
-    """configs/tau.yaml, the one-GPU config: Keras compiles the whole training step with XLA."""
-    config = "configs/tau.yaml"
+@pytest.mark.parametrize("family", ["simvp", "predformer"])
+def test_the_one_gpu_direct_configs_train_with_xla_and_bf16_on_one_device_then_evaluate_and_predict(tmp_path, family):
+    """configs/tau.yaml and configs/predformer.yaml, the one-GPU configs: Keras compiles the whole training step."""
+    config, preset = {"simvp": ("configs/tau.yaml", "tau"), "predformer": ("configs/predformer.yaml", "predformer")}[
+        family
+    ]
     shipped = load_config(config, [])
     assert (shipped.model.preset, shipped.distribute.strategy, shipped.train.schedule.name) == (
-        "tau", "default", "onecycle",
+        preset, "default", "onecycle",
     )  # fmt: skip
-    overrides = _shrunk_simvp(tmp_path, jit_compile="on")
+    overrides = _shrunk_simvp(tmp_path, jit_compile="on", family=family)
     trained = _nfp("train", config, overrides)
     assert "direct:xla" in trained["compiled"]  # strips and periodic evaluation, as training: XLA
     _, run = _the_run()
@@ -30,10 +34,10 @@ def test_the_tau_config_trains_with_xla_and_bf16_on_one_device_then_evaluates_an
     _evaluate_and_predict_with_xla(config, overrides, tmp_path / "out", rollout="direct")
 
 
-@pytest.mark.parametrize("family", ["convlstm", "simvp"])
+@pytest.mark.parametrize("family", ["convlstm", "simvp", "predformer"])
 def test_the_multi_node_config_trains_on_two_workers_with_xla_and_bf16_then_evaluates_and_predicts(tmp_path, family):
     config = "configs/multi_node.yaml"
-    overrides = _shrunk(tmp_path) if family == "convlstm" else _shrunk_simvp(tmp_path)
+    overrides = _shrunk(tmp_path) if family == "convlstm" else _shrunk_simvp(tmp_path, family=family)
     from nfp.data.prepare import ensure_prepared
 
     ensure_prepared(load_config(config, overrides).data)  # one shared data dir, prepared once (gs:// in production)
@@ -58,7 +62,9 @@ def test_the_multi_node_config_trains_on_two_workers_with_xla_and_bf16_then_eval
     for p, (stdout, stderr) in zip(procs, results):
         assert p.returncode == 0, stderr[-4000:]
         reports.append(json.loads(next(ln for ln in reversed(stdout.splitlines()) if ln.startswith("REPORT "))[7:]))
-    xla = "cell" if family == "convlstm" else "off"  # a replicated SimVP runs without XLA (nfp.distribute.devices)
+    xla = (
+        "cell" if family == "convlstm" else "off"
+    )  # a replicated direct model runs without XLA (nfp.distribute.devices)
     assert all((r["cell_xla"] >= 1) == (xla == "cell") for r in reports)  # both workers' cells compiled by XLA
     _, run = _the_run()
     assert run.info.status == "FINISHED"

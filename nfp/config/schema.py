@@ -150,13 +150,16 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     # The defaults below are `custom`'s starting point; any other preset overrides them. A preset implies its family.
-    preset: Literal["tiny", "keras_io", "convlstm_s", "simvp_gsta", "tau", "simvp_tiny", "tau_tiny", "custom"] = _knob(
-        "tiny", help="a bundle of model keys (and for simvp presets OpenSTL's recipe: train keys) that fills every key "
-        "the config leaves unset; custom: none",
+    preset: Literal[
+        "tiny", "keras_io", "convlstm_s", "simvp_gsta", "tau", "simvp_tiny", "tau_tiny", "predformer",
+        "predformer_tiny", "custom",
+    ] = _knob(
+        "tiny", help="a bundle of model keys (and for simvp and predformer presets their papers' recipe: train keys) "
+        "that fills every key the config leaves unset; custom: none",
     )  # fmt: skip
-    family: Literal["convlstm", "simvp"] = _knob(
-        "convlstm", help="convlstm: autoregressive (output t predicts frame t+1); simvp: direct (data.context_frames "
-        "in, data.predict_frames out at once; data.protocol context)",
+    family: Literal["convlstm", "simvp", "predformer"] = _knob(
+        "convlstm", help="convlstm: autoregressive (output t predicts frame t+1); simvp, predformer: direct "
+        "(data.context_frames in, data.predict_frames out at once; data.protocol context)",
     )  # fmt: skip
     # --- convlstm
     # nfp: nfp.models.convlstm.layers.ConvLSTMStack (OpenSTL's cell, float32 cell state, scheduled sampling);
@@ -164,11 +167,13 @@ class ModelConfig:
     cell: Literal["nfp", "keras"] = "nfp"
     filters: list[int] = _knob([16, 16], min=1, help="hidden channels per recurrent layer")
     kernel_sizes: list[int] = _knob([3, 3], min=1)
-    patch_size: int = _knob(1, min=1, help="p: frames become (H/p)×(W/p) grids of p·p channels before the stack")
+    patch_size: int = _knob(
+        1, min=1, help="p: frames become (H/p)×(W/p) grids of p·p channels before the stack (predformer: of tokens)"
+    )
     activation: Literal["tanh", "relu", "elu", "gelu", "silu"] = "tanh"
     norm: Literal["batch", "layer", "none"] = "none"  # keras cell only: between recurrent layers
     dropout: float = _knob(0.0, min=0, max=0.99)  # keras cell only
-    # --- convlstm and simvp
+    # --- every family
     output_activation: Literal["sigmoid", "linear"] = "sigmoid"
     # --- simvp (OpenSTL's SimVP_Model; its names in brackets; defaults: its constructor's)
     translator: Literal["gsta", "tau"] = _knob(
@@ -183,8 +188,14 @@ class ModelConfig:
     translator_blocks: int = _knob(4, min=2, help="translator blocks (N_T)")
     encoder_kernel: int = _knob(3, min=1, help="encoder conv kernel (spatio_kernel_enc)")
     decoder_kernel: int = _knob(3, min=1, help="decoder conv kernel (spatio_kernel_dec)")
-    mlp_ratio: float = _knob(8.0, min=0, help="translator MLP width / its channels, > 1")
-    drop_path: float = _knob(0.0, min=0, max=0.99, help="stochastic depth, rising linearly over translator blocks")
+    mlp_ratio: float = _knob(8.0, min=0, help="translator MLP width / its channels, > 1 (predformer: SwiGLU width / "
+                             "model.width)")  # fmt: skip
+    drop_path: float = _knob(0.0, min=0, max=0.99, help="stochastic depth, rising linearly over translator blocks "
+                             "(predformer: over its transformer layers)")  # fmt: skip
+    # --- predformer (PredFormer's Quadruplet-TSST; its names in brackets); also patch_size, mlp_ratio, drop_path
+    width: int = _knob(256, min=1, help="token width (dim)")
+    heads: int = _knob(8, min=1, help="attention heads; width / heads per head (dim_head)")
+    blocks: int = _knob(6, min=1, help="blocks of four gated transformers: time, space, space, time (Ndepth)")
 
 
 # --------------------------------------------------------------------------- train
@@ -228,6 +239,10 @@ class TrainConfig:
     steps_per_epoch: int | None = _knob(None, min=1)
     validation_steps: int | None = _knob(None, min=1)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float | None = _knob(
+        None, min=0, help="decoupled weight decay, on every weight (as PyTorch's AdamW); default: Keras's 0.004 for "
+        "adamw, none for adam and sgd",
+    )  # fmt: skip
     learning_rate: float = _knob(1e-3, min=0)
     scale_lr: bool = False  # linear scaling by replicas (use with schedule.warmup_epochs)
     loss: Literal["auto", "bce", "mse"] = _knob("auto", help="auto: bce for a sigmoid head, mse for a linear one")

@@ -65,7 +65,7 @@ def shard_name(split: str, index: int, total: int, compression: str) -> str:
     return f"{split}-{index:05d}-of-{total:05d}.tfrecord" + (".gz" if compression == "gzip" else "")
 
 
-def _memory_bytes() -> int | None:
+def memory_bytes() -> int | None:
     """This machine's physical memory (None where the OS does not say)."""
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -87,7 +87,7 @@ def check_fits(data_cfg: DataConfig, counts: dict[str, int], clip_shape, per_cli
         f"{frame_key}, data.frames": (2 * min(chunk(clip_shape), max(counts.values())) + 4 * 3 * preview.CLIPS)
         * clip_bytes,
     }
-    need, have = sum(parts.values()), _memory_bytes()
+    need, have = sum(parts.values()), memory_bytes()
     if have is not None and need > have:
         keys = " or ".join(k for k, v in sorted(parts.items(), key=lambda kv: -kv[1]) if v >= need / 10)
         raise DataError(

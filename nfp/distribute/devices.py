@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from dataclasses import dataclass
 
 from nfp.errors import ConfigError, tf_error_line
@@ -34,11 +35,26 @@ PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0}
 CPU_CORE_TFLOPS = 0.16  # nominal, per core: 2 AVX-512 FMA units × 16 float32 lanes × 2 FLOPs × 2.5 GHz
 
 
+# Memory of each card (GiB) where its name does not say it ("NVIDIA H100 80GB HBM3" does): substring, first match wins
+MEMORY_GIB = {"H200": 141, "H100": 80, "A100": 40, "L40": 48, "A10G": 24, "L4": 24, "V100": 16, "T4": 16}
+
+
 @dataclass(frozen=True)
 class Device:
     kind: str  # "GPU" or "CPU"
     name: str = ""  # e.g. "NVIDIA H100 80GB HBM3"
     compute_capability: tuple[int, int] | None = None
+
+    @property
+    def memory_bytes(self) -> int | None:
+        """A GPU's memory from its name ("…80GB…") or MEMORY_GIB; a CPU's, this machine's; None where unknown."""
+        if self.kind != "GPU":
+            from nfp.data.plan import memory_bytes
+
+            return memory_bytes()
+        said = re.search(r"(\d+)\s*GB", self.name)
+        gib = int(said.group(1)) if said else next((g for key, g in MEMORY_GIB.items() if key in self.name), None)
+        return gib * 2**30 if gib else None
 
 
 @dataclass(frozen=True)
@@ -176,3 +192,31 @@ def peak_tflops(device: Device) -> float | None:
 
         return CPU_CORE_TFLOPS * len(os.sched_getaffinity(0))
     return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in device.name), None)
+
+
+def check_step_fits(train_cfg, model_cfg, choices: Choices, *, frame_shape, input_frames: int, output_frames: int):
+    """ConfigError naming train.batch_size (and the model key that shrinks a clip's share) when a training step's
+    estimated memory — the family's activations per clip times the batch per device, plus weights, gradients and
+    Adam's moments — exceeds the smallest device's; before any model is built. Silent for families that make no
+    estimate, and for devices of unknown memory."""
+    from nfp import models
+
+    estimate = models.step_memory(
+        model_cfg, frame_shape=frame_shape, input_frames=input_frames, output_frames=output_frames,
+        value_bytes=4 if choices.policy == "float32" else 2,
+    )  # fmt: skip
+    known = [d for d in choices.devices if d.memory_bytes]
+    if estimate is None or not known:
+        return
+    per_clip, params, shrink = estimate
+    device = min(known, key=lambda d: d.memory_bytes)
+    need = train_cfg.batch_size * per_clip + 16 * params  # float32 weights and gradients, two Adam moments
+    if need > device.memory_bytes:
+        from nfp.data.plan import size_text
+
+        clip = "×".join(str(s) for s in (input_frames, *frame_shape))
+        raise ConfigError(
+            f"train.batch_size: {train_cfg.batch_size} clips of {clip} per device need about {size_text(need)} in a "
+            f"training step ({size_text(per_clip)} per clip, precision {choices.policy}), the {device.name} has "
+            f"{size_text(device.memory_bytes)}; lower train.batch_size or {shrink}"
+        )

@@ -1,7 +1,7 @@
 """The family seam: every model nfp trains belongs to a family, and everything outside nfp/models/ reaches a family
 through the functions here, never by name.
 
-A family (a sub-package: `convlstm`, `simvp`) owns its presets and the model keys it reads, its checks, its layers,
+A family (a sub-package: `convlstm`, `simvp`, `predformer`) owns its presets and the model keys it reads, its checks, its layers,
 `build`, its loss terms, its kind — autoregressive (output t predicts frame t+1; a rollout feeds predictions back)
 or direct (k context frames in, n frames out at once; a rollout iterates blocks) —, its rollout, its FLOP count,
 and the XLA mode it supports under a replicated strategy. Imports nothing heavy: Keras (and TensorFlow, where it is
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from nfp.models import convlstm, simvp
+from nfp.models import convlstm, predformer, simvp
 
-FAMILIES: dict[str, ModuleType] = {"convlstm": convlstm, "simvp": simvp}
+FAMILIES: dict[str, ModuleType] = {"convlstm": convlstm, "simvp": simvp, "predformer": predformer}
 DEFAULT_FAMILY = "convlstm"
 PRESETS: dict[str, str] = {preset: name for name, fam in FAMILIES.items() for preset in fam.PRESETS}  # → family
 
@@ -87,6 +87,15 @@ def flops_per_clip(model_cfg, *, frame_shape, input_frames: int, output_frames: 
     return of_config(model_cfg).flops_per_clip(
         model_cfg, frame_shape=frame_shape, input_frames=input_frames, output_frames=output_frames
     )
+
+
+def step_memory(model_cfg, *, frame_shape, input_frames: int, output_frames: int, value_bytes: int):
+    """(bytes one clip holds on the device in a training step, the parameter count, what shrinks a clip's share:
+    e.g. "raise model.patch_size") where the family estimates it, else None. `value_bytes`: 4 float32, 2 mixed."""
+    return of_config(model_cfg).step_memory(
+        model_cfg, frame_shape=tuple(frame_shape), input_frames=input_frames, output_frames=output_frames,
+        value_bytes=value_bytes,
+    )  # fmt: skip
 
 
 def loss_terms(model_cfg) -> dict[str, float]:

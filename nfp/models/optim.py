@@ -31,8 +31,9 @@ _LOSSES = {"bce": "BinaryCrossentropy", "mse": "MeanSquaredError"}
 
 def build_optimizer(train_cfg, replicas: int, steps_per_epoch: int):
     """The Keras optimizer of train.optimizer, its learning rate train.schedule per step (see the module docstring)."""
+    decay = {} if train_cfg.weight_decay is None else {"weight_decay": train_cfg.weight_decay}
     return getattr(keras.optimizers, _OPTIMIZERS[train_cfg.optimizer])(
-        learning_rate=learning_rate_schedule(train_cfg, replicas, steps_per_epoch)
+        learning_rate=learning_rate_schedule(train_cfg, replicas, steps_per_epoch), **decay
     )
 
 

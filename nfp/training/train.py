@@ -162,6 +162,11 @@ class Training:
         choices = devices.choose(
             t, self.cfg.model, devices.visible_devices(), replicated=strategy_name(strategy) != "DefaultStrategy"
         )
+        x_spec, y_spec = data.train.element_spec
+        devices.check_step_fits(
+            t, self.cfg.model, choices, frame_shape=tuple(x_spec.shape[2:]), input_frames=x_spec.shape[1],
+            output_frames=y_spec.shape[1],
+        )  # fmt: skip
         model, choices = compiled_model(
             self.cfg,
             strategy,

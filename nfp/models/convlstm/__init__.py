@@ -105,6 +105,11 @@ def flops_per_clip(model_cfg, *, frame_shape, input_frames: int, output_frames: 
 LOSS_TERMS = ()
 
 
+def step_memory(model_cfg, *, frame_shape, input_frames: int, output_frames: int, value_bytes: int):
+    """None: not estimated (a convolution's activations grow only linearly with the frame; nfp doctor measures it)."""
+    return None
+
+
 def loss_terms(model_cfg) -> dict[str, float]:
     """{term name: weight} added to the base loss: none."""
     return {}

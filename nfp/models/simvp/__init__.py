@@ -6,9 +6,8 @@ loaded."""
 
 from __future__ import annotations
 
-import numpy as np
-
-from nfp.errors import ConfigError, ModelError
+from nfp.errors import ConfigError
+from nfp.models.direct import context_length, rollout, rollout_input_frames  # noqa: F401 - the seam's, shared
 
 KIND = "direct"
 KEYS = (
@@ -83,40 +82,17 @@ def build(model_cfg, *, frame_shape, context_frames, predict_frames, scheduled_s
     )
 
 
-def context_length(model) -> int:
-    """The k frames the model takes (fixed: the translator stacks them as channels)."""
-    return int(model.inputs[0].shape[1])
-
-
-def rollout(model, context, horizon: int, *, jit_compile: bool = False) -> np.ndarray:
-    """(batch, ≥k, H, W, C) context → (batch, horizon, H, W, C): the last k frames predict the next block of n,
-    whose last k frames (with context where n < k) predict the next, until `horizon` frames are made."""
-    from nfp.models.traced import traced
-
-    context = np.asarray(context, np.float32)
-    k = context_length(model)
-    if context.shape[1] < k:
-        raise ModelError(f"context: got {context.shape[1]} frames, the model predicts from its last {k} (model input)")
-    forward = traced(model, "direct", jit_compile, lambda: lambda frames: model(frames, training=False))
-    frames, blocks, made = context[:, -k:], [], 0
-    while made < horizon:
-        block = np.asarray(forward(frames), np.float32)
-        blocks.append(block)
-        made += block.shape[1]
-        frames = np.concatenate([frames, block], axis=1)[:, -k:]
-    return np.concatenate(blocks, axis=1)[:, :horizon]
-
-
-def rollout_input_frames(model, context_frames: int, horizon: int) -> int:
-    return context_length(model)
-
-
 def flops_per_clip(model_cfg, *, frame_shape, input_frames: int, output_frames: int) -> dict:
     from nfp.models.simvp.cost import flops_per_clip
 
     return flops_per_clip(
         model_cfg, frame_shape=tuple(frame_shape), context_frames=input_frames, predict_frames=output_frames
     )
+
+
+def step_memory(model_cfg, *, frame_shape, input_frames: int, output_frames: int, value_bytes: int):
+    """None: not estimated (a convolution's activations grow only linearly with the frame; nfp doctor measures it)."""
+    return None
 
 
 def loss_terms(model_cfg) -> dict[str, float]:

@@ -376,8 +376,13 @@ def build_model(model_cfg, *, frame_shape, context_frames: int, predict_frames: 
     own last k predictions (OpenSTL's SimVP.forward: ⌊n/k⌋ full blocks, then the first n mod k of one more)."""
     frame_shape = tuple(int(d) for d in frame_shape)
     _check(model_cfg, frame_shape, context_frames, predict_frames)
-    k, n = context_frames, predict_frames
-    core = _core(model_cfg, frame_shape, k)
+    core = _core(model_cfg, frame_shape, context_frames)
+    return chain_blocks(core, frame_shape, context_frames, predict_frames, name=f"simvp_{model_cfg.preset}")
+
+
+def chain_blocks(core: keras.Model, frame_shape, k: int, n: int, *, name: str) -> keras.Model:
+    """A direct model of n frames from its k→k core: n < k keeps the core's first n, n > k calls it again on its own
+    last k predictions (⌊n/k⌋ full blocks, then the first n mod k of one more)."""
     frames = keras.Input((k, *frame_shape), name="frames")
     if n <= k:
         y = core(frames)
@@ -390,7 +395,7 @@ def build_model(model_cfg, *, frame_shape, context_frames: int, predict_frames: 
         if n % k:
             blocks.append(TakeFrames(n % k, dtype="float32", name="take")(core(cur)))
         y = L.Concatenate(axis=1, dtype="float32", name="predictions")(blocks)
-    return keras.Model(frames, y, name=f"simvp_{model_cfg.preset}")
+    return keras.Model(frames, y, name=name)
 
 
 def differential_divergence(y_true, y_pred, tau: float = 0.1, eps: float = 1e-12):
