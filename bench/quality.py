@@ -1,9 +1,9 @@
 """Quality per CPU-second: every model preset trained for the same wall-clock budget on the same clips, scored 10 → 10.
 
 Each preset is nfp's model, loss (`train.loss: auto`, plus its family's loss terms), optimizer and input pipeline
-(`make_dataset`: the shift protocol for the autoregressive ConvLSTM presets, 10 → 10 pairs for the direct SimVP and PredFormer ones,
-each with its preset's recipe; a OneCycle schedule runs over the steps the budget is estimated to hold), trained
-with `model.fit` for the same seconds of training time on identical
+(`make_dataset`: the shift protocol for the autoregressive ConvLSTM and PredRNN-V2 presets, 10 → 10 pairs for the
+direct SimVP and PredFormer ones, each with its preset's recipe; a OneCycle schedule runs over the steps the budget
+is estimated to hold), trained with `model.fit` for the same seconds of training time on identical
 generated clips, then rolled out 10 → 10 on held-out test clips and scored by `nfp.inference.scoring`
 (OpenSTL's metrics) next to the copy-last-frame and mean-frame baselines. A learning curve (test
 MSE against training seconds) is taken along the way; evaluation time is not training time.
@@ -42,7 +42,15 @@ SIZES = {
         budget=600,
         curve=[150, 300, 600],
         context=10,
-        presets={"tiny": [], "convlstm_s": [], "keras_io": [], "simvp_tiny": [], "tau_tiny": [], "predformer_tiny": []},
+        presets={
+            "tiny": [],
+            "convlstm_s": [],
+            "keras_io": [],
+            "simvp_tiny": [],
+            "tau_tiny": [],
+            "predformer_tiny": [],
+            "predrnn_v2_tiny": [],
+        },
         colour=dict(budget=300, curve=[150, 300]),  # tiny only: the best grey preset per CPU-second so far
         schedule=dict(learning_rate=0.003, epochs=6, steps_per_epoch=40),  # tiny twice: ~3 min on 2 cores
     ),
@@ -62,6 +70,7 @@ SIZES = {
             "keras_io": ["model.filters=[4]", "model.kernel_sizes=[3]"],
             "tau_tiny": ["model.spatial_channels=4", "model.temporal_channels=8"],
             "predformer_tiny": ["model.width=16", "model.heads=2", "model.blocks=1"],
+            "predrnn_v2_tiny": ["model.filters=[4, 4]", "model.kernel_sizes=[3, 3]"],
         },
         colour=dict(budget=4, curve=[2, 4]),
         schedule=dict(learning_rate=0.003, epochs=3, steps_per_epoch=2),

@@ -82,12 +82,15 @@ PREDFORMER = [
     "model.preset=predformer_tiny", "model.width=16", "model.heads=2", "model.blocks=1", "data.context_frames=3",
     "data.predict_frames=3", "train.scheduled_sampling=0",
 ]  # fmt: skip
-DIRECT = {"simvp": SIMVP, "predformer": PREDFORMER}
+# A tiny PredRNN-V2 (autoregressive, its own reverse scheduled sampling)
+PREDRNN = ["model.preset=predrnn_v2_tiny", "model.filters=[4, 4]", "model.kernel_sizes=[3, 3]",
+           "train.scheduled_sampling=0"]  # fmt: skip
+DIRECT = {"simvp": SIMVP, "predformer": PREDFORMER, "predrnn": PREDRNN}
 
 
 def _shrunk_simvp(tmp_path, *extra, jit_compile="auto", family="simvp") -> list[str]:
-    """_shrunk with a tiny direct model (TAU, or `family`'s) for the shipped model, and train.jit_compile as a GPU
-    would choose it."""
+    """_shrunk with another family's tiny model (TAU, or `family`'s) for the shipped model, and train.jit_compile as
+    a GPU would choose it."""
     convlstm = ("model.", "train.scheduled_sampling=", "train.jit_compile=")
     kept = [o for o in _shrunk(tmp_path, *extra) if not o.startswith(convlstm)]
     return [*kept, *DIRECT[family], f"train.jit_compile={jit_compile}"]

@@ -78,7 +78,7 @@ BAD_OVERRIDES = [
     (
         "model.preset=resnet",
         "model.preset: got 'resnet', expected one of tiny, keras_io, convlstm_s, simvp_gsta, tau, simvp_tiny, "
-        "tau_tiny, predformer, predformer_tiny, custom",
+        "tau_tiny, predformer, predformer_tiny, predrnn_v2, predrnn_v2_tiny, custom",
     ),
     ("model.cell=lstm", "model.cell: got 'lstm', expected one of nfp, keras"),
     ("model.patch_size=0", "model.patch_size: got 0, expected >= 1"),

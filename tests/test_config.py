@@ -95,7 +95,7 @@ def test_flat_params_use_dotted_key_paths():
         (
             "model.preset=huge",
             "model.preset: got 'huge', expected one of tiny, keras_io, convlstm_s, simvp_gsta, tau, simvp_tiny, tau_tiny, "
-            "predformer, predformer_tiny, custom",
+            "predformer, predformer_tiny, predrnn_v2, predrnn_v2_tiny, custom",
         ),
         ("data.stage=maybe", "data.stage: got 'maybe', expected true or false"),
         ("data.split.train=0.5", "data.split: fractions sum to 0.7"),

@@ -245,10 +245,13 @@ _REPLICAS = textwrap.dedent(
     from nfp.models.optim import build_loss, term_metrics
     PRESETS = {"simvp_tiny": ["model.spatial_channels=4", "model.temporal_channels=8"],
                "tau_tiny": ["model.spatial_channels=4", "model.temporal_channels=8"],
-               "predformer_tiny": ["model.width=16", "model.heads=2", "model.blocks=1"]}
+               "predformer_tiny": ["model.width=16", "model.heads=2", "model.blocks=1"],
+               "predrnn_v2_tiny": ["model.filters=[4, 4]", "model.kernel_sizes=[3, 3]", "evaluate.context_frames=3",
+                                   "evaluate.predict_frames=3"]}
 
     x = np.random.default_rng(0).random((32, 6, 16, 16, 1), dtype=np.float32)
-    ds = tf.data.Dataset.from_tensor_slices((x[:, :3], x[:, 3:])).batch(8)  # 4 steps of a global batch of 8
+    direct = tf.data.Dataset.from_tensor_slices((x[:, :3], x[:, 3:])).batch(8)  # 4 steps of a global batch of 8
+    shift = tf.data.Dataset.from_tensor_slices((x[:, :-1], x[:, 1:])).batch(8)  # the autoregressive protocol
     out = {}
     for name, devices in (("default", "[]"), ("mirrored", "['/cpu:0', '/cpu:1']")):
         strategy = None
@@ -261,8 +264,14 @@ _REPLICAS = textwrap.dedent(
             keras.utils.set_random_seed(0)
             terms = models.loss_terms(cfg.model)
             with strategy.scope():
-                model = models.build_model(cfg.model, frame_shape=(16, 16, 1), context_frames=3, predict_frames=3)
+                model = models.build_model(cfg.model, frame_shape=(16, 16, 1), context_frames=3, predict_frames=3,
+                                           sampling_from=3)
                 model.compile(keras.optimizers.SGD(0.1), build_loss(cfg.train, terms), metrics=term_metrics(terms))
+            if models.is_direct(cfg.model):
+                ds = direct
+            else:  # PredRNN-V2: past its reverse sampling schedule, whose draws differ per replica
+                ds = shift
+                model.get_layer("predrnn_v2").sampling_step.assign(10**6)
             steps = []
             record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: steps.append(dict(logs)))
             model.fit(ds, epochs=2, verbose=0, callbacks=[record])
@@ -274,14 +283,14 @@ _REPLICAS = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_one_and_two_replicas_give_the_same_losses_step_by_step_for_each_direct_model():
+def test_one_and_two_replicas_give_the_same_losses_step_by_step_for_each_new_family():
     """From the same weights on the same global batches. Tolerance: relative 1e-4, float32 sums taken in another
     order (per replica, then all-reduced) and BatchNorm's statistics synchronized across the replicas; an
     unsynchronized BatchNorm or a loss averaged per replica instead of over the global batch moves them by ~1e-2."""
     proc = subprocess.run([sys.executable, "-c", _REPLICAS], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    for preset in ("simvp_tiny", "tau_tiny", "predformer_tiny"):
+    for preset in ("simvp_tiny", "tau_tiny", "predformer_tiny", "predrnn_v2_tiny"):
         one, two = out[f"{preset}/default"], out[f"{preset}/mirrored"]
         assert (one["replicas"], two["replicas"]) == (1, 2)
         assert len(one["steps"]) == len(two["steps"]) == 8
@@ -292,9 +301,10 @@ def test_one_and_two_replicas_give_the_same_losses_step_by_step_for_each_direct_
         assert two["moving"] == pytest.approx(one["moving"], rel=1e-3), preset
         assert one["steps"][-1]["loss"] < one["steps"][0]["loss"], preset
     assert "differential_divergence" in out["tau_tiny/default"]["steps"][0]
+    assert "decoupling" in out["predrnn_v2_tiny/default"]["steps"][0]  # its loss term, added by the layer
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tau_tiny", "predformer_tiny"])
+@pytest.mark.parametrize("preset", ["tiny", "tau_tiny", "predformer_tiny", "predrnn_v2_tiny"])
 def test_each_familys_flop_count_matches_the_built_models(preset):
     """The count the doctor reports (nfp.models.flops_per_clip, from the config) against TensorFlow's profiler over
     the built model's forward graph: within 5% (the analytic count's elementwise terms are rough). Not `keras_io`:

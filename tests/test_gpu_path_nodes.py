@@ -16,25 +16,31 @@ from nfp.config import load_config
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("family", ["simvp", "predformer"])
-def test_the_one_gpu_direct_configs_train_with_xla_and_bf16_on_one_device_then_evaluate_and_predict(tmp_path, family):
-    """configs/tau.yaml and configs/predformer.yaml, the one-GPU configs: Keras compiles the whole training step."""
-    config, preset = {"simvp": ("configs/tau.yaml", "tau"), "predformer": ("configs/predformer.yaml", "predformer")}[
-        family
-    ]
+ONE_GPU = {
+    "simvp": ("configs/tau.yaml", "tau", "direct"),
+    "predformer": ("configs/predformer.yaml", "predformer", "direct"),
+    "predrnn": ("configs/predrnn_v2.yaml", "predrnn_v2", "free_run"),
+}
+
+
+@pytest.mark.parametrize("family", list(ONE_GPU))
+def test_the_one_gpu_family_configs_train_with_xla_and_bf16_on_one_device_then_evaluate_and_predict(tmp_path, family):
+    """configs/tau.yaml, predformer.yaml and predrnn_v2.yaml, the one-GPU configs: Keras compiles the whole training
+    step."""
+    config, preset, rollout = ONE_GPU[family]
     shipped = load_config(config, [])
     assert (shipped.model.preset, shipped.distribute.strategy, shipped.train.schedule.name) == (
         preset, "default", "onecycle",
     )  # fmt: skip
     overrides = _shrunk_simvp(tmp_path, jit_compile="on", family=family)
     trained = _nfp("train", config, overrides)
-    assert "direct:xla" in trained["compiled"]  # strips and periodic evaluation, as training: XLA
+    assert f"{rollout}:xla" in trained["compiled"]  # strips and periodic evaluation, as training: XLA
     _, run = _the_run()
     assert (run.data.tags["xla"], run.data.tags["precision"]) == ("step", "mixed_bfloat16")
-    _evaluate_and_predict_with_xla(config, overrides, tmp_path / "out", rollout="direct")
+    _evaluate_and_predict_with_xla(config, overrides, tmp_path / "out", rollout=rollout)
 
 
-@pytest.mark.parametrize("family", ["convlstm", "simvp", "predformer"])
+@pytest.mark.parametrize("family", ["convlstm", "simvp", "predformer", "predrnn"])
 def test_the_multi_node_config_trains_on_two_workers_with_xla_and_bf16_then_evaluates_and_predicts(tmp_path, family):
     config = "configs/multi_node.yaml"
     overrides = _shrunk(tmp_path) if family == "convlstm" else _shrunk_simvp(tmp_path, family=family)
@@ -72,5 +78,5 @@ def test_the_multi_node_config_trains_on_two_workers_with_xla_and_bf16_then_eval
     assert (tags["strategy"], tags["xla"], tags["precision"]) == ("MultiWorkerMirroredStrategy", xla, "mixed_bfloat16")
     assert run.data.tags["num_workers"] == "2"
     _evaluate_and_predict_with_xla(
-        config, overrides, tmp_path / "out", "free_run" if family == "convlstm" else "direct"
+        config, overrides, tmp_path / "out", "free_run" if family in ("convlstm", "predrnn") else "direct"
     )

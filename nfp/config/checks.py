@@ -46,10 +46,10 @@ def check_consistency(cfg: Config) -> None:
             f"train.schedule.warmup_epochs: got {t.schedule.warmup_epochs}, expected 0 with train.schedule.name: "
             "onecycle (its warm-up is the first 30% of train.epochs)"
         )
-    if t.scheduled_sampling and family.KIND == "direct":
+    if t.scheduled_sampling and family.WITHOUT_SCHEDULED_SAMPLING:
         raise ConfigError(
             f"train.scheduled_sampling: got {t.scheduled_sampling}, expected 0 with model.family {m.family} "
-            "(a direct model feeds no predictions back in training)"
+            f"({family.WITHOUT_SCHEDULED_SAMPLING})"
         )
     if t.scheduled_sampling and m.cell != "nfp":
         preset_cell = family.PRESETS.get(m.preset, {}).get("cell")

@@ -152,16 +152,16 @@ class ModelConfig:
     # The defaults below are `custom`'s starting point; any other preset overrides them. A preset implies its family.
     preset: Literal[
         "tiny", "keras_io", "convlstm_s", "simvp_gsta", "tau", "simvp_tiny", "tau_tiny", "predformer",
-        "predformer_tiny", "custom",
+        "predformer_tiny", "predrnn_v2", "predrnn_v2_tiny", "custom",
     ] = _knob(
         "tiny", help="a bundle of model keys (and for simvp and predformer presets their papers' recipe: train keys) "
         "that fills every key the config leaves unset; custom: none",
     )  # fmt: skip
-    family: Literal["convlstm", "simvp", "predformer"] = _knob(
-        "convlstm", help="convlstm: autoregressive (output t predicts frame t+1); simvp, predformer: direct "
+    family: Literal["convlstm", "simvp", "predformer", "predrnn"] = _knob(
+        "convlstm", help="convlstm, predrnn: autoregressive (output t predicts frame t+1); simvp, predformer: direct "
         "(data.context_frames in, data.predict_frames out at once; data.protocol context)",
     )  # fmt: skip
-    # --- convlstm
+    # --- convlstm (filters, kernel_sizes and patch_size also predrnn's)
     # nfp: nfp.models.convlstm.layers.ConvLSTMStack (OpenSTL's cell, float32 cell state, scheduled sampling);
     # keras: keras.layers.ConvLSTM2D layers with normalisation between them and a causal Conv3D head
     cell: Literal["nfp", "keras"] = "nfp"
@@ -192,6 +192,12 @@ class ModelConfig:
                              "model.width)")  # fmt: skip
     drop_path: float = _knob(0.0, min=0, max=0.99, help="stochastic depth, rising linearly over translator blocks "
                              "(predformer: over its transformer layers)")  # fmt: skip
+    # --- predrnn (OpenSTL's PredRNNv2; its names in brackets); also filters, kernel_sizes, patch_size
+    decouple_beta: float = _knob(0.1, min=0, help="weight of the decoupling loss (decouple_beta)")
+    reverse_sampling: list[int] = _knob(
+        [25000, 50000], min=0, help="[start, end] training steps of reverse scheduled sampling (r_sampling_step_1, _2)"
+    )
+    reverse_sampling_alpha: float = _knob(5000.0, min=1, help="its context steps' exponential rise (r_exp_alpha)")
     # --- predformer (PredFormer's Quadruplet-TSST; its names in brackets); also patch_size, mlp_ratio, drop_path
     width: int = _knob(256, min=1, help="token width (dim)")
     heads: int = _knob(8, min=1, help="attention heads; width / heads per head (dim_head)")

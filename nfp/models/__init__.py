@@ -1,7 +1,7 @@
 """The family seam: every model nfp trains belongs to a family, and everything outside nfp/models/ reaches a family
 through the functions here, never by name.
 
-A family (a sub-package: `convlstm`, `simvp`, `predformer`) owns its presets and the model keys it reads, its checks, its layers,
+A family (a sub-package: `convlstm`, `predrnn`, `simvp`, `predformer`) owns its presets and the model keys it reads, its checks, its layers,
 `build`, its loss terms, its kind — autoregressive (output t predicts frame t+1; a rollout feeds predictions back)
 or direct (k context frames in, n frames out at once; a rollout iterates blocks) —, its rollout, its FLOP count,
 and the XLA mode it supports under a replicated strategy. Imports nothing heavy: Keras (and TensorFlow, where it is
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from nfp.models import convlstm, predformer, simvp
+from nfp.models import convlstm, predformer, predrnn, simvp
 
-FAMILIES: dict[str, ModuleType] = {"convlstm": convlstm, "simvp": simvp, "predformer": predformer}
+FAMILIES: dict[str, ModuleType] = {"convlstm": convlstm, "simvp": simvp, "predformer": predformer, "predrnn": predrnn}
 DEFAULT_FAMILY = "convlstm"
 PRESETS: dict[str, str] = {preset: name for name, fam in FAMILIES.items() for preset in fam.PRESETS}  # → family
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from nfp.errors import ConfigError
 
+WITHOUT_SCHEDULED_SAMPLING = None  # train.scheduled_sampling: the nfp cell's (see config checks)
 KIND = "autoregressive"
 # The model keys this family reads (besides model.preset and model.family); any other set in a config is refused.
 KEYS = ("cell", "filters", "kernel_sizes", "patch_size", "activation", "norm", "dropout", "output_activation")

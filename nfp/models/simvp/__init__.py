@@ -9,6 +9,8 @@ from __future__ import annotations
 from nfp.errors import ConfigError
 from nfp.models.direct import context_length, rollout, rollout_input_frames  # noqa: F401 - the seam's, shared
 
+# why train.scheduled_sampling is refused
+WITHOUT_SCHEDULED_SAMPLING = "a direct model feeds no predictions back in training"
 KIND = "direct"
 KEYS = (
     "translator", "spatial_channels", "temporal_channels", "encoder_blocks", "translator_blocks", "encoder_kernel",
