@@ -29,11 +29,13 @@ Each result is a JSON line, printed and appended to OUTDIR/probe.jsonl.
       default: "keras_io=model.preset=keras_io". An autoregressive model (the convlstm family) trains on
       (frames 0..18 -> 1..19) with train.loss and is scored by a rollout fed its own predictions. A direct model
       (the simvp family: simvp_gsta, tau, simvp_tiny, tau_tiny) trains on (the first data.context_frames frames ->
-      the next data.predict_frames), k + n <= 20 and k <= 10, with nfp's loss (nfp.models.optim.build_loss: train.loss plus
-      the family's terms, for TAU 0.1 x differential divergence) and is scored by nfp.models.rollout from frames
-      0..9. The learning rate: with train.schedule.name onecycle (the simvp presets' recipe), PyTorch's OneCycleLR
-      up to train.learning_rate over the run's seconds (see one_cycle); any other schedule, a constant
-      train.learning_rate. Adam, batch 16, both.
+      the next data.predict_frames; predformer likewise), k + n <= 20 and k <= 10, with nfp's loss
+      (nfp.models.optim.build_loss: train.loss plus the family's terms, for TAU 0.1 x differential divergence)
+      and is scored by nfp.models.rollout from frames 0..9. The learning rate: with train.schedule.name onecycle
+      (the simvp presets' recipe), PyTorch's OneCycleLR up to train.learning_rate over the run's seconds (see
+      one_cycle); any other schedule, a constant train.learning_rate. The preset's optimizer (Adam; AdamW with
+      its weight decay for predformer), batch 16. PredRNN-V2 (predrnn_v2) trains as an autoregressive model, with
+      its decoupling loss and reverse scheduled sampling (its layer's own).
   PROBE_REF_KERAS=1  also a hand-built Keras ConvLSTM-S (patch 4, 4x128, 5x5) for comparison
   PROBE_POLICY=mixed_bfloat16|float32 (default mixed_bfloat16)
   PROBE_TORCH_MODEL=convlstm|tau|gsta (default convlstm): the torch part's peer. convlstm: OpenSTL's ConvLSTM-S
@@ -260,7 +262,8 @@ def keras_models():
         name, overrides = name.strip(), overrides.split()
         cfg = load_config(None, [*overrides, f"data.image_size={SIZE}"])
         schedule = "onecycle" if cfg.train.schedule.name == "onecycle" else "constant"
-        variant = dict(lr=cfg.train.learning_rate, schedule=schedule, direct=is_direct(cfg.model))
+        variant = dict(lr=cfg.train.learning_rate, schedule=schedule, direct=is_direct(cfg.model),
+                       optimizer=cfg.train.optimizer, weight_decay=cfg.train.weight_decay)  # fmt: skip
         if variant["direct"]:
             k, n = cfg.data.context_frames, cfg.data.predict_frames
             if k > 10 or k + n > 20:
@@ -280,15 +283,16 @@ def keras_models():
             )
         else:
             loss = {"bce": "binary_crossentropy", "mse": "mse"}[cfg.train.loss]
+            own = f" + {cfg.model.decouple_beta:g} decoupling" if cfg.model.family == "predrnn" else ""  # its layer's
             variant.update(
-                make=lambda cfg=cfg: build_model(cfg.model, frame_shape=(SIZE, SIZE, 1)),
-                loss=loss, loss_name=loss, pairs=shifted, train_flops=nfp_train_flops(overrides, 19, 19),
+                make=lambda cfg=cfg: build_model(cfg.model, frame_shape=(SIZE, SIZE, 1), sampling_from=10),
+                loss=loss, loss_name=loss + own, pairs=shifted, train_flops=nfp_train_flops(overrides, 19, 19),
             )  # fmt: skip
         models[name] = variant
     if os.environ.get("PROBE_REF_KERAS") == "1":
         models["ref_keras_convlstm_s_patch4_bce"] = dict(
             make=convlstm_s, loss="binary_crossentropy", loss_name="binary_crossentropy", lr=1e-3,
-            schedule="constant", direct=False, pairs=shifted, train_flops=None,
+            schedule="constant", direct=False, pairs=shifted, train_flops=None, optimizer="adam", weight_decay=None,
         )  # fmt: skip
     return models
 
@@ -358,7 +362,9 @@ def run_keras(budget):
             keras.utils.set_random_seed(0)
             model = v["make"]()
             lr = lambda seconds, v=v: learning_rate(v["schedule"], v["lr"], seconds, marks[-1])
-            model.compile(optimizer=keras.optimizers.Adam(lr(0.0)), loss=v["loss"])
+            optimizer = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW, "sgd": keras.optimizers.SGD}
+            decay = {} if v["weight_decay"] is None else {"weight_decay": v["weight_decay"]}  # the preset's recipe
+            model.compile(optimizer=optimizer[v["optimizer"]](lr(0.0), **decay), loss=v["loss"])
             t0 = time.time()
             for _ in range(2):  # the first call builds the optimizer's slots and traces again
                 model.train_on_batch(*v["pairs"](x_all[:BATCH]))
@@ -375,14 +381,14 @@ def run_keras(budget):
                     pos += BATCH
                     if v["schedule"] != "constant":
                         model.optimizer.learning_rate = lr(seconds)
-                    loss = model.train_on_batch(*v["pairs"](x_all[idx]))
+                    loss = model.train_on_batch(*v["pairs"](x_all[idx]), return_dict=True)["loss"]  # and metrics
                     steps += 1
                 loss_v = float(np.asarray(loss))  # sync
                 train_s += time.time() - t0
                 t1 = time.time()
                 pred = direct_rollout(model, test_f) if v["direct"] else keras_rollout(model, test_f)
                 rate = steps * BATCH / train_s
-                log({"part": "keras", "model": name, "policy": policy, "loss": v["loss_name"],
+                log({"part": "keras", "model": name, "policy": policy, "loss": v["loss_name"], "optimizer": v["optimizer"],
                      "kind": "direct" if v["direct"] else "autoregressive", "schedule": v["schedule"], "lr": v["lr"],
                      "params": int(model.count_params()), "compile_s": round(compile_s, 1), "train_s": round(train_s, 1),
                      "steps": steps, "batch": BATCH, "clips_per_s": round(rate, 1),

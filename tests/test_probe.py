@@ -24,6 +24,12 @@ def probe_env(tmp_path) -> dict:
     return env
 
 
+NEW_FAMILIES = (
+    "; pf=model.preset=predformer_tiny model.width=16 model.heads=2 model.blocks=1"
+    "; pr=model.preset=predrnn_v2_tiny model.filters=[4,4]"
+)
+
+
 def records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "probe.jsonl").read_text().splitlines() if line.strip()]
 
@@ -52,22 +58,29 @@ def test_data_and_keras_parts_score_one_run_at_each_milestone(tmp_path):
     """An autoregressive variant (nfp's tiny ConvLSTM) and a direct one (tau_tiny: 10 frames in, 10 out, MSE plus
     TAU's differential divergence, OneCycle over the run's seconds), each trained once and scored at 1 s and 2 s."""
     out, env = tmp_path / "out", {**probe_env(tmp_path), "PROBE_MILESTONES": "1,2"}
+    env["PROBE_VARIANTS"] += NEW_FAMILIES
     for part in ("data", "keras"):  # no budget_s: the last milestone ends the run
-        run_part(part, out, env)
+        run_part(part, out, env, timeout=300)
     lines = records(out)
     by_part = {r["part"]: r for r in lines}
     assert by_part["data"]["train"] == [64, 20, 32, 32] and by_part["data"]["test"] == [16, 20, 32, 32]
     assert math.isfinite(by_part["baselines"]["copy_last"]["mse"])
     header, *results = [r for r in lines if r["part"] == "keras"]
     assert header["backend"] == "tensorflow" and "devices" in header
-    assert [r["model"] for r in results] == ["tiny8", "tiny8", "tau", "tau"]
-    ar, direct = results[:2], results[2:]
+    assert [r["model"] for r in results] == ["tiny8", "tiny8", "tau", "tau", "pf", "pf", "pr", "pr"]
+    ar, direct, predformer, predrnn = results[:2], results[2:4], results[4:6], results[6:]
     assert all(r["loss"] == "mse" and r["kind"] == "autoregressive" and r["schedule"] == "constant" for r in ar)
     for r in direct:
         assert r["kind"] == "direct" and r["schedule"] == "onecycle" and r["lr"] == 3e-3  # tau_tiny's CPU recipe
         assert r["loss"] == "mse + 0.1 differential_divergence"
     assert_scored_at_milestones(*ar)
     assert_scored_at_milestones(*direct)
+    # the new families with their papers' recipes: PredFormer AdamW (weight decay 1e-2), PredRNN-V2 its own loss
+    assert all(r["kind"] == "direct" and r["optimizer"] == "adamw" and r["loss"] == "mse" for r in predformer)
+    assert all(r["kind"] == "autoregressive" and r["loss"] == "mse + 0.1 decoupling" for r in predrnn)
+    assert all(r["schedule"] == "onecycle" for r in predformer + predrnn)
+    assert_scored_at_milestones(*predformer)
+    assert_scored_at_milestones(*predrnn)
 
 
 def test_one_cycle_over_seconds_is_nfps_onecycle_over_steps():
