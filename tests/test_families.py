@@ -345,3 +345,52 @@ def test_a_checkpoint_saved_before_the_seam_loads_and_predicts_the_same(tmp_path
     loaded = load_model(str(tmp_path / "old.keras"))
     x = np.random.default_rng(0).random((1, 4, 16, 16, 1), dtype=np.float32)
     np.testing.assert_allclose(models.rollout(loaded, x, 3), models.rollout(model, x, 3), atol=1e-6)
+
+
+# --------------------------------------------------------------------------- a kill mid-schedule
+NEW_FAMILY_SIZES = {
+    "predrnn_v2_tiny": ["model.filters=[4, 4]", "model.kernel_sizes=[3, 3]"],
+    "predformer_tiny": ["model.width=16", "model.heads=2", "model.blocks=1"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", list(NEW_FAMILY_SIZES))
+def test_a_new_family_killed_mid_schedule_resumes_it_where_it_stopped(preset, tiny_overrides, tmp_path):
+    """SIGKILL right after epoch 2's backup of 4 (their recipe's OneCycle, per step; PredRNN-V2's reverse sampling
+    counted in the model), then the same command: each epoch's learning rate, and PredRNN-V2's sampling step at the
+    end, are those of an uninterrupted run."""
+    import csv
+
+    from conftest import Trainer
+
+    from nfp.rundir import RunDir
+
+    def overrides(out):
+        kept = (o for o in tiny_overrides if not o.startswith(("model.", "train.output_dir=")))
+        return [*kept, f"model.preset={preset}", *NEW_FAMILY_SIZES[preset], "train.epochs=4",
+                "train.steps_per_epoch=6", "train.verbose=1", "train.images.every_n_epochs=0",
+                "tracking.enabled=false", f"train.output_dir={out}"]  # fmt: skip
+
+    def learning_rates(out):
+        with (out / "history.csv").open() as f:
+            return [float(row["learning_rate"]) for row in csv.DictReader(f)]
+
+    def sampling_step(out):
+        models.register_layers()
+        model = keras.saving.load_model(out / "checkpoints/last.keras", compile=False)
+        return int(model.get_layer("predrnn_v2").sampling_step.numpy()) if preset.startswith("predrnn") else None
+
+    assert main(["train", *overrides(tmp_path / "whole")]) == 0
+    killed = Trainer(overrides(tmp_path / "killed"))
+    killed.wait_until(lambda: RunDir(str(tmp_path / "killed")).resume_epoch() == 2, "the backup of epoch 2")
+    killed.kill()
+    again = Trainer(overrides(tmp_path / "killed"))
+    assert again.finish() == 0, again.stderr[-3000:]
+    assert "resuming after epoch 2 of 4" in again.stderr
+    whole, resumed = learning_rates(tmp_path / "whole"), learning_rates(tmp_path / "killed")
+    assert len(resumed) == 4 and resumed == pytest.approx(whole, rel=1e-6)
+    assert len(set(whole)) == 4  # OneCycle moved it every epoch
+    assert sampling_step(tmp_path / "killed") == sampling_step(tmp_path / "whole")
+    if preset.startswith("predrnn"):
+        assert sampling_step(tmp_path / "whole") == 4 * 6

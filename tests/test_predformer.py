@@ -196,3 +196,31 @@ def test_no_two_weights_start_alike():
     assert len(kernels) > 4
     firsts = {round(float(k[0]), 7) for k in kernels}
     assert len(firsts) == len(kernels)
+
+
+def test_a_devices_memory_comes_from_its_name_its_table_or_the_containers_limit(tmp_path, monkeypatch):
+    from nfp.data import plan
+    from nfp.distribute.devices import Device
+
+    gib = {name: Device("GPU", name).memory_bytes / 2**30 for name in (
+        "NVIDIA A100-SXM4-80GB", "NVIDIA H100 NVL", "NVIDIA GH200 480GB", "NVIDIA L4", "NVIDIA H200")}  # fmt: skip
+    assert gib == {"NVIDIA A100-SXM4-80GB": 80, "NVIDIA H100 NVL": 94, "NVIDIA GH200 480GB": 96, "NVIDIA L4": 24,
+                   "NVIDIA H200": 141}  # fmt: skip
+    assert Device("GPU", "Some New Card").memory_bytes is None  # unknown: no refusal on a guess
+    limit = tmp_path / "memory.max"
+    monkeypatch.setattr(plan, "CGROUP_MEMORY_MAX", limit)
+    physical = plan.memory_bytes()  # no file: the machine's
+    limit.write_text("max\n")
+    assert plan.memory_bytes() == physical
+    limit.write_text(f"{2**30}\n")
+    assert plan.memory_bytes() == min(physical, 2**30) and Device("CPU", "CPU").memory_bytes == 2**30
+
+
+def test_drop_path_is_one_rate_for_every_transformer_as_predformers():
+    from nfp.models.predformer.layers import GatedTransformer
+
+    cfg = load_config(None, [*TINY, "model.blocks=2", "model.drop_path=0.1", "data.image_size=16", "data.digit_size=8"])
+    model = models.build_model(cfg.model, frame_shape=(16, 16, 1), context_frames=3, predict_frames=3)
+    core = model.get_layer("core")
+    rates = [layer.drop_path for layer in core.layers if isinstance(layer, GatedTransformer)]
+    assert rates == [0.1] * 8

@@ -160,3 +160,17 @@ def test_predrnn_trains_on_colour_rectangles_evaluates_predicts_serves_and_resum
     assert len((out / "history.csv").read_text().splitlines()) == 1 + 3
     resumed = keras.saving.load_model(last, compile=False).get_layer("predrnn_v2")
     assert int(resumed.sampling_step.numpy()) == steps * 3 // 2  # the schedule went on from where it was
+
+
+def test_training_feeds_back_what_the_schedule_draws():
+    """Past the schedule's end (r_eta 1, eta 0) a training call feeds the true context frames and then its own
+    predictions: the free-running pass from step k; before its start, some inputs of the context are predictions."""
+    from nfp.models.predrnn.layers import free_run
+
+    model = _tiny_model("model.reverse_sampling=[100, 200]")
+    stack = model.get_layer("predrnn_v2")
+    x = np.random.default_rng(2).random((8, 6, 16, 16, 1), dtype=np.float32)
+    stack.sampling_step.assign(10**6)
+    trained = np.asarray(model(x, training=True))
+    np.testing.assert_allclose(trained, np.asarray(free_run(model, x, 3)), atol=1e-5)
+    assert np.abs(trained - np.asarray(model(x))).max() > 1e-4  # not the teacher-forced pass

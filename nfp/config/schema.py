@@ -191,7 +191,7 @@ class ModelConfig:
     mlp_ratio: float = _knob(8.0, min=0, help="translator MLP width / its channels, > 1 (predformer: SwiGLU width / "
                              "model.width)")  # fmt: skip
     drop_path: float = _knob(0.0, min=0, max=0.99, help="stochastic depth, rising linearly over translator blocks "
-                             "(predformer: over its transformer layers)")  # fmt: skip
+                             "(predformer: the same rate in every transformer layer)")  # fmt: skip
     # --- predrnn (OpenSTL's PredRNNv2; its names in brackets); also filters, kernel_sizes, patch_size
     decouple_beta: float = _knob(0.1, min=0, help="weight of the decoupling loss (decouple_beta)")
     reverse_sampling: list[int] = _knob(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+from pathlib import Path
 
 from nfp import storage
 from nfp.config import DataConfig
@@ -65,12 +66,21 @@ def shard_name(split: str, index: int, total: int, compression: str) -> str:
     return f"{split}-{index:05d}-of-{total:05d}.tfrecord" + (".gz" if compression == "gzip" else "")
 
 
+CGROUP_MEMORY_MAX = Path("/sys/fs/cgroup/memory.max")  # a container's limit ("max": none)
+
+
 def memory_bytes() -> int | None:
-    """This machine's physical memory (None where the OS does not say)."""
+    """The memory this process may use: the machine's physical memory, or its container's limit where lower
+    (cgroup v2 memory.max); None where the OS does not say."""
     try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+    try:
+        limit = CGROUP_MEMORY_MAX.read_text().strip()
+    except OSError:
+        return physical
+    return min(physical, int(limit)) if limit.isdigit() else physical
 
 
 def check_fits(data_cfg: DataConfig, counts: dict[str, int], clip_shape, per_clip: int) -> None:

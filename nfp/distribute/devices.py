@@ -35,8 +35,13 @@ PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0}
 CPU_CORE_TFLOPS = 0.16  # nominal, per core: 2 AVX-512 FMA units × 16 float32 lanes × 2 FLOPs × 2.5 GHz
 
 
-# Memory of each card (GiB) where its name does not say it ("NVIDIA H100 80GB HBM3" does): substring, first match wins
-MEMORY_GIB = {"H200": 141, "H100": 80, "A100": 40, "L40": 48, "A10G": 24, "L4": 24, "V100": 16, "T4": 16}
+# Memory of each card (GiB) where its name does not say it ("NVIDIA H100 80GB HBM3" does), by substring, first match
+# wins; and where the name's figure is not the GPU's ("NVIDIA GH200 480GB": the superchip's, its CPU's memory too).
+NAME_GB_NOT_THE_GPUS = ("GH200",)
+MEMORY_GIB = {
+    "GH200": 96, "H200": 141, "H100 NVL": 94, "H100": 80, "A100": 40, "L40": 48, "A10G": 24, "L4": 24, "V100": 16,
+    "T4": 16,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,8 @@ class Device:
 
             return memory_bytes()
         said = re.search(r"(\d+)\s*GB", self.name)
-        gib = int(said.group(1)) if said else next((g for key, g in MEMORY_GIB.items() if key in self.name), None)
+        known = next((g for key, g in MEMORY_GIB.items() if key in self.name), None)
+        gib = int(said.group(1)) if said and not any(k in self.name for k in NAME_GB_NOT_THE_GPUS) else known
         return gib * 2**30 if gib else None
 
 

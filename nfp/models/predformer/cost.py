@@ -67,15 +67,18 @@ def flops_per_clip(model_cfg, *, frame_shape, context_frames: int, predict_frame
 def train_bytes_per_clip(model_cfg, *, frame_shape, context_frames: int, predict_frames: int, value_bytes: int) -> int:
     """About what one clip holds on the device during a training step: the activations the backward pass keeps
     (per layer: its input and norms, q, k and v, the attention scores and their softmax, the attention output and
-    projection, the SwiGLU's three wide tensors and fc2's output), `value_bytes` each (4 float32, 2 bfloat16). The
-    spatial attention's scores grow with the square of the patches per frame: (H/p)²·(W/p)² per head and frame."""
+    projection, the SwiGLU's three wide tensors and fc2's output), `value_bytes` each (4 float32, 2 bfloat16), the
+    scores 4 bytes each whatever the precision. The spatial attention's scores grow with the square of the patches
+    per frame: (H/p)²·(W/p)² per head and frame."""
     k, d, f, heads = context_frames, model_cfg.width, hidden(model_cfg), model_cfg.heads
     per_frame = tokens(model_cfg, frame_shape)
     n = k * per_frame
-    values = 0
+    values = scores = 0
     for attends in ATTENTIONS:
         groups, length = (per_frame, k) if attends == "time" else (k, per_frame)
-        values += 10 * n * d + 3 * n * f + 2 * groups * heads * length * length
+        values += 10 * n * d + 3 * n * f
+        scores += 2 * groups * heads * length * length
     values = model_cfg.blocks * values + 4 * n * d  # and the embedding's and head's
     blocks = 1 if predict_frames <= k else -(-predict_frames // k)
-    return blocks * values * value_bytes
+    # the scores and their softmax stay float32 under mixed precision (Keras's dot_product_attention on TensorFlow)
+    return blocks * (values * value_bytes + model_cfg.blocks * scores * 4)

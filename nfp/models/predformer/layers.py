@@ -176,11 +176,6 @@ class GatedTransformer(keras.layers.Layer):
         }  # fmt: skip
 
 
-def _drop_path_rates(drop_path: float, layers: int) -> list[float]:
-    """timm's stochastic depth rule: 0 at the first layer rising linearly to drop_path at the last."""
-    return [drop_path * i / max(layers - 1, 1) for i in range(layers)]
-
-
 def _core(model_cfg, frame_shape, k: int) -> keras.Model:
     """PredFormer_Model: (B, k, H, W, C) → (B, k, H, W, C) float32, output frame t in input frame t's tokens."""
     p, d = model_cfg.patch_size, model_cfg.width
@@ -189,10 +184,11 @@ def _core(model_cfg, frame_shape, k: int) -> keras.Model:
     x = ToPatches(p, name="to_patches")(clip)
     x = L.Dense(d, kernel_initializer=_torch_default(patch), bias_initializer=_torch_default(patch), name="embed")(x)
     x = AddPositions(name="positions")(x)
-    rates = iter(_drop_path_rates(model_cfg.drop_path, model_cfg.blocks * len(ATTENTIONS)))
     for block in range(model_cfg.blocks):
-        for i, attends in enumerate(ATTENTIONS):
-            x = GatedTransformer(attends, d, model_cfg.heads, hidden(model_cfg), next(rates), name=f"b{block}_{i}")(x)
+        for i, attends in enumerate(ATTENTIONS):  # one drop path rate for every layer, as PredFormer's
+            x = GatedTransformer(
+                attends, d, model_cfg.heads, hidden(model_cfg), model_cfg.drop_path, name=f"b{block}_{i}"
+            )(x)
     x = L.LayerNormalization(epsilon=LAYER_NORM_EPS, name="head_norm")(x)
     x = L.Dense(patch, kernel_initializer=_torch_default(d), bias_initializer=_torch_default(d), name="head")(x)
     x = FromPatches(p, frame_shape, name="from_patches")(x)

@@ -23,7 +23,8 @@ import threading
 import keras
 from keras import ops
 
-from nfp.models.convlstm.layers import time_loop, torch_default_init
+from nfp.models.convlstm import layers as convlstm_layers  # time_loop looked up when called: tests patch it
+from nfp.models.convlstm.layers import torch_default_init
 
 FORGET_BIAS = 1.0  # SpatioTemporalLSTMCellv2._forget_bias
 
@@ -37,7 +38,9 @@ class PredRNNv2Stack(keras.layers.Layer):
     Training feeds each step's input as OpenSTL's reverse scheduled sampling draws it, per clip and step: a context
     step (1..context_frames−1) the true frame with probability r_eta, a predicted step (context_frames..) with eta,
     else the model's own previous prediction (cost.reverse_sampling_probabilities of the training step, counted in
-    the non-trainable `sampling_step`, which checkpoints and backups carry: a resumed run continues the schedule).
+    the non-trainable `sampling_step`, which checkpoints and backups carry: a resumed run continues the schedule's
+    probabilities; the draws come from a SeedGenerator, as the ConvLSTM's scheduled sampling's: a resumed run draws
+    from its seed again, and the replicas of a MirroredStrategy draw alike).
     Evaluation is teacher-forced (one-step predictions); `free_run_after` k feeds predictions from step k on."""
 
     def __init__(self, filters, kernel_sizes, *, output_activation="linear", decouple_beta=0.1,
@@ -171,7 +174,7 @@ class PredRNNv2Stack(keras.layers.Layer):
             return (*new_states, m, prediction, decoupled + ops.mean(ops.stack(cosines)))
 
         time_major = (ops.moveaxis(ops.cast(frames, dtype), 1, 0), ops.moveaxis(truth, 1, 0))
-        stacked = time_loop(step, carry, time_major)
+        stacked = convlstm_layers.time_loop(step, carry, time_major)
         decoupling = stacked[-1][-1] / ops.cast(ops.shape(frames)[1], "float32")  # the mean over steps
         return ops.moveaxis(stacked[-2], 0, 1), decoupling
 
