@@ -53,14 +53,15 @@ def test_the_weight_decay_reaches_the_optimizer():
 
 
 def test_patches_and_positions_are_predformers():
-    from nfp.models.predformer.layers import AddPositions, FromPatches, ToPatches, sinusoid
+    from nfp.models.convlstm.layers import DepthToSpace, SpaceToDepth
+    from nfp.models.predformer.layers import AddPositions, sinusoid
 
     x = np.random.default_rng(0).random((2, 3, 8, 12, 2), dtype=np.float32)
-    patches = np.asarray(ToPatches(4)(x))
+    patches = np.asarray(SpaceToDepth(4)(x)).reshape(2, 3, 6, 32)  # as the model's to_patches and tokens layers
     assert patches.shape == (2, 3, 6, 32)  # (8/4)·(12/4) patches of 4·4·2 values
     # patch n = row · (W/p) + column; inside it (p1, p2, c), as einops' 'b t (h p1) (w p2) c -> b t (h w) (p1 p2 c)'
     np.testing.assert_array_equal(patches[1, 2, 4], x[1, 2, 4:8, 4:8, :].reshape(-1))
-    np.testing.assert_array_equal(np.asarray(FromPatches(4, (8, 12, 2))(patches)), x)
+    np.testing.assert_array_equal(np.asarray(DepthToSpace(4)(patches.reshape(2, 3, 2, 3, 32))), x)
     table = sinusoid(640, 256)  # PredFormer's sinusoidal_embedding(10 * 64, 256)
     p, i = 77, 10
     assert table[p, i] == pytest.approx(np.sin(p / 10000 ** (i / 256)), abs=1e-6)

@@ -10,7 +10,8 @@ parameter count (25,297,728 at 64×64×1, patch 8, width 256, 6 blocks):
 - openstl/modules/PredFormer_modules.py: GatedTransformer (pre-norm attention and SwiGLU, residual adds, a final
   LayerNorm of its own), Attention (qkv without bias, 8 heads of 32), SwiGLU (SiLU(fc1_g(x)) · fc1_x(x) → fc2).
 
-Where it differs: frames are (batch, time, H, W, C) and a patch flattens as (p1, p2, c) on the way in and out
+Where it differs: frames are (batch, time, H, W, C), cut into patches by the ConvLSTM's SpaceToDepth, a patch flattened
+as (p1, p2, c) on the way in and out
 (PredFormer unpacks the head's output as (c, p1, p2): the same for grey frames). Attention is
 keras.ops.dot_product_attention, the backend's fused kernel where it has one. Initialisers are PredFormer's: the
 transformers' Linears trunc_normal(std .02) (truncated at ±2, i.e. 100σ: a plain normal), biases 0; the embedding's
@@ -26,6 +27,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from nfp.models.convlstm.layers import DepthToSpace, SpaceToDepth
 from nfp.models.predformer.cost import ATTENTIONS, LAYER_NORM_EPS, hidden
 from nfp.models.simvp.layers import DropPath, chain_blocks
 
@@ -47,52 +49,6 @@ def sinusoid(positions: int, dim: int) -> np.ndarray:
     """PredFormer's sinusoidal_embedding: (positions, dim), sin at even channels, cos at odd, of p / 10000^(2⌊i/2⌋/dim)."""
     angle = np.arange(positions)[:, None] / 10000 ** (2 * (np.arange(dim) // 2) / dim)[None, :]
     return np.where(np.arange(dim) % 2 == 0, np.sin(angle), np.cos(angle)).astype(np.float32)
-
-
-@keras.saving.register_keras_serializable(package="nfp")
-class ToPatches(keras.layers.Layer):
-    """(B, T, H, W, C) → (B, T, (H/p)·(W/p), p·p·C): each frame as its p×p patches, row by row."""
-
-    def __init__(self, patch: int, **kwargs):
-        super().__init__(**kwargs)
-        self.patch = patch
-
-    def call(self, x):
-        _, t, h, w, c = x.shape
-        p = self.patch
-        x = ops.reshape(x, (-1, t, h // p, p, w // p, p, c))
-        x = ops.transpose(x, (0, 1, 2, 4, 3, 5, 6))
-        return ops.reshape(x, (-1, t, (h // p) * (w // p), p * p * c))
-
-    def compute_output_shape(self, shape):
-        _, t, h, w, c = shape
-        p = self.patch
-        return (shape[0], t, (h // p) * (w // p), p * p * c)
-
-    def get_config(self):
-        return {**super().get_config(), "patch": self.patch}
-
-
-@keras.saving.register_keras_serializable(package="nfp")
-class FromPatches(keras.layers.Layer):
-    """ToPatches' inverse: (B, T, (H/p)·(W/p), p·p·C) → (B, T, H, W, C)."""
-
-    def __init__(self, patch: int, frame_shape, **kwargs):
-        super().__init__(**kwargs)
-        self.patch, self.frame_shape = patch, tuple(int(s) for s in frame_shape)
-
-    def call(self, x):
-        h, w, c = self.frame_shape
-        p, t = self.patch, x.shape[1]
-        x = ops.reshape(x, (-1, t, h // p, w // p, p, p, c))
-        x = ops.transpose(x, (0, 1, 2, 4, 3, 5, 6))
-        return ops.reshape(x, (-1, t, h, w, c))
-
-    def compute_output_shape(self, shape):
-        return (shape[0], shape[1], *self.frame_shape)
-
-    def get_config(self):
-        return {**super().get_config(), "patch": self.patch, "frame_shape": list(self.frame_shape)}
 
 
 @keras.saving.register_keras_serializable(package="nfp")
@@ -181,7 +137,9 @@ def _core(model_cfg, frame_shape, k: int) -> keras.Model:
     p, d = model_cfg.patch_size, model_cfg.width
     patch = p * p * frame_shape[2]
     clip = keras.Input((k, *frame_shape), name="clip")
-    x = ToPatches(p, name="to_patches")(clip)
+    h, w = frame_shape[0] // p, frame_shape[1] // p
+    x = SpaceToDepth(p, name="to_patches")(clip)  # (B, k, h, w, p·p·C), OpenSTL's reshape_patch order
+    x = L.Reshape((k, h * w, patch), name="tokens")(x)  # patch n = row · w + column
     x = L.Dense(d, kernel_initializer=_torch_default(patch), bias_initializer=_torch_default(patch), name="embed")(x)
     x = AddPositions(name="positions")(x)
     for block in range(model_cfg.blocks):
@@ -191,7 +149,8 @@ def _core(model_cfg, frame_shape, k: int) -> keras.Model:
             )(x)
     x = L.LayerNormalization(epsilon=LAYER_NORM_EPS, name="head_norm")(x)
     x = L.Dense(patch, kernel_initializer=_torch_default(d), bias_initializer=_torch_default(d), name="head")(x)
-    x = FromPatches(p, frame_shape, name="from_patches")(x)
+    x = L.Reshape((k, h, w, patch), name="grid")(x)
+    x = DepthToSpace(p, name="from_patches")(x)
     y = L.Activation(model_cfg.output_activation, dtype="float32", name="output")(x)
     return keras.Model(clip, y, name="core")
 
