@@ -92,6 +92,14 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", default=None, help="output directory (default: <train.output_dir>/predict)")
     pr.add_argument("--save-npy", action="store_true", help="also write the predicted frames as .npy")
 
+    sw = command(
+        "sweep",
+        "Search the config's sweep.space with Optuna: each trial an `nfp train` in a child run of the study's run on "
+        "the tracking server; every `nfp sweep` of the same sweep.study shares the study and its sweep.trials budget.",
+    )
+    sw.add_argument("--workers", type=_positive_int, default=1,
+                    help="worker processes on this machine, one per GPU where it has them (default: 1)")  # fmt: skip
+
     dr = command(
         "doctor",
         "Preflight for a GPU VM: a few dozen training steps of the config on random clips; devices, precision, XLA, "
@@ -230,6 +238,13 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         report = run_evaluate(cfg, model_uri=args.model, split=args.split, out_dir=args.out, run_id=args.run_id)
         print(json.dumps(report["summary"], indent=2))
+    elif args.command == "sweep":
+        from nfp.sweep.worker import run_sweep, start_workers
+
+        if args.workers > 1:
+            argv = [*(["--config", args.config] if args.config else []), *overrides]
+            return start_workers(cfg, args.config, overrides, argv, args.workers)
+        run_sweep(cfg, config_path=args.config, overrides=overrides)
     elif args.command == "doctor":
         from nfp.doctor import run_doctor
 

@@ -53,7 +53,7 @@ def env_header(cfg: dict, **extra) -> str:
 
 # --------------------------------------------------------------------------- SkyPilot
 def test_there_are_single_vm_multi_node_and_managed_job_tasks():
-    assert {p.name for p in TASKS} == {"single_vm.yaml", "multi_node.yaml", "managed_job.yaml"}
+    assert {p.name for p in TASKS} == {"single_vm.yaml", "multi_node.yaml", "managed_job.yaml", "sweep.yaml"}
 
 
 @pytest.mark.parametrize("path", TASKS, ids=lambda p: p.name)
@@ -145,6 +145,21 @@ def test_multi_node_run_checks_each_node_before_it_joins_the_cluster(tmp_path):
     calls = _run_with_fakes(tmp_path, task("multi_node.yaml"), NFP_OVERRIDES="train.epochs=2")
     assert [c[1] for c in calls] == ["doctor", "tf-config", "train"]  # the preflight sees no TF_CONFIG yet
     assert _nfp_config(calls[0]).train.output_dir == _nfp_config(calls[2]).train.output_dir
+
+
+def test_sweep_task_runs_a_sweep_worker_per_gpu_on_every_node_into_the_bucket(tmp_path):
+    """Each node: `nfp sweep --workers <its GPUs>` (1 where nvidia-smi finds none) of configs/sweep.yaml, trials
+    under the bucket, its node rank handed to the workers (their seeds); no TF_CONFIG, no `mlflow run`."""
+    cfg = task("sweep.yaml")
+    assert cfg["num_nodes"] >= 2 and cfg["envs"]["NFP_CONFIG"] == "configs/sweep.yaml"
+    assert "TF_CONFIG" not in cfg["run"] and "mlflow run" not in cfg["run"]
+    (sweep,) = _run_with_fakes(tmp_path, cfg, NFP_OVERRIDES="sweep.trials=64")
+    assert sweep[:5] == ["nfp", "sweep", "--config", "configs/sweep.yaml", "--workers"] and sweep[5] == "1"
+    i = sweep.index("--overrides")
+    resolved = load_config(REPO / sweep[3], [*sweep[6:i], *shlex.split(sweep[i + 1])])
+    assert (resolved.sweep.output_dir, resolved.sweep.trials) == ("gs://b/x/runs/sweep", 64)
+    assert resolved.data.dir == "gs://b/x/data/moving_mnist"
+    assert 'export NFP_SWEEP_WORKER="$SKYPILOT_NODE_RANK"' in cfg["run"]
 
 
 def test_task_shell_is_shellcheck_clean():
@@ -268,6 +283,20 @@ def test_gce_dry_run_one_vm(tmp_path):
     assert cfg.distribute.strategy == "mirrored" and cfg.train.epochs == 7
     assert (cfg.data.dir, cfg.train.output_dir) == ("gs://bkt/nfp/data/moving_mnist", "gs://bkt/nfp/runs/nfp")
     assert not list(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_gce_sweep_runs_a_sweep_worker_per_gpu_on_each_vm_without_tf_config(tmp_path):
+    scripts, _ = create_dry_run(tmp_path, "--sweep", "--num-vms", "2", "sweep.trials=40")
+    for index in range(2):
+        script = scripts[f"{tmp_path}/nfp-{index}.startup.sh"]
+        assert "TF_CONFIG" not in script and "\nnfp train " not in script
+        (line,) = [ln for ln in script.splitlines() if " nfp sweep " in ln]
+        argv = shlex.split(line)
+        assert argv[:6] == [f"NFP_SWEEP_WORKER={index}", "nfp", "sweep", "--config", "configs/sweep.yaml", "--workers"]
+        assert argv[6] == "$(nvidia-smi -L | grep -c '^GPU ')"  # one worker per GPU of the VM (bash expands it)
+        cfg = load_config(REPO / argv[4], argv[7:])
+        assert (cfg.sweep.trials, cfg.sweep.output_dir) == (40, "gs://bkt/nfp/runs/nfp")
+        assert cfg.data.dir == "gs://bkt/nfp/data/moving_mnist"
 
 
 def test_gce_dry_run_three_spot_vms_each_with_its_tf_config(tmp_path):

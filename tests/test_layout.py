@@ -35,6 +35,7 @@ STAGES = (
     ("distribute", ("nfp.distribute",)),
     ("tracking", ("nfp.tracking",)),
     ("inference", ("nfp.inference",)),
+    ("sweep", ("nfp.sweep",)),  # a trial trains in a process of its own: training imports only its pruning callback
     ("training", ("nfp.training",)),
     ("front door", ("nfp.cli", "nfp.doctor", "nfp.__main__", "nfp")),
 )

@@ -2,6 +2,7 @@
 
     python launch/gce/launch.py create --project P --zone Z --bucket gs://B --tracking-uri URI \
         [--num-vms 3] [--spot] [--dry-run] [key.path=value ...]
+    python launch/gce/launch.py create ... --sweep [--num-vms 4] [key.path=value ...]   # nfp sweep on every VM
     python launch/gce/launch.py start|delete --project P --zone Z [--num-vms 3] [--dry-run]
 
 VMs are named NAME-0 … NAME-(N-1), so every VM's internal hostname is known before any exists and
@@ -75,7 +76,7 @@ def plan_create(args: argparse.Namespace) -> Plan:
     names = vm_names(args.name, args.num_vms)
     hosts = ",".join(f"{h}:{args.port}" for h in hostnames(names, args.zone, args.project))
     for index, name in enumerate(names):
-        config = tf_config.from_hosts(hosts, index) if args.num_vms > 1 else None
+        config = tf_config.from_hosts(hosts, index) if args.num_vms > 1 and not args.sweep else None
         script = script_dir / f"{name}.startup.sh"
         plan.files[script] = startup_script(
             args, name=name, index=index, source=source, tf_config_json=config and json.dumps(config)
@@ -107,6 +108,9 @@ def startup_script(args: argparse.Namespace, *, name: str, index: int, source: s
     """Bash run as root at every boot of VM `name`: install the project once, train, stop the VM."""
     config, overrides = nfp_config(args)
     train = shlex.join(["nfp", "train", "--config", config, *overrides])
+    if args.sweep:  # a sweep worker per GPU of this VM; the study on the tracking server joins the VMs
+        train = (f"NFP_SWEEP_WORKER={index} " + shlex.join(["nfp", "sweep", "--config", config, "--workers"])
+                 + ' "$(nvidia-smi -L | grep -c \'^GPU \')" ' + shlex.join(overrides))  # fmt: skip
     # preflight of this VM's GPUs: a failure stops the script (and the VM) before training
     doctor = shlex.join(["nfp", "doctor", "--config", config, *overrides])
     lines = [
@@ -151,8 +155,15 @@ def startup_script(args: argparse.Namespace, *, name: str, index: int, source: s
 
 def nfp_config(args: argparse.Namespace) -> tuple[str, list[str]]:
     """The config path (inside the project) and overrides every VM's `nfp doctor` and `nfp train` get."""
-    config = args.config or ("configs/multi_node.yaml" if args.num_vms > 1 else "configs/multi_gpu.yaml")
     bucket = args.bucket.rstrip("/")
+    if args.sweep:  # trials in BUCKET/runs/RUN_NAME/<study>/trial-NNN
+        config = args.config or "configs/sweep.yaml"
+        overrides = [
+            f"data.dir={bucket}/data/moving_mnist",
+            f"sweep.output_dir={bucket}/runs/{args.run_name or args.name}",
+        ]
+        return config, [*overrides, *args.overrides]
+    config = args.config or ("configs/multi_node.yaml" if args.num_vms > 1 else "configs/multi_gpu.yaml")
     overrides = [f"data.dir={bucket}/data/moving_mnist", f"train.output_dir={bucket}/runs/{args.run_name or args.name}"]
     if args.num_vms > 1:
         overrides.append(f"data.num_workers={args.num_vms}")
@@ -311,6 +322,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     create.add_argument(
         "--script-dir", default=str(Path(tempfile.gettempdir()) / "nfp-gce"), help="where startup scripts are written"
+    )
+    create.add_argument(
+        "--sweep",
+        action="store_true",
+        help="each VM runs `nfp sweep` (a worker per GPU) on the config's study instead of training with the others "
+        "(default config: configs/sweep.yaml)",
     )
     create.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="nfp config overrides, e.g. train.epochs=20")
     command("start", "Start stopped VMs again (all of them after a spot preemption); training resumes from the backup.")

@@ -319,6 +319,42 @@ class EvaluateConfig:
     every_n_epochs: int = _knob(0, min=0, help="during training on val; 0 = never")
 
 
+# --------------------------------------------------------------------------- sweep (nfp sweep)
+SWEEP_DISTRIBUTIONS = ("log_uniform", "uniform", "int", "choice")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    study: str = _knob(
+        "nfp-sweep", help="the study's name, its parent run's name: every `nfp sweep` with this name against the same "
+        "tracking server and tracking.experiment works on one study",
+    )  # fmt: skip
+    trials: int = _knob(10, min=1, help="trials in all, over every worker (exact); a rerun continues to it")
+    timeout: float | None = _knob(None, min=1, help="seconds after which a worker starts no new trial")
+    metric: str = _knob(
+        "val_mse", help="a trial's score: its best epoch of this epoch metric (val_mse, val_ssim, …: the periodic "
+        "evaluation, evaluate.every_n_epochs; val_loss, loss: Keras's)",
+    )  # fmt: skip
+    direction: Literal["minimize", "maximize"] = "minimize"
+    space: dict[str, Any] = _knob(
+        {}, help="config key path → distribution: {log_uniform: [lo, hi]}, {uniform: [lo, hi]}, {int: [a, b]} or "
+        "{choice: [v, …]}, e.g. train.learning_rate: {log_uniform: [1e-4, 3e-3]}",
+    )  # fmt: skip
+    sampler: Literal["tpe", "random", "grid"] = _knob("tpe", help="grid: every combination of int and choice keys")
+    pruner: Literal["median", "hyperband", "none"] = _knob(
+        "median", help="stops a trial whose metric at an epoch is worse than the other trials' (median) or than its "
+        "bracket's (hyperband); a pruned trial's run ends KILLED",
+    )  # fmt: skip
+    prune_after_trials: int = _knob(5, min=0, help="median: trials finished before any trial is pruned")
+    prune_after_epochs: int = _knob(1, min=0, help="median: epochs a trial trains before it may be pruned")
+    seed: int = _knob(0, min=0, help="the sampler's seed")
+    output_dir: str = _knob("outputs/sweep", help="trials train in <output_dir>/<study>/trial-NNN (local or gs://)")
+    lease_s: float = _knob(
+        300.0, min=4, help="a worker renews its trial's heartbeat every lease/4 s; a trial whose worker was killed is "
+        "taken over (resumed from its last epoch) by a worker of the study this many seconds after its last renewal",
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
@@ -327,6 +363,7 @@ class Config:
     distribute: DistributeConfig = field(default_factory=DistributeConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def to_dict(self) -> dict:
         """The config as plain data; of the model keys, those of its family (a file that loads back as it is)."""

@@ -262,6 +262,7 @@ class Inputs:
     stops: tuple = ()  # job control (SIGTERM, takeover): raise at the next batch
     scratch_dir: str | None = None  # off the chief, files go here (default: a new temporary dir)
     worker_metrics: keras.callbacks.Callback | None = None  # off the chief: its machine's system metrics to MLflow
+    pruning: keras.callbacks.Callback | None = None  # a sweep's trial: reports to its study, stops a pruned trial
 
 
 def build_callbacks(cfg, job: Job, inputs: Inputs) -> list:
@@ -271,6 +272,7 @@ def build_callbacks(cfg, job: Job, inputs: Inputs) -> list:
     checkpoints, backup = checkpoints_and_backup(cfg, job, scratch, inputs.has_validation)
     return [
         *evaluation(cfg, job, inputs),  # adds val_mse, val_ssim, …: first, so every later callback can watch them
+        *([inputs.pruning] if inputs.pruning else []),  # a pruned trial's last epoch is still saved and logged
         *learning_rate(cfg, job, inputs.has_validation),  # plateau watches them
         *stopping(cfg, inputs.has_validation),  # a NaN raises before anything saves the epoch
         *checkpoints,

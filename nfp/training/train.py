@@ -24,6 +24,7 @@ from nfp.distribute import devices
 from nfp.errors import TrainingError, tf_error_line
 from nfp.inference import serving
 from nfp.rundir import Hold, RunDir, held, trim_csv
+from nfp.sweep.pruning import trial_pruning
 from nfp.tracking import training_run
 from nfp.training import callbacks as cb
 from nfp.training import preflight
@@ -230,6 +231,7 @@ class Training:
             jit_compile=choices.jit_compile,
             stops=tuple(stops),
             worker_metrics=worker_metrics,
+            pruning=trial_pruning(cfg) if job.is_chief else None,
             scratch_dir=None
             if job.is_chief
             else stack.enter_context(tempfile.TemporaryDirectory(prefix="nfp-worker-")),

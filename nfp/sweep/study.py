@@ -1,0 +1,224 @@
+"""The study on the tracking server (MLflow's Optuna storage: the study a parent run, each trial a child run), and the
+two things it lacks for many workers, made from MLflow's one atomic write — a param, which the server never lets
+change once logged, so of two workers logging one key with different values exactly one succeeds:
+- an exact budget: a trial runs only once it holds a slot `sweep.trial.NNN` (a param of the parent run, NNN <
+  sweep.trials), and its slot number names its run and output dir;
+- no trial RUNNING for ever: the worker running a trial renews a heartbeat tag on its run every lease/4 s; a trial
+  whose heartbeat is older than sweep.lease_s lost its worker, and the first worker to log its next attempt param
+  `sweep.attempt.N` takes it over (the same run and output dir: its training resumes from its last epoch)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+import uuid
+import warnings
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from nfp.errors import ConfigError, first_line
+from nfp.sweep.space import as_text
+
+TRIAL_ENV = "NFP_SWEEP_TRIAL"  # set by a worker for its trial's `nfp train`: the trial's run id
+SLOT = "sweep.trial."  # + NNN: a param of the study's run, the trial run holding the slot
+ATTEMPT = "sweep.attempt."  # + N: a param of a trial's run, the worker running its N-th attempt
+HEARTBEAT = "nfp.sweep.heartbeat"  # a trial run's tag: unix time of its worker's last renewal
+STUDY_TAG = "nfp.sweep.study"  # the study's run: "study"; a trial's run: its study's name
+PRUNED_TAG = "nfp.sweep.pruned"  # a trial's run: why it was pruned (set by the trial's training)
+SLOT_TAG = "nfp.sweep.slot"  # a trial's run: its slot number
+OVERRIDES_TAG = "nfp.sweep.overrides"  # a trial's run: the overrides its training ran with (JSON)
+
+
+def storage_class():
+    """MLflow's Optuna storage, made to agree across workers (imported late: optuna is only the sweep's)."""
+    import optuna
+    from mlflow.optuna.storage import MlflowStorage
+    from optuna.trial import TrialState
+
+    class SweepStorage(MlflowStorage):
+        def create_new_study(self, directions, study_name=None) -> str:
+            study_id = super().create_new_study(directions, study_name)
+            self._mlflow_client.set_tag(study_id, STUDY_TAG, "study")
+            return study_id
+
+        def _search_runs_by_name(self, run_name: str):
+            # the oldest study run of that name: workers that created one at once all settle on the same
+            return self._mlflow_client.search_runs(
+                experiment_ids=[self._experiment_id],
+                filter_string=f"tags.mlflow.runName = '{run_name}' and tags.`{STUDY_TAG}` = 'study'",
+                order_by=["attributes.start_time ASC"],
+            )
+
+        def get_trial(self, trial_id):
+            # a trial's training ends its run FINISHED before its worker logs the value: until then it is running,
+            # not a COMPLETE trial without a value (which the samplers of other workers could not read)
+            trial = super().get_trial(trial_id)
+            if trial.state == TrialState.COMPLETE and trial.values is None:
+                trial.state = TrialState.RUNNING
+            return trial
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # nfp says what each trial did, in one line
+    return SweepStorage
+
+
+def open_study(sweep, experiment_id: str, dimensions=(), seed_offset: int = 0):
+    """The study `sweep.study` of the experiment: loaded, or made (several workers making it at once keep the oldest
+    study run and delete theirs); its sampler over `dimensions` (nfp.sweep.space)."""
+    import optuna
+
+    storage = storage_class()(experiment_id)
+    study_id = storage.get_study_id_by_name_if_exists(sweep.study)
+    if study_id is None:
+        made = storage.create_new_study([optuna.study.StudyDirection[sweep.direction.upper()]], sweep.study)
+        study_id = storage.get_study_id_from_name(sweep.study)
+        if study_id != made:
+            storage._mlflow_client.delete_run(made)
+    directions = storage.get_study_directions(study_id)
+    if directions[0].name.lower() != sweep.direction:
+        raise ConfigError(f"sweep.direction: got {sweep.direction}, but study {sweep.study!r} (run {study_id}) "
+                          f"was made to {directions[0].name.lower()}; name another sweep.study")  # fmt: skip
+    seed = sweep.seed + seed_offset + storage.get_n_trials(study_id)
+    return optuna.load_study(
+        study_name=sweep.study,
+        storage=storage,
+        sampler=make_sampler(sweep, dimensions, seed),
+        pruner=make_pruner(sweep),
+    )
+
+
+def make_sampler(sweep, dimensions=(), seed: int = 0):
+    import optuna
+
+    if sweep.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if sweep.sampler == "grid":
+        grid = {}
+        for dim in dimensions:
+            if dim.kind == "int":
+                grid[dim.key] = list(range(dim.bounds[0], dim.bounds[1] + 1))
+            else:
+                grid[dim.key] = [as_text(v) for v in dim.bounds]
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def make_pruner(sweep):
+    import optuna
+
+    if sweep.pruner == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=sweep.prune_after_trials, n_warmup_steps=sweep.prune_after_epochs
+        )
+    if sweep.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1)
+    return optuna.pruners.NopPruner()
+
+
+def study_run_id(study) -> str:
+    return study._study_id
+
+
+def _log_once(client, run_id: str, key: str, value: str) -> bool:
+    """Log param `key` = `value` unless the run has it with another value: True when the run now holds this value."""
+    try:
+        client.log_param(run_id, key, value)
+        return True
+    except MlflowException as err:
+        if err.error_code == "INVALID_PARAMETER_VALUE" and "Changing param values is not allowed" in str(err):
+            return False
+        raise
+
+
+def claim_slot(client, study_id: str, trial_run_id: str, budget: int) -> int | None:
+    """The first free slot below `budget`, now held by `trial_run_id`; None when every slot is taken."""
+    taken = client.get_run(study_id).data.params
+    for number in range(budget):
+        key = slot_key(number)
+        if key in taken:
+            continue
+        if _log_once(client, study_id, key, trial_run_id):
+            return number
+    return None
+
+
+def slot_key(number: int) -> str:
+    return f"{SLOT}{number:03d}"
+
+
+def free_slots(client, study_id: str, budget: int) -> int:
+    params = client.get_run(study_id).data.params
+    return sum(slot_key(n) not in params for n in range(budget))
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def claim_attempt(client, trial_run_id: str, worker: str) -> int | None:
+    """Log this worker as the trial's next attempt: its number, or None when another worker logged it first."""
+    params = client.get_run(trial_run_id).data.params
+    attempt = 1 + sum(key.startswith(ATTEMPT) for key in params)
+    return attempt if _log_once(client, trial_run_id, f"{ATTEMPT}{attempt}", worker) else None
+
+
+def running_trials(client, experiment_id: str, study_id: str) -> list:
+    """The study's trials without an outcome yet: RUNNING, or FINISHED by their training but not yet scored (the
+    state SweepStorage reads as running)."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{study_id}'")
+    return [r for r in runs if r.info.status == "RUNNING" or (r.info.status == "FINISHED" and "value" not in
+                                                               r.data.metrics)]  # fmt: skip
+
+
+def is_stale(run, lease_s: float, now: float | None = None) -> bool:
+    """No heartbeat for `lease_s` seconds (a run never renewed counts from its start)."""
+    now = time.time() if now is None else now
+    beat = run.data.tags.get(HEARTBEAT)
+    last = float(beat) if beat is not None else run.info.start_time / 1000
+    return now - last > lease_s
+
+
+@contextlib.contextmanager
+def heartbeat(client, run_id: str, lease_s: float):
+    """Renew the trial's heartbeat every lease/4 s while the block runs. A failing renewal is a warning: the server
+    may be back before the lease ends."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        warned = False
+        while True:
+            try:
+                client.set_tag(run_id, HEARTBEAT, f"{time.time():.3f}")
+            except Exception as err:  # noqa: BLE001 - a missed beat costs nothing until the lease ends
+                if not warned:
+                    warnings.warn(f"sweep: trial heartbeat not renewed ({first_line(err, 160)})", stacklevel=1)
+                    warned = True
+            if stop.wait(lease_s / 4):
+                return
+
+    thread = threading.Thread(target=beat, name="nfp-sweep-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def release(client, run_id: str) -> None:
+    """A trial this worker stops without an outcome (Ctrl-C, SIGTERM): RUNNING with no heartbeat, so the next worker
+    of the study takes it over at once, resuming it."""
+    with contextlib.suppress(Exception):
+        client.set_tag(run_id, HEARTBEAT, "0")
+        client.update_run(run_id, status="RUNNING")
+
+
+def experiment_id(tracking) -> str:
+    """The experiment `tracking.experiment` (MLFLOW_EXPERIMENT_ID under `mlflow run`), made when missing."""
+    if os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        return os.environ["MLFLOW_EXPERIMENT_ID"]
+    experiment = mlflow.get_experiment_by_name(tracking.experiment)
+    return experiment.experiment_id if experiment else mlflow.create_experiment(tracking.experiment)

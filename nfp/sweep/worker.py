@@ -1,0 +1,278 @@
+"""`nfp sweep`: one worker of a study — it takes trials until the study's budget is spent, each an `nfp train` of the
+config with the trial's sampled overrides in a process of its own (its run: the trial's child run; its output dir:
+<sweep.output_dir>/<study>/trial-NNN), then waits out the other workers' trials (taking over any whose worker was
+lost) and writes the study's summary into the parent run."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from nfp import storage, tracking
+from nfp.config import load_config
+from nfp.errors import ConfigError
+from nfp.sweep import study as st
+from nfp.sweep.space import Dimension, check_space, override, parse_space
+
+WORKER_ENV = "NFP_SWEEP_WORKER"  # this worker's index among the study's (--workers, a SkyPilot node's rank): its seed
+PERIODIC = ("val_mse", "val_mae", "val_ssim", "val_psnr")  # epoch metrics of evaluate.every_n_epochs
+
+
+@dataclass
+class Sweep:
+    """What every trial of this worker shares: the config it varies, the study, the tracking client."""
+
+    cfg: object
+    config_path: str | None
+    overrides: list[str]
+    dimensions: list[Dimension]
+    study: object
+    experiment_id: str
+    client: object
+    worker: str
+
+    @property
+    def dir(self) -> str:
+        return storage.join(self.cfg.sweep.output_dir, self.cfg.sweep.study)
+
+
+def prepare(cfg, config_path, overrides: list[str]) -> Sweep:
+    """Every refusal before a trial: tracking, the metric, the space; then the study, loaded or made."""
+    import mlflow
+
+    s = cfg.sweep
+    if not cfg.tracking.enabled:
+        raise ConfigError("tracking.enabled: got false, nfp sweep needs true (the study lives on the tracking server)")
+    if s.metric in PERIODIC and not cfg.evaluate.every_n_epochs:
+        raise ConfigError(f"sweep.metric: {s.metric} comes from the periodic evaluation, which evaluate.every_n_epochs "
+                          "0 turns off; set it to 1 or more, or pick val_loss")  # fmt: skip
+    if s.pruner != "none" and cfg.distribute.strategy == "multi_worker":
+        raise ConfigError(f"sweep.pruner: {s.pruner} stops a trial on its chief only, which would leave a multi_worker "
+                          "trial's other workers waiting; set sweep.pruner none")  # fmt: skip
+    dimensions = parse_space(s.space, sampler=s.sampler)
+    check_space(dimensions, config_path, overrides)
+    tracking.check_reachable()
+    experiment_id = st.experiment_id(cfg.tracking)
+    # each worker samples from a seed of its own (the same seed in every worker would draw the same first trials), and
+    # a rerun from another (not the same draws as the first run's)
+    index = int(os.environ.get(WORKER_ENV, "0") or 0)
+    study = st.open_study(s, experiment_id, dimensions, seed_offset=1000 * index)
+    return Sweep(cfg, config_path, overrides, dimensions, study, experiment_id, mlflow.MlflowClient(), st.worker_name())
+
+
+def run_sweep(cfg, *, config_path=None, overrides=()) -> dict:
+    """This worker's part of the study, then the study's summary (nfp.sweep.summary) when no trial is left running."""
+    from nfp.sweep.summary import write_summary
+
+    sweep = prepare(cfg, config_path, list(overrides))
+    s, client, study_id = cfg.sweep, sweep.client, st.study_run_id(sweep.study)
+    client.update_run(study_id, status="RUNNING")  # a rerun with a larger budget opens a finished study again
+    say(f"study {s.study!r} (run {study_id}): {s.trials} trials in all, this worker {sweep.worker}")
+    started, ran = time.time(), 0
+    while True:
+        lost = [r for r in st.running_trials(client, sweep.experiment_id, study_id) if st.is_stale(r, s.lease_s)]
+        if lost and take_over(sweep, lost[0]):
+            ran += 1
+            continue
+        if st.free_slots(client, study_id, s.trials) and (s.timeout is None or time.time() - started < s.timeout):
+            if new_trial(sweep):
+                ran += 1
+                continue
+        running = st.running_trials(client, sweep.experiment_id, study_id)
+        if not running:
+            break
+        time.sleep(min(s.lease_s / 4, 30))  # other workers' trials: wait for them, or for their lease to end
+    sweep.study._storage.flush_all_batches()
+    summary = write_summary(sweep)
+    say(f"study {s.study!r}: {summary['line']} (this worker ran {ran})")
+    return summary
+
+
+def new_trial(sweep: Sweep) -> bool:
+    """Ask the study for a trial and run it once it holds a slot; False when another worker took the last slot."""
+    trial = sweep.study.ask()
+    run_id = trial._trial_id
+    number = st.claim_slot(sweep.client, st.study_run_id(sweep.study), run_id, sweep.cfg.sweep.trials)
+    if number is None:
+        sweep.study._storage.flush_all_batches()
+        sweep.client.delete_run(run_id)  # never a trial: the budget is spent
+        return False
+    st.claim_attempt(sweep.client, run_id, sweep.worker)
+    sweep.client.set_tag(run_id, "mlflow.runName", f"{sweep.cfg.sweep.study}-trial-{number:03d}")
+    sweep.client.set_tag(run_id, st.STUDY_TAG, sweep.cfg.sweep.study)
+    sweep.client.set_tag(run_id, st.SLOT_TAG, str(number))
+    run_trial(sweep, trial, number, attempt=1)
+    return True
+
+
+def take_over(sweep: Sweep, run) -> bool:
+    """Resume a trial whose worker was lost, unless another worker took it first."""
+    import optuna
+
+    attempt = st.claim_attempt(sweep.client, run.info.run_id, sweep.worker)
+    if attempt is None:
+        return False
+    number = int(run.data.tags.get(st.SLOT_TAG, "-1"))
+    say(f"trial {number:03d}: its worker was lost (no heartbeat for {sweep.cfg.sweep.lease_s:g} s); resuming it as "
+        f"attempt {attempt}")  # fmt: skip
+    run_trial(sweep, optuna.trial.Trial(sweep.study, run.info.run_id), number, attempt=attempt)
+    return True
+
+
+def run_trial(sweep: Sweep, trial, number: int, *, attempt: int) -> None:
+    """Train the trial in a process of its own and tell the study how it ended."""
+    from optuna.trial import TrialState
+
+    s, client, run_id = sweep.cfg.sweep, sweep.client, trial._trial_id
+    values = {dim.key: dim.suggest(trial) for dim in sweep.dimensions}
+    trial_dir = storage.join(sweep.dir, f"trial-{number:03d}")
+    overrides = [
+        *sweep.overrides,
+        *(override(key, value) for key, value in values.items()),
+        f"train.output_dir={trial_dir}",
+        "tracking.register_as=null",  # the sweep registers its best trial's model, not every trial's
+        "tracking.alias=null",
+    ]
+    client.set_tag(run_id, st.OVERRIDES_TAG, json.dumps(overrides[len(sweep.overrides) :]))
+    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+    sweep.study._storage.flush_all_batches()
+    try:
+        load_config(sweep.config_path, overrides)
+    except ConfigError as err:  # a combination the space allows and the config refuses: this trial's outcome
+        return fail(sweep, trial, number, shown, str(err))
+    log = trial_log(sweep, number, attempt)
+    say(f"trial {number:03d} ({shown}): training, log in {log}")
+    with st.heartbeat(client, run_id, s.lease_s):
+        try:
+            code = train_process(sweep, run_id, overrides, log)
+        except BaseException:  # Ctrl-C, SIGTERM: the trial is left for the next worker to resume
+            st.release(client, run_id)
+            raise
+    with contextlib.suppress(Exception):  # the console of the trial, beside its run's other files
+        client.log_artifact(run_id, str(log), "sweep")
+    run = client.get_run(run_id)
+    if code != 0:
+        return fail(sweep, trial, number, shown, error_line(log, code, run))
+    if st.PRUNED_TAG in run.data.tags:
+        sweep.study.tell(trial, state=TrialState.PRUNED)
+        return say(f"trial {number:03d} ({shown}): pruned, {run.data.tags[st.PRUNED_TAG]}")
+    value = best_value(client, run_id, s.metric, s.direction)
+    if value is None:
+        return fail(sweep, trial, number, shown, f"sweep.metric: {s.metric} was never logged by the trial's run")
+    sweep.study.tell(trial, value)
+    say(f"trial {number:03d} ({shown}): {s.metric} {value:.6g}")
+
+
+def fail(sweep: Sweep, trial, number: int, shown: str, reason: str) -> None:
+    from optuna.trial import TrialState
+
+    sweep.client.set_tag(trial._trial_id, "error", reason)
+    sweep.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+    sweep.client.set_terminated(trial._trial_id, status="FAILED")
+    say(f"trial {number:03d} ({shown}): failed: {reason}")
+
+
+def best_value(client, run_id: str, metric: str, direction: str) -> float | None:
+    history = [m.value for m in client.get_metric_history(run_id, metric)]
+    if not history:
+        return None
+    return min(history) if direction == "minimize" else max(history)
+
+
+def error_line(log: Path, code: int, run) -> str:
+    """Why a trial's training failed, in one line: its run's `error` tag, else its own last `error:` line."""
+    if "error" in run.data.tags:
+        return run.data.tags["error"]
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    if errors:
+        return errors[-1].removeprefix("error: ")
+    if code < 0:
+        return f"nfp train was killed by signal {signal.Signals(-code).name}"
+    return f"nfp train exited with {code}: {lines[-1] if lines else 'no output'}"
+
+
+def trial_log(sweep: Sweep, number: int, attempt: int) -> Path:
+    """Where the trial's training writes its console: beside the trials when they are local, else in a temp dir."""
+    import tempfile
+
+    base = storage.local_path(sweep.dir) if storage.is_local(sweep.dir) else Path(tempfile.gettempdir()) / "nfp-sweep"
+    path = Path(base) / "logs" / f"trial-{number:03d}-attempt-{attempt}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def train_process(sweep: Sweep, run_id: str, overrides: list[str], log: Path) -> int:
+    """`nfp train` of the trial; it dies with this worker (a killed worker leaves no training behind)."""
+    import mlflow
+
+    command = [sys.executable, "-m", "nfp", "train", *(["-c", str(sweep.config_path)] if sweep.config_path else [])]
+    env = {
+        **os.environ,
+        "MLFLOW_RUN_ID": run_id,
+        "MLFLOW_EXPERIMENT_ID": sweep.experiment_id,
+        "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+        st.TRIAL_ENV: run_id,
+    }
+    with open(log, "ab") as out:
+        process = subprocess.Popen([*command, *overrides], stdout=out, stderr=subprocess.STDOUT, env=env,
+                                   preexec_fn=_die_with_parent)  # fmt: skip
+        try:
+            return process.wait()
+        except BaseException:
+            process.terminate()  # SIGTERM: the training keeps its last epoch's backup and stops
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            raise
+
+
+def _die_with_parent() -> None:
+    """In the trial's process, before exec: SIGKILL when the worker dies (Linux's PR_SET_PDEATHSIG)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+    except OSError:  # not Linux: the trial's heartbeat still ends with its worker
+        pass
+
+
+def say(line: str) -> None:
+    print(f"sweep: {line}", flush=True)
+
+
+def start_workers(cfg, config_path, overrides: list[str], argv: list[str], workers: int) -> int:
+    """`nfp sweep --workers N`: the study made once here, then N worker processes of this same command (`argv`, less
+    --workers), one per GPU (CUDA_VISIBLE_DEVICES) where the machine has them; the worst exit code of theirs."""
+    prepare(cfg, config_path, overrides)  # refuses what every worker would, and makes the study before they race to
+    gpus = _gpu_count()
+    first = int(os.environ.get(WORKER_ENV, "0") or 0) * workers  # a VM's rank among the sweep's VMs, if any
+    processes = []
+    for index in range(workers):
+        env = {**os.environ, WORKER_ENV: str(first + index)}
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
+        processes.append(subprocess.Popen([sys.executable, "-m", "nfp", "sweep", *argv], env=env))
+    try:
+        codes = [p.wait() for p in processes]
+    except BaseException:  # Ctrl-C reached the workers too (one process group): wait for them to release their trials
+        for p in processes:
+            with contextlib.suppress(BaseException):
+                p.wait(timeout=90)
+        raise
+    return max(codes, key=abs)
+
+
+def _gpu_count() -> int:
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in out.stdout.splitlines()) if out.returncode == 0 else 0

@@ -1,0 +1,245 @@
+"""nfp sweep on real parts: a real `mlflow server` on 127.0.0.1, `nfp sweep` processes, tiny trials. The study is a
+parent run, each trial a child run; two workers share one exact budget; a pruned trial ends KILLED; a worker killed
+mid-trial leaves its trial to the next worker, which resumes it; a bad space is refused in one line."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nfp.config import load_config
+from nfp.errors import ConfigError
+from nfp.sweep.space import check_space, override, parse_space
+
+REPO = Path(__file__).resolve().parent.parent
+SPACE = {"train.learning_rate": {"log_uniform": [1e-4, 3e-3]}, "model.filters": {"choice": [[4], [6]]}}
+
+
+# --------------------------------------------------------------------------- the space, before any trial
+def refusal(space, sampler="tpe", overrides=()) -> str:
+    with pytest.raises(ConfigError) as err:
+        check_space(parse_space(space, sampler=sampler), None, list(overrides))
+    return str(err.value)
+
+
+def test_a_space_that_can_produce_a_bad_config_is_refused_naming_the_key():
+    assert refusal({"train.learnin_rate": {"uniform": [0.1, 0.2]}}) == (
+        "sweep.space.train.learnin_rate: 0.1 is refused: train.learnin_rate: unknown key, did you mean "
+        "train.learning_rate?"
+    )
+    assert refusal({"train.learning_rate": {"uniform": [-1, 0.1]}}) == (
+        "sweep.space.train.learning_rate: -1.0 is refused: train.learning_rate: got -1.0, expected >= 0"
+    )
+    assert refusal({"train.batch_size": {"uniform": [2, 8]}}).startswith(
+        "sweep.space.train.batch_size: 2.0 is refused: train.batch_size: got 2.0, expected an integer"
+    )
+    assert refusal({"model.preset": {"choice": ["tiny", "huge"]}}).startswith(
+        "sweep.space.model.preset: huge is refused: model.preset: got 'huge', expected one of tiny,"
+    )
+    assert refusal({"train.learning_rate": {"log_uniform": [0, 1]}}) == (
+        "sweep.space.train.learning_rate: log_uniform got [0, 1], expected 0 < low < high"
+    )
+    assert refusal({"train.learning_rate": {"uniform": [0.1, 0.2]}}, sampler="grid") == (
+        "sweep.space.train.learning_rate: uniform under sweep.sampler grid, expected int or choice (a grid has steps)"
+    )
+    assert refusal({"train.learning_rate": {"normal": [0, 1]}}).startswith(
+        "sweep.space.train.learning_rate: got {'normal': [0, 1]}, expected one of {log_uniform, uniform, int, choice"
+    )
+    assert refusal({}).startswith("sweep.space: empty")
+    assert (
+        refusal({"sweep.trials": {"int": [1, 3]}}) == "sweep.space.sweep.trials: the sweep's own keys cannot be swept"
+    )
+
+
+def test_a_space_is_read_from_dotted_or_nested_keys_and_a_combination_is_left_to_its_trial():
+    nested = load_config(None, ["sweep.space.train.batch_size={int: [2, 8]}"]).sweep.space
+    (dim,) = parse_space(nested, sampler="grid")
+    assert (dim.key, dim.kind, dim.bounds) == ("train.batch_size", "int", (2, 8))
+    # [4, 4] with one kernel size fails only with model.kernel_sizes=[3]: a trial's outcome, not the space's
+    check_space(parse_space({"model.filters": {"choice": [[4], [4, 4]]}}, sampler="tpe"), None,
+                ["model.preset=custom", "model.kernel_sizes=[3]"])  # fmt: skip
+    assert override("model.filters", [4, 4]) == "model.filters=[4, 4]"
+    assert load_config(None, ["model.preset=custom", override("model.filters", [8, 8])]).model.filters == [8, 8]
+
+
+def test_the_cli_refuses_a_bad_space_in_one_line_before_any_run(tmp_path, mlflow_server):
+    config = write_config(tmp_path, "bad", trials=2, space={"train.learning_rate": {"uniform": [-1, 1]}})
+    done = sweep_process(config, mlflow_server.uri)
+    _, err = done.communicate(timeout=120)
+    assert done.returncode == 2, err
+    assert err.strip().splitlines() == [
+        "error: sweep.space.train.learning_rate: -1.0 is refused: train.learning_rate: got -1.0, expected >= 0"
+    ]
+    assert client(mlflow_server.uri).get_experiment_by_name(f"sweep-{tmp_path.name}") is None
+
+
+# --------------------------------------------------------------------------- real workers on a real server
+def write_config(tmp_path: Path, study: str, *, trials: int, space=SPACE, epochs=2, **sweep) -> Path:
+    """A tiny sweep (16×16 frames, 4 filters, 2 epochs) into the server's experiment of this test."""
+    config = {
+        "data": {"source": "generate", "image_size": 16, "digit_size": 8, "frames": 6, "num_clips": 24,
+                 "num_shards": 2, "dir": str(tmp_path / "data"), "context_frames": 3, "predict_frames": 3},
+        "model": {"preset": "custom", "filters": [4], "kernel_sizes": [3]},
+        "train": {"epochs": epochs, "batch_size": 4, "verbose": 2, "output_dir": str(tmp_path / "unused"),
+                  "images": {"every_n_epochs": 0}},
+        "tracking": {"experiment": f"sweep-{tmp_path.name}", "system_metrics": False, "log_model": False},
+        "evaluate": {"context_frames": 3, "predict_frames": 3, "batch_size": 4, "max_clips": 4, "every_n_epochs": 1},
+        "sweep": {"study": study, "trials": trials, "space": space, "output_dir": str(tmp_path / "sweeps"), **sweep},
+    }  # fmt: skip
+    path = tmp_path / f"{study}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def sweep_process(config: Path, uri: str, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "nfp", "sweep", "-c", str(config), *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def finish(process: subprocess.Popen, timeout=600) -> str:
+    out, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, out[-3000:] + err[-3000:]
+    return out
+
+
+def client(uri: str):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def study_runs(uri: str, tmp_path: Path, study: str):
+    """(the study's run, its trials' runs by slot): every run of the experiment is one or the other."""
+    c = client(uri)
+    experiment = c.get_experiment_by_name(f"sweep-{tmp_path.name}")
+    runs = c.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("nfp.sweep.study") == "study"]
+    assert parent.info.run_name == study
+    trials = [r for r in runs if r is not parent]
+    assert all(r.data.tags.get("mlflow.parentRunId") == parent.info.run_id for r in trials)
+    return parent, sorted(trials, key=lambda r: int(r.data.tags.get("nfp.sweep.slot", -1)))
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_and_run_its_budget_exactly(tmp_path, mlflow_server):
+    """`nfp sweep --workers 2`, 6 trials: one parent run, exactly 6 child runs, each slot once, each trial a whole
+    training run (its params, per-epoch metrics, checkpoints) that ended with its score; the parent holds the best
+    trial's config and the figures."""
+    config = write_config(tmp_path, "two", trials=6, pruner="none")
+    out = finish(sweep_process(config, mlflow_server.uri, "--workers", "2"))
+    parent, trials = study_runs(mlflow_server.uri, tmp_path, "two")
+    assert [r.data.tags["nfp.sweep.slot"] for r in trials] == [str(n) for n in range(6)]
+    assert [r.info.run_name for r in trials] == [f"two-trial-{n:03d}" for n in range(6)]
+    assert sorted(v for k, v in parent.data.params.items() if k.startswith("sweep.trial.")) == sorted(
+        r.info.run_id for r in trials
+    )
+    workers = {r.data.params["sweep.attempt.1"].rsplit(":", 1)[0] for r in trials}
+    assert len(workers) == 2, workers  # both workers ran trials
+    assert out.count("sweep: study 'two': 6 complete; best two-trial-") == 2  # each worker's last line
+    c = client(mlflow_server.uri)
+    for run in trials:
+        assert run.info.status == "FINISHED"
+        assert 1e-4 <= float(run.data.params["train.learning_rate"]) <= 3e-3
+        assert run.data.params["model.filters"] in ("[4]", "[6]")
+        assert [m.step for m in c.get_metric_history(run.info.run_id, "val_mse")] == [1, 2]
+        assert run.data.metrics["value"] == min(m.value for m in c.get_metric_history(run.info.run_id, "val_mse"))
+        assert Path(tmp_path / "sweeps" / "two" / f"trial-{int(run.data.tags['nfp.sweep.slot']):03d}" /
+                    "checkpoints" / "best.keras").exists()  # fmt: skip
+    best = min(trials, key=lambda r: r.data.metrics["value"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["nfp.sweep.best_run"] == best.info.run_id
+    assert parent.data.metrics["best_val_mse"] == best.data.metrics["value"]
+    assert parent.data.metrics["trials_complete"] == 6
+    artifacts = {a.path for a in c.list_artifacts(parent.info.run_id, "sweep")}
+    assert {"sweep/best.yaml", "sweep/optimization_history.png", "sweep/param_importances.png"} <= artifacts
+    best_yaml = yaml.safe_load(
+        Path(c.download_artifacts(parent.info.run_id, "sweep/best.yaml", str(tmp_path))).read_text()
+    )
+    assert best_yaml["train"]["learning_rate"] == float(best.data.params["train.learning_rate"])
+    assert best_yaml["train"]["output_dir"].endswith(f"trial-{int(best.data.tags['nfp.sweep.slot']):03d}")
+
+
+@pytest.mark.slow
+def test_a_trial_worse_than_the_study_at_an_epoch_is_pruned_and_ends_killed(tmp_path, mlflow_server):
+    """A finished trial with a perfect score at every epoch is already in the study: the next trial's val_mse after
+    epoch 1 is worse than the median, so it stops there (of 3 epochs), its run KILLED and tagged with why."""
+    import optuna
+
+    from nfp.sweep import study as st
+
+    config = write_config(tmp_path, "prune", trials=1, epochs=3, prune_after_trials=1, prune_after_epochs=0)
+    cfg = load_config(config)
+    import mlflow
+
+    mlflow.set_tracking_uri(mlflow_server.uri)
+    study = st.open_study(cfg.sweep, st.experiment_id(cfg.tracking))
+    dists = {"train.learning_rate": optuna.distributions.FloatDistribution(1e-4, 3e-3, log=True)}
+    study.add_trial(optuna.trial.create_trial(params={"train.learning_rate": 1e-3}, distributions=dists, value=0.0,
+                                              intermediate_values={1: 0.0, 2: 0.0, 3: 0.0}))  # fmt: skip
+    study._storage.flush_all_batches()
+    out = finish(sweep_process(config, mlflow_server.uri))
+    parent, trials = study_runs(mlflow_server.uri, tmp_path, "prune")
+    (trial,) = [r for r in trials if "nfp.sweep.slot" in r.data.tags]
+    assert trial.info.status == "KILLED"
+    assert trial.data.tags["nfp.sweep.pruned"].startswith("at epoch 1: val_mse ")
+    assert [m.step for m in client(mlflow_server.uri).get_metric_history(trial.info.run_id, "val_mse")] == [1]
+    assert "sweep: trial 000 (train.learning_rate=" in out and "): pruned, at epoch 1: val_mse" in out
+    assert parent.data.metrics["trials_pruned"] == 1
+
+
+@pytest.mark.slow
+def test_a_trial_the_config_refuses_fails_with_its_one_line_reason(tmp_path, mlflow_server):
+    """[4, 4] filters with one kernel size: the space cannot know (it is the combination), the trial can: it fails
+    at once, its run FAILED with the config's line as its `error` tag, and the study goes on to its budget."""
+    space = {"model.filters": {"choice": [[4, 4]]}}
+    out = finish(sweep_process(write_config(tmp_path, "bad-combination", trials=1, space=space), mlflow_server.uri))
+    _, (trial,) = study_runs(mlflow_server.uri, tmp_path, "bad-combination")
+    reason = "model.kernel_sizes: got 1 sizes for 2 filters, expected one per layer"
+    assert trial.info.status == "FAILED" and trial.data.tags["error"].startswith(reason)
+    assert f"sweep: trial 000 (model.filters=[4, 4]): failed: {reason}" in out
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_trial_leaves_it_to_the_rerun_which_resumes_it(tmp_path, mlflow_server):
+    """SIGKILL to the worker after its first trial's second epoch: its training dies with it and the trial's run is
+    left RUNNING with a heartbeat that stops; the same command again waits out the lease (4 s), takes the trial over
+    (attempt 2), resumes its training past epoch 1 into the same run, then runs the budget's last trial."""
+    config = write_config(tmp_path, "kill", trials=2, epochs=3, lease_s=4, pruner="none")
+    worker = sweep_process(config, mlflow_server.uri)
+    history = tmp_path / "sweeps" / "kill" / "trial-000" / "history.csv"
+    deadline = time.monotonic() + 300
+    # header + 2 epochs: epoch 1's backup is written before epoch 2's row (epoch 2's may not be yet)
+    while not (history.exists() and len(history.read_text().splitlines()) >= 3):
+        assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()[1][-3000:]
+        time.sleep(0.05)
+    training = [p for p in _children(worker.pid) if "train" in p.cmdline()]
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    import psutil
+
+    _, alive = psutil.wait_procs(training, timeout=20)
+    assert not alive, "the trial's training outlived its worker"
+    _, (lost,) = study_runs(mlflow_server.uri, tmp_path, "kill")
+    assert lost.info.status == "RUNNING"
+
+    out = finish(sweep_process(config, mlflow_server.uri))
+    assert "sweep: trial 000: its worker was lost (no heartbeat for 4 s); resuming it as attempt 2" in out
+    parent, trials = study_runs(mlflow_server.uri, tmp_path, "kill")
+    assert trials[0].info.run_id == lost.info.run_id and len(trials) == 2
+    assert all(r.info.status == "FINISHED" for r in trials) and parent.info.status == "FINISHED"
+    assert "sweep.attempt.2" in trials[0].data.params
+    steps = [m.step for m in client(mlflow_server.uri).get_metric_history(lost.info.run_id, "val_mse")]
+    assert steps == [1, 2, 3]  # resumed: epoch 1 not trained (or logged) twice
+    resumed = (tmp_path / "sweeps" / "kill" / "logs" / "trial-000-attempt-2.log").read_text()
+    assert "Epoch 3/3" in resumed and "Epoch 1/3" not in resumed
+
+
+def _children(pid: int) -> list:
+    import psutil
+
+    return psutil.Process(pid).children(recursive=True)
