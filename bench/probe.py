@@ -1,10 +1,12 @@
-"""GPU probe: speed and quality per GPU-second, nfp's models next to OpenSTL's (ConvLSTM-S, TAU, SimVP gSTA).
+"""GPU probe: speed and quality per GPU-second, nfp's models next to OpenSTL's (ConvLSTM-S, TAU, SimVP gSTA, PredRNN-V2)
+and PredFormer's.
 
 The GPU machines available for measuring have PyTorch and JAX but no TensorFlow (and TF with
 its CUDA libraries cannot be brought there), so nfp's own TF path cannot run there. This probe runs nfp's model
 definition (`nfp.models.build_model`, from the checkout in NFP_ROOT, default the current
-directory) under Keras 3 on the JAX backend, and a PyTorch peer after OpenSTL (the model a user would pick
-instead: ConvLSTM-S, or TAU / SimVP gSTA), eager as OpenSTL runs it and under `torch.compile`, on the same generated
+directory) under Keras 3 on the JAX backend, and a PyTorch peer after the original (the model a user would pick
+instead: OpenSTL's ConvLSTM-S, TAU / SimVP gSTA or PredRNN-V2, PredFormer's Quadruplet-TSST), eager as its authors
+run it and under `torch.compile`, on the same generated
 Moving MNIST (nfp's OpenSTL-style generator, scikit-learn digits), for the same number of seconds,
 then scores each 10 -> 10 with OpenSTL's MSE (per-frame sum over 64x64), MAE and SSIM
 (skimage-default style, data_range 2). Label its figures "Keras 3 / JAX backend, <card>".
@@ -19,6 +21,8 @@ Usage, from the project root: python3 bench/probe.py data|keras|torch OUTDIR [bu
   PROBE_MILESTONES=75,140 python3 bench/probe.py keras $OUT  # one run per model, scored at 75 s and 140 s
   PROBE_VARIANTS="tau=model.preset=tau; simvp=model.preset=simvp_gsta" python3 bench/probe.py keras $OUT 60
   PROBE_TORCH_MODEL=tau python3 bench/probe.py torch $OUT 60  # OpenSTL's TAU in PyTorch
+  PROBE_VARIANTS="predrnn_v2=model.preset=predrnn_v2; predformer=model.preset=predformer" python3 bench/probe.py keras $OUT 60
+  PROBE_TORCH_MODEL=predrnn python3 bench/probe.py torch $OUT 60  # OpenSTL's PredRNN-V2 (=predformer: PredFormer's)
 Each result is a JSON line, printed and appended to OUTDIR/probe.jsonl.
   PROBE_MILESTONES="s1,s2,..."  seconds of training at which to score (increasing; default: budget_s alone):
       each model trains until the first, the clock stops, it is scored 10 -> 10 on the held-out clips and a
@@ -38,12 +42,20 @@ Each result is a JSON line, printed and appended to OUTDIR/probe.jsonl.
       its decoupling loss and reverse scheduled sampling (its layer's own).
   PROBE_REF_KERAS=1  also a hand-built Keras ConvLSTM-S (patch 4, 4x128, 5x5) for comparison
   PROBE_POLICY=mixed_bfloat16|float32 (default mixed_bfloat16)
-  PROBE_TORCH_MODEL=convlstm|tau|gsta (default convlstm): the torch part's peer. convlstm: OpenSTL's ConvLSTM-S
+  PROBE_TORCH_MODEL=convlstm|tau|gsta|predrnn|predformer (default convlstm): the torch part's peer. convlstm: OpenSTL's ConvLSTM-S
       cell (patch 4, 4 x 128, 5x5), teacher-forced on frames 0..18, MSE, Adam 1e-3 constant. tau / gsta:
       OpenSTL's SimVP_Model with the TAU / gSTA translator at its Moving MNIST sizes (hid_S 64, hid_T 512, N_S 4,
       N_T 8, mlp_ratio 8, drop_path 0), written out here (no OpenSTL or timm needed), frames 0..9 -> 10..19, MSE
       (+ 0.1 x diff_div_reg for tau, openstl/methods/tau.py), Adam with OneCycleLR up to 1e-3 over the run's
-      seconds, as the keras part.
+      seconds, as the keras part. predrnn: OpenSTL's PredRNNv2_Model (4 x 128 ST-LSTM v2, 5x5, patch 4, 1x1 conv_last,
+      the shared adapter; 23,855,104 parameters), autoregressive on frames 0..18 -> 1..19 with OpenSTL's reverse
+      scheduled sampling (0.5 / 0.5 before its step 25,000, which no probe run reaches), MSE + 0.1 x its decoupling loss,
+      Adam with OneCycleLR up to 5e-4, scored by a rollout fed its own predictions from frame 10 (OpenSTL's test
+      mask). predformer: PredFormer's Quadruplet-TSST (patch 8, width 256, 6 blocks of time, space, space, time
+      gated transformers, 8 heads, SwiGLU, sinusoid positions, drop path 0; 25,297,728 parameters), attention by
+      PyTorch's fused scaled_dot_product_attention, frames 0..9 -> 10..19, MSE, AdamW (weight decay 1e-2) with
+      OneCycleLR up to 1e-3. Each line's "lr" is the peer's top, "optimizer" its optimizer. OneCycleLR's momentum
+      cycling is left out on both sides (nfp's OneCycle has none).
   PROBE_TORCH_COMPILE=0|1|both (default both): the peer eager (0), under torch.compile with the default
       inductor backend (1), or eager then compiled (both), each from the same seed on the same clips for
       budget_s seconds of training (or to each milestone). Two warm-up steps come first, outside the budget (under compile they
@@ -52,7 +64,9 @@ Each result is a JSON line, printed and appended to OUTDIR/probe.jsonl.
       "error" in place of the scores (after the lines of the milestones it reached, if any). Each line's
       "mode" is "eager" or "compile".
   PROBE_SMALL=1  a CPU dry run of the logic (64 + 16 clips of 32x32, batch 4; the torch tau / gsta peer at
-      nfp's tau_tiny / simvp_tiny sizes: hid_S 16, hid_T 64, N_S 2, N_T 2, mlp_ratio 4)
+      nfp's tau_tiny / simvp_tiny sizes: hid_S 16, hid_T 64, N_S 2, N_T 2, mlp_ratio 4; predrnn at predrnn_v2_tiny's:
+      2 x 32, 3x3, patch 4, reverse sampling over steps 500..1500; predformer at predformer_tiny's: patch 4, width
+      64, 4 heads, 2 blocks)
 Every result line also has the model's training FLOPs per clip (nfp.models.flops_per_clip, the analytic count
 from the layer shapes, ~3x forward; for a peer, the count of the nfp preset of the same architecture), the TFLOP/s
 they make at the line's clips/s, and "mfu", that over the card's dense bfloat16 peak (nfp.distribute.devices) where known.
@@ -83,6 +97,8 @@ TORCH_MODELS = {
     "convlstm": ("openstl_convlstm_s_patch4", "convlstm_s"),
     "tau": ("openstl_tau", "tau_tiny" if SMALL else "tau"),
     "gsta": ("openstl_simvp_gsta", "simvp_tiny" if SMALL else "simvp_gsta"),
+    "predrnn": ("openstl_predrnn_v2", "predrnn_v2_tiny" if SMALL else "predrnn_v2"),
+    "predformer": ("predformer_quadruplet_tsst", "predformer_tiny" if SMALL else "predformer"),
 }
 # OpenSTL's configs/mmnist/TAU.py and simvp/SimVP_gSTA.py sizes; PROBE_SMALL: nfp's *_tiny sizes
 SIMVP_SIZES = (
@@ -91,6 +107,20 @@ SIMVP_SIZES = (
     else dict(hid_s=64, hid_t=512, n_s=4, n_t=8, mlp_ratio=8.0, drop_path=0.0, kernel=3)
 )
 TAU_ALPHA = 0.1  # configs/mmnist/TAU.py alpha: the weight of diff_div_reg
+# OpenSTL's configs/mmnist/PredRNNv2.py (reverse sampling: r_sampling_step_1, _2, r_exp_alpha); PROBE_SMALL: nfp's
+# predrnn_v2_tiny
+PREDRNN_SIZES = (
+    dict(hidden=32, layers=2, kernel=3, patch=4, decouple_beta=0.1, reverse_sampling=(500, 1500), alpha=250.0)
+    if SMALL
+    else dict(hidden=128, layers=4, kernel=5, patch=4, decouple_beta=0.1, reverse_sampling=(25000, 50000), alpha=5000.0)
+)
+# PredFormer's configs/mmnist/PredFormer.py (dim 256, heads 8 of 32, Ndepth 6, scale_dim 4); PROBE_SMALL: nfp's
+# predformer_tiny
+PREDFORMER_SIZES = (
+    dict(patch=4, width=64, heads=4, blocks=2, mlp_ratio=4.0, drop_path=0.0)
+    if SMALL
+    else dict(patch=8, width=256, heads=8, blocks=6, mlp_ratio=4.0, drop_path=0.0)
+)
 
 
 def milestones(budget: float) -> list[float]:
@@ -456,8 +486,8 @@ def convlstm_peer(torch, nn, dev):
         return from_patches(model(to_patches(clips), context=10, total=20)[:, 9:].float())
 
     return dict(
-        make=ConvLSTM, pairs=pairs, loss=torch.nn.functional.mse_loss, predict=predict, schedule="constant",
-        loss_name="mse", frames=(19, 19),
+        make=ConvLSTM, pairs=pairs, loss=lambda out, y: torch.nn.functional.mse_loss(out.float(), y), predict=predict,
+        schedule="constant", lr=1e-3, optimizer="adam", weight_decay=0.0, loss_name="mse", frames=(19, 19),
     )  # fmt: skip
 
 
@@ -610,6 +640,7 @@ def simvp_peer(torch, nn, dev, translator: str):
         return (gap_p * torch.log(gap_p / (gap_b + eps) + eps)).mean()
 
     def loss(pred, truth):
+        pred = pred.float()
         mse = F.mse_loss(pred, truth)
         return mse + TAU_ALPHA * diff_div_reg(pred, truth) if tau else mse
 
@@ -624,8 +655,218 @@ def simvp_peer(torch, nn, dev, translator: str):
         return model(frames(clips)[:, :10])[:, :, 0].float()
 
     return dict(
-        make=SimVP, pairs=pairs, loss=loss, predict=predict, schedule="onecycle",
-        loss_name=f"mse + {TAU_ALPHA:g} diff_div_reg" if tau else "mse", frames=(10, 10),
+        make=SimVP, pairs=pairs, loss=loss, predict=predict, schedule="onecycle", lr=1e-3, optimizer="adam",
+        weight_decay=0.0, loss_name=f"mse + {TAU_ALPHA:g} diff_div_reg" if tau else "mse", frames=(10, 10),
+    )  # fmt: skip
+
+
+def predrnn_peer(torch, nn, dev, sizes=None):
+    """OpenSTL's PredRNNv2_Model (openstl/models/predrnnv2_model.py, openstl/modules/predrnnv2_modules.py
+    SpatioTemporalLSTMCellv2, layer_norm 0) at `sizes` (default PREDRNN_SIZES: configs/mmnist/PredRNNv2.py, 4 x 128,
+    5x5, patch 4, stride 1; 23,855,104 parameters at 64x64x1), written out here with PyTorch's default
+    initialisation, as OpenSTL's. Autoregressive as the ConvLSTM peer: inputs frames 0..18, output t predicts frame
+    t+1; the loss is OpenSTL's, MSE + decouple_beta (0.1) x the decoupling loss (the mean |cosine| between the
+    adapter's L2-normalised increments of c and m, over clips, channels, layers and steps). Training inputs come as
+    OpenSTL's reverse scheduled sampling draws them (openstl/utils/predrnn_utils.py reserve_schedule_sampling_exp:
+    per clip and step, step 0 the true frame, context steps 1..9 the true frame with probability r_eta, later steps
+    with eta, else the previous prediction; before r_sampling_step_1 (25,000 steps, never reached in a probe's run)
+    both 0.5), the draw's step counted from make(). Adam with OneCycleLR up to 5e-4 (configs/mmnist/PredRNNv2.py).
+    Scored 10 -> 10 by feeding its own predictions from step 10 on (OpenSTL's test mask). The peer's functions;
+    `mask(step, batch)` is the sampling mask of a training step."""
+    F = torch.nn.functional
+    z = PREDRNN_SIZES if sizes is None else sizes
+    patch, hidden, nl, k, beta = z["patch"], z["hidden"], z["layers"], z["kernel"], z["decouple_beta"]
+    g, ch = SIZE // patch, patch * patch
+    state = {"step": 0}  # training draws since make(): the sampling schedule's step
+
+    class Cell(nn.Module):  # SpatioTemporalLSTMCellv2, layer_norm 0: convolutions without bias
+        def __init__(self, cin):
+            super().__init__()
+            conv = lambda c_in, c_out, size=k: nn.Conv2d(c_in, c_out, size, 1, size // 2, bias=False)
+            self.conv_x, self.conv_h = conv(cin, 7 * hidden), conv(hidden, 4 * hidden)
+            self.conv_m, self.conv_o = conv(hidden, 3 * hidden), conv(2 * hidden, hidden)
+            self.conv_last = conv(2 * hidden, hidden, 1)
+
+        def forward(self, x, h, c, m):
+            i_x, f_x, g_x, i_xp, f_xp, g_xp, o_x = torch.split(self.conv_x(x), hidden, dim=1)
+            i_h, f_h, g_h, o_h = torch.split(self.conv_h(h), hidden, dim=1)
+            i_m, f_m, g_m = torch.split(self.conv_m(m), hidden, dim=1)
+            delta_c = torch.sigmoid(i_x + i_h) * torch.tanh(g_x + g_h)
+            c = torch.sigmoid(f_x + f_h + 1.0) * c + delta_c  # _forget_bias 1.0
+            delta_m = torch.sigmoid(i_xp + i_m) * torch.tanh(g_xp + g_m)
+            m = torch.sigmoid(f_xp + f_m + 1.0) * m + delta_m
+            mem = torch.cat((c, m), 1)
+            h = torch.sigmoid(o_x + o_h + self.conv_o(mem)) * torch.tanh(self.conv_last(mem))
+            return h, c, m, delta_c, delta_m
+
+    class PredRNNv2(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cell_list = nn.ModuleList([Cell(ch if i == 0 else hidden) for i in range(nl)])
+            self.conv_last = nn.Conv2d(hidden, ch, 1, bias=False)
+            self.adapter = nn.Conv2d(hidden, hidden, 1, bias=False)  # shared by every layer
+
+        def forward(self, frames, truth):
+            """frames (B, T, ch, g, g), truth (B, T) float: 1 where step t's input is frame t, 0 where it is the
+            previous step's prediction (step 0 always the frame) -> ((B, T, ch, g, g) predictions, decoupling)."""
+            b = frames.shape[0]
+            h = [frames.new_zeros(b, hidden, g, g) for _ in range(nl)]
+            c = [frames.new_zeros(b, hidden, g, g) for _ in range(nl)]
+            memory = frames.new_zeros(b, hidden, g, g)
+            unit = lambda d: F.normalize(self.adapter(d).view(b, hidden, -1), dim=2)
+            outs, cosines, x_gen = [], [], None
+            for t in range(frames.shape[1]):
+                net = frames[:, t]
+                if t > 0:
+                    w = truth[:, t, None, None, None]
+                    net = w * net + (1 - w) * x_gen
+                for i, cell in enumerate(self.cell_list):
+                    h[i], c[i], memory, delta_c, delta_m = cell(net if i == 0 else h[i - 1], h[i], c[i], memory)
+                    cosines.append(torch.abs(F.cosine_similarity(unit(delta_c), unit(delta_m), dim=2)).mean())
+                x_gen = self.conv_last(h[-1])
+                outs.append(x_gen)
+            return torch.stack(outs, 1), torch.stack(cosines).mean()
+
+    def make():
+        state["step"] = 0
+        return PredRNNv2()
+
+    def probabilities(step):  # reserve_schedule_sampling_exp's r_eta (context steps) and eta (predicted steps)
+        start, end = z["reverse_sampling"]
+        if step < start:
+            return 0.5, 0.5
+        if step < end:
+            return 1.0 - 0.5 * math.exp(-(step - start) / z["alpha"]), 0.5 - 0.5 / (end - start) * (step - start)
+        return 1.0, 0.0
+
+    def mask(step, batch, steps=19):
+        r_eta, eta = probabilities(step)
+        t = torch.arange(steps, device=dev)[None, :]
+        threshold = torch.where(t < 10, r_eta, eta)
+        return ((t == 0) | (torch.rand(batch, steps, device=dev) < threshold)).float()
+
+    def to_patches(u8):  # (n, T, H, W) uint8 -> (n, T, ch, g, g) float: reshape_patch's order
+        x = torch.as_tensor(u8, device=dev).float().div_(255)
+        n, t = x.shape[:2]
+        return x.reshape(n, t, g, patch, g, patch).permute(0, 1, 3, 5, 2, 4).reshape(n, t, ch, g, g)
+
+    def from_patches(p):  # (n, T, ch, g, g) -> (n, T, H, W)
+        n, t = p.shape[:2]
+        return p.reshape(n, t, patch, patch, g, g).permute(0, 1, 4, 2, 5, 3).reshape(n, t, SIZE, SIZE)
+
+    def pairs(clips):
+        x = to_patches(clips)
+        truth = mask(state["step"], len(x))
+        state["step"] += 1
+        return (x[:, :-1], truth), x[:, 1:]
+
+    def loss(out, y):
+        pred, decoupling = out
+        return F.mse_loss(pred.float(), y) + beta * decoupling.float()
+
+    def predict(model, clips):  # outputs for frames 10..19, fed its own predictions from step 10 on
+        x = to_patches(clips)[:, :19]
+        truth = (torch.arange(19, device=dev) < 10).float().expand(len(x), 19)
+        return from_patches(model(x, truth)[0][:, 9:].float())
+
+    return dict(
+        make=make, pairs=pairs, loss=loss, predict=predict, mask=mask, schedule="onecycle", lr=5e-4, optimizer="adam",
+        weight_decay=0.0, loss_name=f"mse + {beta:g} decoupling", frames=(19, 19),
+    )  # fmt: skip
+
+
+def predformer_peer(torch, nn, dev, sizes=None):
+    """PredFormer's PredFormer_Model, Quadruplet-TSST (yyyujintang/PredFormer openstl/models/
+    PredFormer_Quadruplet_TSST.py, openstl/modules/PredFormer_modules.py) at `sizes` (default PREDFORMER_SIZES:
+    configs/mmnist/PredFormer.py, patch 8, dim 256, 8 heads of 32, 6 blocks, SwiGLU of 4 x 256, dropout and drop
+    path 0; 25,297,728 parameters at 64x64x1), written out here with its initialisation (the gated transformers'
+    Linears trunc_normal std .02, biases 0; the embedding's and head's PyTorch's default; timm's DropPath inlined, an
+    identity at 0). Where it differs: attention by F.scaled_dot_product_attention (PyTorch's fused kernel; the same
+    softmax(q k^T / sqrt(d)) v as PredFormer's einsum, the peer at its best), no einops. Frames 0..9 -> 10..19 in one
+    pass, MSE (openstl/methods/PredFormer.py), AdamW with weight decay 1e-2 on every parameter (its
+    filter_bias_and_bn default False) and OneCycleLR up to 1e-3 (scripts/mmnist/mm_PredFormer_TSST_train.sh). The
+    peer's functions."""
+    F = torch.nn.functional
+    z = PREDFORMER_SIZES if sizes is None else sizes
+    p, dim, heads, blocks = z["patch"], z["width"], z["heads"], z["blocks"]
+    mlp, drop = int(dim * z["mlp_ratio"]), z["drop_path"]
+    n_h = SIZE // p
+
+    def drop_path(x, training):  # timm.layers.DropPath, scale_by_keep
+        if drop == 0.0 or not training:
+            return x
+        keep = 1 - drop
+        return x * x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep).div_(keep)
+
+    class GatedTransformer(nn.Module):  # depth 1: PreNorm(Attention), PreNorm(SwiGLU), residuals, a final LayerNorm
+        def __init__(self):
+            super().__init__()
+            self.norm_attn, self.to_qkv = nn.LayerNorm(dim), nn.Linear(dim, 3 * dim, bias=False)
+            self.to_out = nn.Linear(dim, dim)
+            self.norm_ff, self.fc1_g, self.fc1_x = nn.LayerNorm(dim), nn.Linear(dim, mlp), nn.Linear(dim, mlp)
+            self.fc2, self.norm = nn.Linear(mlp, dim), nn.LayerNorm(dim)
+            for m in self.modules():  # GatedTransformer._init_weights
+                if isinstance(m, nn.Linear):
+                    nn.init.trunc_normal_(m.weight, std=0.02)
+                    if m.bias is not None:
+                        nn.init.constant_(m.bias, 0)
+
+        def forward(self, x):  # (groups, length, dim)
+            n, length = x.shape[:2]
+            q, k, v = self.to_qkv(self.norm_attn(x)).view(n, length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+            a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, length, dim)
+            x = x + drop_path(self.to_out(a), self.training)
+            y = self.norm_ff(x)
+            x = x + drop_path(self.fc2(F.silu(self.fc1_g(y)) * self.fc1_x(y)), self.training)
+            return self.norm(x)
+
+    class PredFormerLayer(nn.Module):  # time, space, space, time; no residual around it
+        def __init__(self):
+            super().__init__()
+            self.ts_temporal_transformer, self.ts_space_transformer = GatedTransformer(), GatedTransformer()
+            self.st_space_transformer, self.st_temporal_transformer = GatedTransformer(), GatedTransformer()
+
+        def forward(self, x):  # (B, T, N, D)
+            b, t, n, d = x.shape
+            over_time = lambda f, x: f(x.transpose(1, 2).reshape(b * n, t, d)).view(b, n, t, d).transpose(1, 2)
+            over_space = lambda f, x: f(x.reshape(b * t, n, d)).view(b, t, n, d)
+            x = over_space(self.ts_space_transformer, over_time(self.ts_temporal_transformer, x))
+            return over_time(self.st_temporal_transformer, over_space(self.st_space_transformer, x))
+
+    class PredFormer(nn.Module):
+        def __init__(self, frames=10, channels=1):
+            super().__init__()
+            self.to_patch_embedding = nn.Linear(p * p * channels, dim)
+            positions = frames * n_h * n_h  # sinusoidal_embedding: a constant, not a parameter
+            i = torch.arange(dim, dtype=torch.float64)  # in double, as PredFormer's Python floats
+            angle = torch.arange(positions, dtype=torch.float64)[:, None] / 10000 ** (2 * (i // 2) / dim)[None, :]
+            pe = torch.where(torch.arange(dim) % 2 == 0, torch.sin(angle), torch.cos(angle)).float()
+            self.register_buffer("pos_embedding", pe.view(1, frames, n_h * n_h, dim), persistent=False)
+            self.blocks = nn.ModuleList([PredFormerLayer() for _ in range(blocks)])
+            self.mlp_head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, channels * p * p))
+
+        def forward(self, x):  # (B, T, C, H, W) -> (B, T, C, H, W)
+            b, t, c, h, w = x.shape
+            x = x.reshape(b, t, c, h // p, p, w // p, p).permute(0, 1, 3, 5, 4, 6, 2)  # b t (h w) (p1 p2 c)
+            x = self.to_patch_embedding(x.reshape(b, t, -1, p * p * c)) + self.pos_embedding
+            for blk in self.blocks:
+                x = blk(x)
+            x = self.mlp_head(x).view(b, t, h // p, w // p, c, p, p)  # unpacked as (c, p1, p2), as PredFormer's
+            return x.permute(0, 1, 4, 2, 5, 3, 6).reshape(b, t, c, h, w)
+
+    def frames(clips):  # (n, T, H, W) uint8 -> (n, T, 1, H, W) float
+        return torch.as_tensor(clips, device=dev).float().div_(255)[:, :, None]
+
+    def pairs(clips):
+        x = frames(clips)
+        return x[:, :10], x[:, 10:20]
+
+    def predict(model, clips):
+        return model(frames(clips)[:, :10])[:, :, 0].float()
+
+    return dict(
+        make=PredFormer, pairs=pairs, loss=lambda out, y: F.mse_loss(out.float(), y), predict=predict,
+        schedule="onecycle", lr=1e-3, optimizer="adamw", weight_decay=1e-2, loss_name="mse", frames=(10, 10),
     )  # fmt: skip
 
 
@@ -649,7 +890,8 @@ def run_torch(budget):
     torch.backends.cudnn.allow_tf32 = True
     train, test = load()
     name, preset = TORCH_MODELS[which]
-    peer = convlstm_peer(torch, nn, dev) if which == "convlstm" else simvp_peer(torch, nn, dev, which)
+    makers = {"convlstm": convlstm_peer, "predrnn": predrnn_peer, "predformer": predformer_peer}
+    peer = simvp_peer(torch, nn, dev, which) if which in ("tau", "gsta") else makers[which](torch, nn, dev)
     # the FLOP count is nfp's (it lives beside the Keras layers): Keras on the backend loaded here, not on JAX,
     # which would take the GPU's memory
     os.environ["KERAS_BACKEND"] = "torch"
@@ -678,13 +920,15 @@ def run_torch(budget):
         initial = copy.deepcopy(model.state_dict())
         forward = torch.compile(model) if mode == "compile" else model  # shares model's parameters
         params = sum(p.numel() for p in model.parameters())
-        lr = lambda seconds: learning_rate(peer["schedule"], 1e-3, seconds, marks[-1])
+        lr = lambda seconds: learning_rate(peer["schedule"], peer["lr"], seconds, marks[-1])
+        optimizer = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[peer["optimizer"]]
+        new_optimizer = lambda: optimizer(model.parameters(), lr=lr(0.0), weight_decay=peer["weight_decay"])
 
         def step(opt, clips):
-            x, y = peer["pairs"](clips)
+            x, y = peer["pairs"](clips)  # x: the model's input, or a tuple of its arguments
             with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
-                out = forward(x)
-                loss = peer["loss"](out.float(), y)
+                out = forward(*x) if isinstance(x, tuple) else forward(x)
+                loss = peer["loss"](out, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -694,13 +938,13 @@ def run_torch(budget):
             torch.cuda.reset_peak_memory_stats()
         # warm-up, outside the budget: compiles forward and backward under compile (cudnn autotuning in both)
         t0 = time.time()
-        opt = torch.optim.Adam(model.parameters(), lr=lr(0.0))
+        opt = new_optimizer()
         for _ in range(2):
             float(step(opt, train_gpu[:BATCH]))
         sync()
         compile_s = time.time() - t0
         model.load_state_dict(initial)  # in place: back to the seed's weights, and a fresh optimizer
-        opt = torch.optim.Adam(model.parameters(), lr=lr(0.0))
+        opt = new_optimizer()
         gen = torch.Generator(device="cpu").manual_seed(0)  # the same clips in the same order for each mode
         steps, train_s = 0, 0.0
         for mark in marks:  # train to each milestone; the clock stops while scoring
@@ -724,7 +968,8 @@ def run_torch(budget):
             pred = np.concatenate(preds)
             rate = steps * BATCH / train_s
             yield {"part": "torch", "model": name, "mode": mode, "policy": "autocast bf16" if dev == "cuda" else "float32",
-                   "loss": peer["loss_name"], "schedule": peer["schedule"], "lr": 1e-3, "params": int(params),
+                   "loss": peer["loss_name"], "schedule": peer["schedule"], "lr": peer["lr"],
+                   "optimizer": peer["optimizer"], "params": int(params),
                    "compile_s": round(compile_s, 1), "train_s": round(train_s, 1), "steps": steps, "batch": BATCH,
                    "clips_per_s": round(rate, 1), "epochs_seen": round(steps * BATCH / len(train), 2),
                    "final_loss": loss_v, "eval_s": round(time.time() - t1, 1),

@@ -1,6 +1,7 @@
 """bench/probe.py, the GPU probe, on this CPU: its data and Keras parts write scored JSON lines, one per milestone
 under PROBE_MILESTONES, for an autoregressive and a direct (TAU) variant; its torch part, where PyTorch is missing,
-says so in one line, and where PyTorch is installed (not in the project's venv) dry-runs the TAU peer."""
+says so in one line, and where PyTorch is installed (not in the project's venv) dry-runs the TAU, PredRNN-V2 and
+PredFormer peers and checks each peer against nfp's model of the same architecture with the same weights."""
 
 import json
 import math
@@ -96,7 +97,7 @@ def test_one_cycle_over_seconds_is_nfps_onecycle_over_steps():
         assert one_cycle(step / (total - 1), 1e-3) == pytest.approx(expected, rel=1e-3, abs=1e-12), step
 
 
-@pytest.mark.parametrize("peer", ["convlstm", "tau"])
+@pytest.mark.parametrize("peer", ["convlstm", "tau", "predrnn", "predformer"])
 def test_torch_part_without_pytorch_says_so_in_one_line(tmp_path, peer):
     out = tmp_path / "out"
     code = textwrap.dedent(
@@ -122,11 +123,12 @@ def test_torch_part_without_pytorch_says_so_in_one_line(tmp_path, peer):
 
 
 def test_torch_part_names_the_peers_it_has(tmp_path):
-    env = {**probe_env(tmp_path), "PROBE_TORCH_MODEL": "predrnn"}
+    env = {**probe_env(tmp_path), "PROBE_TORCH_MODEL": "e3d_lstm"}
     done = subprocess.run([sys.executable, str(PROBE), "torch", str(tmp_path / "out"), "1"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 1
-    assert done.stderr.strip() == "probe torch: PROBE_TORCH_MODEL: got 'predrnn', expected convlstm, tau, gsta"
+    expected = "expected convlstm, tau, gsta, predrnn, predformer"
+    assert done.stderr.strip() == f"probe torch: PROBE_TORCH_MODEL: got 'e3d_lstm', {expected}"
 
 
 @pytest.mark.slow
@@ -215,3 +217,184 @@ def test_torch_simvp_peer_is_nfps_model_with_the_same_weights(monkeypatch, peer,
     if peer == "tau":
         nfp_loss += 0.1 * np.mean(np.asarray(loss_term("differential_divergence")(truth, expected)))
     assert loss == pytest.approx(float(nfp_loss), rel=1e-5)
+
+
+def perturbed(torch, model, nn):
+    """`model` with its norms' scales and shifts and its Linears' biases moved off their init (ones, zeros)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.2, 0.2)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                m.bias.uniform_(-0.2, 0.2)
+    return model
+
+
+def test_torch_predrnn_peer_is_nfps_model_with_the_same_weights(monkeypatch):
+    """Where PyTorch is installed: the peer written out in the probe (OpenSTL's PredRNNv2_Model) and nfp's
+    predrnn_v2_tiny (8 hidden), one set of weights copied across, give the same frames teacher-forced and in a
+    10 -> 10 rollout (the peer's predict against nfp.models.rollout), and the peer's loss is nfp's MSE plus what its
+    layer adds (0.1 x the decoupling loss). The training step's inputs are drawn at random on both sides (reverse
+    scheduled sampling, each from its own generator), so the loss is compared past the schedule's end, where the
+    draw is certain on both: the true frame before step 10, the previous prediction from it on."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from nfp.config import load_config
+    from nfp.models import build_model, rollout
+
+    monkeypatch.setenv("PROBE_SMALL", "1")  # 32x32 frames
+    probe = runpy.run_path(str(PROBE), run_name="probe")
+    torch.manual_seed(0)
+    functions = probe["predrnn_peer"](torch, nn, "cpu", {**probe["PREDRNN_SIZES"], "hidden": 8})
+    theirs = functions["make"]().eval()
+    cfg = load_config(None, ["model.preset=predrnn_v2_tiny", "model.filters=[8,8]", "data.image_size=32"]).model
+    ours = build_model(cfg, frame_shape=(32, 32, 1))
+    stack = ours.get_layer("predrnn_v2")
+    kernel = lambda m: m.weight.detach().numpy().transpose(2, 3, 1, 0)  # (out, in, k, k) -> (k, k, in, out)
+    for variables, cell in zip(stack.cells, theirs.cell_list):
+        for v, m in zip(variables, (cell.conv_x, cell.conv_h, cell.conv_m, cell.conv_o, cell.conv_last)):
+            v.assign(kernel(m))
+    stack.head.assign(kernel(theirs.conv_last)), stack.adapter.assign(kernel(theirs.adapter))
+
+    rng = np.random.default_rng(0)
+    clips = rng.integers(0, 256, (2, 20, 32, 32), dtype=np.uint8)
+    x = clips[..., None].astype(np.float32) / 255
+    g, p = 8, 4
+    patches = torch.from_numpy(x[..., 0]).reshape(2, 20, g, p, g, p).permute(0, 1, 3, 5, 2, 4).reshape(2, 20, 16, g, g)
+    to_frames = lambda t: t.reshape(2, -1, p, p, g, g).permute(0, 1, 4, 2, 5, 3).reshape(2, -1, 32, 32, 1).numpy()
+    with torch.no_grad():
+        forced, _ = theirs(patches[:, :19], torch.ones(2, 19))
+        rolled = functions["predict"](theirs, clips).numpy()
+    np.testing.assert_allclose(np.asarray(ours(x[:, :19], training=False)), to_frames(forced), atol=1e-4)
+    np.testing.assert_allclose(rollout(ours, x[:, :10], 10)[..., 0], rolled, atol=1e-4)
+
+    stack.sampling_step.assign(10**6)  # past reverse_sampling's end: context steps true, predicted steps fed back
+    truth = functions["mask"](10**6, 2)
+    assert truth.tolist() == [[1.0] * 10 + [0.0] * 9] * 2
+    with torch.no_grad():
+        out = theirs(patches[:, :19], truth)
+        loss = float(functions["loss"](out, patches[:, 1:]))
+    pred = np.asarray(ours(x[:, :19], training=True))
+    np.testing.assert_allclose(pred, to_frames(out[0]), atol=1e-4)
+    (decoupling,) = [float(v) for v in ours.losses]
+    assert decoupling == pytest.approx(0.1 * float(out[1]), rel=1e-4) and decoupling > 0
+    assert loss == pytest.approx(float(np.mean((pred - x[:, 1:]) ** 2)) + decoupling, rel=1e-5)
+
+
+def test_torch_predrnn_peer_draws_openstls_reverse_sampling():
+    """Where PyTorch is installed: the peer's training inputs as OpenSTL's reserve_schedule_sampling_exp draws them
+    in its first phase: step 0 always the true frame, every later step with probability 0.5 (r_eta, eta); then the
+    context steps' r_eta rises to 1 and the predicted steps' eta falls to 0 (OpenSTL's steps 25,000 to 50,000)."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    mask = runpy.run_path(str(PROBE), run_name="probe")["predrnn_peer"](torch, nn, "cpu")["mask"]
+    torch.manual_seed(0)
+    first = mask(0, 4000)
+    assert first.shape == (4000, 19) and set(first.unique().tolist()) == {0.0, 1.0}
+    assert first[:, 0].min() == 1
+    np.testing.assert_allclose(first[:, 1:].mean(0).numpy(), 0.5, atol=0.04)
+    later = mask(37_500, 4000).mean(0).numpy()  # r_eta 1 - 0.5 exp(-2.5) = 0.959, eta 0.25
+    np.testing.assert_allclose(later[1:10], 1 - 0.5 * math.exp(-2.5), atol=0.02)
+    np.testing.assert_allclose(later[10:], 0.25, atol=0.03)
+
+
+def test_torch_predformer_peer_is_nfps_model_with_the_same_weights(monkeypatch):
+    """Where PyTorch is installed: the peer written out in the probe (PredFormer's Quadruplet-TSST) and nfp's
+    predformer_tiny (width 32, 2 heads, 1 block), one set of weights copied across (LayerNorms and biases moved off
+    their init), give the same frames in inference, and the peer's loss is nfp's MSE."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from nfp.config import load_config
+    from nfp.models import build_model
+
+    monkeypatch.setenv("PROBE_SMALL", "1")  # 32x32 frames
+    probe = runpy.run_path(str(PROBE), run_name="probe")
+    torch.manual_seed(0)
+    sizes = {**probe["PREDFORMER_SIZES"], "width": 32, "heads": 2, "blocks": 1}
+    functions = probe["predformer_peer"](torch, nn, "cpu", sizes)
+    theirs = perturbed(torch, functions["make"](), nn).eval()
+    overrides = ["model.preset=predformer_tiny", "model.width=32", "model.heads=2", "model.blocks=1"]
+    ours = build_model(load_config(None, [*overrides, "data.image_size=32"]).model, frame_shape=(32, 32, 1))
+    layer = {lay.name: lay for lay in ours.get_layer("core").layers}
+    w = lambda t: t.detach().numpy()
+    dense = lambda to, m: to.set_weights([w(m.weight).T] + ([w(m.bias)] if m.bias is not None else []))
+    norm = lambda to, m: to.set_weights([w(m.weight), w(m.bias)])
+
+    dense(layer["embed"], theirs.to_patch_embedding)
+    for b, block in enumerate(theirs.blocks):
+        four = (block.ts_temporal_transformer, block.ts_space_transformer, block.st_space_transformer,
+                block.st_temporal_transformer)  # fmt: skip
+        for i, t in enumerate(four):  # nfp's b{block}_{i}: time, space, space, time
+            k = layer[f"b{b}_{i}"]
+            norm(k.norm_attention, t.norm_attn), dense(k.qkv, t.to_qkv), dense(k.out, t.to_out)
+            norm(k.norm_mlp, t.norm_ff), dense(k.fc1_g, t.fc1_g), dense(k.fc1_x, t.fc1_x), dense(k.fc2, t.fc2)
+            norm(k.norm, t.norm)
+    norm(layer["head_norm"], theirs.mlp_head[0]), dense(layer["head"], theirs.mlp_head[1])
+
+    rng = np.random.default_rng(0)
+    x, truth = rng.random((2, 2, 10, 32, 32, 1), dtype=np.float32)
+    to_torch = lambda a: torch.from_numpy(a).permute(0, 1, 4, 2, 3)  # (B, T, C, H, W)
+    with torch.no_grad():
+        expected = theirs(to_torch(x)).permute(0, 1, 3, 4, 2).numpy()
+    np.testing.assert_allclose(np.asarray(ours(x, training=False)), expected, atol=1e-4)
+    loss = float(functions["loss"](to_torch(expected), to_torch(truth)))
+    assert loss == pytest.approx(float(np.mean((expected - truth) ** 2)), rel=1e-5)
+
+
+def test_torch_peers_have_the_originals_parameter_counts():
+    """Where PyTorch is installed: at 64x64x1, the PredRNN-V2 peer has OpenSTL's 23,855,104 parameters (nfp's
+    predrnn_v2 one more: its sampling-step counter) and the PredFormer peer PredFormer's 25,297,728 (nfp's too)."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    probe = runpy.run_path(str(PROBE), run_name="probe")  # PROBE_SMALL unset: the full sizes, 64x64
+    assert probe["SIZE"] == 64
+    count = lambda peer: sum(p.numel() for p in probe[peer](torch, nn, "cpu")["make"]().parameters())
+    assert count("predrnn_peer") == 23_855_104
+    assert count("predformer_peer") == 25_297_728
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("peer", "name", "loss", "optimizer", "lr", "params", "slack"),
+    [
+        ("predrnn", "openstl_predrnn_v2", "mse + 0.1 decoupling", "adam", 5e-4, 268_288, 5),  # predrnn_v2_tiny's - 1
+        ("predformer", "predformer_quadruplet_tsst", "mse", "adamw", 1e-3, 534_736, 8),  # predformer_tiny's
+    ],
+)
+def test_torch_new_peers_score_one_run_at_each_milestone(tmp_path, peer, name, loss, optimizer, lr, params, slack):
+    """Where PyTorch is installed: the PredRNN-V2 and PredFormer peers at their tiny presets' sizes, eager, scored at
+    1 s and 2 s with their originals' recipes and nfp's FLOP count of the same architecture (a step of
+    predformer_tiny, 9 GFLOP, took 1.4 s on an idle 2-core CPU and 5 s on a busy one; their slack is for such stalls)."""
+    pytest.importorskip("torch")
+    out = tmp_path / "out"
+    env = {**probe_env(tmp_path), "PROBE_MILESTONES": "1,2", "PROBE_TORCH_MODEL": peer, "PROBE_TORCH_COMPILE": "0"}
+    for part in ("data", "torch"):
+        run_part(part, out, env)
+    header, *results = [r for r in records(out) if r["part"] == "torch"]
+    assert header["peer"] == name and header["modes"] == ["eager"]
+    assert [(r["model"], r["mode"]) for r in results] == [(name, "eager")] * 2
+    for r in results:
+        assert r["loss"] == loss and r["optimizer"] == optimizer and r["lr"] == lr and r["schedule"] == "onecycle"
+        assert r["params"] == params
+    assert_scored_at_milestones(*results, slack=slack)
+
+
+@pytest.mark.slow
+def test_torch_predformer_peer_trains_under_torch_compile(tmp_path):
+    """Where PyTorch is installed: the PredFormer peer at predformer_tiny's sizes under torch.compile (inductor; ~40 s
+    of compiling on a 2-core CPU, outside the budget: its compile_s) writes a scored line at 1 s and 2 s, no error."""
+    pytest.importorskip("torch")
+    out = tmp_path / "out"
+    env = {**probe_env(tmp_path), "PROBE_MILESTONES": "1,2", "PROBE_TORCH_MODEL": "predformer"}
+    env["PROBE_TORCH_COMPILE"] = "1"
+    for part in ("data", "torch"):
+        run_part(part, out, env, timeout=400)
+    header, *results = [r for r in records(out) if r["part"] == "torch"]
+    assert header["modes"] == ["compile"]
+    assert [(r["model"], r["mode"]) for r in results] == [("predformer_quadruplet_tsst", "compile")] * 2
+    assert all("error" not in r for r in results) and results[0]["compile_s"] > 0
+    assert_scored_at_milestones(*results, slack=8)  # as the eager run's
