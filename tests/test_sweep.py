@@ -243,3 +243,59 @@ def _children(pid: int) -> list:
     import psutil
 
     return psutil.Process(pid).children(recursive=True)
+
+
+@pytest.mark.slow
+def test_mlflow_run_sweep_entry_point_runs_the_quickstart_sweep_offline_and_registers_the_best_model(tmp_path):
+    """`mlflow run . -e sweep` of configs/quickstart.yaml, sizes shrunk, its two-key space as shipped, 2 trials into a
+    local sqlite store (no server): one study run, two trials under it, the best trial's model registered under
+    tracking.register_as (not every trial's), and the run `mlflow run` made pointing at the study."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/offline.db"
+    shrink = (f"data.num_clips=40 data.image_size=16 data.digit_size=8 data.frames=6 data.dir={tmp_path}/data "
+              "model.filters=[4,4] train.epochs=1 train.verbose=2 evaluate.context_frames=3 evaluate.predict_frames=3 "
+              f"evaluate.max_clips=8 train.images.every_n_epochs=0 sweep.trials=2 sweep.output_dir={tmp_path}/sweeps "
+              "tracking.register_as=quickstart-best tracking.system_metrics=false")  # fmt: skip
+    argv = ["mlflow", "run", str(REPO), "-e", "sweep", "--env-manager", "local", "--experiment-name", "qs",
+            "-P", "config=configs/quickstart.yaml", "-P", f"overrides={shrink}"]  # fmt: skip
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "sweep: study 'quickstart': 2 complete; best quickstart-trial-" in done.stdout
+    c = mlflow.MlflowClient(tracking_uri=uri)
+    runs = c.search_runs([c.get_experiment_by_name("qs").experiment_id])
+    (study,) = [r for r in runs if r.data.tags.get("nfp.sweep.study") == "study"]
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == study.info.run_id]
+    (launched,) = [r for r in runs if "nfp.sweep.study_run" in r.data.tags]
+    assert len(runs) == 4 and len(trials) == 2 and launched.data.tags["nfp.sweep.study_run"] == study.info.run_id
+    assert {r.data.params["train.batch_size"] for r in trials} <= {"4", "8"}
+    assert all(5e-4 <= float(r.data.params["train.learning_rate"]) <= 5e-3 for r in trials)
+    (version,) = c.search_model_versions("name = 'quickstart-best'")
+    assert version.run_id == study.data.tags["nfp.sweep.best_run"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_a_worker_leaves_its_trial_to_the_next_worker_at_once(tmp_path, mlflow_server):
+    """SIGINT to the worker mid-trial: one line, exit 130, its training stopped; the trial's run RUNNING with its
+    heartbeat cleared, so the same command again takes it over at once (sweep.lease_s is 300 s here) and resumes it."""
+    config = write_config(tmp_path, "interrupt", trials=1, epochs=3, pruner="none")
+    worker = sweep_process(config, mlflow_server.uri)
+    history = tmp_path / "sweeps" / "interrupt" / "trial-000" / "history.csv"
+    deadline = time.monotonic() + 300
+    while not (history.exists() and len(history.read_text().splitlines()) >= 3):
+        assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()[1][-3000:]
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGINT)
+    _, err = worker.communicate(timeout=120)
+    assert worker.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err[-2000:]
+    _, (trial,) = study_runs(mlflow_server.uri, tmp_path, "interrupt")
+    assert trial.info.status == "RUNNING" and trial.data.tags["nfp.sweep.heartbeat"] == "0"
+
+    started = time.monotonic()
+    out = finish(sweep_process(config, mlflow_server.uri))
+    assert "sweep: trial 000: its worker stopped it (Ctrl-C or SIGTERM); resuming it as attempt 2" in out
+    assert time.monotonic() - started < 240  # not a lease's wait
+    _, (trial,) = study_runs(mlflow_server.uri, tmp_path, "interrupt")
+    assert trial.info.status == "FINISHED" and "value" in trial.data.metrics
+    assert float(trial.data.tags["nfp.sweep.train_s"]) > 0

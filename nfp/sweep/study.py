@@ -30,6 +30,7 @@ HEARTBEAT = "nfp.sweep.heartbeat"  # a trial run's tag: unix time of its worker'
 STUDY_TAG = "nfp.sweep.study"  # the study's run: "study"; a trial's run: its study's name
 PRUNED_TAG = "nfp.sweep.pruned"  # a trial's run: why it was pruned (set by the trial's training)
 SLOT_TAG = "nfp.sweep.slot"  # a trial's run: its slot number
+TRAIN_S_TAG = "nfp.sweep.train_s"  # a trial's run: seconds its training process took (this attempt's)
 OVERRIDES_TAG = "nfp.sweep.overrides"  # a trial's run: the overrides its training ran with (JSON)
 
 
@@ -59,7 +60,17 @@ def storage_class():
             trial = super().get_trial(trial_id)
             if trial.state == TrialState.COMPLETE and trial.values is None:
                 trial.state = TrialState.RUNNING
+            # its number: its slot (MLflow's storage numbers trials by client clocks, which two workers can tie)
+            slot = self._mlflow_client.get_run(trial_id).data.tags.get(SLOT_TAG)
+            if slot is not None:
+                trial.number = int(slot)
             return trial
+
+        def get_all_trials(self, study_id, deepcopy=True, states=None):
+            # in the order they were numbered (MLflow's search lists the newest first): Optuna's history reads so
+            return sorted(
+                super().get_all_trials(study_id, deepcopy, states), key=lambda t: (t.number, t.datetime_start)
+            )
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # nfp says what each trial did, in one line
     return SweepStorage

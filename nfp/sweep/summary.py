@@ -51,7 +51,7 @@ def write_summary(sweep) -> dict:
                 study.trials_dataframe().to_csv(table, index=False)
                 client.log_artifact(study_id, str(table), "sweep")
         if sweep.cfg.tracking.register_as:
-            summary["registered"] = register_best(sweep.cfg.tracking, best._trial_id)
+            summary["registered"] = register_best(sweep.cfg.tracking, best._trial_id, sweep.experiment_id)
     summary["line"] = ", ".join(f"{n} {k}" for k, n in counts.items() if n) + (
         f"; best {summary['best']['name']}: {s.metric} {summary['best']['value']:.6g}" if summary["best"] else ""
     )
@@ -86,7 +86,7 @@ def figures(study, metric: str, folder: Path) -> list[Path]:
     return paths
 
 
-def register_best(tracking_cfg, run_id: str) -> str:
+def register_best(tracking_cfg, run_id: str, experiment_id: str) -> str:
     """Register the best trial's logged model under tracking.register_as (once per run), with tracking.alias."""
     import mlflow
 
@@ -96,7 +96,7 @@ def register_best(tracking_cfg, run_id: str) -> str:
     if existing:
         version = existing[0].version
     else:
-        models = client.search_logged_models(filter_string=f"source_run_id = '{run_id}'")
+        models = client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
         uri = f"models:/{models[0].model_id}" if models else f"runs:/{run_id}/model"
         version = mlflow.register_model(uri, name).version
     if tracking_cfg.alias:

@@ -75,6 +75,9 @@ def run_sweep(cfg, *, config_path=None, overrides=()) -> dict:
     sweep = prepare(cfg, config_path, list(overrides))
     s, client, study_id = cfg.sweep, sweep.client, st.study_run_id(sweep.study)
     client.update_run(study_id, status="RUNNING")  # a rerun with a larger budget opens a finished study again
+    launched_as = os.environ.get("MLFLOW_RUN_ID")  # `mlflow run -e sweep` made a run for this worker: it points there
+    if launched_as:
+        client.set_tag(launched_as, "nfp.sweep.study_run", study_id)
     say(f"study {s.study!r} (run {study_id}): {s.trials} trials in all, this worker {sweep.worker}")
     started, ran = time.time(), 0
     while True:
@@ -92,6 +95,8 @@ def run_sweep(cfg, *, config_path=None, overrides=()) -> dict:
         time.sleep(min(s.lease_s / 4, 30))  # other workers' trials: wait for them, or for their lease to end
     sweep.study._storage.flush_all_batches()
     summary = write_summary(sweep)
+    if launched_as:
+        client.set_tag(launched_as, "nfp.sweep.summary", summary["line"])
     say(f"study {s.study!r}: {summary['line']} (this worker ran {ran})")
     return summary
 
@@ -121,8 +126,9 @@ def take_over(sweep: Sweep, run) -> bool:
     if attempt is None:
         return False
     number = int(run.data.tags.get(st.SLOT_TAG, "-1"))
-    say(f"trial {number:03d}: its worker was lost (no heartbeat for {sweep.cfg.sweep.lease_s:g} s); resuming it as "
-        f"attempt {attempt}")  # fmt: skip
+    why = ("its worker stopped it (Ctrl-C or SIGTERM)" if run.data.tags.get(st.HEARTBEAT) == "0" else
+           f"its worker was lost (no heartbeat for {sweep.cfg.sweep.lease_s:g} s)")  # fmt: skip
+    say(f"trial {number:03d}: {why}; resuming it as attempt {attempt}")
     run_trial(sweep, optuna.trial.Trial(sweep.study, run.info.run_id), number, attempt=attempt)
     return True
 
@@ -150,12 +156,14 @@ def run_trial(sweep: Sweep, trial, number: int, *, attempt: int) -> None:
         return fail(sweep, trial, number, shown, str(err))
     log = trial_log(sweep, number, attempt)
     say(f"trial {number:03d} ({shown}): training, log in {log}")
+    started = time.monotonic()
     with st.heartbeat(client, run_id, s.lease_s):
         try:
             code = train_process(sweep, run_id, overrides, log)
         except BaseException:  # Ctrl-C, SIGTERM: the trial is left for the next worker to resume
             st.release(client, run_id)
             raise
+    client.set_tag(run_id, st.TRAIN_S_TAG, f"{time.monotonic() - started:.1f}")
     with contextlib.suppress(Exception):  # the console of the trial, beside its run's other files
         client.log_artifact(run_id, str(log), "sweep")
     run = client.get_run(run_id)
