@@ -17,10 +17,10 @@ import time
 import traceback
 from pathlib import Path
 
-from bench.common import REPO, Section, header, merge, write_atomic
+from bench.common import REPO, Section, header, merge, replace_sections, write_atomic
 
 # Benchmark modules in report order; each has NAME, TITLE and run(quick, workdir) -> Section.
-MODULES = ["pipeline", "training", "data_prep", "scaling", "quality", "gpu", "gpu_probe", "xla", "sources"]
+MODULES = ["pipeline", "training", "data_prep", "scaling", "quality", "gpu", "gpu_probe", "xla", "sources", "sweep"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,8 +86,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[bench] {name}: {section.seconds:.0f} s", file=sys.stderr, flush=True)
             # Written after each benchmark, so a long run that dies keeps what it measured.
             old = out.read_text() if out.exists() and (args.only or args.gpu) else None
-            sections = merge(old, new, MODULES)
-            write_atomic(out, header(args.quick) + "\n" + "\n\n".join(sections.values()) + "\n")
+            if old is not None:  # --only: the other sections, the header and any hand-written text stay as they are
+                write_atomic(out, replace_sections(old, new, MODULES))
+            else:
+                sections = merge(old, new, MODULES)
+                write_atomic(out, header(args.quick) + "\n" + "\n\n".join(sections.values()) + "\n")
     print(f"[bench] wrote {out}", file=sys.stderr)
     return 1 if failed else 0
 

@@ -259,6 +259,25 @@ def merge(old_text: str | None, new: dict[str, str], order: list[str]) -> dict[s
     return dict(sorted(merged.items(), key=lambda kv: rank.get(kv[0], len(order))))
 
 
+def replace_sections(old_text: str, new: dict[str, str], order: list[str]) -> str:
+    """The old file with each section in `new` put in its place: its header and any hand-written text between
+    sections kept as they are; a section it did not have goes before the first later one in `order`, else last."""
+    text = old_text
+    present = sections_of(old_text)
+    rank = {name: i for i, name in enumerate(order)}
+    for name, section in new.items():
+        if name in present:
+            text = text.replace(present[name], section, 1)
+            continue
+        later = [n for n in sections_of(text) if rank.get(n, len(order)) > rank.get(name, len(order))]
+        if later:
+            anchor = sections_of(text)[later[0]]
+            text = text.replace(anchor, section + "\n\n" + anchor, 1)
+        else:
+            text = text.rstrip("\n") + "\n\n" + section + "\n"
+    return text
+
+
 def write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -33,9 +33,16 @@ LABELS = {
     "simvp_gsta": "nfp `simvp_gsta` (SimVP v2 gSTA, MSE), Adam, OneCycle 1e-3",
     "openstl_tau": "OpenSTL TAU (PyTorch, eager), Adam, OneCycle 1e-3",
     "openstl_simvp_gsta": "OpenSTL SimVP gSTA (PyTorch, eager), Adam, OneCycle 1e-3",
+    # PredRNN-V2 and PredFormer (bench/PROBE.md, "PredRNN-V2 / PredFormer"), each beside its PyTorch peer
+    "predrnn_v2": "nfp `predrnn_v2` (MSE + 0.1 decoupling, reverse scheduled sampling), Adam, OneCycle 5e-4",
+    "predformer": "nfp `predformer` (Quadruplet-TSST, MSE), AdamW wd 1e-2, OneCycle 1e-3",
+    "openstl_predrnn_v2": "OpenSTL PredRNN-V2 (PyTorch, eager), Adam, OneCycle 5e-4",
+    "predformer_quadruplet_tsst": "PredFormer Quadruplet-TSST (PyTorch, eager), AdamW wd 1e-2, OneCycle 1e-3",
 }
 COMPILED_PEER = "OpenSTL ConvLSTM-S cell (PyTorch, torch.compile), Adam 1e-3"
-TAU_PEER, TAU_TARGET = "openstl_tau", 0.8  # nfp's `tau` MSE ≤ 0.8 × the peer's at equal GPU-seconds
+# each family's nfp preset → its PyTorch peer: nfp's MSE ≤ 0.8 × the peer's at equal GPU-seconds (issues 22 and 34)
+FAMILY_PEERS = {"tau": "openstl_tau", "predrnn_v2": "openstl_predrnn_v2", "predformer": "predformer_quadruplet_tsst"}
+FAMILY_TARGET = 0.8
 
 
 def mode(p: dict) -> str:
@@ -83,13 +90,15 @@ def run(quick: bool, workdir) -> Section:
         earlier = EARLIER_PEER[seconds]
         checks.append(Check(f"nfp `convlstm_s` MSE / the issue's reference figure for the peer at {seconds} s", ours / earlier,
                             "≤ 1×", ours <= earlier, f"{ours:.1f} / {earlier}"))  # fmt: skip
-    # nfp's TAU against OpenSTL's at each milestone where the file has both (the SimVP / TAU command's lines)
-    for seconds in sorted({round(p["train_s"]) for p in points if p["model"] == "tau"}):
-        for how in ("eager", "compile"):
-            ours, peer = mse("tau", seconds), mse(TAU_PEER, seconds, how)
-            if ours is not None and peer is not None:
-                checks.append(Check(f"nfp `tau` MSE / OpenSTL TAU ({how}) MSE after {seconds} s, same session", ours / peer,
-                                    f"≤ {TAU_TARGET}×", ours <= TAU_TARGET * peer, f"{ours:.1f} / {peer:.1f}"))  # fmt: skip
+    # each family's preset against its peer at each milestone where the file has both (the family commands' lines)
+    for model, peer_model in FAMILY_PEERS.items():
+        for seconds in sorted({round(p["train_s"]) for p in points if p["model"] == model}):
+            for how in ("eager", "compile"):
+                ours, peer = mse(model, seconds), mse(peer_model, seconds, how)
+                if ours is not None and peer is not None:
+                    checks.append(Check(f"nfp `{model}` MSE / {LABELS[peer_model].split(' (')[0]} ({how}) MSE after "
+                                        f"{seconds} s, same session", ours / peer, f"≤ {FAMILY_TARGET}×",
+                                        ours <= FAMILY_TARGET * peer, f"{ours:.1f} / {peer:.1f}"))  # fmt: skip
     # the notes on the stock Keras cell and on Adam 2e-3 need those rows (the recorded H200 file has them at 75 s)
     stock, fast_lr, ours_75 = mse("keras_cell_same_recipe", 75), mse("nfp_convlstm_s_lr2e-3", 75), mse(NFP, 75)
     steps_at = lambda model: next(p["steps"] for p in points if p["model"] == model and abs(p["train_s"] - 75) < 2)

@@ -65,6 +65,26 @@ def test_only_replaces_one_section_and_keeps_the_others():
     assert "\nq\n" in merged["quality"]
 
 
+def test_only_keeps_the_header_and_hand_written_text_around_the_sections():
+    """`--only NAME` into an existing file replaces that section alone: the machine line of the header and a section
+    written by hand between markers' sections (BENCHMARKS 5b) stay; a new section goes where MODULES puts it."""
+    from bench.common import replace_sections
+
+    old = (
+        "# header\nmachine: the one of the full run\n\n<!-- bench:pipeline -->\nold pipeline\n<!-- /bench:pipeline -->\n\n"
+        "## 5b. by hand\nkept\n\n<!-- bench:quality -->\nq\n<!-- /bench:quality -->\n"
+    )
+    new = {
+        "pipeline": "<!-- bench:pipeline -->\nnew pipeline\n<!-- /bench:pipeline -->",
+        "training": "<!-- bench:training -->\nt\n<!-- /bench:training -->",
+        "sweep": "<!-- bench:sweep -->\ns\n<!-- /bench:sweep -->",
+    }
+    text = replace_sections(old, new, MODULES)
+    assert text.startswith("# header\nmachine: the one of the full run\n\n<!-- bench:pipeline -->\nnew pipeline\n")
+    assert "old pipeline" not in text and "## 5b. by hand\nkept\n" in text
+    assert list(sections_of(text)) == ["pipeline", "training", "quality", "sweep"]
+
+
 @pytest.mark.parametrize("preset", ["tiny", "keras_io", "convlstm_s"])
 def test_flops_formula_implies_the_keras_parameter_count(preset):
     from bench.common import nfp_config
@@ -95,3 +115,51 @@ def test_pipeline_section_isolates_the_cost_of_reading_records(quick_report):
     assert re.search(
         r"Ratio within each round .*: TFRecords, plain [\d.]+, [\d.]+ \(median [\d.]+×\); TFRecords, GZIP ", section
     )
+
+
+def test_gpu_probe_renders_each_familys_check_against_its_peer(tmp_path, monkeypatch):
+    """A recorded probe file with PredRNN-V2's and PredFormer's lines beside their PyTorch peers' (eager and compiled)
+    renders one ≤ 0.8× check per pair and milestone, passing or failing by the MSEs."""
+    import json
+
+    import bench.gpu_probe as gpu_probe
+
+    def line(part, model, seconds, mse, mode=None):
+        return {"part": part, "model": model, "policy": "bf16", "params": 1, "train_s": seconds, "steps": 10,
+                "clips_per_s": 100.0, "mse": mse, "mae": 1.0, "ssim": 0.5, **({"mode": mode} if mode else {})}  # fmt: skip
+
+    records = [
+        {
+            "part": "session",
+            "card": "NVIDIA H100",
+            "date": "2026-12-07",
+            "keras": "3.15.1",
+            "jax": "0.10",
+            "torch": "2.15",
+            "probe": "bench/probe.py",
+        },
+        {
+            "part": "baselines",
+            "copy_last": {"mse": 90.0, "mae": 1, "ssim": 0.1},
+            "mean_frame": {"mse": 80.0, "mae": 1, "ssim": 0.1},
+        },
+        line("keras", "predrnn_v2", 40, 30.0),
+        line("torch", "openstl_predrnn_v2", 40, 50.0, "eager"),
+        line("torch", "openstl_predrnn_v2", 40, 35.0, "compile"),
+        line("keras", "predformer", 40, 20.0),
+        line("torch", "predformer_quadruplet_tsst", 40, 30.0, "eager"),
+    ]
+    results = tmp_path / "probe.jsonl"
+    results.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    monkeypatch.setattr(gpu_probe, "RESULTS", results)
+    monkeypatch.setattr(gpu_probe, "REPO", tmp_path)
+    checks = {c.label: c for c in gpu_probe.run(False, tmp_path).checks}
+    assert set(checks) == {
+        "nfp `predrnn_v2` MSE / OpenSTL PredRNN-V2 (eager) MSE after 40 s, same session",
+        "nfp `predrnn_v2` MSE / OpenSTL PredRNN-V2 (compile) MSE after 40 s, same session",
+        "nfp `predformer` MSE / PredFormer Quadruplet-TSST (eager) MSE after 40 s, same session",
+    }
+    passed = {label.split(" MSE after")[0]: (round(c.value, 3), c.passed) for label, c in checks.items()}
+    assert passed["nfp `predrnn_v2` MSE / OpenSTL PredRNN-V2 (eager)"] == (0.6, True)
+    assert passed["nfp `predrnn_v2` MSE / OpenSTL PredRNN-V2 (compile)"] == (0.857, False)
+    assert passed["nfp `predformer` MSE / PredFormer Quadruplet-TSST (eager)"] == (0.667, True)
