@@ -36,9 +36,13 @@ OVERRIDES_TAG = "nfp.sweep.overrides"  # a trial's run: the overrides its traini
 
 def storage_class():
     """MLflow's Optuna storage, made to agree across workers (imported late: optuna is only the sweep's)."""
+    import datetime
+    import json
+
     import optuna
-    from mlflow.optuna.storage import MlflowStorage
-    from optuna.trial import TrialState
+    from mlflow.optuna.storage import MlflowStorage, mlflow_optuna_status_map
+    from optuna.distributions import json_to_distribution
+    from optuna.trial import FrozenTrial, TrialState
 
     class SweepStorage(MlflowStorage):
         def create_new_study(self, directions, study_name=None) -> str:
@@ -55,21 +59,53 @@ def storage_class():
             )
 
         def get_trial(self, trial_id):
-            # a trial's training ends its run FINISHED before its worker logs the value: until then it is running,
-            # not a COMPLETE trial without a value (which the samplers of other workers could not read)
-            trial = super().get_trial(trial_id)
-            if trial.state == TrialState.COMPLETE and trial.values is None:
-                trial.state = TrialState.RUNNING
-            # its number: its slot (MLflow's storage numbers trials by client clocks, which two workers can tie)
-            slot = self._mlflow_client.get_run(trial_id).data.tags.get(SLOT_TAG)
-            if slot is not None:
-                trial.number = int(slot)
-            return trial
+            self._flush_batch(trial_id)
+            return self._frozen(self._mlflow_client.get_run(trial_id))
 
         def get_all_trials(self, study_id, deepcopy=True, states=None):
-            # in the order they were numbered (MLflow's search lists the newest first): Optuna's history reads so
-            return sorted(
-                super().get_all_trials(study_id, deepcopy, states), key=lambda t: (t.number, t.datetime_start)
+            # one search for every trial's run, then each trial from what it returned (MLflow's storage fetches each
+            # run three more times); in the order they were numbered, as Optuna's history reads them
+            self.flush_all_batches()
+            runs = self._mlflow_client.search_runs(
+                [self._experiment_id], filter_string=f"tags.mlflow.parentRunId = '{study_id}'", max_results=50_000
+            )
+            trials = [self._frozen(run) for run in runs]
+            trials = [t for t in trials if states is None or t.state in states]
+            return sorted(trials, key=lambda t: (t.number, t.datetime_start))
+
+        def _frozen(self, run):
+            """The trial a run holds, as MLflow's storage reads it, but from the one run: its number is its slot (MLflow's
+            storage numbers trials by client clocks, which two workers can tie); a trial its training ended FINISHED
+            before its worker logged the value is running, not a COMPLETE trial without a value (which the samplers
+            of other workers could not read)."""
+            tags, metrics = run.data.tags, run.data.metrics
+            distributions = {k: json_to_distribution(v) for k, v in json.loads(tags["param_directions"]).items()}
+            params = {
+                key[len("param_internal_val_") :]: distributions[key[len("param_internal_val_") :]].to_external_repr(
+                    float(json.loads(value))
+                )
+                for key, value in tags.items()
+                if key.startswith("param_internal_val_")
+            }
+            values = [metrics["value"]] if "value" in metrics else None
+            state = mlflow_optuna_status_map[run.info.status]
+            if state == TrialState.COMPLETE and values is None:
+                state = TrialState.RUNNING
+            history = self._mlflow_client.get_metric_history(run.info.run_id, "intermediate_value")
+            end = run.info.end_time
+            return FrozenTrial(
+                number=int(tags.get(SLOT_TAG, tags.get("numbers", 0))),
+                trial_id=run.info.run_id,
+                state=state,
+                value=None,
+                values=values,
+                datetime_start=datetime.datetime.fromtimestamp(run.info.start_time / 1000),
+                datetime_complete=datetime.datetime.fromtimestamp(end / 1000) if end else None,
+                params=params,
+                distributions=distributions,
+                user_attrs={k[5:]: json.loads(v) for k, v in tags.items() if k.startswith("user_")},
+                system_attrs={k[4:]: json.loads(v) for k, v in tags.items() if k.startswith("sys_")},
+                intermediate_values={m.step: m.value for m in history},
             )
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # nfp says what each trial did, in one line

@@ -92,7 +92,7 @@ def run_sweep(cfg, *, config_path=None, overrides=()) -> dict:
         running = st.running_trials(client, sweep.experiment_id, study_id)
         if not running:
             break
-        time.sleep(min(s.lease_s / 4, 30))  # other workers' trials: wait for them, or for their lease to end
+        time.sleep(min(s.lease_s / 4, 5))  # other workers' trials: wait for them, or for their lease to end
     sweep.study._storage.flush_all_batches()
     summary = write_summary(sweep)
     if launched_as:
