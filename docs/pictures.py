@@ -1,13 +1,17 @@
-"""Make the README's two pictures again: a prediction strip and a run in the MLflow UI.
+"""Make the README's two pictures again: a prediction strip and a run in the MLflow UI (and, with --sweep, the
+docs' two pictures of a sweep).
 
     .venv/bin/python docs/pictures.py            # writes docs/img/strip.png and docs/img/mlflow-run.png
+    .venv/bin/python docs/pictures.py --sweep    # also docs/img/sweep-runs.png and docs/img/sweep-history.png
 
 It trains the quickstart config (`make quickstart`'s run, without the logged model: 1.5 minutes on 2 CPU cores)
 into a temporary directory, tracked by a local `mlflow server` it starts on 127.0.0.1 (sqlite backend, artifacts
 in the temporary directory); copies the prediction strip the run logged for its first validation clip at the last
 epoch, and screenshots the run's *Model metrics* page in Debian's Chromium driven by Playwright (as
-tests/test_mlflow_ui.py does). The server is stopped and the temporary directory removed at the end. Needs the
-test extra (playwright) and `chromium`.
+tests/test_mlflow_ui.py does). With --sweep, it then runs `nfp sweep -c configs/quickstart.yaml` (its 4 trials, no
+model logged: 4 minutes more) into an experiment of its own, screenshots the study's run with its trials under it in
+the runs table, and copies the optimisation history the study logged. The server is stopped and the temporary
+directory removed at the end. Needs the test extra (playwright) and `chromium`.
 """
 
 import argparse
@@ -147,6 +151,68 @@ def screenshot(link: str, step: int, tmp: Path, out: Path) -> Path:
     return save_small(Image.open(shot).convert("RGB"), out / "mlflow-run.png", PAGE_KB)
 
 
+SWEEP_EXPERIMENT = "nfp-quickstart-sweep"
+
+
+def sweep(tmp: Path, uri: str) -> tuple[str, str]:
+    """(experiment id, the study's run id) of the quickstart's sweep."""
+    import mlflow
+
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, PYTHONPATH=path)
+    command = [sys.executable, "-m", "nfp", "sweep", "-c", "configs/quickstart.yaml", "tracking.log_model=false",
+               f"tracking.experiment={SWEEP_EXPERIMENT}", f"data.dir={tmp}/data", f"sweep.output_dir={tmp}/sweeps"]  # fmt: skip
+    print("$", " ".join(command[1:]), flush=True)
+    done = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    print(done.stdout[-2000:])
+    found = re.findall(r"^sweep: study '[^']+' \(run (\w+)\)", done.stdout, re.MULTILINE)
+    if done.returncode or not found:
+        raise SystemExit(f"nfp sweep failed (exit {done.returncode})")
+    return mlflow.get_experiment_by_name(SWEEP_EXPERIMENT).experiment_id, found[-1]
+
+
+def screenshot_sweep(uri: str, experiment_id: str, tmp: Path, out: Path) -> Path:
+    """The experiment's runs table with the study's run expanded: its trials under it."""
+    from playwright.sync_api import sync_playwright
+
+    shot = tmp / "sweep-page.png"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": WIDTH, "height": 480})
+            page.goto(f"{uri}/#/experiments/{experiment_id}/runs")
+            page.get_by_role("columnheader", name="Run Name").first.wait_for(state="visible", timeout=60_000)
+            page.wait_for_timeout(2000)
+            if page.get_by_role("button", name="Got it").count():  # a first visit's tip
+                page.get_by_role("button", name="Got it").first.click()
+            assistant = page.get_by_text("MLflow Assistant").first
+            if assistant.count() and assistant.is_visible():  # open in a fresh browser, beside the table: closed
+                box = assistant.bounding_box()
+                page.mouse.click(WIDTH - 36, box["y"] + box["height"] / 2)
+            page.locator("button[data-component-id$='runnamecellrenderer.tsx_46']").first.click()  # the study's +
+            page.wait_for_timeout(1500)
+            header = page.get_by_role("columnheader", name="Run Name").first.bounding_box()
+            edge, y = header["x"] + header["width"] - 2, header["y"] + header["height"] / 2
+            page.mouse.move(edge, y)  # widen the names' column: the trials' names in full
+            page.mouse.down()
+            page.mouse.move(edge + 90, y, steps=10)
+            page.mouse.up()
+            page.wait_for_timeout(1000)
+            page.screenshot(path=shot, clip={"x": 0, "y": 0, "width": WIDTH, "height": 480})
+        finally:
+            browser.close()
+    return save_small(Image.open(shot).convert("RGB"), out / "sweep-runs.png", PAGE_KB)
+
+
+def copy_sweep_history(study_run_id: str, tmp: Path, out: Path) -> Path:
+    import mlflow
+
+    path = mlflow.artifacts.download_artifacts(
+        run_id=study_run_id, artifact_path="sweep/optimization_history.png", dst_path=str(tmp)
+    )
+    return save_small(Image.open(path).convert("RGB"), out / "sweep-history.png", STRIP_KB)
+
+
 def save_small(image: Image.Image, path: Path, max_kb: int) -> Path:
     """PNG, optimised; on a palette of fewer colours until it is at most max_kb."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -166,6 +232,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img", help="where the PNGs go (docs/img)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (printed)")
+    parser.add_argument("--sweep", action="store_true", help="also the sweep's pictures (docs/sweeps.md)")
     args = parser.parse_args()
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="nfp-pictures-"))
@@ -176,6 +243,10 @@ def main() -> None:
         run_id, link = train(tmp, uri)
         step = copy_strip(run_id, tmp, args.out)
         screenshot(link, step, tmp, args.out)
+        if args.sweep:
+            experiment_id, study_run_id = sweep(tmp, uri)
+            screenshot_sweep(uri, experiment_id, tmp, args.out)
+            copy_sweep_history(study_run_id, tmp, args.out)
     finally:
         if server is not None:
             stop_server(server)
