@@ -161,7 +161,8 @@ def test_two_workers_share_one_study_and_run_its_budget_exactly(tmp_path, mlflow
         Path(c.download_artifacts(parent.info.run_id, "sweep/best.yaml", str(tmp_path))).read_text()
     )
     assert best_yaml["train"]["learning_rate"] == float(best.data.params["train.learning_rate"])
-    assert best_yaml["train"]["output_dir"].endswith(f"trial-{int(best.data.tags['nfp.sweep.slot']):03d}")
+    # ready for `nfp train -c`: the sweep's config with the best values, not the trial's own output dir
+    assert best_yaml["train"]["output_dir"] == str(tmp_path / "unused")
 
 
 @pytest.mark.slow
@@ -193,15 +194,49 @@ def test_a_trial_worse_than_the_study_at_an_epoch_is_pruned_and_ends_killed(tmp_
 
 
 @pytest.mark.slow
-def test_a_trial_the_config_refuses_fails_with_its_one_line_reason(tmp_path, mlflow_server):
-    """[4, 4] filters with one kernel size: the space cannot know (it is the combination), the trial can: it fails
-    at once, its run FAILED with the config's line as its `error` tag, and the study goes on to its budget."""
-    space = {"model.filters": {"choice": [[4, 4]]}}
-    out = finish(sweep_process(write_config(tmp_path, "bad-combination", trials=1, space=space), mlflow_server.uri))
-    _, (trial,) = study_runs(mlflow_server.uri, tmp_path, "bad-combination")
-    reason = "model.kernel_sizes: got 1 sizes for 2 filters, expected one per layer"
-    assert trial.info.status == "FAILED" and trial.data.tags["error"].startswith(reason)
-    assert f"sweep: trial 000 (model.filters=[4, 4]): failed: {reason}" in out
+def test_a_trial_the_config_refuses_fails_with_its_one_line_reason_and_a_grid_runs_to_the_budget(
+    tmp_path, mlflow_server
+):
+    """[4, 4] or [4, 4, 4] filters with one kernel size: the space cannot know (it is the combination), the trial
+    can: it fails at once, its run FAILED with the config's line as its `error` tag, and the study goes on to its
+    budget — here 3 trials of a grid of 2, so the grid runs out first (Optuna's grid sampler would stop the study
+    there, with a traceback outside `optimize`): the third trial samples the grid again."""
+    space = {"model.filters": {"choice": [[4, 4], [4, 4, 4]]}}
+    config = write_config(tmp_path, "bad-combination", trials=3, space=space, sampler="grid")
+    out = finish(sweep_process(config, mlflow_server.uri))
+    _, trials = study_runs(mlflow_server.uri, tmp_path, "bad-combination")
+    assert len(trials) == 3 and all(t.info.status == "FAILED" for t in trials)
+    assert {t.data.params["model.filters"] for t in trials[:2]} == {"[4, 4]", "[4, 4, 4]"}  # the grid, once each
+    for trial, layers in ((t, t.data.params["model.filters"].count("4")) for t in trials):
+        reason = f"model.kernel_sizes: got 1 sizes for {layers} filters, expected one per layer"
+        assert trial.data.tags["error"].startswith(reason)
+    assert "sweep: trial 000 (model.filters=[4" in out and out.count("): failed: model.kernel_sizes: got 1 sizes") == 3
+    assert "sweep: study 'bad-combination': 3 fail" in out
+
+
+@pytest.mark.slow
+def test_a_metric_no_trial_logs_stops_the_sweep_after_its_first_trial_in_one_line(tmp_path, mlflow_server):
+    """sweep.metric val_mes (misspelt): the first trial trains, is FAILED for it, and the sweep stops there in one
+    line naming what the run did log, rather than spending its budget on trials that cannot be scored."""
+    config = write_config(tmp_path, "misspelt", trials=3, metric="val_mes", epochs=1, pruner="none")
+    done = sweep_process(config, mlflow_server.uri)
+    _, err = done.communicate(timeout=600)
+    assert done.returncode == 2, err[-3000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: sweep.metric: got 'val_mes', which trial 000's run did not log; it logged: ")
+    assert "val_mse" in line
+    _, (trial,) = study_runs(mlflow_server.uri, tmp_path, "misspelt")
+    assert trial.info.status == "FAILED"
+
+
+def test_a_study_name_mlflow_could_not_search_for_is_refused_in_one_line(tmp_path, mlflow_server):
+    done = sweep_process(write_config(tmp_path, "it's", trials=1), mlflow_server.uri)
+    _, err = done.communicate(timeout=120)
+    assert done.returncode == 2
+    assert err.strip().splitlines() == [
+        "error: sweep.study: got \"it's\", expected letters, digits, '.', '_' and '-' (it names a run and the trials' "
+        "folder)"
+    ]
 
 
 @pytest.mark.slow
@@ -276,9 +311,10 @@ def test_mlflow_run_sweep_entry_point_runs_the_quickstart_sweep_offline_and_regi
 
 
 @pytest.mark.slow
-def test_ctrl_c_to_a_worker_leaves_its_trial_to_the_next_worker_at_once(tmp_path, mlflow_server):
-    """SIGINT to the worker mid-trial: one line, exit 130, its training stopped; the trial's run RUNNING with its
-    heartbeat cleared, so the same command again takes it over at once (sweep.lease_s is 300 s here) and resumes it."""
+def test_sigterm_to_a_worker_leaves_its_trial_to_the_next_worker_at_once(tmp_path, mlflow_server):
+    """SIGTERM to the worker mid-trial (a preempted VM; Ctrl-C takes the same path, as a KeyboardInterrupt): one
+    line, exit 130, its training stopped; the trial's run RUNNING with its heartbeat cleared, so the same command
+    again takes it over at once (sweep.lease_s is 300 s here) and resumes it."""
     config = write_config(tmp_path, "interrupt", trials=1, epochs=3, pruner="none")
     worker = sweep_process(config, mlflow_server.uri)
     history = tmp_path / "sweeps" / "interrupt" / "trial-000" / "history.csv"
@@ -286,7 +322,7 @@ def test_ctrl_c_to_a_worker_leaves_its_trial_to_the_next_worker_at_once(tmp_path
     while not (history.exists() and len(history.read_text().splitlines()) >= 3):
         assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()[1][-3000:]
         time.sleep(0.05)
-    worker.send_signal(signal.SIGINT)
+    worker.send_signal(signal.SIGTERM)
     _, err = worker.communicate(timeout=120)
     assert worker.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err[-2000:]
     _, (trial,) = study_runs(mlflow_server.uri, tmp_path, "interrupt")

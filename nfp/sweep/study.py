@@ -31,6 +31,7 @@ STUDY_TAG = "nfp.sweep.study"  # the study's run: "study"; a trial's run: its st
 PRUNED_TAG = "nfp.sweep.pruned"  # a trial's run: why it was pruned (set by the trial's training)
 SLOT_TAG = "nfp.sweep.slot"  # a trial's run: its slot number
 TRAIN_S_TAG = "nfp.sweep.train_s"  # a trial's run: seconds its training process took (this attempt's)
+TRIAL_KEYS = ("train.output_dir=", "tracking.register_as=", "tracking.alias=")  # overrides a worker adds to a trial
 OVERRIDES_TAG = "nfp.sweep.overrides"  # a trial's run: the overrides its training ran with (JSON)
 
 
@@ -89,7 +90,7 @@ def storage_class():
             }
             values = [metrics["value"]] if "value" in metrics else None
             state = mlflow_optuna_status_map[run.info.status]
-            if state == TrialState.COMPLETE and values is None:
+            if without_outcome(run):
                 state = TrialState.RUNNING
             history = self._mlflow_client.get_metric_history(run.info.run_id, "intermediate_value")
             end = run.info.end_time
@@ -149,8 +150,20 @@ def make_sampler(sweep, dimensions=(), seed: int = 0):
                 grid[dim.key] = list(range(dim.bounds[0], dim.bounds[1] + 1))
             else:
                 grid[dim.key] = [as_text(v) for v in dim.bounds]
-        return optuna.samplers.GridSampler(grid, seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+        return grid_without_stop(optuna)(grid, seed=sweep.seed)  # one order of the grid for every worker
+    # a running trial's point counts as taken (its value a pessimistic guess): parallel workers spread out
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+
+
+def grid_without_stop(optuna):
+    """Optuna's grid sampler, without its `study.stop()` once the grid is visited (outside `optimize` that raises
+    at the tell): the budget (sweep.trials) ends the sweep, and a grid smaller than it is sampled again."""
+
+    class GridWithoutStop(optuna.samplers.GridSampler):
+        def after_trial(self, study, trial, state, values) -> None:
+            pass
+
+    return GridWithoutStop
 
 
 def make_pruner(sweep):
@@ -205,39 +218,71 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-def claim_attempt(client, trial_run_id: str, worker: str) -> int | None:
-    """Log this worker as the trial's next attempt: its number, or None when another worker logged it first."""
-    params = client.get_run(trial_run_id).data.params
-    attempt = 1 + sum(key.startswith(ATTEMPT) for key in params)
-    return attempt if _log_once(client, trial_run_id, f"{ATTEMPT}{attempt}", worker) else None
+def attempts(run) -> int:
+    return sum(key.startswith(ATTEMPT) for key in run.data.params)
+
+
+def claim_attempt(client, run, worker: str) -> int | None:
+    """Log this worker as the trial's next attempt after those in `run` (the same read that found it free or lost),
+    with the time, and renew its heartbeat at once: its number, or None when another worker logged it first."""
+    attempt = 1 + attempts(run)
+    if not _log_once(client, run.info.run_id, f"{ATTEMPT}{attempt}", f"{worker} {time.time():.3f}"):
+        return None
+    client.set_tag(run.info.run_id, HEARTBEAT, f"{time.time():.3f}")
+    return attempt
+
+
+def owner_attempt(client, run_id: str) -> int:
+    """The trial's latest attempt number (whoever holds it)."""
+    return attempts(client.get_run(run_id))
 
 
 def running_trials(client, experiment_id: str, study_id: str) -> list:
     """The study's trials without an outcome yet: RUNNING, or FINISHED by their training but not yet scored (the
     state SweepStorage reads as running)."""
-    runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{study_id}'")
-    return [r for r in runs if r.info.status == "RUNNING" or (r.info.status == "FINISHED" and "value" not in
-                                                               r.data.metrics)]  # fmt: skip
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{study_id}'", max_results=50_000
+    )
+    return [r for r in runs if without_outcome(r)]
+
+
+def without_outcome(run) -> bool:
+    """RUNNING; FINISHED by its training but not scored yet; or KILLED without being pruned (its training stopped by
+    a signal that reached it before its worker could release it): a trial still to finish."""
+    status, tags = run.info.status, run.data.tags
+    return (
+        status == "RUNNING"
+        or (status == "FINISHED" and "value" not in run.data.metrics)
+        or (status == "KILLED" and PRUNED_TAG not in tags)
+    )
 
 
 def is_stale(run, lease_s: float, now: float | None = None) -> bool:
-    """No heartbeat for `lease_s` seconds (a run never renewed counts from its start)."""
+    """No heartbeat for `lease_s` seconds (a run never renewed counts from its start, or its last attempt's claim); a
+    heartbeat of 0 is a trial its worker released."""
     now = time.time() if now is None else now
     beat = run.data.tags.get(HEARTBEAT)
-    last = float(beat) if beat is not None else run.info.start_time / 1000
+    if beat == "0":
+        return True
+    claims = [float(v.rsplit(" ", 1)[-1]) for k, v in run.data.params.items() if k.startswith(ATTEMPT) and " " in v]
+    last = max([float(beat) if beat is not None else 0.0, run.info.start_time / 1000, *claims])
     return now - last > lease_s
 
 
 @contextlib.contextmanager
-def heartbeat(client, run_id: str, lease_s: float):
-    """Renew the trial's heartbeat every lease/4 s while the block runs. A failing renewal is a warning: the server
-    may be back before the lease ends."""
+def heartbeat(client, run_id: str, lease_s: float, attempt: int, on_lost):
+    """Renew the trial's heartbeat every lease/4 s while the block runs, as long as `attempt` is the trial's latest:
+    when another worker took the trial over (this worker's beats did not reach the server for a lease), call
+    `on_lost` once and stop. A failing renewal is a warning: the server may be back before the lease ends."""
     stop = threading.Event()
 
     def beat() -> None:
         warned = False
         while True:
             try:
+                if owner_attempt(client, run_id) != attempt:
+                    on_lost()
+                    return
                 client.set_tag(run_id, HEARTBEAT, f"{time.time():.3f}")
             except Exception as err:  # noqa: BLE001 - a missed beat costs nothing until the lease ends
                 if not warned:
@@ -255,10 +300,12 @@ def heartbeat(client, run_id: str, lease_s: float):
         thread.join()
 
 
-def release(client, run_id: str) -> None:
+def release(client, run_id: str, attempt: int) -> None:
     """A trial this worker stops without an outcome (Ctrl-C, SIGTERM): RUNNING with no heartbeat, so the next worker
-    of the study takes it over at once, resuming it."""
-    with contextlib.suppress(Exception):
+    of the study takes it over at once, resuming it (unless it is another worker's by now)."""
+    with contextlib.suppress(BaseException):
+        if owner_attempt(client, run_id) != attempt:
+            return
         client.set_tag(run_id, HEARTBEAT, "0")
         client.update_run(run_id, status="RUNNING")
 

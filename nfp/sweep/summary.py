@@ -37,7 +37,10 @@ def write_summary(sweep) -> dict:
         client.log_metric(study_id, f"best_{s.metric}", best.value, step=step)
         client.set_tag(study_id, "nfp.sweep.best_run", best._trial_id)
         client.set_tag(study_id, "nfp.sweep.best_trial", summary["best"]["name"] or best._trial_id)
-        overrides = json.loads(best_run.data.tags.get(st.OVERRIDES_TAG, "[]"))
+        # the best trial's values on the sweep's config: its own output dir and registration are the worker's
+        overrides = [
+            o for o in json.loads(best_run.data.tags.get(st.OVERRIDES_TAG, "[]")) if not o.startswith(st.TRIAL_KEYS)
+        ]
         with tempfile.TemporaryDirectory(prefix="nfp-sweep-") as tmp:
             best_yaml = Path(tmp) / "best.yaml"
             config = load_config(sweep.config_path, [*sweep.overrides, *overrides])

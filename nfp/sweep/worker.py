@@ -9,16 +9,18 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from nfp import storage, tracking
 from nfp.config import load_config
-from nfp.errors import ConfigError
+from nfp.errors import ConfigError, TrackingError, first_line, redact
 from nfp.sweep import study as st
 from nfp.sweep.space import Dimension, check_space, override, parse_space
 
@@ -54,6 +56,9 @@ def prepare(cfg, config_path, overrides: list[str]) -> Sweep:
     if s.metric in PERIODIC and not cfg.evaluate.every_n_epochs:
         raise ConfigError(f"sweep.metric: {s.metric} comes from the periodic evaluation, which evaluate.every_n_epochs "
                           "0 turns off; set it to 1 or more, or pick val_loss")  # fmt: skip
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", s.study):
+        raise ConfigError(f"sweep.study: got {s.study!r}, expected letters, digits, '.', '_' and '-' (it names a run "
+                          "and the trials' folder)")  # fmt: skip
     if s.pruner != "none" and cfg.distribute.strategy == "multi_worker":
         raise ConfigError(f"sweep.pruner: {s.pruner} stops a trial on its chief only, which would leave a multi_worker "
                           "trial's other workers waiting; set sweep.pruner none")  # fmt: skip
@@ -69,10 +74,33 @@ def prepare(cfg, config_path, overrides: list[str]) -> Sweep:
 
 
 def run_sweep(cfg, *, config_path=None, overrides=()) -> dict:
-    """This worker's part of the study, then the study's summary (nfp.sweep.summary) when no trial is left running."""
+    """This worker's part of the study, then the study's summary (nfp.sweep.summary) when no trial is left running.
+    SIGTERM (a preempted VM) stops it as Ctrl-C does: its trial is left for the next worker at once. A tracking
+    server that fails past MLflow's retries ends it in one line; its trial is taken over after its lease."""
+    from mlflow.exceptions import MlflowException
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        return _run_sweep(cfg, config_path, list(overrides))
+    except MlflowException as err:
+        raise TrackingError(f"sweep: the tracking server at {redact(mlflow_uri())} failed: {first_line(err)}") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def mlflow_uri() -> str:
+    import mlflow
+
+    return mlflow.get_tracking_uri()
+
+
+def _run_sweep(cfg, config_path, overrides: list[str]) -> dict:
     from nfp.sweep.summary import write_summary
 
-    sweep = prepare(cfg, config_path, list(overrides))
+    sweep = prepare(cfg, config_path, overrides)
     s, client, study_id = cfg.sweep, sweep.client, st.study_run_id(sweep.study)
     client.update_run(study_id, status="RUNNING")  # a rerun with a larger budget opens a finished study again
     launched_as = os.environ.get("MLFLOW_RUN_ID")  # `mlflow run -e sweep` made a run for this worker: it points there
@@ -81,6 +109,7 @@ def run_sweep(cfg, *, config_path=None, overrides=()) -> dict:
     say(f"study {s.study!r} (run {study_id}): {s.trials} trials in all, this worker {sweep.worker}")
     started, ran = time.time(), 0
     while True:
+        # a lost trial is resumed whatever sweep.timeout says: it holds a slot of the budget
         lost = [r for r in st.running_trials(client, sweep.experiment_id, study_id) if st.is_stale(r, s.lease_s)]
         if lost and take_over(sweep, lost[0]):
             ran += 1
@@ -110,59 +139,85 @@ def new_trial(sweep: Sweep) -> bool:
         sweep.study._storage.flush_all_batches()
         sweep.client.delete_run(run_id)  # never a trial: the budget is spent
         return False
-    st.claim_attempt(sweep.client, run_id, sweep.worker)
+    name_trial(sweep, run_id, number)
+    attempt = st.claim_attempt(sweep.client, sweep.client.get_run(run_id), sweep.worker)
+    run_trial(sweep, trial, number, attempt=attempt)
+    return True
+
+
+def name_trial(sweep: Sweep, run_id: str, number: int) -> None:
     sweep.client.set_tag(run_id, "mlflow.runName", f"{sweep.cfg.sweep.study}-trial-{number:03d}")
     sweep.client.set_tag(run_id, st.STUDY_TAG, sweep.cfg.sweep.study)
     sweep.client.set_tag(run_id, st.SLOT_TAG, str(number))
-    run_trial(sweep, trial, number, attempt=1)
-    return True
 
 
 def take_over(sweep: Sweep, run) -> bool:
-    """Resume a trial whose worker was lost, unless another worker took it first."""
+    """Resume a trial whose worker was lost (from `run`, the read that found it lost), unless another worker took it
+    first. A trial whose worker died before it held a slot gets a free one, or is deleted when none is left."""
     import optuna
 
-    attempt = st.claim_attempt(sweep.client, run.info.run_id, sweep.worker)
+    client, study_id, run_id = sweep.client, st.study_run_id(sweep.study), run.info.run_id
+    held = [k for k, v in client.get_run(study_id).data.params.items() if k.startswith(st.SLOT) and v == run_id]
+    if held:
+        number = int(held[0][len(st.SLOT) :])
+    else:
+        number = st.claim_slot(client, study_id, run_id, sweep.cfg.sweep.trials)
+        if number is None:
+            client.delete_run(run_id)  # its worker died before it held a slot, and the budget is spent
+            return True
+    attempt = st.claim_attempt(client, run, sweep.worker)
     if attempt is None:
         return False
-    number = int(run.data.tags.get(st.SLOT_TAG, "-1"))
+    if st.SLOT_TAG not in run.data.tags:
+        name_trial(sweep, run_id, number)
     why = ("its worker stopped it (Ctrl-C or SIGTERM)" if run.data.tags.get(st.HEARTBEAT) == "0" else
            f"its worker was lost (no heartbeat for {sweep.cfg.sweep.lease_s:g} s)")  # fmt: skip
     say(f"trial {number:03d}: {why}; resuming it as attempt {attempt}")
-    run_trial(sweep, optuna.trial.Trial(sweep.study, run.info.run_id), number, attempt=attempt)
+    run_trial(sweep, optuna.trial.Trial(sweep.study, run_id), number, attempt=attempt, resumed=run)
     return True
 
 
-def run_trial(sweep: Sweep, trial, number: int, *, attempt: int) -> None:
-    """Train the trial in a process of its own and tell the study how it ended."""
+def run_trial(sweep: Sweep, trial, number: int, *, attempt: int, resumed=None) -> None:
+    """Train the trial in a process of its own and tell the study how it ended. A resumed trial trains with the
+    overrides it started with (the space may have changed since)."""
     from optuna.trial import TrialState
 
     s, client, run_id = sweep.cfg.sweep, sweep.client, trial._trial_id
-    values = {dim.key: dim.suggest(trial) for dim in sweep.dimensions}
     trial_dir = storage.join(sweep.dir, f"trial-{number:03d}")
-    overrides = [
-        *sweep.overrides,
-        *(override(key, value) for key, value in values.items()),
-        f"train.output_dir={trial_dir}",
-        "tracking.register_as=null",  # the sweep registers its best trial's model, not every trial's
-        "tracking.alias=null",
-    ]
-    client.set_tag(run_id, st.OVERRIDES_TAG, json.dumps(overrides[len(sweep.overrides) :]))
-    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
-    sweep.study._storage.flush_all_batches()
+    shown = "?"
     try:
+        if resumed is not None and st.OVERRIDES_TAG in resumed.data.tags:
+            own = json.loads(resumed.data.tags[st.OVERRIDES_TAG])
+        else:
+            values = {dim.key: dim.suggest(trial) for dim in sweep.dimensions}
+            own = [*(override(key, value) for key, value in values.items()), f"train.output_dir={trial_dir}",
+                   "tracking.register_as=null", "tracking.alias=null"]  # fmt: skip
+            # (the sweep registers its best trial's model, not every trial's)
+            client.set_tag(run_id, st.OVERRIDES_TAG, json.dumps(own))
+        overrides = [*sweep.overrides, *own]
+        shown = ", ".join(o for o in own if not o.startswith(st.TRIAL_KEYS))
+        sweep.study._storage.flush_all_batches()
         load_config(sweep.config_path, overrides)
-    except ConfigError as err:  # a combination the space allows and the config refuses: this trial's outcome
-        return fail(sweep, trial, number, shown, str(err))
+    except (ConfigError, ValueError) as err:  # a combination the config refuses; a space changed under a trial
+        return fail(sweep, trial, number, shown, first_line(err, 2000))
     log = trial_log(sweep, number, attempt)
     say(f"trial {number:03d} ({shown}): training, log in {log}")
-    started = time.monotonic()
-    with st.heartbeat(client, run_id, s.lease_s):
+    started, lost, process = time.monotonic(), threading.Event(), {}
+
+    def on_lost() -> None:  # another worker took the trial over: stop this training, leave the trial to it
+        lost.set()
+        if "process" in process:
+            process["process"].terminate()
+
+    with st.heartbeat(client, run_id, s.lease_s, attempt, on_lost):
         try:
-            code = train_process(sweep, run_id, overrides, log)
+            code = train_process(sweep, run_id, overrides, log, process)
         except BaseException:  # Ctrl-C, SIGTERM: the trial is left for the next worker to resume
-            st.release(client, run_id)
+            st.release(client, run_id, attempt)
             raise
+    if lost.is_set():
+        return say(f"trial {number:03d}: another worker took it over (this worker's heartbeat did not reach the "
+                   "server for a lease); left to it")  # fmt: skip
     client.set_tag(run_id, st.TRAIN_S_TAG, f"{time.monotonic() - started:.1f}")
     with contextlib.suppress(Exception):  # the console of the trial, beside its run's other files
         client.log_artifact(run_id, str(log), "sweep")
@@ -173,8 +228,11 @@ def run_trial(sweep: Sweep, trial, number: int, *, attempt: int) -> None:
         sweep.study.tell(trial, state=TrialState.PRUNED)
         return say(f"trial {number:03d} ({shown}): pruned, {run.data.tags[st.PRUNED_TAG]}")
     value = best_value(client, run_id, s.metric, s.direction)
-    if value is None:
-        return fail(sweep, trial, number, shown, f"sweep.metric: {s.metric} was never logged by the trial's run")
+    if value is None:  # a name no trial will log: stop the sweep rather than spend its budget
+        logged = ", ".join(sorted(k for k in run.data.metrics if not k.startswith("system/")))
+        fail(sweep, trial, number, shown, f"sweep.metric: {s.metric} was never logged by the trial's run")
+        raise ConfigError(f"sweep.metric: got {s.metric!r}, which trial {number:03d}'s run did not log; it logged: "
+                          f"{logged}")  # fmt: skip
     sweep.study.tell(trial, value)
     say(f"trial {number:03d} ({shown}): {s.metric} {value:.6g}")
 
@@ -218,7 +276,7 @@ def trial_log(sweep: Sweep, number: int, attempt: int) -> Path:
     return path
 
 
-def train_process(sweep: Sweep, run_id: str, overrides: list[str], log: Path) -> int:
+def train_process(sweep: Sweep, run_id: str, overrides: list[str], log: Path, holder: dict) -> int:
     """`nfp train` of the trial; it dies with this worker (a killed worker leaves no training behind)."""
     import mlflow
 
@@ -233,6 +291,7 @@ def train_process(sweep: Sweep, run_id: str, overrides: list[str], log: Path) ->
     with open(log, "ab") as out:
         process = subprocess.Popen([*command, *overrides], stdout=out, stderr=subprocess.STDOUT, env=env,
                                    preexec_fn=_die_with_parent)  # fmt: skip
+        holder["process"] = process
         try:
             return process.wait()
         except BaseException:
@@ -246,10 +305,13 @@ def train_process(sweep: Sweep, run_id: str, overrides: list[str], log: Path) ->
 
 def _die_with_parent() -> None:
     """In the trial's process, before exec: SIGKILL when the worker dies (Linux's PR_SET_PDEATHSIG)."""
+    parent = os.getppid()
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
     except OSError:  # not Linux: the trial's heartbeat still ends with its worker
-        pass
+        return
+    if os.getppid() != parent:  # the worker died before the request was made
+        os._exit(1)
 
 
 def say(line: str) -> None:
@@ -260,13 +322,14 @@ def start_workers(cfg, config_path, overrides: list[str], argv: list[str], worke
     """`nfp sweep --workers N`: the study made once here, then N worker processes of this same command (`argv`, less
     --workers), one per GPU (CUDA_VISIBLE_DEVICES) where the machine has them; the worst exit code of theirs."""
     prepare(cfg, config_path, overrides)  # refuses what every worker would, and makes the study before they race to
-    gpus = _gpu_count()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")  # the GPUs this command may use, when it was told
+    gpus = [g for g in visible.split(",") if g.strip()] if visible is not None else list(map(str, range(_gpu_count())))
     first = int(os.environ.get(WORKER_ENV, "0") or 0) * workers  # a VM's rank among the sweep's VMs, if any
     processes = []
     for index in range(workers):
         env = {**os.environ, WORKER_ENV: str(first + index)}
         if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
+            env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
         processes.append(subprocess.Popen([sys.executable, "-m", "nfp", "sweep", *argv], env=env))
     try:
         codes = [p.wait() for p in processes]
