@@ -222,8 +222,12 @@ def run_trial(sweep: Sweep, trial, number: int, *, attempt: int, resumed=None) -
     with contextlib.suppress(Exception):  # the console of the trial, beside its run's other files
         client.log_artifact(run_id, str(log), "sweep")
     run = client.get_run(run_id)
+    if code != 0 and ": in use by another nfp train (" in (reason := error_line(log, code, run)):
+        # the worker this one took the trial from still trains it (cut off from the server, not dead): it stops at its
+        # next heartbeat, seeing the trial is not its own; after a lease without beats the trial is taken over again
+        return say(f"trial {number:03d}: still trained by its earlier worker ({reason}); left for later")
     if code != 0:
-        return fail(sweep, trial, number, shown, error_line(log, code, run))
+        return fail(sweep, trial, number, shown, reason)
     if st.PRUNED_TAG in run.data.tags:
         sweep.study.tell(trial, state=TrialState.PRUNED)
         return say(f"trial {number:03d} ({shown}): pruned, {run.data.tags[st.PRUNED_TAG]}")
