@@ -491,6 +491,23 @@ def convlstm_peer(torch, nn, dev):
     )  # fmt: skip
 
 
+def direct_io(torch, dev):
+    """A direct peer's training pairs (frames 0..9 -> 10..19) and its 10 -> 10 prediction, from uint8 clips (n, T, H, W)
+    as (n, T, 1, H, W) floats in [0, 1]."""
+
+    def frames(clips):
+        return torch.as_tensor(clips, device=dev).float().div_(255)[:, :, None]
+
+    def pairs(clips):
+        x = frames(clips)
+        return x[:, :10], x[:, 10:20]
+
+    def predict(model, clips):
+        return model(frames(clips)[:, :10])[:, :, 0].float()
+
+    return pairs, predict
+
+
 def simvp_peer(torch, nn, dev, translator: str):
     """OpenSTL's SimVP_Model (openstl/models/simvp_model.py) with the TAU (model_type 'tau', TAUSubBlock) or gSTA
     ('gsta', GASubBlock) translator, at SIMVP_SIZES, written out from openstl/modules/simvp_modules.py and
@@ -644,15 +661,7 @@ def simvp_peer(torch, nn, dev, translator: str):
         mse = F.mse_loss(pred, truth)
         return mse + TAU_ALPHA * diff_div_reg(pred, truth) if tau else mse
 
-    def frames(clips):  # (n, T, H, W) uint8 -> (n, T, 1, H, W) float
-        return torch.as_tensor(clips, device=dev).float().div_(255)[:, :, None]
-
-    def pairs(clips):
-        x = frames(clips)
-        return x[:, :10], x[:, 10:20]
-
-    def predict(model, clips):
-        return model(frames(clips)[:, :10])[:, :, 0].float()
+    pairs, predict = direct_io(torch, dev)
 
     return dict(
         make=SimVP, pairs=pairs, loss=loss, predict=predict, schedule="onecycle", lr=1e-3, optimizer="adam",
@@ -854,15 +863,7 @@ def predformer_peer(torch, nn, dev, sizes=None):
             x = self.mlp_head(x).view(b, t, h // p, w // p, c, p, p)  # unpacked as (c, p1, p2), as PredFormer's
             return x.permute(0, 1, 4, 2, 5, 3, 6).reshape(b, t, c, h, w)
 
-    def frames(clips):  # (n, T, H, W) uint8 -> (n, T, 1, H, W) float
-        return torch.as_tensor(clips, device=dev).float().div_(255)[:, :, None]
-
-    def pairs(clips):
-        x = frames(clips)
-        return x[:, :10], x[:, 10:20]
-
-    def predict(model, clips):
-        return model(frames(clips)[:, :10])[:, :, 0].float()
+    pairs, predict = direct_io(torch, dev)
 
     return dict(
         make=PredFormer, pairs=pairs, loss=lambda out, y: F.mse_loss(out.float(), y), predict=predict,

@@ -149,6 +149,18 @@ def test_torch_tau_peer_scores_one_run_at_each_milestone(tmp_path):
     assert_scored_at_milestones(*results, slack=3)  # a step of the peer on a busy 2-core CPU: up to seconds
 
 
+def same_frames_10_to_10(torch, theirs, ours, peer_loss):
+    """A direct peer and nfp's model on the same 10 random frames (2 clips of 32×32): their outputs agree in
+    inference; → (those outputs, random targets, the peer's loss of the one against the other)."""
+    rng = np.random.default_rng(0)
+    x, truth = rng.random((2, 2, 10, 32, 32, 1), dtype=np.float32)
+    to_torch = lambda a: torch.from_numpy(a).permute(0, 1, 4, 2, 3)  # (B, T, C, H, W)
+    with torch.no_grad():
+        expected = theirs(to_torch(x)).permute(0, 1, 3, 4, 2).numpy()
+    np.testing.assert_allclose(np.asarray(ours(x, training=False)), expected, atol=1e-4)
+    return expected, truth, float(peer_loss(to_torch(expected), to_torch(truth)))
+
+
 @pytest.mark.parametrize(("peer", "preset"), [("tau", "tau_tiny"), ("gsta", "simvp_tiny")])
 def test_torch_simvp_peer_is_nfps_model_with_the_same_weights(monkeypatch, peer, preset):
     """Where PyTorch is installed: the peer written out in the probe (OpenSTL's SimVP_Model) and nfp's model of the
@@ -206,13 +218,7 @@ def test_torch_simvp_peer_is_nfps_model_with_the_same_weights(monkeypatch, peer,
         layer[f"{p}_scale_mlp"].set_weights([w(b.layer_scale_2)])
         if isinstance(meta.reduction, nn.Conv2d):
             conv(f"{p}_reduction", meta.reduction)
-    rng = np.random.default_rng(0)
-    x, truth = rng.random((2, 2, 10, 32, 32, 1), dtype=np.float32)
-    to_torch = lambda a: torch.from_numpy(a).permute(0, 1, 4, 2, 3)  # (B, T, C, H, W)
-    with torch.no_grad():
-        expected = theirs(to_torch(x)).permute(0, 1, 3, 4, 2).numpy()
-    np.testing.assert_allclose(np.asarray(ours(x, training=False)), expected, atol=1e-4)
-    loss = float(functions["loss"](to_torch(expected), to_torch(truth)))
+    expected, truth, loss = same_frames_10_to_10(torch, theirs, ours, functions["loss"])
     nfp_loss = np.mean((expected - truth) ** 2)
     if peer == "tau":
         nfp_loss += 0.1 * np.mean(np.asarray(loss_term("differential_divergence")(truth, expected)))
@@ -334,13 +340,7 @@ def test_torch_predformer_peer_is_nfps_model_with_the_same_weights(monkeypatch):
             norm(k.norm, t.norm)
     norm(layer["head_norm"], theirs.mlp_head[0]), dense(layer["head"], theirs.mlp_head[1])
 
-    rng = np.random.default_rng(0)
-    x, truth = rng.random((2, 2, 10, 32, 32, 1), dtype=np.float32)
-    to_torch = lambda a: torch.from_numpy(a).permute(0, 1, 4, 2, 3)  # (B, T, C, H, W)
-    with torch.no_grad():
-        expected = theirs(to_torch(x)).permute(0, 1, 3, 4, 2).numpy()
-    np.testing.assert_allclose(np.asarray(ours(x, training=False)), expected, atol=1e-4)
-    loss = float(functions["loss"](to_torch(expected), to_torch(truth)))
+    expected, truth, loss = same_frames_10_to_10(torch, theirs, ours, functions["loss"])
     assert loss == pytest.approx(float(np.mean((expected - truth) ** 2)), rel=1e-5)
 
 

@@ -78,6 +78,36 @@ def test_the_cli_refuses_a_bad_space_in_one_line_before_any_run(tmp_path, mlflow
     assert client(mlflow_server.uri).get_experiment_by_name(f"sweep-{tmp_path.name}") is None
 
 
+@pytest.mark.parametrize(("visible", "gpus", "expected"), [("4,5", 8, ["4", "5", "4"]), (None, 2, ["0", "1", "0"])])
+def test_workers_take_a_gpu_each_of_those_the_command_may_use(monkeypatch, visible, gpus, expected):
+    """`nfp sweep --workers 3` on a GPU VM (the workers' processes faked): worker i sees one GPU, i-th of
+    CUDA_VISIBLE_DEVICES when the command was given one, else of the machine's (nvidia-smi), round robin; each worker's
+    seed index follows the VM's (NFP_SWEEP_WORKER, a node's rank)."""
+    from nfp.sweep import worker
+
+    envs = []
+
+    class Process:
+        def __init__(self, argv, env):
+            assert argv[1:] == ["-m", "nfp", "sweep", "-c", "my.yaml"]
+            envs.append(env)
+
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.setattr(worker, "prepare", lambda *args: None)
+    monkeypatch.setattr(worker, "_gpu_count", lambda: gpus)
+    monkeypatch.setattr(worker.subprocess, "Popen", Process)
+    monkeypatch.setenv("NFP_SWEEP_WORKER", "1")
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert worker.start_workers(None, "my.yaml", [], ["-c", "my.yaml"], 3) == 0
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == expected
+    assert [e["NFP_SWEEP_WORKER"] for e in envs] == ["3", "4", "5"]
+
+
 # --------------------------------------------------------------------------- real workers on a real server
 def write_config(tmp_path: Path, study: str, *, trials: int, space=SPACE, epochs=2, **sweep) -> Path:
     """A tiny sweep (16×16 frames, 4 filters, 2 epochs) into the server's experiment of this test."""
@@ -245,13 +275,7 @@ def test_a_worker_killed_mid_trial_leaves_it_to_the_rerun_which_resumes_it(tmp_p
     left RUNNING with a heartbeat that stops; the same command again waits out the lease (4 s), takes the trial over
     (attempt 2), resumes its training past epoch 1 into the same run, then runs the budget's last trial."""
     config = write_config(tmp_path, "kill", trials=2, epochs=3, lease_s=4, pruner="none")
-    worker = sweep_process(config, mlflow_server.uri)
-    history = tmp_path / "sweeps" / "kill" / "trial-000" / "history.csv"
-    deadline = time.monotonic() + 300
-    # header + 2 epochs: epoch 1's backup is written before epoch 2's row (epoch 2's may not be yet)
-    while not (history.exists() and len(history.read_text().splitlines()) >= 3):
-        assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()[1][-3000:]
-        time.sleep(0.05)
+    worker = worker_past_two_epochs(config, mlflow_server.uri, tmp_path / "sweeps" / "kill")
     training = [p for p in _children(worker.pid) if "train" in p.cmdline()]
     worker.send_signal(signal.SIGKILL)
     worker.wait()
@@ -272,6 +296,18 @@ def test_a_worker_killed_mid_trial_leaves_it_to_the_rerun_which_resumes_it(tmp_p
     assert steps == [1, 2, 3]  # resumed: epoch 1 not trained (or logged) twice
     resumed = (tmp_path / "sweeps" / "kill" / "logs" / "trial-000-attempt-2.log").read_text()
     assert "Epoch 3/3" in resumed and "Epoch 1/3" not in resumed
+
+
+def worker_past_two_epochs(config: Path, uri: str, study_dir: Path) -> subprocess.Popen:
+    """A worker whose first trial has two epochs in its history.csv: epoch 1's backup is written before epoch 2's row
+    (epoch 2's may not be yet), so a resume starts past epoch 1."""
+    worker = sweep_process(config, uri)
+    history = study_dir / "trial-000" / "history.csv"
+    deadline = time.monotonic() + 300
+    while not (history.exists() and len(history.read_text().splitlines()) >= 3):  # header + 2 epochs
+        assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()[1][-3000:]
+        time.sleep(0.05)
+    return worker
 
 
 def _children(pid: int) -> list:
@@ -316,12 +352,7 @@ def test_sigterm_to_a_worker_leaves_its_trial_to_the_next_worker_at_once(tmp_pat
     line, exit 130, its training stopped; the trial's run RUNNING with its heartbeat cleared, so the same command
     again takes it over at once (sweep.lease_s is 300 s here) and resumes it."""
     config = write_config(tmp_path, "interrupt", trials=1, epochs=3, pruner="none")
-    worker = sweep_process(config, mlflow_server.uri)
-    history = tmp_path / "sweeps" / "interrupt" / "trial-000" / "history.csv"
-    deadline = time.monotonic() + 300
-    while not (history.exists() and len(history.read_text().splitlines()) >= 3):
-        assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()[1][-3000:]
-        time.sleep(0.05)
+    worker = worker_past_two_epochs(config, mlflow_server.uri, tmp_path / "sweeps" / "interrupt")
     worker.send_signal(signal.SIGTERM)
     _, err = worker.communicate(timeout=120)
     assert worker.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err[-2000:]
