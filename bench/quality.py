@@ -136,6 +136,7 @@ def train_for(cfg, manifest, budget_s: float, curve_s: list[float]) -> dict:
         t = dataclasses.replace(t, epochs=max(1, int(budget_s / step_seconds(cfg, data))))
     model = seeded_model(cfg)
     model.compile(optimizer=build_optimizer(t, 1, steps_per_epoch=1), loss=build_loss(t, loss_terms(cfg.model)))
+    model.optimizer.build(model.trainable_variables)  # as nfp train does: the first step traced once
 
     class StopAt(keras.callbacks.Callback):
         """Stops fit once the training seconds reach the next point of the curve (the first batch's tracing excluded)."""

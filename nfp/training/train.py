@@ -407,6 +407,9 @@ def compiled_model(cfg, strategy, replicas: int, choices: devices.Choices, *, ba
                     jit_compile=xla == "step",
                     steps_per_execution=t.steps_per_execution,
                 )
+                # Slots made now, not in the first step's trace: a step that creates variables is traced twice
+                # (Keras builds them up front only under a non-default strategy)
+                model.optimizer.build(model.trainable_variables)
         finally:
             keras.mixed_precision.set_global_policy(policy)  # the process-wide policy is not ours to keep
         return model
