@@ -15,13 +15,68 @@ from pathlib import Path
 
 import pytest
 
+# --------------------------------------------------------------------------- scheduling over xdist workers
+# Files whose tests run a minute or more each (end-to-end runs of the GPU path, sweeps, bench): scheduled first, so
+# that under `--dist loadgroup` the two workers finish together rather than one waiting on the last long test.
+LONGEST_FIRST = ["test_gpu_path_nodes", "test_sweep", "test_gpu_path", "test_bench", "test_families", "test_serving"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Each test is scheduled on its own (`make test`: --dist loadgroup), except those sharing a module-scoped
+    fixture (a venv, a server, prepared data), kept with their file on one worker so that it is built once; the slow
+    first, the longest files first among them."""
+    for item in items:
+        shared = any(d.scope == "module" for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs)
+        if shared and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+    group = {id(i): (m.args[0] if (m := i.get_closest_marker("xdist_group")) else i.nodeid) for i in items}
+    slow, first = {}, {}
+    for index, item in enumerate(items):
+        first.setdefault(group[id(item)], index)
+        slow[group[id(item)]] = slow.get(group[id(item)], False) or item.get_closest_marker("slow") is not None
+    rank = {stem: r for r, stem in enumerate(LONGEST_FIRST)}
+
+    def order(pair):
+        index, item = pair
+        g = group[id(item)]
+        return (not slow[g], rank.get(item.path.stem, len(rank)), first[g], index)
+
+    items[:] = [item for _, item in sorted(enumerate(items), key=order)]
+
+
+_EMPTY_STORE: list[Path] = []  # the session's empty MLflow sqlite store, its tables made (empty_mlflow_store)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _empty_mlflow_store_once(tmp_path_factory):
+    """MLflow makes a new sqlite store's tables by running its ~60 migrations, about 2 s a store: they run once per
+    test process here, and each test's store (and each test server's) starts as a copy of that empty store."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
+    _EMPTY_STORE.append(path)
+    yield
+    _EMPTY_STORE.clear()
+
+
+def empty_mlflow_store(path) -> Path:
+    """`path` made an empty MLflow sqlite store (its tables and the Default experiment, as MLflow makes them)."""
+    import shutil
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copyfile(_EMPTY_STORE[0], path))
+
 
 @pytest.fixture(autouse=True)
-def isolated_mlflow(tmp_path, monkeypatch):
-    """Each test tracks into its own sqlite store, never ./mlflow.db, with no run or URI left from another test."""
+def isolated_mlflow(tmp_path, monkeypatch, request):
+    """Each test tracks into its own sqlite store, never ./mlflow.db, with no run or URI left from another test.
+    The store exists already (a copy of the empty one) unless the test is marked no_mlflow_store."""
     import mlflow
 
     mlflow.set_tracking_uri(None)  # a process-wide URI set by one test would override the env var in the next
+    if request.node.get_closest_marker("no_mlflow_store") is None:
+        empty_mlflow_store(tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "TF_CONFIG"):
         monkeypatch.delenv(var, raising=False)
@@ -144,6 +199,8 @@ class MlflowServer:
 
         env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
         env.pop("MLFLOW_TRACKING_URI", None)
+        if not Path(f"{self.root}/server.db").exists():  # a restarted server keeps its store
+            empty_mlflow_store(Path(self.root) / "server.db")
         self.proc = subprocess.Popen(
             [
                 sys.executable,

@@ -5,6 +5,8 @@ import pytest
 
 from nfp.cli import main
 
+pytestmark = pytest.mark.no_mlflow_store  # a bad config must not make the store: it does not exist before
+
 BAD_OVERRIDES = [
     ("bogus=1", "bogus: unknown key; allowed: data, model, train"),
     ("train.bogus=1", "train.bogus: unknown key"),

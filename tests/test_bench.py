@@ -17,13 +17,38 @@ from bench.__main__ import MODULES  # noqa: E402
 from bench.common import merge, sections_of  # noqa: E402
 
 
+def each_benchmark(*names):
+    """Parameters for `quick_report`: one `--quick --only NAME` run each, its tests kept on one xdist worker (the run
+    is built once there) while the runs share the workers out."""
+    return pytest.mark.parametrize(
+        "quick_report",
+        [pytest.param(name, marks=pytest.mark.xdist_group(f"bench-{name}")) for name in names or MODULES],
+        indirect=True,
+    )
+
+
 @pytest.fixture(scope="module")
-def quick_report(tmp_path_factory) -> str:
-    """The report of one `python -m bench --quick` run (all benchmarks, tiny sizes, scratch dirs)."""
-    tmp = tmp_path_factory.mktemp("bench")
+def quick_report(request, tmp_path_factory) -> str:
+    """The report of one `python -m bench --quick --only NAME` run (tiny sizes, scratch dirs): its header and NAME's
+    section."""
+    from conftest import empty_mlflow_store
+
+    tmp = tmp_path_factory.mktemp(f"bench-{request.param}")
     out = tmp / "BENCHMARKS.md"
+    empty_mlflow_store(tmp / "work/mlflow.db")  # the store bench tracks into, its tables made
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--out", str(out), "--workdir", str(tmp / "work")],
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--only",
+            request.param,
+            "--out",
+            str(out),
+            "--workdir",
+            str(tmp / "work"),
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -34,6 +59,7 @@ def quick_report(tmp_path_factory) -> str:
 
 
 @pytest.mark.slow
+@each_benchmark()
 def test_quick_run_writes_header_with_machine_and_versions(quick_report):
     head = quick_report.split("<!-- bench:", 1)[0]
     assert re.search(r"\*\*Machine\*\*: .+, \d+ cores usable", head)
@@ -42,8 +68,9 @@ def test_quick_run_writes_header_with_machine_and_versions(quick_report):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", MODULES)
-def test_quick_run_writes_each_benchmark_section(quick_report, name):
+@each_benchmark()
+def test_quick_run_writes_each_benchmark_section(quick_report, request):
+    name = request.node.callspec.params["quick_report"]
     section = sections_of(quick_report)[name]
     assert "**Did not run**" not in section
     assert re.search(r"^## \d+\. ", section, re.M)
@@ -99,6 +126,7 @@ def test_flops_formula_implies_the_keras_parameter_count(preset):
 
 
 @pytest.mark.slow
+@each_benchmark("pipeline")
 def test_pipeline_section_isolates_the_cost_of_reading_records(quick_report):
     section = sections_of(quick_report)["pipeline"]
     for row in (

@@ -253,6 +253,7 @@ def train_config(script: str, command: str = "train"):
     return load_config(REPO / argv[3], argv[4:])
 
 
+@pytest.mark.no_mlflow_store
 def test_gce_dry_run_one_vm(tmp_path):
     scripts, commands = create_dry_run(tmp_path, "train.epochs=7")
     git, upload, create = commands

@@ -292,6 +292,7 @@ def _loss_steps(run_id: str) -> list[int]:
     return sorted(m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "loss"))
 
 
+@pytest.mark.no_mlflow_store
 def test_the_inactive_backend_logs_nothing_and_names_no_run(tmp_path):
     run = tracking.Inactive()
     assert (run.active, run.run_id, run.ui_url) == (False, None, None)
