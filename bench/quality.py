@@ -62,8 +62,8 @@ SIZES = {
         val=4,
         test=8,
         batch=4,
-        budget=4,
-        curve=[2, 4],
+        budget=2,
+        curve=[1, 2],
         context=3,
         presets={
             "tiny": ["model.filters=[4]", "model.kernel_sizes=[3]"],
@@ -72,7 +72,7 @@ SIZES = {
             "predformer_tiny": ["model.width=16", "model.heads=2", "model.blocks=1"],
             "predrnn_v2_tiny": ["model.filters=[4, 4]", "model.kernel_sizes=[3, 3]"],
         },
-        colour=dict(budget=4, curve=[2, 4]),
+        colour=dict(budget=2, curve=[1, 2]),
         schedule=dict(learning_rate=0.003, epochs=3, steps_per_epoch=2),
     ),
 }
