@@ -63,19 +63,28 @@ def test_the_multi_gpu_config_trains_a_direct_family_on_two_devices_then_evaluat
 
 
 def test_the_keras_cell_trains_under_xla(tiny_overrides, monkeypatch):
-    """One replica: Keras compiles the whole step (the keras cell has no XLA function of its own)."""
+    """One replica: Keras compiles the whole step (the keras cell has no XLA function of its own), traced and compiled
+    once: the optimizer's slots exist before the first step (a step that makes them is traced twice)."""
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
     from nfp.training.train import train
 
-    compiled = []
-    real_fit = keras.Model.fit
+    compiled, traced = [], []
+    real_fit, real_step = keras.Model.fit, TensorFlowTrainer.train_step
 
     def spy_fit(self, *args, **kwargs):
         compiled.append(self.jit_compile)
         return real_fit(self, *args, **kwargs)
 
+    def spy_step(self, data):  # runs only while tf.function traces the step
+        traced.append(self.name)
+        return real_step(self, data)
+
     monkeypatch.setattr(keras.Model, "fit", spy_fit)
+    monkeypatch.setattr(TensorFlowTrainer, "train_step", spy_step)
     summary = train(load_config(None, [*tiny_overrides, "model.cell=keras", *GPU_CHOICES, "tracking.log_model=false"]))
     assert compiled == [True] and len(summary["history"]["loss"]) == 2
+    assert len(traced) == 1, traced
     tags = mlflow.MlflowClient().get_run(summary["run_id"]).data.tags
     assert (tags["xla"], tags["precision"]) == ("step", "mixed_bfloat16")
 
