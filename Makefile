@@ -22,15 +22,16 @@ quickstart: install
 	PATH="$(BIN):$$PATH" mlflow run . --env-manager local --experiment-name nfp-quickstart -P config=configs/quickstart.yaml
 	@echo "Done. See the run with: $(BIN)/mlflow ui   (then open http://127.0.0.1:5000, pick Model training at the top left)"
 
-# a process per core (pytest-xdist, --dist loadgroup): each test on its own, the slow and longest first, except the
-# tests sharing a module's fixture (a venv, a server, prepared data), which stay on one worker (tests/conftest.py)
+# a process per core (pytest-xdist, --dist loadgroup): each test on its own, the slow and longest first (in the order
+# tests/conftest.py sorts them: --no-loadscope-reorder, else xdist puts the groups of most tests first), except the
+# tests sharing a module's fixture (a venv, a server, prepared data), which stay on one worker
 test: install browser docs
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -n auto --dist loadgroup
+	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -n auto --dist loadgroup --no-loadscope-reorder
 
 test-quick: install
-	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow and not external" -n auto --dist loadgroup
+	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow and not external" -n auto --dist loadgroup --no-loadscope-reorder
 
 # tests/test_mlflow_ui.py drives Debian's Chromium: installed here when missing and apt-get may (root); else skipped
 browser:

@@ -17,7 +17,8 @@ import pytest
 
 # --------------------------------------------------------------------------- scheduling over xdist workers
 # Files whose tests run a minute or more each (end-to-end runs of the GPU path, sweeps, bench): scheduled first, so
-# that under `--dist loadgroup` the two workers finish together rather than one waiting on the last long test.
+# that under `--dist loadgroup --no-loadscope-reorder` (xdist's reorder would put the groups of most tests first)
+# the two workers finish together rather than one waiting on the last long test.
 LONGEST_FIRST = ["test_gpu_path_nodes", "test_sweep", "test_gpu_path", "test_bench", "test_families", "test_serving"]
 
 
