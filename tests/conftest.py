@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import warm
 
 # --------------------------------------------------------------------------- scheduling over xdist workers
 # Files whose tests run a minute or more each (end-to-end runs of the GPU path, sweeps, bench): scheduled first, so
@@ -203,8 +204,6 @@ class MlflowServer:
         self.proc = None
 
     def start(self, timeout: float = 60.0) -> "MlflowServer":
-        import subprocess
-        import sys
         import time
         import urllib.request
 
@@ -287,8 +286,6 @@ BUCKET = "nfp-test"
 def emulator(tmp_path_factory):
     """One gcp-storage-emulator on 127.0.0.1 for the module, keeping GCS's generation preconditions
     (tests/gcs_emulator.py), with STORAGE_EMULATOR_HOST pointing at it."""
-    import subprocess
-    import sys
     import time
     import urllib.request
 
@@ -324,11 +321,8 @@ class Trainer:
     """`nfp train` in a subprocess; its stdout (Keras progress bars, verbose=1) is collected as it comes."""
 
     def __init__(self, overrides, env=None):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nfp", "train", *overrides],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        self.proc = warm.Process(
+            ["-m", "nfp", "train", *overrides], env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, text=False
         )
         self.stdout, self._err = "", []
         threading.Thread(target=self._pump, args=(self.proc.stdout, None), daemon=True).start()

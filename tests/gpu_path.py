@@ -2,13 +2,12 @@
 nfp's commands in a process with 2 logical CPU devices, and what their runs left."""
 
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import mlflow
 import numpy as np
+import warm
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,14 +96,7 @@ def _shrunk_simvp(tmp_path, *extra, jit_compile="auto", family="simvp") -> list[
 
 
 def _nfp(command: str, config: str, overrides: list[str], *args, env=None, timeout=600) -> dict:
-    proc = subprocess.run(
-        [sys.executable, "-c", _RUN, command, "--config", config, *args, *overrides],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-        env=env,
-    )
+    proc = warm.run(["-c", _RUN, command, "--config", config, *args, *overrides], cwd=REPO, env=env, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = next(line for line in reversed(proc.stdout.splitlines()) if line.startswith("REPORT "))
     return json.loads(report[len("REPORT ") :]) | {"stdout": proc.stdout, "stderr": proc.stderr}

@@ -4,11 +4,11 @@ Benchmarks are never timed here: --quick uses tiny sizes, and no figure is asser
 """
 
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import warm
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # bench/ is a repo-root package, not installed with nfp; plain `pytest` must find it too
@@ -36,24 +36,8 @@ def quick_report(request, tmp_path_factory) -> str:
     tmp = tmp_path_factory.mktemp(f"bench-{request.param}")
     out = tmp / "BENCHMARKS.md"
     empty_mlflow_store(tmp / "work/mlflow.db")  # the store bench tracks into, its tables made
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "--quick",
-            "--only",
-            request.param,
-            "--out",
-            str(out),
-            "--workdir",
-            str(tmp / "work"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    argv = ["-m", "bench", "--quick", "--only", request.param, "--out", str(out), "--workdir", str(tmp / "work")]
+    proc = warm.run(argv, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out.read_text()
 

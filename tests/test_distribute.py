@@ -1,11 +1,10 @@
 """Strategy choice, cluster roles, and MirroredStrategy on two logical CPUs matching one device."""
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
+import warm
 
 from nfp.config import load_config
 from nfp.distribute import cluster_info, make_strategy
@@ -136,7 +135,7 @@ _MIRRORED = textwrap.dedent(
 
 
 def test_mirrored_on_two_logical_cpus_matches_one_device():
-    proc = subprocess.run([sys.executable, "-c", _MIRRORED], capture_output=True, text=True, timeout=300)
+    proc = warm.run(["-c", _MIRRORED], timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     for cell in ("keras", "nfp"):

@@ -3,8 +3,6 @@ through everything a model goes through — training, its loss term, evaluation,
 resume, `.keras` files, colour and rectangular frames, 1 and 2 replicas alike, the doctor's FLOPs."""
 
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import keras
 import mlflow
 import numpy as np
 import pytest
+import warm
 
 from nfp import models
 from nfp.cli import main
@@ -287,7 +286,7 @@ def test_one_and_two_replicas_give_the_same_losses_step_by_step_for_each_new_fam
     """From the same weights on the same global batches. Tolerance: relative 1e-4, float32 sums taken in another
     order (per replica, then all-reduced) and BatchNorm's statistics synchronized across the replicas; an
     unsynchronized BatchNorm or a loss averaged per replica instead of over the global batch moves them by ~1e-2."""
-    proc = subprocess.run([sys.executable, "-c", _REPLICAS], capture_output=True, text=True, timeout=600)
+    proc = warm.run(["-c", _REPLICAS], timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     for preset in ("simvp_tiny", "tau_tiny", "predformer_tiny", "predrnn_v2_tiny"):

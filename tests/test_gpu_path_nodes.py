@@ -4,10 +4,9 @@ family."""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+import warm
 from conftest import free_ports
 from gpu_path import _RUN, REPO, _evaluate_and_predict_with_xla, _nfp, _shrunk, _shrunk_simvp, _the_run
 
@@ -53,12 +52,7 @@ def test_the_multi_node_config_trains_on_two_workers_with_xla_and_bf16_then_eval
         env = dict(
             os.environ, TF_CONFIG=json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}})
         )
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", _RUN, "train", "--config", config, *overrides],
-                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            )
-        )  # fmt: skip
+        procs.append(warm.Process(["-c", _RUN, "train", "--config", config, *overrides], cwd=REPO, env=env))
     try:
         results = [p.communicate(timeout=600) for p in procs]
     finally:

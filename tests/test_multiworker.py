@@ -3,12 +3,12 @@
 import json
 import os
 import subprocess
-import sys
 import textwrap
 
 import mlflow
 import numpy as np
 import pytest
+import warm
 from conftest import free_ports
 
 from nfp.config import load_config
@@ -68,15 +68,7 @@ def test_two_workers_train_in_lock_step_and_only_the_chief_writes(tiny_overrides
             MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING="1",
             TF_CONFIG=json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}),
         )
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", _WORKER, *overrides],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
+        procs.append(warm.Process(["-c", _WORKER, *overrides], env=env))
     try:
         results = [p.communicate(timeout=300) for p in procs]
     finally:
@@ -149,11 +141,8 @@ def test_a_lost_worker_stops_the_other_with_one_line_saying_how_to_resume(tiny_o
                 TF_CONFIG=json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}),
             )
             procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "nfp.cli", "train", *overrides],
-                    env=env,
-                    stdout=log.open("w"),
-                    stderr=subprocess.STDOUT,
+                warm.Process(
+                    ["-m", "nfp.cli", "train", *overrides], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
                 )
             )
         deadline = time.monotonic() + 240

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import warm
 import yaml
 
 from nfp.config import load_config
@@ -128,8 +129,7 @@ def write_config(tmp_path: Path, study: str, *, trials: int, space=SPACE, epochs
 
 def sweep_process(config: Path, uri: str, *args: str) -> subprocess.Popen:
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "nfp", "sweep", "-c", str(config), *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return warm.Process(["-m", "nfp", "sweep", "-c", str(config), *args], cwd=REPO, env=env)
 
 
 def finish(process: subprocess.Popen, timeout=600) -> str:
@@ -383,8 +383,8 @@ def test_the_shipped_gpu_sweep_config_runs_its_trials_with_xla_and_bf16_forced_a
                  "model.translator_blocks=2", "data.context_frames=3", "data.predict_frames=3", "sweep.trials=1",
                  f"sweep.output_dir={tmp_path}/sweeps"]  # fmt: skip
     uri = f"sqlite:///{tmp_path}/gpu.db"
-    done = subprocess.run([sys.executable, "-m", "nfp", "sweep", "-c", "configs/sweep.yaml", *overrides], cwd=REPO,
-                          env={**os.environ, "MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True, timeout=900)  # fmt: skip
+    done = warm.run(["-m", "nfp", "sweep", "-c", "configs/sweep.yaml", *overrides], cwd=REPO,
+                    env={**os.environ, "MLFLOW_TRACKING_URI": uri}, timeout=900)  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "sweep: study 'simvp-mmnist': 1 complete; best simvp-mmnist-trial-000" in done.stdout
     c = mlflow.MlflowClient(tracking_uri=uri)

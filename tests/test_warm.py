@@ -1,0 +1,68 @@
+"""The warm Python (tests/warm.py) behaves as `subprocess` with `sys.executable` would: argv, cwd, environment, exit
+codes, uncaught errors, signals and pipes; and it refuses an environment it could not honour."""
+
+import os
+import signal
+import subprocess
+
+import pytest
+import warm
+
+
+def test_a_fork_gets_its_argv_cwd_environment_and_exit_code(tmp_path):
+    code = "import os, sys; print(sys.argv, os.getcwd(), os.environ['ASKED']); sys.exit(3)"
+    done = warm.run(["-c", code, "a", "b c"], cwd=tmp_path, env={**os.environ, "ASKED": "yes"})
+    assert (done.returncode, done.stdout, done.stderr) == (3, f"['-c', 'a', 'b c'] {tmp_path} yes\n", "")
+    assert "ASKED" not in os.environ
+
+
+def test_a_module_runs_as_main_with_its_arguments():
+    done = warm.run(["-m", "nfp", "config", "train.epochs=7"])
+    assert done.returncode == 0 and "epochs: 7" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("code", "returncode", "last_line"),
+    [
+        ("raise ValueError('boom')", 1, "ValueError: boom"),
+        ("import sys; sys.exit('a message')", 1, "a message"),
+        ("raise KeyboardInterrupt", -signal.SIGINT, "KeyboardInterrupt"),
+    ],
+)
+def test_an_uncaught_error_ends_as_python_ends_it(code, returncode, last_line):
+    done = warm.run(["-c", code])
+    assert done.returncode == returncode and done.stderr.strip().splitlines()[-1] == last_line
+
+
+def test_atexit_runs_and_threads_are_joined_before_the_exit():
+    code = (
+        "import atexit, threading, time\n"
+        "atexit.register(print, 'atexit ran', flush=True)\n"
+        "threading.Thread(target=lambda: (time.sleep(0.2), print('thread done', flush=True))).start()\n"
+    )
+    assert warm.run(["-c", code]).stdout == "thread done\natexit ran\n"
+
+
+def test_a_signal_reaches_the_fork_alone_and_a_timeout_is_subprocess_s():
+    process = warm.Process(["-c", "import time; print('up', flush=True); time.sleep(60)"])
+    assert process.stdout.readline() == "up\n" and process.poll() is None
+    with pytest.raises(subprocess.TimeoutExpired):
+        process.wait(timeout=0.1)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == -signal.SIGTERM
+    process.kill()  # after the exit: nothing to do, as with Popen
+    assert warm.run(["-c", "print('still serving')"]).stdout == "still serving\n"
+
+
+def test_stderr_joins_stdout_or_goes_to_a_file(tmp_path):
+    code = "import sys; print('out', flush=True); print('err', file=sys.stderr, flush=True)"
+    joined = warm.Process(["-c", code], stderr=subprocess.STDOUT)
+    assert joined.communicate(timeout=30) == ("out\nerr\n", None)
+    with open(tmp_path / "log", "w") as log:
+        warm.Process(["-c", code], stdout=log, stderr=subprocess.STDOUT).wait(timeout=30)
+    assert (tmp_path / "log").read_text() == "out\nerr\n"
+
+
+def test_an_environment_read_at_import_is_refused_in_one_line():
+    with pytest.raises(ValueError, match=r"^warm: KERAS_BACKEND differs from the warm Python's \(None\): run with"):
+        warm.run(["-c", "pass"], env={**os.environ, "KERAS_BACKEND": "jax"})

@@ -1,0 +1,279 @@
+"""A warm Python for the tests' nfp processes: TensorFlow, Keras, MLflow and nfp's commands imported once per test
+process (about 7 CPU-s each time otherwise), then each `python -c CODE …` or `python -m MODULE …` a fork of it.
+
+The fork is a whole process of its own, as `subprocess.Popen([sys.executable, …])` makes: its pid (signals reach it
+alone), its cwd, environment and argv, its stdout and stderr as pipes, a fresh `__main__`, and Python's own exit
+(threads joined, atexit run, streams flushed; an uncaught exception printed, exit code 1). What it cannot change is
+what happened at import: a command whose environment differs in a variable read then (PYTHONPATH, TF_CPP_*, KERAS_*,
+…) is refused; run it with subprocess.
+
+The fork server is one process per test process (`server()`), started on first use and stopped at exit. It forks from
+its one Python thread (the libraries' native threads, OpenBLAS's and jemalloc's, are fork-safe by their own atfork
+handlers), with what it imported frozen out of the garbage collector (gc.freeze), so that a fork's collections do not
+copy every page it shares."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+
+# Imported in the server before any fork: what nfp's train, evaluate, predict and sweep commands import
+PRELOAD = (
+    "tensorflow", "keras", "mlflow", "mlflow.pyfunc", "matplotlib.pyplot", "nfp.cli", "nfp.training.train",
+    "nfp.inference.evaluate", "nfp.inference.predict", "nfp.sweep.worker",
+)  # fmt: skip
+# Read by Python, TensorFlow, Keras or MLflow at import: a fork would keep the server's value
+READ_AT_IMPORT = (
+    "PYTHON", "TF_CPP_", "TF_ENABLE_", "TF_USE_", "TF_XLA_", "XLA_", "KERAS_", "LD_", "MPLBACKEND", "OMP_", "MKL_",
+)  # fmt: skip
+KEPT = ("PYTHONUNBUFFERED",)  # applied by the fork itself
+_STARTING_ENV = dict(os.environ)  # the server's: the test process's as it starts, before any test changes it
+
+_SERVER = textwrap.dedent(
+    """
+    import atexit, gc, importlib, io, json, os, runpy, select, signal, socket, sys, threading, types
+    for name in sys.argv[2:]:
+        importlib.import_module(name)
+    gc.freeze()  # what is here now stays out of the forks' collections, which would otherwise copy every page
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(sys.argv[1])
+    listener.listen(64)
+    print("ready", flush=True)
+    children = {}  # pid: the connection its exit status goes to
+
+
+    def become(request, fds):
+        \"\"\"In the fork: the command's process (never returns to the loop).\"\"\"
+        listener.close()
+        for conn in children.values():
+            conn.close()
+        for fd, target in zip(fds, (0, 1, 2)):
+            os.dup2(fd, target)
+            os.close(fd)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        unbuffered = bool(request["env"].get("PYTHONUNBUFFERED"))
+        sys.stdin = io.TextIOWrapper(io.open(0, "rb", closefd=False))
+        sys.stdout = io.TextIOWrapper(io.open(1, "wb", buffering=0 if unbuffered else -1, closefd=False),
+                                      write_through=unbuffered)
+        sys.stderr = io.TextIOWrapper(io.open(2, "wb", buffering=0 if unbuffered else -1, closefd=False),
+                                      errors="backslashreplace", line_buffering=True, write_through=unbuffered)
+        try:
+            run(request["argv"])
+            code = 0
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+            if not isinstance(stop.code, (int, type(None))):
+                print(stop.code, file=sys.stderr)
+        except BaseException as error:
+            sys.excepthook(type(error), error, error.__traceback__.tb_next)
+            code = -signal.SIGINT if isinstance(error, KeyboardInterrupt) else 1
+        exit_as_python_does(code)
+
+
+    def run(argv):
+        if argv[0] == "-c":
+            sys.argv = ["-c", *argv[2:]]
+            main = types.ModuleType("__main__")
+            sys.modules["__main__"] = main
+            exec(compile(argv[1], "<string>", "exec"), main.__dict__)
+        else:
+            sys.argv = [argv[1], *argv[2:]]
+            runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+
+
+    def exit_as_python_does(code):
+        \"\"\"Python's exit less its teardown of every module, which in a fork copies each page it touches (2 CPU-s):
+        other threads joined, atexit run, streams flushed; an uncaught KeyboardInterrupt ends by SIGINT.\"\"\"
+        threading._shutdown()
+        atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        if code == -signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+        os._exit(code & 0xFF)
+
+
+    parent = os.getppid()
+    while os.getppid() == parent:  # a test process that died leaves no server behind
+        readable, _, _ = select.select([listener], [], [], 0.05)
+        if readable:
+            conn, _ = listener.accept()
+            message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
+            pid = os.fork()
+            if pid == 0:
+                become(json.loads(message), fds)
+            for fd in fds:
+                os.close(fd)
+            children[pid] = conn
+            conn.sendall(f"pid {pid}\\n".encode())
+        while children:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            conn = children.pop(pid)
+            try:
+                conn.sendall(f"exit {os.waitstatus_to_exitcode(status)}\\n".encode())
+            except OSError:  # its client is gone
+                pass
+            conn.close()
+    """
+)
+
+
+class _Server:
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="nfp-warm-")
+        self.path = os.path.join(self.dir, "socket")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _SERVER, self.path, *PRELOAD], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            env=_STARTING_ENV,
+        )  # fmt: skip
+        line = self.proc.stdout.readline()
+        if line.strip() != b"ready":
+            raise RuntimeError(f"the warm Python did not start (exit {self.proc.wait()})")
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        for name in os.listdir(self.dir):
+            os.unlink(os.path.join(self.dir, name))
+        os.rmdir(self.dir)
+
+
+_server: list[_Server] = []
+
+
+def server() -> _Server:
+    if not _server:
+        _server.append(_Server())
+        atexit.register(_server[0].stop)
+    return _server[0]
+
+
+def _refuse_import_time_changes(env: dict, started: dict) -> None:
+    for key in sorted(set(env) | set(started)):
+        if key.startswith(READ_AT_IMPORT) and key not in KEPT and env.get(key) != started.get(key):
+            raise ValueError(f"warm: {key} differs from the warm Python's ({started.get(key)!r}): run with subprocess")
+
+
+class Process:
+    """Popen's ways (pid, poll, wait, communicate, send_signal, kill, terminate, returncode, stdout, stderr) for a
+    fork of the warm Python. stdout and stderr: PIPE (the default), DEVNULL, a file or, for stderr, STDOUT."""
+
+    def __init__(self, argv: list[str], *, cwd=None, env=None, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                 text: bool = True):  # fmt: skip
+        warm = server()
+        env = dict(os.environ if env is None else env)
+        _refuse_import_time_changes(env, _STARTING_ENV)
+        self.stdout = self.stderr = None
+        sent = [os.open(os.devnull, os.O_RDONLY)]  # stdin
+        for name, target in (("stdout", stdout), ("stderr", stderr)):
+            if target == subprocess.PIPE:
+                read, write = os.pipe()
+                setattr(self, name, open(read, errors="replace") if text else open(read, "rb"))
+            elif target == subprocess.STDOUT:
+                write = os.dup(sent[1])
+            elif target == subprocess.DEVNULL:
+                write = os.open(os.devnull, os.O_WRONLY)
+            else:
+                write = os.dup(target if isinstance(target, int) else target.fileno())
+            sent.append(write)
+        self._conn = socket.socket(socket.AF_UNIX)
+        self._conn.connect(warm.path)
+        request = {"argv": list(argv), "cwd": os.path.abspath(cwd or os.getcwd()), "env": env}
+        socket.send_fds(self._conn, [json.dumps(request).encode()], sent)
+        for fd in sent:
+            os.close(fd)
+        self._received = b""
+        self.pid = int(self._reply(None).split()[1])
+        self.args = argv
+        self.returncode = None
+
+    def _reply(self, timeout) -> str | None:
+        """The server's next line about this process ("pid N", "exit CODE"); None if none within `timeout`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self._received:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([self._conn], [], [], left)[0]:
+                return None
+            chunk = self._conn.recv(4096)
+            if not chunk:
+                raise RuntimeError(f"warm: the server went away while running {self.args[:2]}")
+            self._received += chunk
+        line, self._received = self._received.split(b"\n", 1)
+        return line.decode()
+
+    def poll(self):
+        if self.returncode is None and (line := self._reply(0)) is not None:
+            self._exited(line)
+        return self.returncode
+
+    def wait(self, timeout=None):
+        if self.returncode is None:
+            line = self._reply(timeout)
+            if line is None:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            self._exited(line)
+        return self.returncode
+
+    def _exited(self, line: str) -> None:
+        self.returncode = int(line.split()[1])
+        self._conn.close()
+
+    def communicate(self, timeout=None):
+        """(stdout, stderr), read to their end, and the exit awaited; TimeoutExpired past `timeout` (the process
+        left running, as Popen does)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        outputs = {None: None}
+        readers = [threading.Thread(target=lambda s=s: outputs.__setitem__(s, s.read()), daemon=True)
+                   for s in (self.stdout, self.stderr) if s is not None]  # fmt: skip
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if reader.is_alive():
+                raise subprocess.TimeoutExpired(self.args, timeout)
+        self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return outputs[self.stdout], outputs[self.stderr]
+
+    def send_signal(self, signum) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):  # exited, its status not yet read
+                os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        import signal
+
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        import signal
+
+        self.send_signal(signal.SIGTERM)
+
+
+def run(argv: list[str], *, cwd=None, env=None, timeout=None) -> subprocess.CompletedProcess:
+    """subprocess.run(argv, capture_output=True, text=True, …) in a fork of the warm Python; killed past `timeout`."""
+    process = Process(argv, cwd=cwd, env=env)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
