@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import warm
 
 from nfp.config import DataConfig, SplitConfig
 from nfp.data import moving_mnist as mm
@@ -387,15 +388,10 @@ def test_nfp_prepare_of_an_impossible_size_is_one_line_and_leaves_no_data_dir(ti
 
 # --------------------------------------------------------------------------- one job writes a data dir at a time
 def _nfp_prepare(tmp_path, name: str, *overrides: str):
-    import subprocess
-    import sys
-
     argv = ["data.image_size=16", "data.digit_size=8", "data.frames=6", "data.num_clips=24", "data.num_shards=2",
             f"data.dir={tmp_path}/data", "evaluate.context_frames=3", "evaluate.predict_frames=3", *overrides]  # fmt: skip
     err = open(tmp_path / f"{name}.err", "w+")
-    return subprocess.Popen(
-        [sys.executable, "-m", "nfp", "prepare", *argv], stdout=subprocess.PIPE, stderr=err, text=True
-    ), tmp_path / f"{name}.err"
+    return warm.Process(["-m", "nfp", "prepare", *argv], stderr=err), tmp_path / f"{name}.err"
 
 
 def _wait_for(predicate, what: str, timeout: float = 180.0) -> None:

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import warm
 from PIL import Image
 
 from nfp import visualize
@@ -241,7 +242,6 @@ def test_ctrl_c_inside_one_endless_tensorflow_call_of_predict_or_evaluate_ends_i
 ):
     import signal
     import subprocess
-    import sys
     import time
 
     _noise_npy(tmp_path / "c.npy")
@@ -250,11 +250,8 @@ def test_ctrl_c_inside_one_endless_tensorflow_call_of_predict_or_evaluate_ends_i
         "predict": ["--input", f"{tmp_path}/c.npy:1", "--context", "3", "--horizon", "3"],
         "evaluate": ["--split", "test"],
     }[command]
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _ENDLESS_CALL, str(inside), command, "--model", checkpoint, *args, "--out", str(out),
-         *tiny_overrides, "tracking.enabled=false"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = warm.Process(["-c", _ENDLESS_CALL, str(inside), command, "--model", checkpoint, *args, "--out", str(out),
+                         *tiny_overrides, "tracking.enabled=false"])  # fmt: skip
     deadline = time.monotonic() + 120
     while not inside.exists():
         assert proc.poll() is None, proc.communicate()[1][-3000:]

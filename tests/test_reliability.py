@@ -18,6 +18,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import warm
 from conftest import MlflowServer, Trainer, free_port
 
 from nfp import tracking
@@ -155,12 +156,7 @@ def test_prepare_killed_mid_write_leaves_no_partial_shard_and_a_rerun_completes_
     reference = load_config(None, [*overrides, f"data.dir={tmp_path}/reference"]).data
     expected = prep.prepare(reference, progress=False).content
     data = tmp_path / "data"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nfp", "prepare", *overrides, f"data.dir={data}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = warm.Process(["-m", "nfp", "prepare", *overrides, f"data.dir={data}"], stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while True:  # freeze it, look, and kill it only when some shards are done and the next one is half-written
         assert proc.poll() is None, f"prepare ended before it could be killed: {proc.communicate()[1][-2000:]}"
