@@ -80,8 +80,33 @@ def _child(args: dict) -> dict:
                 step_s[name].append(time.perf_counter() - t0)
     return {
         "compile_s": compile_s, "step_s": {k: statistics.median(v) for k, v in step_s.items()}, "loss": losses,
-        "loops": _loops(s, batches, shape),
+        "loops": _loops(s, batches, shape), "first_step_s": _first_steps(s, shape, batches, weights),
     }  # fmt: skip
+
+
+def _first_steps(s: dict, shape, batches, weights) -> dict:
+    """Seconds of the first float32 XLA step (the whole step compiled) of a fresh model, its optimizer's slots built
+    before it ("nfp", as nfp.training.train builds them) or inside it ("keras": Keras's default on one device, where
+    a step that creates variables is traced twice): the same model and weights as the float32/step variant, after it
+    (XLA's one-off start-up paid), in the order keras, nfp, nfp, keras, so that neither gains from going second."""
+    import tensorflow as tf
+
+    from nfp.distribute.devices import Choices
+    from nfp.models.optim import build_loss, build_optimizer
+    from nfp.training.train import compiled_model
+
+    cfg = _cfg(s, "float32", "step")
+    seconds = {"keras": [], "nfp": []}
+    for how in ("keras", "nfp", "nfp", "keras"):
+        model, _ = compiled_model(cfg, tf.distribute.get_strategy(), 1, Choices("float32", "step", "forced"),
+                                  batch_shape=shape)  # fmt: skip
+        if how == "keras":  # recompiled with an optimizer not yet built
+            model.compile(optimizer=build_optimizer(cfg.train, 1, 1), loss=build_loss(cfg.train, ()), jit_compile=True)
+        model.set_weights(weights)
+        t0 = time.perf_counter()
+        model.train_on_batch(batches[0][:, :-1], batches[0][:, 1:])
+        seconds[how].append(time.perf_counter() - t0)
+    return {how: statistics.mean(v) for how, v in seconds.items()}
 
 
 def _loops(s: dict, batches, shape) -> dict:
@@ -178,6 +203,15 @@ def run(quick: bool, workdir) -> Section:
                 f32,
                 0.02,
                 "loss",
+                higher_is_better=False,
+            ),
+            ratio_check(
+                "first XLA step of a fresh model (float32, whole step compiled, mean of 2): optimizer's slots built "
+                "before it, as nfp builds them / inside it, Keras's default on one device (the step traced twice)",
+                result["first_step_s"]["nfp"],
+                result["first_step_s"]["keras"],
+                1.0,
+                "s",
                 higher_is_better=False,
             ),
         ],
