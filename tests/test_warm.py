@@ -10,9 +10,10 @@ import warm
 
 
 def test_a_fork_gets_its_argv_cwd_environment_and_exit_code(tmp_path):
-    code = "import os, sys; print(sys.argv, os.getcwd(), os.environ['ASKED']); sys.exit(3)"
-    done = warm.run(["-c", code, "a", "b c"], cwd=tmp_path, env={**os.environ, "ASKED": "yes"})
-    assert (done.returncode, done.stdout, done.stderr) == (3, f"['-c', 'a', 'b c'] {tmp_path} yes\n", "")
+    code = "import os, sys, tempfile; print(sys.argv, os.getcwd(), os.environ['ASKED'], tempfile.gettempdir()); sys.exit(3)"
+    env = {**os.environ, "ASKED": "yes", "TMPDIR": str(tmp_path)}
+    done = warm.run(["-c", code, "a", "b c"], cwd=tmp_path, env=env)
+    assert (done.returncode, done.stdout, done.stderr) == (3, f"['-c', 'a', 'b c'] {tmp_path} yes {tmp_path}\n", "")
     assert "ASKED" not in os.environ
 
 

@@ -41,7 +41,7 @@ _STARTING_ENV = dict(os.environ)  # the server's: the test process's as it start
 
 _SERVER = textwrap.dedent(
     """
-    import atexit, gc, importlib, io, json, os, runpy, select, signal, socket, sys, threading, types
+    import atexit, gc, importlib, io, json, os, runpy, select, signal, socket, sys, tempfile, threading, types
     for name in sys.argv[2:]:
         importlib.import_module(name)
     gc.freeze()  # what is here now stays out of the forks' collections, which would otherwise copy every page
@@ -63,6 +63,7 @@ _SERVER = textwrap.dedent(
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        tempfile.tempdir = None  # read again from TMPDIR at its next use, as a new process would
         unbuffered = bool(request["env"].get("PYTHONUNBUFFERED"))
         sys.stdin = io.TextIOWrapper(io.open(0, "rb", closefd=False))
         sys.stdout = io.TextIOWrapper(io.open(1, "wb", buffering=0 if unbuffered else -1, closefd=False),
