@@ -16,6 +16,15 @@ from pathlib import Path
 import pytest
 import warm
 
+
+def pytest_configure(config):
+    """A suite started in the background by a non-interactive shell (`make test &`) inherits SIGINT ignored, and so
+    would every process it starts (an ignored signal stays ignored across exec): the Ctrl-C tests' commands could not
+    be interrupted. Python's own handler again, which a new process resets to the default."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 # --------------------------------------------------------------------------- scheduling over xdist workers
 # Files whose tests run a minute or more each (end-to-end runs of the GPU path, sweeps, bench): scheduled first, so
 # that under `--dist loadgroup --no-loadscope-reorder` (xdist's reorder would put the groups of most tests first)
