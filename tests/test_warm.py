@@ -17,6 +17,17 @@ def test_a_fork_gets_its_argv_cwd_environment_and_exit_code(tmp_path):
     assert "ASKED" not in os.environ
 
 
+def test_a_cwd_that_is_not_there_fails_that_fork_alone(tmp_path):
+    done = warm.run(["-c", "pass"], cwd=tmp_path / "gone")
+    assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].startswith("FileNotFoundError")
+    assert warm.run(["-c", "print('still serving')"]).stdout == "still serving\n"
+
+
+def test_a_long_request_arrives_whole():
+    argument = "x" * 300_000  # past one socket read
+    assert warm.run(["-c", "import sys; print(len(sys.argv[1]))", argument]).stdout == "300000\n"
+
+
 def test_a_module_runs_as_main_with_its_arguments():
     done = warm.run(["-m", "nfp", "config", "train.epochs=7"])
     assert done.returncode == 0 and "epochs: 7" in done.stdout

@@ -41,7 +41,7 @@ _STARTING_ENV = dict(os.environ)  # the server's: the test process's as it start
 
 _SERVER = textwrap.dedent(
     """
-    import atexit, gc, importlib, io, json, os, runpy, select, signal, socket, sys, tempfile, threading, types
+    import atexit, gc, importlib, io, json, os, runpy, select, signal, socket, sys, tempfile, threading, traceback, types
     for name in sys.argv[2:]:
         importlib.import_module(name)
     gc.freeze()  # what is here now stays out of the forks' collections, which would otherwise copy every page
@@ -74,9 +74,10 @@ _SERVER = textwrap.dedent(
             run(request["argv"])
             code = 0
         except SystemExit as stop:
-            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
-            if not isinstance(stop.code, (int, type(None))):
-                print(stop.code, file=sys.stderr)
+            code = stop.code or 0
+            if not isinstance(code, int):  # sys.exit("a message")
+                print(code, file=sys.stderr)
+                code = 1
         except BaseException as error:
             sys.excepthook(type(error), error, error.__traceback__.tb_next)
             code = -signal.SIGINT if isinstance(error, KeyboardInterrupt) else 1
@@ -115,10 +116,17 @@ _SERVER = textwrap.dedent(
         readable, _, _ = select.select([listener], [], [], 0.05)
         if readable:
             conn, _ = listener.accept()
-            message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
+            _, fds, _, _ = socket.recv_fds(conn, 1, 3)  # stdin, stdout, stderr; then the request, a JSON line
+            message = b""
+            while not message.endswith(b"\\n"):
+                message += conn.recv(1 << 16)
             pid = os.fork()
             if pid == 0:
-                become(json.loads(message), fds)
+                try:
+                    become(json.loads(message), fds)
+                except BaseException:  # not set up (a cwd that is not there): said on its stderr, never back to the loop
+                    traceback.print_exc()
+                    os._exit(1)
             for fd in fds:
                 os.close(fd)
             children[pid] = conn
@@ -198,7 +206,8 @@ class Process:
         self._conn = socket.socket(socket.AF_UNIX)
         self._conn.connect(warm.path)
         request = {"argv": list(argv), "cwd": os.path.abspath(cwd or os.getcwd()), "env": env}
-        socket.send_fds(self._conn, [json.dumps(request).encode()], sent)
+        socket.send_fds(self._conn, [b"R"], sent)
+        self._conn.sendall(json.dumps(request).encode() + b"\n")
         for fd in sent:
             os.close(fd)
         self._received = b""
