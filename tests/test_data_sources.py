@@ -602,6 +602,46 @@ def test_more_decoding_processes_than_cores_are_capped_and_said(capsys, monkeypa
     assert workers.pool(1) is None and capsys.readouterr().out == ""
 
 
+def test_a_ctrl_c_while_a_decoder_is_spawned_reaches_the_parent_once_it_is_up_and_never_the_decoder(monkeypatch):
+    """The pooled-prepare Ctrl-C test lost this race: SIGINT was ignored in the parent while it spawned a decoder, so a
+    Ctrl-C then was dropped and the prepare ran on. Now the parent answers it once the spawn is done, and the decoder,
+    born with SIGINT blocked, never sees it: blocked or ignored at every look, ignored once it is up."""
+    import concurrent.futures
+    import os
+    import signal
+    import time
+
+    from nfp.data import workers
+
+    spawn = concurrent.futures.ProcessPoolExecutor._spawn_process
+
+    def spawn_under_ctrl_c(self):
+        os.kill(os.getpid(), signal.SIGINT)  # the Ctrl-C lands as the decoder is being made
+        return spawn(self)
+
+    monkeypatch.setattr(concurrent.futures.ProcessPoolExecutor, "_spawn_process", spawn_under_ctrl_c)
+    pool = workers.pool(2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pool._spawn_process()
+        (decoder,) = pool._processes.values()
+
+        def sigint_in(field: str) -> bool:
+            line = next(ln for ln in open(f"/proc/{decoder.pid}/status") if ln.startswith(field + ":"))
+            return bool(int(line.split()[1], 16) & 1 << (signal.SIGINT - 1))
+
+        deadline = time.monotonic() + 60
+        while sigint_in("SigBlk") or not sigint_in("SigIgn"):  # still starting: blocked until its initializer runs
+            assert sigint_in("SigBlk") or sigint_in("SigIgn"), "the decoder could be interrupted while it starts"
+            assert time.monotonic() < deadline, "the decoder never came up ignoring SIGINT"
+            time.sleep(0.02)
+        assert decoder.is_alive()
+    finally:
+        for process in pool._processes.values():
+            process.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 def test_each_file_is_hashed_once_until_it_changes(tmp_path, monkeypatch):
     from nfp import storage
 

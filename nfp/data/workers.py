@@ -25,8 +25,10 @@ def pool(processes: int):
 
 
 class _DecoderPool(concurrent.futures.ProcessPoolExecutor):
-    """Decoding processes that never see Ctrl-C, not even while they start: each is spawned with SIGINT ignored,
-    a disposition Python keeps when it inherits it (a KeyboardInterrupt mid-import would print its traceback)."""
+    """Decoding processes that never see Ctrl-C, not even while they start: each is spawned with SIGINT blocked, a
+    mask it keeps across fork and exec until `_decoder_start` ignores the signal (a KeyboardInterrupt mid-import would
+    print its traceback). A Ctrl-C meanwhile is the parent's: recorded, then answered once the spawn is done (ignoring
+    SIGINT in the parent instead, as before, lost it)."""
 
     def _spawn_process(self):
         import signal
@@ -34,11 +36,16 @@ class _DecoderPool(concurrent.futures.ProcessPoolExecutor):
 
         if threading.current_thread() is not threading.main_thread():
             return super()._spawn_process()
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        caught = []
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             return super()._spawn_process()
         finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a Ctrl-C pending here goes to `caught`
             signal.signal(signal.SIGINT, previous)
+            if caught:
+                signal.raise_signal(signal.SIGINT)
 
 
 def _decoder_start(parent: int) -> None:
@@ -48,7 +55,8 @@ def _decoder_start(parent: int) -> None:
     import signal
     import threading
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C pending since the spawn is dropped with it
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
     def watch() -> None:
         while os.getppid() == parent:
