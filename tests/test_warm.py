@@ -78,3 +78,66 @@ def test_stderr_joins_stdout_or_goes_to_a_file(tmp_path):
 def test_an_environment_read_at_import_is_refused_in_one_line():
     with pytest.raises(ValueError, match=r"^warm: KERAS_BACKEND differs from the warm Python's \(None\): run with"):
         warm.run(["-c", "pass"], env={**os.environ, "KERAS_BACKEND": "jax"})
+
+
+# A fork's own `sys.executable -c …` child (as nfp's sweep starts its trials): what it printed and how it ended
+_PARENT = """
+import json, os, signal, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1], *sys.argv[3:]], cwd=sys.argv[2],
+                         env={**os.environ, "ASKED": "yes"}, stdout=subprocess.PIPE, text=True)
+print(child.stdout.readline().strip(), flush=True)
+if "--term" in sys.argv:
+    child.send_signal(signal.SIGTERM)
+print(child.wait(), flush=True)
+"""
+
+
+def test_a_forks_own_python_child_is_a_fork_too_behind_a_process_it_started(tmp_path):
+    code = (
+        "import os, sys; print(sys.argv[1:], os.getcwd(), os.environ['ASKED'], 'tensorflow' in sys.modules, "
+        "os.getppid() != int(sys.argv[1]), flush=True); sys.exit(4)"
+    )
+    parent = warm.run(["-c", _PARENT, code, str(tmp_path), str(os.getpid())])
+    seen, code_line = parent.stdout.splitlines()
+    # argv, cwd and environment as asked; TensorFlow already imported (a fork); its exit code the child's
+    assert seen == f"['{os.getpid()}'] {tmp_path} yes True True" and code_line == "4", parent.stderr
+
+
+def test_a_signal_to_that_child_reaches_its_fork_and_it_ends_as_the_fork_ends():
+    code = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(7))\n"
+        "print('up', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = warm.run(["-c", _PARENT, code, os.getcwd(), "--term"], timeout=60)
+    assert parent.stdout.splitlines() == ["up", "7"], parent.stderr  # SIGTERM handled in the fork, its exit code
+    dies = "import os, signal; print('up', flush=True); os.kill(os.getpid(), signal.SIGKILL)"
+    assert warm.run(["-c", _PARENT, dies, os.getcwd()]).stdout.splitlines() == ["up", str(-signal.SIGKILL)]
+
+
+def test_that_child_killed_takes_its_fork_with_it(tmp_path):
+    import psutil
+
+    code = "import os, time; print(os.getpid(), flush=True); time.sleep(60)"
+    killer = (
+        "import os, signal, subprocess, sys\n"
+        "child = subprocess.Popen([sys.executable, '-c', sys.argv[1]], stdout=subprocess.PIPE, text=True)\n"
+        "print(child.stdout.readline().strip(), child.pid, flush=True)\n"
+        "child.kill()\n"
+        "child.wait()\n"
+    )
+    fork, proxy = map(int, warm.run(["-c", killer, code], timeout=60).stdout.split())
+    assert fork != proxy
+    _, alive = psutil.wait_procs([psutil.Process(fork)], timeout=10) if psutil.pid_exists(fork) else ([], [])
+    assert not alive, "the fork outlived the process that stood for it"
+
+
+def test_a_child_whose_import_time_environment_differs_runs_as_a_new_python():
+    code = "import sys; print('tensorflow' in sys.modules, flush=True)"
+    child = (
+        "import os, subprocess, sys\n"
+        "print(subprocess.run([sys.executable, '-c', sys.argv[1]], capture_output=True, text=True,\n"
+        "                     env={**os.environ, 'KERAS_BACKEND': 'numpy'}).stdout.strip())\n"
+    )
+    assert warm.run(["-c", child, code], timeout=120).stdout == "False\n"

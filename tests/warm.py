@@ -7,6 +7,10 @@ alone), its cwd, environment and argv, its stdout and stderr as pipes, a fresh `
 what happened at import: a command whose environment differs in a variable read then (PYTHONPATH, TF_CPP_*, KERAS_*,
 …) is refused; run it with subprocess.
 
+A fork's own children of nfp or bench (`sys.executable -m nfp …`: the sweep's trials, bench's measured runs) are forks
+too, each behind a small real process that its caller sees as the child (`_PROXY`); one whose environment differs at
+import starts as a new Python.
+
 The fork server is one process per test process (`server()`), started on first use and stopped at exit. It forks from
 its one Python thread (the libraries' native threads, OpenBLAS's and jemalloc's, are fork-safe by their own atfork
 handlers), with what it imported frozen out of the garbage collector (gc.freeze), so that a fork's collections do not
@@ -41,21 +45,24 @@ _STARTING_ENV = dict(os.environ)  # the server's: the test process's as it start
 
 _SERVER = textwrap.dedent(
     """
-    import atexit, gc, importlib, io, json, os, runpy, select, signal, socket, sys, tempfile, threading, traceback, types
-    for name in sys.argv[2:]:
+    import atexit, contextlib, gc, importlib, io, json, os, runpy, select, signal, socket, subprocess, sys, tempfile
+    import threading, traceback, types
+    SOCKET, SETTINGS = sys.argv[1], json.loads(sys.argv[2])
+    STARTED = dict(os.environ)
+    for name in SETTINGS["preload"]:
         importlib.import_module(name)
     gc.freeze()  # what is here now stays out of the forks' collections, which would otherwise copy every page
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(sys.argv[1])
     listener.listen(64)
     print("ready", flush=True)
-    children = {}  # pid: the connection its exit status goes to
+    children = {}  # pid: the connection its exit status goes to (None once its client is gone)
 
 
     def become(request, fds):
         \"\"\"In the fork: the command's process (never returns to the loop).\"\"\"
         listener.close()
-        for conn in children.values():
+        for conn in filter(None, children.values()):
             conn.close()
         for fd, target in zip(fds, (0, 1, 2)):
             os.dup2(fd, target)
@@ -64,6 +71,9 @@ _SERVER = textwrap.dedent(
         os.environ.clear()
         os.environ.update(request["env"])
         tempfile.tempdir = None  # read again from TMPDIR at its next use, as a new process would
+        for signum in request.get("ignored", ()):  # ignored where it was started: a new Python keeps them ignored
+            signal.signal(signum, signal.SIG_IGN)
+        start_python_children_warm()
         unbuffered = bool(request["env"].get("PYTHONUNBUFFERED"))
         sys.stdin = io.TextIOWrapper(io.open(0, "rb", closefd=False))
         sys.stdout = io.TextIOWrapper(io.open(1, "wb", buffering=0 if unbuffered else -1, closefd=False),
@@ -82,6 +92,34 @@ _SERVER = textwrap.dedent(
             sys.excepthook(type(error), error, error.__traceback__.tb_next)
             code = -signal.SIGINT if isinstance(error, KeyboardInterrupt) else 1
         exit_as_python_does(code)
+
+
+    def start_python_children_warm():
+        \"\"\"In the fork: a Python process it starts of nfp or bench (`sys.executable -m nfp …`, as the sweep starts its
+        trials and bench its children) or of `-c CODE` is a fork too, behind a small real process (`_PROXY`) that is the
+        child its caller sees: its pid, cwd, environment, stdio, preexec_fn and session; signals it gets go to the fork,
+        whose exit it ends with; killed, it takes the fork with it.\"\"\"
+        popen_init = subprocess.Popen.__init__
+
+        def __init__(self, args, *positional, **options):
+            if not positional and warm_fits(args, options):
+                args = [sys.executable, "-I", "-S", "-c", SETTINGS["proxy"], SOCKET, *args[1:]]
+            popen_init(self, args, *positional, **options)
+
+        subprocess.Popen.__init__ = __init__
+
+
+    def warm_fits(args, options):
+        if not (isinstance(args, list) and len(args) > 2 and args[0] == sys.executable):
+            return False
+        if not (args[1] == "-c" or args[1] == "-m" and args[2].split(".")[0] in ("nfp", "bench")):
+            return False
+        if any(options.get(name) for name in ("shell", "executable", "pass_fds")):
+            return False
+        env = os.environ if options.get("env") is None else options["env"]
+        read = tuple(SETTINGS["read_at_import"])
+        return all(env.get(key) == STARTED.get(key) for key in set(env) | set(STARTED)
+                   if key.startswith(read) and key not in SETTINGS["kept"])
 
 
     def run(argv):
@@ -113,8 +151,16 @@ _SERVER = textwrap.dedent(
 
     parent = os.getppid()
     while os.getppid() == parent:  # a test process that died leaves no server behind
-        readable, _, _ = select.select([listener], [], [], 0.05)
-        if readable:
+        clients = {conn: pid for pid, conn in children.items() if conn is not None}
+        readable, _, _ = select.select([listener, *clients], [], [], 0.05)
+        for conn in readable:
+            if conn is not listener:  # a client says nothing after its request: this is its end (killed)
+                if not conn.recv(1):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(clients[conn], signal.SIGKILL)  # its command goes with it
+                    conn.close()
+                    children[clients[conn]] = None
+                continue
             conn, _ = listener.accept()
             _, fds, _, _ = socket.recv_fds(conn, 1, 3)  # stdin, stdout, stderr; then the request, a JSON line
             message = b""
@@ -136,11 +182,52 @@ _SERVER = textwrap.dedent(
             if pid == 0:
                 break
             conn = children.pop(pid)
+            if conn is not None:
+                with contextlib.suppress(OSError):  # its client is gone
+                    conn.sendall(f"exit {os.waitstatus_to_exitcode(status)}\\n".encode())
+                conn.close()
+    """
+)
+
+
+# The real process behind which a fork's own Python child runs (start_python_children_warm): it hands the fork its
+# stdio, cwd, environment and ignored signals, passes on the signals it gets, and ends as the fork ends.
+_PROXY = textwrap.dedent(
+    """
+    import json, os, signal, socket, sys
+    pid, pending = None, []
+
+
+    def forward(signum, frame):
+        if pid is None:
+            pending.append(signum)
+        else:
             try:
-                conn.sendall(f"exit {os.waitstatus_to_exitcode(status)}\\n".encode())
-            except OSError:  # its client is gone
+                os.kill(pid, signum)
+            except ProcessLookupError:
                 pass
-            conn.close()
+
+
+    FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+    ignored = [signum for signum in FORWARDED if signal.getsignal(signum) == signal.SIG_IGN]
+    for signum in set(FORWARDED) - set(ignored):
+        signal.signal(signum, forward)
+    conn = socket.socket(socket.AF_UNIX)
+    conn.connect(sys.argv[1])
+    socket.send_fds(conn, [b"R"], [0, 1, 2])
+    request = {"argv": sys.argv[2:], "cwd": os.getcwd(), "env": dict(os.environ), "ignored": ignored}
+    conn.sendall(json.dumps(request).encode() + b"\\n")
+    replies = conn.makefile("rb")
+    pid = int(replies.readline().split()[1])
+    for signum in pending:
+        forward(signum, None)
+    line = replies.readline()
+    code = int(line.split()[1]) if line else 1
+    if code < 0:  # ended by a signal: so does this process
+        if -code != signal.SIGKILL:
+            signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    os._exit(code & 0xFF)
     """
 )
 
@@ -149,8 +236,10 @@ class _Server:
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="nfp-warm-")
         self.path = os.path.join(self.dir, "socket")
+        settings = {"preload": PRELOAD, "read_at_import": READ_AT_IMPORT, "kept": KEPT, "proxy": _PROXY}
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _SERVER, self.path, *PRELOAD], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            [sys.executable, "-c", _SERVER, self.path, json.dumps(settings)], stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
             env=_STARTING_ENV,
         )  # fmt: skip
         line = self.proc.stdout.readline()
