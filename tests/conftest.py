@@ -283,6 +283,11 @@ def mlflow_server(tmp_path_factory):
     server.stop()
 
 
+# What the tests' own mlflow.keras.log_model says a model needs: said, else MLflow infers it by loading the model in a
+# new Python (~5 CPU-s a model); nothing here installs them
+REQUIREMENTS = ["tensorflow", "keras"]
+
+
 def tiny_model(size: int = 16):
     """A causal ConvLSTM (the head's temporal kernel is 1), 4 filters."""
     import keras

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import tiny_model
+from conftest import REQUIREMENTS, tiny_model
 
 from nfp.errors import ConfigError, DataError, ModelError, TrackingError
 
@@ -205,7 +205,7 @@ def test_evaluated_logged_models_are_ranked_by_their_scores(trained, tmp_path):
     ids = []
     for model in (trained_model, untrained):
         with mlflow.start_run():
-            ids.append(mlflow.keras.log_model(model, name="model").model_id)
+            ids.append(mlflow.keras.log_model(model, name="model", pip_requirements=REQUIREMENTS).model_id)
     scores = {i: run_evaluate(cfg, model_uri=f"models:/{i}")["summary"]["test_mse"] for i in ids}
     ranked = mlflow.search_logged_models(
         experiment_ids=[mlflow.get_experiment_by_name("Default").experiment_id],

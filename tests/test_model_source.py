@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import tiny_model
+from conftest import REQUIREMENTS, tiny_model
 
 from nfp.errors import ModelError
 from nfp.inference.model_source import load_model, resolve_model
@@ -31,7 +31,7 @@ def test_model_loads_from_checkpoint_run_id_and_models_uri(tmp_path):
     np.testing.assert_allclose(load_model(str(path))(x).numpy(), expected, atol=1e-6)
 
     with mlflow.start_run() as run:  # a run with a logged model and a best checkpoint: the best wins
-        info = mlflow.keras.log_model(model, name="model")
+        info = mlflow.keras.log_model(model, name="model", pip_requirements=REQUIREMENTS)
         mlflow.log_artifact(str(path), "checkpoints")
     loaded, source_run, source = resolve_model(run.info.run_id)
     assert (source_run, source) == (run.info.run_id, f"runs:/{run.info.run_id}/checkpoints/best.keras")
@@ -42,7 +42,7 @@ def test_model_loads_from_checkpoint_run_id_and_models_uri(tmp_path):
     np.testing.assert_allclose(loaded(x).numpy(), expected, atol=1e-6)
 
     with mlflow.start_run() as run:  # only a logged model
-        mlflow.keras.log_model(model, name="model")
+        mlflow.keras.log_model(model, name="model", pip_requirements=REQUIREMENTS)
     _, source_run, source = resolve_model(run.info.run_id)
     assert source_run == run.info.run_id and source.startswith("models:/m-")
 
