@@ -35,6 +35,9 @@ import time
 PRELOAD = (
     "tensorflow", "keras", "mlflow", "mlflow.pyfunc", "matplotlib.pyplot", "nfp.cli", "nfp.training.train",
     "nfp.inference.evaluate", "nfp.inference.predict", "nfp.sweep.worker",
+    # and what those import only once they run: MLflow's SQL store (SQLAlchemy, Alembic: 1.1 CPU-s), GitPython (its
+    # source tags), the digits of the generated Moving MNIST
+    "mlflow.store.tracking.sqlalchemy_store", "git", "sklearn.datasets",
 )  # fmt: skip
 # Read by Python, TensorFlow, Keras or MLflow at import: a fork would keep the server's value
 READ_AT_IMPORT = (
