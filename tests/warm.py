@@ -56,7 +56,7 @@ _SERVER = textwrap.dedent(
         importlib.import_module(name)
     gc.freeze()  # what is here now stays out of the forks' collections, which would otherwise copy every page
     listener = socket.socket(socket.AF_UNIX)
-    listener.bind(sys.argv[1])
+    listener.bind(SOCKET)
     listener.listen(64)
     print("ready", flush=True)
     children = {}  # pid: the connection its exit status goes to (None once its client is gone)
