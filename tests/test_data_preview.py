@@ -106,19 +106,19 @@ def _overrides(cfg) -> list[str]:
 
 def test_mlflow_run_preview_entry_point_logs_the_pictures_into_its_run(cfg, tmp_path):
     import os
-    import subprocess
     import sys
 
     import mlflow
+    import warm
 
     repo = Path(__file__).resolve().parents[1]
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/project.db",
                PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")  # fmt: skip
     overrides = " ".join(o for o in _overrides(cfg) if o != "tracking.enabled=false")
-    argv = ["mlflow", "run", str(repo), "-e", "preview", "--env-manager", "local", "-P", "split=val", "-P", "clips=2"]
-    proc = subprocess.run(
-        [*argv, "-P", f"overrides={overrides}"], cwd=repo, env=env, capture_output=True, text=True, timeout=600
-    )
+    # `mlflow run` and its entry point's `python -m nfp preview` as forks of the warm Python (tests/warm.py)
+    argv = ["-m", "mlflow", "run", str(repo), "-e", "preview", "--env-manager", "local", "-P", "split=val", "-P",
+            "clips=2"]  # fmt: skip
+    proc = warm.run([*argv, "-P", f"overrides={overrides}"], cwd=repo, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])

@@ -2,13 +2,13 @@
 and through `mlflow run . --env-manager local` (the MLproject entry point)."""
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
+import warm
 
 from nfp.config import load_config
 
@@ -85,24 +85,9 @@ def test_mlflow_run_entry_point_trains_into_the_local_store(tmp_path, tiny_overr
     overrides = " ".join(
         [*tiny_overrides, "train.epochs=1", "tracking.log_model=false", "tracking.experiment=e2e-project"]
     )
-    proc = subprocess.run(
-        [
-            "mlflow",
-            "run",
-            str(REPO),
-            "--env-manager",
-            "local",
-            "-P",
-            "config=configs/quickstart.yaml",
-            "-P",
-            f"overrides={overrides}",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    # `mlflow run` and its entry point's `python -m nfp train` as forks of the warm Python (tests/warm.py)
+    argv = ["-m", "mlflow", "run", str(REPO), "--env-manager", "local", "-P", "config=configs/quickstart.yaml"]
+    proc = warm.run([*argv, "-P", f"overrides={overrides}"], cwd=REPO, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])

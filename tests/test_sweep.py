@@ -328,10 +328,11 @@ def test_mlflow_run_sweep_entry_point_runs_the_quickstart_sweep_offline_and_regi
               "model.filters=[4,4] train.epochs=1 train.verbose=2 evaluate.context_frames=3 evaluate.predict_frames=3 "
               f"evaluate.max_clips=8 train.images.every_n_epochs=0 sweep.trials=2 sweep.output_dir={tmp_path}/sweeps "
               "tracking.register_as=quickstart-best tracking.system_metrics=false")  # fmt: skip
-    argv = ["mlflow", "run", str(REPO), "-e", "sweep", "--env-manager", "local", "--experiment-name", "qs",
+    # `mlflow run`, its entry point's `python -m nfp sweep` and the trials as forks of the warm Python (tests/warm.py)
+    argv = ["-m", "mlflow", "run", str(REPO), "-e", "sweep", "--env-manager", "local", "--experiment-name", "qs",
             "-P", "config=configs/quickstart.yaml", "-P", f"overrides={shrink}"]  # fmt: skip
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    done = warm.run(argv, cwd=tmp_path, env=env, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "sweep: study 'quickstart': 2 complete; best quickstart-trial-" in done.stdout
     c = mlflow.MlflowClient(tracking_uri=uri)

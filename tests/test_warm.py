@@ -2,6 +2,7 @@
 codes, uncaught errors, signals and pipes; and it refuses an environment it could not honour."""
 
 import os
+import shlex
 import signal
 import subprocess
 
@@ -141,3 +142,25 @@ def test_a_child_whose_import_time_environment_differs_runs_as_a_new_python():
         "                     env={**os.environ, 'KERAS_BACKEND': 'numpy'}).stdout.strip())\n"
     )
     assert warm.run(["-c", child, code], timeout=120).stdout == "False\n"
+
+
+# A fork's shell commands, as `mlflow run` starts its entry point (`bash -c COMMAND`): each one's output and exit code
+_SHELL = """
+import os, subprocess, sys
+env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+for command in sys.argv[1:]:
+    done = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True)
+    print(done.stdout.strip(), done.returncode)
+"""
+
+
+def test_a_forks_shell_command_running_this_python_alone_is_a_fork_and_any_other_a_real_shell(tmp_path):
+    code = shlex.quote("import sys; print('tensorflow' in sys.modules, sys.argv[1:]); sys.exit(3)")
+    commands = [
+        f"python -c {code} 'a b' c",  # this Python, quoted words only: a fork
+        f"python -c {code} $HOME",  # an expansion
+        f"python -c {code} > {tmp_path}/out; cat {tmp_path}/out",  # a redirection, a second command
+        f"A=1 python -c {code}",  # an assignment
+    ]
+    lines = warm.run(["-c", _SHELL, *commands], timeout=120).stdout.splitlines()
+    assert lines == ["True ['a b', 'c'] 3", f"False ['{os.environ['HOME']}'] 3", "False [] 0", "False [] 3"]

@@ -48,8 +48,8 @@ _STARTING_ENV = dict(os.environ)  # the server's: the test process's as it start
 
 _SERVER = textwrap.dedent(
     """
-    import atexit, contextlib, gc, importlib, io, json, os, runpy, select, signal, socket, subprocess, sys, tempfile
-    import threading, traceback, types
+    import atexit, contextlib, gc, importlib, io, json, os, runpy, select, shlex, shutil, signal, socket, subprocess
+    import sys, tempfile, threading, traceback, types
     SOCKET, SETTINGS = sys.argv[1], json.loads(sys.argv[2])
     STARTED = dict(os.environ)
     for name in SETTINGS["preload"]:
@@ -101,28 +101,59 @@ _SERVER = textwrap.dedent(
         \"\"\"In the fork: a Python process it starts of nfp or bench (`sys.executable -m nfp …`, as the sweep starts its
         trials and bench its children) or of `-c CODE` is a fork too, behind a small real process (`_PROXY`) that is the
         child its caller sees: its pid, cwd, environment, stdio, preexec_fn and session; signals it gets go to the fork,
-        whose exit it ends with; killed, it takes the fork with it.\"\"\"
+        whose exit it ends with; killed, it takes the fork with it. So is a shell's `python -m nfp …` (`bash -c
+        COMMAND`, as `mlflow run` starts an entry point), when the command is that alone and its `python` is this one:
+        bash would exec it in its own process.\"\"\"
         popen_init = subprocess.Popen.__init__
 
         def __init__(self, args, *positional, **options):
-            if not positional and warm_fits(args, options):
-                args = [sys.executable, "-I", "-S", "-c", SETTINGS["proxy"], SOCKET, *args[1:]]
+            if not positional and (python_args := warm_args(args, options)) is not None:
+                args = [sys.executable, "-I", "-S", "-c", SETTINGS["proxy"], SOCKET, *python_args]
             popen_init(self, args, *positional, **options)
 
         subprocess.Popen.__init__ = __init__
 
 
-    def warm_fits(args, options):
-        if not (isinstance(args, list) and len(args) > 2 and args[0] == sys.executable):
-            return False
-        if not (args[1] == "-c" or args[1] == "-m" and args[2].split(".")[0] in ("nfp", "bench")):
-            return False
-        if any(options.get(name) for name in ("shell", "executable", "pass_fds")):
-            return False
+    def warm_args(args, options):
+        \"\"\"The Python arguments (`-m nfp …`, `-c CODE …`) of a child that can be a fork, else None.\"\"\"
+        if not isinstance(args, list) or any(options.get(name) for name in ("shell", "executable", "pass_fds")):
+            return None
         env = os.environ if options.get("env") is None else options["env"]
+        if args[:1] == [sys.executable]:
+            python_args = args[1:]
+        elif len(args) == 3 and os.path.basename(str(args[0])) in ("bash", "sh") and args[1] == "-c":
+            python_args = python_of_shell(args[2], env)
+        else:
+            return None
+        if not python_args or len(python_args) < 2:
+            return None
+        if not (python_args[0] == "-c" or python_args[0] == "-m" and python_args[1].split(".")[0] in ("nfp", "bench")):
+            return None
         read = tuple(SETTINGS["read_at_import"])
-        return all(env.get(key) == STARTED.get(key) for key in set(env) | set(STARTED)
+        same = all(env.get(key) == STARTED.get(key) for key in set(env) | set(STARTED)
                    if key.startswith(read) and key not in SETTINGS["kept"])
+        return python_args if same else None
+
+
+    def python_of_shell(command, env):
+        \"\"\"The arguments of a shell command that runs this Python and nothing else (no expansion, redirection,
+        assignment or second command: quoted words only), else None.\"\"\"
+        quote = None
+        for char in command:
+            if quote:
+                if char == quote:
+                    quote = None
+                elif quote == '"' and char in "$`\\\\":
+                    return None
+            elif char in "'\\"":
+                quote = char
+            elif char in "$`\\\\;&|<>()*?[]{}~#!\\n":
+                return None
+        words = shlex.split(command)
+        found = words and shutil.which(words[0], path=env.get("PATH"))
+        if not found or "=" in words[0] or os.path.normpath(found) != os.path.normpath(sys.executable):
+            return None
+        return words[1:]
 
 
     def run(argv):
