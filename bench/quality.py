@@ -41,6 +41,7 @@ SIZES = {
         batch=16,
         budget=600,
         curve=[150, 300, 600],
+        timed_steps=20,  # the steps that time a OneCycle preset's step (step_seconds)
         context=10,
         presets={
             "tiny": [],
@@ -62,8 +63,9 @@ SIZES = {
         val=4,
         test=8,
         batch=4,
-        budget=2,
-        curve=[1, 2],
+        budget=1,
+        curve=[0.5, 1],
+        timed_steps=3,
         context=3,
         presets={
             "tiny": ["model.filters=[4]", "model.kernel_sizes=[3]"],
@@ -72,7 +74,7 @@ SIZES = {
             "predformer_tiny": ["model.width=16", "model.heads=2", "model.blocks=1"],
             "predrnn_v2_tiny": ["model.filters=[4, 4]", "model.kernel_sizes=[3, 3]"],
         },
-        colour=dict(budget=2, curve=[1, 2]),
+        colour=dict(budget=1, curve=[0.5, 1]),
         schedule=dict(learning_rate=0.003, epochs=3, steps_per_epoch=2),
     ),
 }
@@ -120,8 +122,9 @@ def rollout_scores(model, cfg, manifest) -> dict:
                           context_frames=e.context_frames, predict_frames=e.predict_frames)  # fmt: skip
 
 
-def train_for(cfg, manifest, budget_s: float, curve_s: list[float]) -> dict:
-    """Fit cfg's model for `budget_s` seconds of training; score the test rollout at each of `curve_s` seconds."""
+def train_for(cfg, manifest, budget_s: float, curve_s: list[float], timed_steps: int) -> dict:
+    """Fit cfg's model for `budget_s` seconds of training; score the test rollout at each of `curve_s` seconds. A
+    OneCycle schedule's length: the steps `budget_s` holds at the pace of `timed_steps` steps of a copy."""
     import dataclasses
 
     import keras
@@ -133,7 +136,7 @@ def train_for(cfg, manifest, budget_s: float, curve_s: list[float]) -> dict:
     data = make_dataset(cfg.data, manifest, "train", cfg.train.batch_size, training=True)
     t = cfg.train
     if t.schedule.name == "onecycle":  # its length: the steps the budget holds, from a timed run of a copy
-        t = dataclasses.replace(t, epochs=max(1, int(budget_s / step_seconds(cfg, data))))
+        t = dataclasses.replace(t, epochs=max(1, int(budget_s / step_seconds(cfg, data, timed_steps))))
     model = seeded_model(cfg)
     model.compile(optimizer=build_optimizer(t, 1, steps_per_epoch=1), loss=build_loss(t, loss_terms(cfg.model)))
     model.optimizer.build(model.trainable_variables)  # as nfp train does: the first step traced once
@@ -264,10 +267,10 @@ def run(quick: bool, workdir: Path) -> Section:
     for preset, extra in s["presets"].items():
         cfg = config(workdir, s, preset, extra)
         manifest = manifest or prepare(cfg.data, progress=False)
-        results[preset] = (cfg, train_for(cfg, manifest, s["budget"], s["curve"]))
+        results[preset] = (cfg, train_for(cfg, manifest, s["budget"], s["curve"], s["timed_steps"]))
     c = s["colour"]
     colour_cfg = config(workdir, s, "tiny", s["presets"]["tiny"], data=COLOUR, data_dir="data_colour")
-    colour = train_for(colour_cfg, prepare(colour_cfg.data, progress=False), c["budget"], c["curve"])
+    colour = train_for(colour_cfg, prepare(colour_cfg.data, progress=False), c["budget"], c["curve"], s["timed_steps"])
     sched = s["schedule"]
     sched_cfg = config(workdir, s, "tiny", [*s["presets"]["tiny"], f"train.learning_rate={sched['learning_rate']}",
                        f"train.epochs={sched['epochs']}", "train.schedule.name=cosine", "train.schedule.warmup_epochs=1"])  # fmt: skip
