@@ -12,12 +12,10 @@ TF     ?= cpu        # `make install TF=gpu` on a CUDA machine
 
 install: $(VENV)/.installed
 
-# --no-compile: Python compiles a module when it is first imported; byte-compiling every file of TensorFlow, MLflow
-# and the rest up front costs ~15 s of the install, mostly for modules nfp never imports
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --no-compile -e ".[$(strip $(TF)),test]"
+	$(BIN)/python -m pip install --quiet -e ".[$(strip $(TF)),test]"
 	touch $@
 
 quickstart: install
