@@ -75,7 +75,11 @@ def serving_venv(trained) -> Path:
     """A virtualenv of the logged model's requirements.txt and nothing else, built once and cached across sessions
     under ~/.cache/nfp-test (keyed by the requirements); a venv that cannot be built fails the tests."""
     wanted = trained.requirements
-    venv = VENV_ROOT / f"serving-venv-{hashlib.sha256(wanted.encode()).hexdigest()[:12]}"
+    # pip byte-compiles what it installs: with PYTHONDONTWRITEBYTECODE set (as on CI), nothing else ever would, and
+    # each serving process would compile TensorFlow and MLflow from source again (~7 CPU-s each)
+    install = ["-m", "pip", "install", "-q", "-r", str(trained.root / "requirements.txt")]
+    recipe = " ".join(install[:-1])  # how it is built is part of the cache key, as what it holds
+    venv = VENV_ROOT / f"serving-venv-{hashlib.sha256((wanted + recipe).encode()).hexdigest()[:12]}"
     done = venv / "nfp-test-complete"
     if done.is_file():
         return venv
@@ -85,19 +89,7 @@ def serving_venv(trained) -> Path:
     venv.parent.mkdir(parents=True, exist_ok=True)
     (trained.root / "requirements.txt").write_text(wanted)
     started = time.monotonic()
-    for cmd in (
-        [sys.executable, "-m", "venv", str(venv)],
-        [
-            str(venv / "bin/python"),
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-compile",
-            "-r",
-            str(trained.root / "requirements.txt"),
-        ],
-    ):
+    for cmd in ([sys.executable, "-m", "venv", str(venv)], [str(venv / "bin/python"), *install]):
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         except subprocess.TimeoutExpired:
