@@ -161,6 +161,7 @@ def test_a_forks_shell_command_running_this_python_alone_is_a_fork_and_any_other
         f"python -c {code} $HOME",  # an expansion
         f"python -c {code} > {tmp_path}/out; cat {tmp_path}/out",  # a redirection, a second command
         f"A=1 python -c {code}",  # an assignment
+        f"python -c {code} 'a",  # an unterminated quote: bash's error, exit 2
     ]
     lines = warm.run(["-c", _SHELL, *commands], timeout=120).stdout.splitlines()
-    assert lines == ["True ['a b', 'c'] 3", f"False ['{os.environ['HOME']}'] 3", "False [] 0", "False [] 3"]
+    assert lines == ["True ['a b', 'c'] 3", f"False ['{os.environ['HOME']}'] 3", "False [] 0", "False [] 3", " 2"]

@@ -7,9 +7,9 @@ alone), its cwd, environment and argv, its stdout and stderr as pipes, a fresh `
 what happened at import: a command whose environment differs in a variable read then (PYTHONPATH, TF_CPP_*, KERAS_*,
 …) is refused; run it with subprocess.
 
-A fork's own children of nfp or bench (`sys.executable -m nfp …`: the sweep's trials, bench's measured runs) are forks
-too, each behind a small real process that its caller sees as the child (`_PROXY`); one whose environment differs at
-import starts as a new Python.
+A fork's own children of nfp or bench (`sys.executable -m nfp …`: the sweep's trials, bench's measured runs, and a
+shell command that runs this Python alone: `mlflow run`'s entry points) are forks too, each behind a small real process
+that its caller sees as the child (`_PROXY`); one whose environment differs at import starts as a new Python.
 
 The fork server is one process per test process (`server()`), started on first use and stopped at exit. It forks from
 its one Python thread (the libraries' native threads, OpenBLAS's and jemalloc's, are fork-safe by their own atfork
@@ -149,6 +149,8 @@ _SERVER = textwrap.dedent(
                 quote = char
             elif char in "$`\\\\;&|<>()*?[]{}~#!\\n":
                 return None
+        if quote:  # unterminated: the shell's error to give
+            return None
         words = shlex.split(command)
         found = words and shutil.which(words[0], path=env.get("PATH"))
         if not found or "=" in words[0] or os.path.normpath(found) != os.path.normpath(sys.executable):
