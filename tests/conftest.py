@@ -41,7 +41,8 @@ def pytest_configure(config):
 def _end_without_teardown():
     """An xdist worker, its results sent and atexit's other work done, ends without Python's teardown of every module
     and object: after hundreds of in-process trainings (TensorFlow graphs, Keras models) it took seconds at the end of
-    the run, every test waiting on it."""
+    the run, every test waiting on it. Handlers registered before this one (at import of what pytest itself imports:
+    logging's shutdown) do not run; what the tests' code registers (the warm server's stop, MLflow's) runs first."""
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
