@@ -153,7 +153,7 @@ _SERVER = textwrap.dedent(
             return None
         words = shlex.split(command)
         found = words and shutil.which(words[0], path=env.get("PATH"))
-        if not found or "=" in words[0] or os.path.normpath(found) != os.path.normpath(sys.executable):
+        if not found or os.path.normpath(found) != os.path.normpath(sys.executable):  # an assignment is found nowhere
             return None
         return words[1:]
 
