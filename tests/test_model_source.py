@@ -20,8 +20,14 @@ def test_unknown_run_id_is_a_model_error():
         load_model("0123456789abcdef0123456789abcdef")
 
 
-def test_model_loads_from_checkpoint_run_id_and_models_uri(tmp_path):
+def test_model_loads_from_checkpoint_run_id_and_models_uri(tmp_path, monkeypatch):
+    import tempfile
+
     import mlflow
+
+    downloads = tmp_path / "tmp"
+    downloads.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(downloads))  # where a run's checkpoint is downloaded to load
 
     model = tiny_model()
     path = tmp_path / "best.keras"
@@ -36,6 +42,7 @@ def test_model_loads_from_checkpoint_run_id_and_models_uri(tmp_path):
     loaded, source_run, source = resolve_model(run.info.run_id)
     assert (source_run, source) == (run.info.run_id, f"runs:/{run.info.run_id}/checkpoints/best.keras")
     np.testing.assert_allclose(loaded(x).numpy(), expected, atol=1e-6)
+    assert not list(downloads.glob("nfp-model-*"))  # the downloaded checkpoint is gone once loaded
 
     loaded, source_run, _ = resolve_model(f"models:/{info.model_id}")
     assert source_run == run.info.run_id  # the lineage of a models:/ URI

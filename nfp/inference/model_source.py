@@ -82,12 +82,13 @@ def _load_mlflow_model(uri: str):
 def _load_run_artifact(run_id: str, path: str):
     import mlflow
 
-    dst = tempfile.mkdtemp(prefix="nfp-model-")
-    try:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=dst)
-    except Exception as err:  # noqa: BLE001
-        raise ModelError(f"MLflow run {run_id}: no artifact {path} ({first_line(err)})") from None
-    return _load_checkpoint(local)
+    # the download is gone once loaded (Keras holds the model in memory): each serve or evaluate left a copy in /tmp
+    with tempfile.TemporaryDirectory(prefix="nfp-model-") as dst:
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=dst)
+        except Exception as err:  # noqa: BLE001
+            raise ModelError(f"MLflow run {run_id}: no artifact {path} ({first_line(err)})") from None
+        return _load_checkpoint(local)
 
 
 def _run_model_uri(run_id: str) -> str:
