@@ -244,28 +244,15 @@ class MlflowServer:
         env.pop("MLFLOW_TRACKING_URI", None)
         if not Path(f"{self.root}/server.db").exists():  # a restarted server keeps its store
             empty_mlflow_store(Path(self.root) / "server.db")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--backend-store-uri",
-                f"sqlite:///{self.root}/server.db",
-                "--artifacts-destination",
-                f"{self.root}/artifacts",
-                "--workers",
-                "1",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=open(f"{self.root}/server.log", "ab"),
-            start_new_session=True,
-        )
+        # `mlflow server` and the uvicorn it starts, forks of the warm Python (~1 CPU-s to healthy, cold ~5), in a
+        # session of their own: stop() and a test that kills the server reach both with killpg
+        with open(f"{self.root}/server.log", "ab") as log:
+            self.proc = warm.Process(
+                ["-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--backend-store-uri", f"sqlite:///{self.root}/server.db",
+                 "--artifacts-destination", f"{self.root}/artifacts", "--workers", "1"],
+                env=env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+            )  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -81,6 +81,26 @@ def test_an_environment_read_at_import_is_refused_in_one_line():
         warm.run(["-c", "pass"], env={**os.environ, "KERAS_BACKEND": "jax"})
 
 
+def test_a_fork_in_a_session_of_its_own_goes_with_its_children_when_its_group_is_killed():
+    """As `start_new_session` does for Popen: the tests' tracking servers are stopped (or die) by killpg."""
+    import psutil
+
+    code = (
+        "import os, subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "print(os.getsid(0) == os.getpid(), child.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    process = warm.Process(["-c", code], start_new_session=True)
+    leads_its_session, child_pid = process.stdout.readline().split()
+    assert leads_its_session == "True"
+    child = psutil.Process(int(child_pid))
+    os.killpg(process.pid, signal.SIGTERM)
+    assert process.wait(timeout=30) == -signal.SIGTERM
+    _, alive = psutil.wait_procs([child], timeout=10)
+    assert not alive, "the fork's child outlived its group"
+
+
 # A fork's own `sys.executable -c …` child (as nfp's sweep starts its trials): what it printed and how it ended
 _PARENT = """
 import json, os, signal, subprocess, sys, time
@@ -102,6 +122,17 @@ def test_a_forks_own_python_child_is_a_fork_too_behind_a_process_it_started(tmp_
     seen, code_line = parent.stdout.splitlines()
     # argv, cwd and environment as asked; TensorFlow already imported (a fork); its exit code the child's
     assert seen == f"['{os.getpid()}'] {tmp_path} yes True True" and code_line == "4", parent.stderr
+
+
+def test_a_forks_tracking_server_child_is_a_fork_too():
+    """`python -m mlflow …` and `-m uvicorn …` (what `mlflow server` starts), as nfp's and bench's commands."""
+    code = (
+        "import subprocess, sys\n"
+        "for module in ('mlflow', 'uvicorn'):\n"
+        "    child = subprocess.Popen([sys.executable, '-m', module, '--version'], stdout=subprocess.PIPE, text=True)\n"
+        "    print(child.args[1:3] == ['-I', '-S'], module in child.communicate()[0], child.returncode)\n"
+    )
+    assert warm.run(["-c", code], timeout=120).stdout.splitlines() == ["True True 0"] * 2  # behind a proxy: forks
 
 
 def test_a_signal_to_that_child_reaches_its_fork_and_it_ends_as_the_fork_ends():

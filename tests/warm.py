@@ -7,8 +7,9 @@ alone), its cwd, environment and argv, its stdout and stderr as pipes, a fresh `
 what happened at import: a command whose environment differs in a variable read then (PYTHONPATH, TF_CPP_*, KERAS_*,
 …) is refused; run it with subprocess.
 
-A fork's own children of nfp or bench (`sys.executable -m nfp …`: the sweep's trials, bench's measured runs, and a
-shell command that runs this Python alone: `mlflow run`'s entry points) are forks too, each behind a small real process
+A fork's own children of nfp, bench, mlflow or uvicorn (`sys.executable -m nfp …`: the sweep's trials, bench's measured
+runs, a tracking server's `mlflow server` and its uvicorn, and a shell command that runs this Python alone: `mlflow
+run`'s entry points) are forks too, each behind a small real process
 that its caller sees as the child (`_PROXY`); one whose environment differs at import starts as a new Python.
 
 The fork server is one process per test process (`server()`), started on first use and stopped at exit. It forks from
@@ -44,6 +45,9 @@ READ_AT_IMPORT = (
     "PYTHON", "TF_CPP_", "TF_ENABLE_", "TF_USE_", "TF_XLA_", "XLA_", "KERAS_", "LD_", "MPLBACKEND", "OMP_", "MKL_",
 )  # fmt: skip
 KEPT = ("PYTHONUNBUFFERED",)  # applied by the fork itself
+# A fork's `python -m MODULE` children that are forks too: nfp's and bench's commands, and a tracking server (`mlflow
+# server` and the uvicorn it starts; a cold one costs ~5 CPU-s, a warm one ~1)
+CHILD_MODULES = ("nfp", "bench", "mlflow", "uvicorn")
 _STARTING_ENV = dict(os.environ)  # the server's: the test process's as it starts, before any test changes it
 
 _SERVER = textwrap.dedent(
@@ -70,6 +74,8 @@ _SERVER = textwrap.dedent(
         for fd, target in zip(fds, (0, 1, 2)):
             os.dup2(fd, target)
             os.close(fd)
+        if request.get("new_session"):  # Popen's start_new_session: its own session, so that killpg reaches its children
+            os.setsid()
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
@@ -98,12 +104,12 @@ _SERVER = textwrap.dedent(
 
 
     def start_python_children_warm():
-        \"\"\"In the fork: a Python process it starts of nfp or bench (`sys.executable -m nfp …`, as the sweep starts its
-        trials and bench its children) or of `-c CODE` is a fork too, behind a small real process (`_PROXY`) that is the
-        child its caller sees: its pid, cwd, environment, stdio, preexec_fn and session; signals it gets go to the fork,
-        whose exit it ends with; killed, it takes the fork with it. So is a shell's `python -m nfp …` (`bash -c
-        COMMAND`, as `mlflow run` starts an entry point), when the command is that alone and its `python` is this one:
-        bash would exec it in its own process.\"\"\"
+        \"\"\"In the fork: a Python process it starts of a CHILD_MODULES module (`sys.executable -m nfp …`, as the sweep
+        starts its trials, bench its children, `mlflow server` its uvicorn) or of `-c CODE` is a fork too, behind a
+        small real process (`_PROXY`) that is the child its caller sees: its pid, cwd, environment, stdio, preexec_fn
+        and session; signals it gets go to the fork, whose exit it ends with; killed, it takes the fork with it. So is a
+        shell's `python -m nfp …` (`bash -c COMMAND`, as `mlflow run` starts an entry point), when the command is that
+        alone and its `python` is this one: bash would exec it in its own process.\"\"\"
         popen_init = subprocess.Popen.__init__
 
         def __init__(self, args, *positional, **options):
@@ -127,7 +133,7 @@ _SERVER = textwrap.dedent(
             return None
         if not python_args or len(python_args) < 2:
             return None
-        if not (python_args[0] == "-c" or python_args[0] == "-m" and python_args[1].split(".")[0] in ("nfp", "bench")):
+        if not (python_args[0] == "-c" or python_args[0] == "-m" and python_args[1].split(".")[0] in SETTINGS["modules"]):
             return None
         read = tuple(SETTINGS["read_at_import"])
         same = all(env.get(key) == STARTED.get(key) for key in set(env) | set(STARTED)
@@ -272,7 +278,8 @@ class _Server:
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="nfp-warm-")
         self.path = os.path.join(self.dir, "socket")
-        settings = {"preload": PRELOAD, "read_at_import": READ_AT_IMPORT, "kept": KEPT, "proxy": _PROXY}
+        settings = {"preload": PRELOAD, "read_at_import": READ_AT_IMPORT, "kept": KEPT, "proxy": _PROXY,
+                    "modules": CHILD_MODULES}  # fmt: skip
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _SERVER, self.path, json.dumps(settings)], stdout=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
@@ -311,7 +318,7 @@ class Process:
     fork of the warm Python. stdout and stderr: PIPE (the default), DEVNULL, a file or, for stderr, STDOUT."""
 
     def __init__(self, argv: list[str], *, cwd=None, env=None, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                 text: bool = True):  # fmt: skip
+                 text: bool = True, start_new_session: bool = False):  # fmt: skip
         warm = server()
         env = dict(os.environ if env is None else env)
         _refuse_import_time_changes(env, _STARTING_ENV)
@@ -330,7 +337,8 @@ class Process:
             sent.append(write)
         self._conn = socket.socket(socket.AF_UNIX)
         self._conn.connect(warm.path)
-        request = {"argv": list(argv), "cwd": os.path.abspath(cwd or os.getcwd()), "env": env}
+        request = {"argv": list(argv), "cwd": os.path.abspath(cwd or os.getcwd()), "env": env,
+                   "new_session": start_new_session}  # fmt: skip
         socket.send_fds(self._conn, [b"R"], sent)
         self._conn.sendall(json.dumps(request).encode() + b"\n")
         for fd in sent:
