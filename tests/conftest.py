@@ -204,6 +204,7 @@ def tiny_checkpoint(tiny_overrides, tmp_path) -> str:
     manifest = prepare(cfg.data, progress=False)
     model = build_model(cfg.model, image_size=cfg.data.image_size)
     model.compile("adam", "binary_crossentropy")
+    model.optimizer.build(model.trainable_variables)  # as nfp train does: the step traced once, not twice
     model.fit(make_dataset(cfg.data, manifest, "train", 4, training=True), steps_per_epoch=3, epochs=1, verbose=0)
     path = tmp_path / "tiny.keras"
     model.save(path)

@@ -90,6 +90,7 @@ def _fit(cfg, callbacks, epochs=2):
     ds = __import__("tensorflow").data.Dataset.from_tensor_slices((x[:, :-1], x[:, 1:])).batch(4)
     model = build_model(cfg.model, image_size=16)
     model.compile(build_optimizer(cfg.train, 1, steps_per_epoch=2), "bce")
+    model.optimizer.build(model.trainable_variables)  # as nfp train does: the step traced once, not twice
     return model, model.fit(ds, validation_data=ds, epochs=epochs, callbacks=callbacks, verbose=0)
 
 

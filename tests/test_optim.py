@@ -88,6 +88,7 @@ def _fit(cfg, epochs, callbacks, steps_per_epoch=SPE):
     keras.utils.set_random_seed(0)
     model = build_model(cfg.model, frame_shape=cfg.data.frame_shape)  # 16×16×1
     model.compile(build_optimizer(cfg.train, 1, steps_per_epoch), build_loss(cfg.train))
+    model.optimizer.build(model.trainable_variables)  # as nfp train does: the step traced once, not twice
     history = model.fit(_data(), epochs=epochs, callbacks=callbacks, verbose=0)
     return model, history.history
 
