@@ -216,6 +216,7 @@ def test_nan_loss_raises_instead_of_checkpointing(tiny_overrides, tmp_path):
     ds = __import__("tensorflow").data.Dataset.from_tensor_slices((x[:, :-1], x[:, 1:])).batch(4)
     model = build_model(cfg.model, image_size=16)
     model.compile("adam", "bce")
+    model.optimizer.build(model.trainable_variables)  # as nfp train does: the step traced once, not twice
     with pytest.raises(RuntimeError, match="NaN or Inf loss"):
         model.fit(ds, epochs=1, callbacks=callbacks, verbose=0)
     assert not (tmp_path / "out/checkpoints/last.keras").exists()
