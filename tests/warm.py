@@ -9,8 +9,8 @@ what happened at import: a command whose environment differs in a variable read 
 
 A fork's own children of nfp, bench, mlflow or uvicorn (`sys.executable -m nfp …`: the sweep's trials, bench's measured
 runs, a tracking server's `mlflow server` and its uvicorn, and a shell command that runs this Python alone: `mlflow
-run`'s entry points) are forks too, each behind a small real process
-that its caller sees as the child (`_PROXY`); one whose environment differs at import starts as a new Python.
+run`'s entry points) are forks too, each behind a small real process that its caller sees as the child (`_PROXY`); one
+whose environment differs at import starts as a new Python.
 
 The fork server is one process per test process (`server()`), started on first use and stopped at exit. It forks from
 its one Python thread (the libraries' native threads, OpenBLAS's and jemalloc's, are fork-safe by their own atfork
@@ -315,7 +315,8 @@ def _refuse_import_time_changes(env: dict, started: dict) -> None:
 
 class Process:
     """Popen's ways (pid, poll, wait, communicate, send_signal, kill, terminate, returncode, stdout, stderr) for a
-    fork of the warm Python. stdout and stderr: PIPE (the default), DEVNULL, a file or, for stderr, STDOUT."""
+    fork of the warm Python. stdout and stderr: PIPE (the default), DEVNULL, a file or, for stderr, STDOUT;
+    start_new_session as Popen's (the fork leads a session of its own, which killpg reaches with its children)."""
 
     def __init__(self, argv: list[str], *, cwd=None, env=None, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                  text: bool = True, start_new_session: bool = False):  # fmt: skip
