@@ -177,6 +177,7 @@ def step_seconds(cfg, data, steps: int = 20) -> float:
 
     model = seeded_model(cfg)
     model.compile(optimizer="adam", loss=build_loss(cfg.train, loss_terms(cfg.model)))
+    model.optimizer.build(model.trainable_variables)  # the first step traced once, as in train_for
     model.fit(data, steps_per_epoch=1, epochs=1, verbose=0)
     start = time.perf_counter()
     model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
@@ -212,6 +213,7 @@ def compare_schedules(cfg, manifest, steps_per_epoch: int) -> dict:
         else:
             optimizer, callbacks = build_optimizer(t, 1, steps_per_epoch), []
         model.compile(optimizer=optimizer, loss=build_loss(t))
+        model.optimizer.build(model.trainable_variables)  # the first step traced once, as in train_for
         data = make_dataset(cfg.data, manifest, "train", t.batch_size, training=True).with_options(in_order)
         lrs = []  # the LR each step trained at
         record = keras.callbacks.LambdaCallback(
