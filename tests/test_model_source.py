@@ -77,6 +77,18 @@ def test_a_keras_file_that_is_not_a_model_is_named_as_such_not_as_not_found(cont
     assert "truncated, or another format" in message and "not found" not in message.lower()
 
 
+def test_a_run_artifact_that_is_not_a_model_is_named_by_its_run_not_by_the_download(tmp_path):
+    import mlflow
+
+    bad = tmp_path / "best.keras"
+    bad.write_bytes(b"not a model at all\n")
+    with mlflow.start_run() as run:
+        mlflow.log_artifact(str(bad), "checkpoints")
+    uri = f"runs:/{run.info.run_id}/checkpoints/best.keras"
+    with pytest.raises(ModelError, match=rf"^checkpoint {uri}: not a Keras model file \(19 bytes; "):
+        load_model(uri)
+
+
 def test_a_truncated_real_checkpoint_is_named_as_such(tmp_path):
     from nfp.config import load_config
     from nfp.models.convlstm.model import build_model

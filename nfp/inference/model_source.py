@@ -39,7 +39,8 @@ def resolve_model(model_uri: str):
     return _load_checkpoint(source), None, source
 
 
-def _load_checkpoint(path: str):
+def _load_checkpoint(path: str, name: str | None = None):
+    """The Keras model in the .keras file `path`; errors name it `name` (default `path`): where the user put it."""
     import keras
 
     from nfp.models import (
@@ -48,15 +49,16 @@ def _load_checkpoint(path: str):
     )
 
     register_layers()  # nfp's layers, for deserialisation
+    name = name or path
     if not storage.exists(path):
         raise ModelError(
-            f"checkpoint {path}: not found (expected a .keras file, an MLflow run id, runs:/… or models:/… URI)"
+            f"checkpoint {name}: not found (expected a .keras file, an MLflow run id, runs:/… or models:/… URI)"
         )
     if storage.is_dir(path):
-        raise ModelError(f"checkpoint {path}: is a directory, expected a .keras file")
+        raise ModelError(f"checkpoint {name}: is a directory, expected a .keras file")
     local = storage.local_path(path) if storage.is_local(path) else None
     size = f"{local.stat().st_size:,} bytes; " if local else ""
-    not_a_model = f"checkpoint {path}: not a Keras model file ({size}a .keras file is a zip archive): truncated, or another format"
+    not_a_model = f"checkpoint {name}: not a Keras model file ({size}a .keras file is a zip archive): truncated, or another format"
     if local and not zipfile.is_zipfile(local):
         raise ModelError(not_a_model)
     try:
@@ -64,7 +66,7 @@ def _load_checkpoint(path: str):
     except Exception as err:
         if "File not found" in str(err):  # Keras's words for a remote file it could not open as a model
             raise ModelError(not_a_model) from None
-        raise ModelError(f"checkpoint {path}: cannot be loaded as a Keras model ({first_line(err)})") from err
+        raise ModelError(f"checkpoint {name}: cannot be loaded as a Keras model ({first_line(err)})") from err
 
 
 def _load_mlflow_model(uri: str):
@@ -88,7 +90,7 @@ def _load_run_artifact(run_id: str, path: str):
             local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=dst)
         except Exception as err:  # noqa: BLE001
             raise ModelError(f"MLflow run {run_id}: no artifact {path} ({first_line(err)})") from None
-        return _load_checkpoint(local)
+        return _load_checkpoint(local, name=f"runs:/{run_id}/{path}")  # not the download's path, gone after
 
 
 def _run_model_uri(run_id: str) -> str:
