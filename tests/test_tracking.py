@@ -65,6 +65,26 @@ def test_an_experiment_that_cannot_be_tagged_costs_a_warning_not_the_run(cfg, tm
     assert _runs()[0].info.status == "FINISHED"
 
 
+def test_an_experiment_another_run_tags_at_the_same_moment_costs_no_warning(cfg, tmp_path, monkeypatch):
+    """Two runs of a new experiment starting together (a sweep's first trials) both tag it; the store inserts the tag
+    row for one and refuses the other's (UNIQUE constraint): the loser finds the tag set, and says nothing."""
+    real = mlflow.MlflowClient.set_experiment_tag
+
+    def loses_the_race(self, experiment_id, key, value):
+        real(self, experiment_id, key, value)  # the other run's
+        raise mlflow.exceptions.MlflowException(
+            "UNIQUE constraint failed: experiment_tags.key, experiment_tags.experiment_id"
+        )
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_experiment_tag", loses_the_race)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path):
+            pass
+    assert not [w for w in caught if "could not tag experiment" in str(w.message)]
+    assert mlflow.get_experiment_by_name("t-exp").tags[tracking.EXPERIMENT_KIND] == "custom_model_development"
+
+
 def test_run_is_tagged_with_the_git_commit(cfg, tmp_path):
     import subprocess
 
@@ -328,6 +348,45 @@ def test_online_warns_once_and_from_its_first_failure_on_logs_into_the_backlog(c
     assert "t" not in logged.tags and "p" not in logged.params
 
 
+def test_a_write_refused_while_the_server_answers_is_tried_once_more_and_tracking_stays_online(
+    cfg, tmp_path, monkeypatch
+):
+    """Two trainings logging one data set into an experiment at once (a sweep's first trials): MLflow checks for the
+    dataset row, then inserts it, so one of them is refused with a UNIQUE constraint error, which once sent that run's
+    every later record to the backlog. The second try finds the row: no warning, no backlog. A server that does not
+    answer gets no second try."""
+    real, calls = mlflow.log_input, []
+
+    def loses_the_race_once(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise mlflow.exceptions.MlflowException(
+                "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, datasets.name, "
+                "datasets.digest",
+                error_code=mlflow.protos.databricks_pb2.BAD_REQUEST,
+            )
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow, "log_input", loses_the_race_once)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path) as run:
+            run.log_dataset("video", "abc123", str(tmp_path / "videos"), [6, 16, 16, 3], {"train": 4})
+            run.log_metrics({"loss": 1.0}, step=1)
+            assert run.offline is None
+    assert len(calls) == 2 and not [w for w in caught if "MLflow logging failed" in str(w.message)]
+    (dataset,) = mlflow.get_run(run.run_id).inputs.dataset_inputs
+    assert dataset.dataset.digest == "abc123"
+    assert _loss_steps(run.run_id) == [1] and not _backlog(tmp_path)
+
+    calls.clear()
+    monkeypatch.setattr("nfp.tracking.online.server_answers", lambda run_id: False)
+    with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path) as again:
+        with pytest.warns(UserWarning, match=r"MLflow logging failed \(dataset: .*UNIQUE constraint failed"):
+            again.log_dataset("video", "def456", str(tmp_path / "videos"), [6, 16, 16, 3], {"train": 4})
+    assert len(calls) == 1 and [r["kind"] for r in _backlog(tmp_path)] == ["dataset"]
+
+
 def test_offline_records_keep_copies_so_temp_files_images_figures_and_models_arrive_on_replay(
     cfg, tmp_path, monkeypatch
 ):
@@ -390,7 +449,8 @@ def test_a_replay_the_server_breaks_off_keeps_the_rest_and_loses_or_repeats_noth
 
     with monkeypatch.context() as mp:
         mp.setattr(mlflow, "log_metrics", dies_at_step_3)
-        mp.setattr("nfp.tracking.backlog._server_answers", lambda run_id: False)  # the server died with that call
+        for where in ("nfp.tracking.backlog", "nfp.tracking.online"):  # the server died with that call
+            mp.setattr(f"{where}.server_answers", lambda run_id: False)
         with pytest.warns(UserWarning, match=r"MLflow logging failed \(replaying metrics: connection reset\)"):
             with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path):
                 pass

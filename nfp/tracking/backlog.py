@@ -12,13 +12,12 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import mlflow
 import numpy as np
 
 from nfp import storage
 from nfp.errors import first_line
 from nfp.tracking.logger import RunLogger, clean_params, clean_tags, scalars
-from nfp.tracking.runs import fail_fast_http
+from nfp.tracking.runs import server_answers
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +198,7 @@ def replay_backlog(online) -> None:
                 with online._failures_raise():
                     getattr(online, method)(*args)
             except Exception as err:  # noqa: BLE001 - the server, or this record
-                if _server_answers(online.run_id):
+                if server_answers(online.run_id):
                     warnings.warn(
                         f"tracking backlog record {name} ({record['kind']}) refused by the tracking server "
                         f"({first_line(err, 160)}): dropped",
@@ -239,15 +238,6 @@ def _replay_call(record: dict, files: Path, model_flavor) -> tuple[str, tuple]:
         # records from before horizon and alias have neither: the defaults
         return "log_model", (model, example, record["register_as"], record.get("horizon"), record.get("alias"))
     raise ValueError(f"unknown record kind {kind!r}")
-
-
-def _server_answers(run_id: str) -> bool:
-    try:
-        with fail_fast_http():
-            mlflow.MlflowClient().get_run(run_id)
-    except Exception:  # noqa: BLE001 - any failure: it does not
-        return False
-    return True
 
 
 def _npy(array: np.ndarray) -> bytes:

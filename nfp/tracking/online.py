@@ -20,18 +20,20 @@ from nfp import storage
 from nfp.errors import first_line, redact
 from nfp.tracking.backlog import BACKLOG_DIR, Offline
 from nfp.tracking.logger import RunLogger, clean_params, clean_tags, scalars
+from nfp.tracking.runs import server_answers
 
 
 def _offline_on_failure(what: str):
     """An Online method whose failure costs a warning (once), not the training: that call and every later one go
-    to the Offline backlog. While the backlog is replayed, failures are raised to the replay instead."""
+    to the Offline backlog. A call the server refuses while it answers is tried once more first. While the backlog is
+    replayed, failures are raised to the replay instead."""
 
     def decorate(method):
         @functools.wraps(method)
         def call(self: Online, *args, **kwargs):
             if self.offline is None:
                 try:
-                    return method(self, *args, **kwargs)
+                    return _again_if_refused(method, self, *args, **kwargs)
                 except Exception as err:  # tracking must not kill training
                     if self._replaying:
                         raise
@@ -41,6 +43,19 @@ def _offline_on_failure(what: str):
         return call
 
     return decorate
+
+
+def _again_if_refused(method, self: Online, *args, **kwargs):
+    """`method`, tried a second time when it fails while the server answers. Two jobs writing one row at once lose
+    a write: MLflow checks then inserts a dataset input, so two runs of an experiment logging the same data set
+    together (a sweep's first trials) get a UNIQUE constraint error for one of them, and the second try finds the row.
+    A server that does not answer is an outage: no second try."""
+    try:
+        return method(self, *args, **kwargs)
+    except Exception:
+        if not server_answers(self.run_id):
+            raise
+    return method(self, *args, **kwargs)
 
 
 class Online(RunLogger):
@@ -89,9 +104,9 @@ class Online(RunLogger):
         clean = clean_params(params)
         existing = mlflow.MlflowClient().get_run(self.run_id).data.params
         changed = sorted(k for k in clean if k in existing and existing[k] != clean[k])
-        if changed:
+        if changed:  # stacklevel: the logger's caller, past the decorator's two frames
             warnings.warn(
-                f"resumed run {self.run_id} keeps its original params; changed now: {', '.join(changed)}", stacklevel=3
+                f"resumed run {self.run_id} keeps its original params; changed now: {', '.join(changed)}", stacklevel=4
             )
         new = {k: v for k, v in clean.items() if k not in existing}
         if new:

@@ -32,6 +32,16 @@ def fail_fast_http() -> Iterator[None]:
                 os.environ[key] = value
 
 
+def server_answers(run_id: str) -> bool:
+    """Whether the tracking server answers for the run now (in seconds, not after MLflow's minutes of retries)."""
+    try:
+        with fail_fast_http():
+            mlflow.MlflowClient().get_run(run_id)
+    except Exception:  # noqa: BLE001 - any failure: it does not
+        return False
+    return True
+
+
 def get_run(
     run_id: str,
     *,
