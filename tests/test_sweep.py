@@ -195,6 +195,56 @@ def test_two_workers_share_one_study_and_run_its_budget_exactly(tmp_path, mlflow
     assert best_yaml["train"]["output_dir"] == str(tmp_path / "unused")
 
 
+def test_a_trial_whose_training_logged_offline_is_replayed_before_it_is_scored(tmp_path, mlflow_server, monkeypatch,
+                                                                              capsys):  # fmt: skip
+    """A trial's training that lost the tracking server for a while finishes with its metrics in its backlog (a real
+    worker, study and server; the trainings stand-ins): the worker runs `nfp train` of the trial once more, which
+    (every epoch done) replays the backlog, then scores it, rather than stop the sweep for a metric "never logged".
+    When the server fails the replay too, the trial fails naming its backlog, and the sweep goes on."""
+    from nfp import storage, tracking
+    from nfp.sweep import worker
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    config = write_config(tmp_path, "offline", trials=2, pruner="none", epochs=1)
+    cfg = load_config(str(config), [])
+    trainings = []
+
+    def training(sweep, run_id, overrides, log, holder):
+        """What `nfp train` of a trial leaves when the server fails its metrics: epoch 1's in its backlog; the rerun
+        replays it (the first trial's), or meets the server failing again (the second's)."""
+        trial_dir = next(o.split("=", 1)[1] for o in overrides if o.startswith("train.output_dir="))
+        trainings.append(Path(trial_dir).name)
+        if len(trainings) in (1, 3):
+            backlog = tracking.Offline(storage.join(trial_dir, tracking.BACKLOG_DIR), run_id=run_id)
+            backlog.log_metrics({"val_mse": 0.25, "loss": 0.5}, step=1)
+        elif len(trainings) == 2:
+            with monkeypatch.context() as mp:
+                mp.setenv("MLFLOW_RUN_ID", run_id)
+                with tracking.start_run(cfg, is_chief=True, state_dir=trial_dir):
+                    pass
+        return 0
+
+    monkeypatch.setattr(worker, "train_process", training)
+    sweep = worker.prepare(cfg, str(config), [])
+    assert worker.new_trial(sweep) and worker.new_trial(sweep)
+    assert trainings == ["trial-000", "trial-000", "trial-001", "trial-001"]
+    out = capsys.readouterr().out
+    assert (
+        "sweep: trial 000: its training logged 1 record(s) offline (the tracking server failed it); replaying them"
+        in out
+    )
+    assert "sweep: trial 000 (" in out and "): val_mse 0.25\n" in out
+    assert [(t.state.name, t.value) for t in sweep.study.trials] == [("COMPLETE", 0.25), ("FAIL", None)]
+    trial_1 = sweep.client.get_run(sweep.study.trials[1]._trial_id)
+    backlog_1 = tmp_path / "sweeps" / "offline" / "trial-001" / tracking.BACKLOG_DIR
+    assert trial_1.info.status == "FAILED" and trial_1.data.tags["error"] == (
+        f"val_mse is not in its run yet: 1 record(s) its training could not log are in {backlog_1}, which `nfp "
+        "train` of the trial replays"
+    )
+    assert not (tmp_path / "sweeps" / "offline" / "trial-000" / tracking.BACKLOG_DIR).exists()
+    assert len(list(backlog_1.glob("*.json"))) == 1
+
+
 @pytest.mark.slow
 def test_a_trial_worse_than_the_study_at_an_epoch_is_pruned_and_ends_killed(tmp_path, mlflow_server):
     """A finished trial with a perfect score at every epoch is already in the study: the next trial's val_mse after

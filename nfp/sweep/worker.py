@@ -212,6 +212,12 @@ def run_trial(sweep: Sweep, trial, number: int, *, attempt: int, resumed=None) -
     with st.heartbeat(client, run_id, s.lease_s, attempt, on_lost):
         try:
             code = train_process(sweep, run_id, overrides, log, process)
+            if code == 0 and not lost.is_set() and offline_records(trial_dir):
+                # it lost the server for a while and kept what it could not log; the trial is scored from its run, so
+                # a second `nfp train` of it (every epoch done: it only replays the backlog) logs that first
+                say(f"trial {number:03d}: its training logged {offline_records(trial_dir)} record(s) offline (the "
+                    "tracking server failed it); replaying them")  # fmt: skip
+                code = train_process(sweep, run_id, overrides, log, process)
         except BaseException:  # Ctrl-C, SIGTERM: the trial is left for the next worker to resume
             st.release(client, run_id, attempt)
             raise
@@ -232,6 +238,10 @@ def run_trial(sweep: Sweep, trial, number: int, *, attempt: int, resumed=None) -
         sweep.study.tell(trial, state=TrialState.PRUNED)
         return say(f"trial {number:03d} ({shown}): pruned, {run.data.tags[st.PRUNED_TAG]}")
     value = best_value(client, run_id, s.metric, s.direction)
+    if value is None and (left := offline_records(trial_dir)):  # the server failed the replay too
+        return fail(sweep, trial, number, shown, f"{s.metric} is not in its run yet: {left} record(s) its training "
+                    f"could not log are in {storage.join(trial_dir, tracking.BACKLOG_DIR)}, which `nfp train` of the "
+                    "trial replays")  # fmt: skip
     if value is None:  # a name no trial will log: stop the sweep rather than spend its budget
         logged = ", ".join(sorted(k for k in run.data.metrics if not k.startswith("system/")))
         fail(sweep, trial, number, shown, f"sweep.metric: {s.metric} was never logged by the trial's run")
@@ -239,6 +249,11 @@ def run_trial(sweep: Sweep, trial, number: int, *, attempt: int, resumed=None) -
                           f"{logged}")  # fmt: skip
     sweep.study.tell(trial, value)
     say(f"trial {number:03d} ({shown}): {s.metric} {value:.6g}")
+
+
+def offline_records(trial_dir: str) -> int:
+    """How many records the trial's training kept in its tracking backlog, not logged into its run."""
+    return sum(name.endswith(".json") for name in storage.listdir(storage.join(trial_dir, tracking.BACKLOG_DIR)))
 
 
 def fail(sweep: Sweep, trial, number: int, shown: str, reason: str) -> None:
