@@ -34,6 +34,13 @@ def test_a_module_runs_as_main_with_its_arguments():
     assert done.returncode == 0 and "epochs: 7" in done.stdout
 
 
+def test_a_fork_finds_what_the_server_computed_once_before_forking():
+    """A "module:function" in PRELOAD runs in the server: MLflow's map of modules to installed packages (~1.5 CPU-s,
+    made when a model is logged or loaded) is there in every fork, not made again in each."""
+    code = "import mlflow.utils.requirements_utils as r; print(sorted(r._MODULES_TO_PACKAGES['keras']))"
+    assert warm.run(["-c", code]).stdout == "['keras']\n"
+
+
 @pytest.mark.parametrize(
     ("code", "returncode", "last_line"),
     [

@@ -39,6 +39,9 @@ PRELOAD = (
     # and what those import only once they run: MLflow's SQL store (SQLAlchemy, Alembic: 1.1 CPU-s), GitPython (its
     # source tags), the digits of the generated Moving MNIST
     "mlflow.store.tracking.sqlalchemy_store", "git", "sklearn.datasets",
+    # and, "module:function", what they compute once per process: MLflow's map of modules to the installed packages
+    # (importlib.metadata over every distribution, ~1.5 CPU-s), made when a model is logged or loaded
+    "mlflow.utils.requirements_utils:_init_modules_to_packages_map",
 )  # fmt: skip
 # Read by Python, TensorFlow, Keras or MLflow at import: a fork would keep the server's value
 READ_AT_IMPORT = (
@@ -57,7 +60,10 @@ _SERVER = textwrap.dedent(
     SOCKET, SETTINGS = sys.argv[1], json.loads(sys.argv[2])
     STARTED = dict(os.environ)
     for name in SETTINGS["preload"]:
-        importlib.import_module(name)
+        module, _, call = name.partition(":")
+        loaded = importlib.import_module(module)
+        if call:
+            getattr(loaded, call)()
     gc.freeze()  # what is here now stays out of the forks' collections, which would otherwise copy every page
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(SOCKET)
