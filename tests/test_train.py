@@ -551,6 +551,7 @@ def test_a_malformed_backup_metadata_file_is_one_line_naming_it(metadata, tiny_o
 
 
 # --------------------------------------------------------------------------- sizes that cannot fit
+@pytest.mark.slow  # TensorFlow's allocator retries the failed allocation for 10 s before the error
 def test_a_model_too_large_for_memory_is_one_line_naming_the_keys_to_lower(tiny_overrides, tmp_path, capsys):
     from nfp.cli import main
 
