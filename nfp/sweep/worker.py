@@ -212,11 +212,11 @@ def run_trial(sweep: Sweep, trial, number: int, *, attempt: int, resumed=None) -
     with st.heartbeat(client, run_id, s.lease_s, attempt, on_lost):
         try:
             code = train_process(sweep, run_id, overrides, log, process)
-            if code == 0 and not lost.is_set() and offline_records(trial_dir):
+            if code == 0 and not lost.is_set() and (kept := offline_records(trial_dir)):
                 # it lost the server for a while and kept what it could not log; the trial is scored from its run, so
                 # a second `nfp train` of it (every epoch done: it only replays the backlog) logs that first
-                say(f"trial {number:03d}: its training logged {offline_records(trial_dir)} record(s) offline (the "
-                    "tracking server failed it); replaying them")  # fmt: skip
+                say(f"trial {number:03d}: its training logged {kept} record(s) offline (the tracking server failed "
+                    "it); replaying them")  # fmt: skip
                 code = train_process(sweep, run_id, overrides, log, process)
         except BaseException:  # Ctrl-C, SIGTERM: the trial is left for the next worker to resume
             st.release(client, run_id, attempt)

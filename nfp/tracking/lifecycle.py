@@ -140,8 +140,9 @@ def _mark_as_model_training(experiment_id: str) -> None:
     try:
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND, "custom_model_development")
     except mlflow.exceptions.MlflowException as err:  # a view hint: not worth a run (e.g. no edit right on it)
-        if EXPERIMENT_KIND in client.get_experiment(experiment_id).tags:
-            return  # another run of the experiment tagged it at the same moment (the store's insert refused this one)
+        with contextlib.suppress(Exception):  # another run of the experiment may have tagged it at the same moment
+            if EXPERIMENT_KIND in client.get_experiment(experiment_id).tags:  # (the store's insert refused this one)
+                return
         warnings.warn(
             f"could not tag experiment {experiment_id} as model training ({first_line(err, 160)})", stacklevel=2
         )
