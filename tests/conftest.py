@@ -4,6 +4,9 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # else each gcsfs call waits 60 s on gRPC
+# MLflow 3 sends usage data (from threads, to its servers on the internet) unless told not to; it tells itself only
+# while PYTEST_CURRENT_TEST is set, and the tests import it before that, at collection
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # XLA's CPU backend compiling for speed of compiling: LLVM's optimisation off, and its older emitters for fusions (the
 # newer MLIR ones take longer to build). The tests' compiled programs run a few steps of tiny shapes, so compiling is
 # most of their cost: a GPU-path training 35 → 15 CPU-s. What XLA compiles, and a GPU's backend, are untouched. (XLA

@@ -33,6 +33,13 @@ def _runs(experiment="t-exp"):
     return mlflow.search_runs([exp.experiment_id], output_format="list") if exp else []
 
 
+def test_the_suites_mlflow_sends_no_usage_data():
+    """No test's MLflow reaches past 127.0.0.1: its telemetry is off in the test processes and their children."""
+    from mlflow.telemetry.utils import is_telemetry_disabled
+
+    assert is_telemetry_disabled()
+
+
 def test_new_run_finishes_and_saves_its_id(cfg, tmp_path):
     with tracking.start_run(cfg, is_chief=True, state_dir=tmp_path) as run:
         assert run.active
