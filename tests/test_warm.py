@@ -29,6 +29,19 @@ def test_a_long_request_arrives_whole():
     assert warm.run(["-c", "import sys; print(len(sys.argv[1]))", argument]).stdout == "300000\n"
 
 
+def test_a_client_gone_before_its_whole_request_costs_the_server_nothing():
+    """A process killed while it asks for a fork (a proxy SIGKILLed with its parent) leaves half a request: the server
+    drops it and serves the next, rather than read its closed end forever."""
+    import socket
+
+    conn = socket.socket(socket.AF_UNIX)
+    conn.connect(warm.server().path)
+    socket.send_fds(conn, [b"R"], [0, 1, 2])
+    conn.sendall(b'{"argv": ["-c", "pri')
+    conn.close()
+    assert warm.run(["-c", "print('still serving')"], timeout=30).stdout == "still serving\n"
+
+
 def test_a_module_runs_as_main_with_its_arguments():
     done = warm.run(["-m", "nfp", "config", "train.epochs=7"])
     assert done.returncode == 0 and "epochs: 7" in done.stdout

@@ -212,8 +212,13 @@ _SERVER = textwrap.dedent(
             conn, _ = listener.accept()
             _, fds, _, _ = socket.recv_fds(conn, 1, 3)  # stdin, stdout, stderr; then the request, a JSON line
             message = b""
-            while not message.endswith(b"\\n"):
-                message += conn.recv(1 << 16)
+            while not message.endswith(b"\\n") and (chunk := conn.recv(1 << 16)):
+                message += chunk
+            if not message.endswith(b"\\n"):  # its client died before its whole request (its end of file): nothing
+                for fd in fds:                 # to run, and the loop would otherwise read that end forever
+                    os.close(fd)
+                conn.close()
+                continue
             pid = os.fork()
             if pid == 0:
                 try:
