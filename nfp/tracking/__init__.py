@@ -2,7 +2,8 @@
 
 Tracking is one small interface, `RunLogger` (logger.py), with a class per backend:
 - `Inactive` (non-chief, tracking off): every call a no-op.
-- `Online` (online.py): logs into the run through mlflow. Its first failing call warns once; that call and every
+- `Online` (online.py): logs into the run through mlflow. A call the answering server refuses is tried once more
+  (two runs writing one row at once lose a write); its first call that fails for good warns once, that call and every
   later one go to an `Offline` backlog, and training goes on.
 - `Offline` (backlog.py): the backlog `<state_dir>/tracking_backlog/`, numbered records (`000007.json`, its files in
   `000007/`) written through nfp.storage (local or gs://), each with durable copies of what it logs: an artifact's

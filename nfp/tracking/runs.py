@@ -1,5 +1,5 @@
-"""Run lookup for every stage: an MLflow run by id (with one-line refusals), the run id a job saved in its state
-dir, and files logged into an existing run."""
+"""Run lookup for every stage: an MLflow run by id (with one-line refusals), whether the server answers for it now,
+the run id a job saved in its state dir, and files logged into an existing run."""
 
 from __future__ import annotations
 
