@@ -1,10 +1,14 @@
 """The GPU decisions (nfp.distribute.devices) for the devices a machine shows, and XLA on the CPU with a GPU's choices forced:
 nfp's cell compiles with its time loop bounded, a model that does not compile falls back under auto, errors under on."""
 
+import os
+from pathlib import Path
+
 import keras
 import mlflow
 import numpy as np
 import pytest
+import warm
 
 from nfp.config import load_config
 from nfp.distribute import devices
@@ -177,3 +181,23 @@ def test_a_model_xla_cannot_compile_is_one_line_and_exit_2_under_on(tiny_overrid
             devices.Choices("float32", "step", ""), "on", build_model(_cfg().model, image_size=16), (1, 3, 16, 16, 1),
             loss=keras.losses.MeanSquaredError(),
         )  # fmt: skip
+
+
+def test_the_suites_xla_programs_are_compiled_once_a_run_and_read_back_by_another_process():
+    """The tests' persistent XLA cache (conftest: TensorFlow's own, one directory per run): a program one test
+    process compiled, the next reads back instead of compiling it again; the same result either way."""
+    flags = dict(flag.split("=", 1) for flag in os.environ["TF_XLA_FLAGS"].split() if "=" in flag)
+    cache = Path(flags["--tf_xla_persistent_cache_directory"])
+    code = "import tensorflow as tf; print(tf.function(lambda x: x * 3 + 1, jit_compile=True)(tf.ones([5, 13])).numpy().sum())"  # fmt: skip
+
+    def entries():
+        return {p.name: p.stat().st_mtime_ns for p in cache.glob("*.pb")} if cache.is_dir() else {}
+
+    before = entries()
+    first = warm.run(["-c", code], timeout=120)
+    compiled = entries()
+    again = warm.run(["-c", code], timeout=120)
+    assert first.returncode == again.returncode == 0, first.stderr[-2000:] + again.stderr[-2000:]
+    assert first.stdout.split() == again.stdout.split() == ["260.0"]
+    assert len(compiled.keys() - before.keys()) == 1  # the program, written once compiled
+    assert entries() == compiled  # read back: no entry written or rewritten
