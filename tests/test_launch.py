@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import warm
 import yaml
 
 from nfp.config import load_config
@@ -527,6 +528,7 @@ def test_multi_node_task_trains_two_workers_on_one_machine_into_one_mlflow_run(t
     for rank in range(2):
         env = dict(os.environ, **{k: v for k, v in cfg["envs"].items() if v is not None})
         env.update(
+            warm.bash_functions({"nfp": ["-m", "nfp"]}),  # the venv's `nfp` as a fork of the warm Python
             NFP_VENV=str(Path(sys.executable).parent.parent),
             NFP_BUCKET=str(bucket),
             NFP_OVERRIDES=" ".join([*overrides, "tracking.experiment=mn-e2e"]),

@@ -216,3 +216,18 @@ def test_a_forks_shell_command_running_this_python_alone_is_a_fork_and_any_other
     ]
     lines = warm.run(["-c", _SHELL, *commands], timeout=120).stdout.splitlines()
     assert lines == ["True ['a b', 'c'] 3", f"False ['{os.environ['HOME']}'] 3", "False [] 0", "False [] 3", " 2"]
+
+
+def test_a_command_bash_runs_by_name_is_a_fork_under_its_function_and_a_new_python_where_the_environment_differs():
+    """warm.bash_functions: a script's `nfp …` (here `probe`) runs in a fork of the warm Python, its arguments, exit
+    code and stdout its own; under an environment read at import that differs, in a new Python, as bash's own child."""
+    code = "import os, sys; print(os.getppid(), 'tensorflow' in sys.modules, sys.argv[1:]); sys.exit(3)"
+    env = {**os.environ, **warm.bash_functions({"probe": ["-c", code]})}
+    script = 'probe a "b c"; echo "exit $? bash $$"'
+    forked = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    bash = forked.stdout.splitlines()[-1].split()[-1]
+    assert forked.stdout.splitlines() == [f"{warm.server().proc.pid} True ['a', 'b c']", f"exit 3 bash {bash}"]
+    new = subprocess.run(["bash", "-c", script], env={**env, "TF_CPP_MIN_LOG_LEVEL": "1"}, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    bash = new.stdout.splitlines()[-1].split()[-1]
+    assert new.stdout.splitlines() == [f"{bash} False ['a', 'b c']", f"exit 3 bash {bash}"]

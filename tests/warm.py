@@ -10,7 +10,8 @@ what happened at import: a command whose environment differs in a variable read 
 A fork's own children of nfp, bench, mlflow or uvicorn (`sys.executable -m nfp …`: the sweep's trials, bench's measured
 runs, a tracking server's `mlflow server` and its uvicorn, and a shell command that runs this Python alone: `mlflow
 run`'s entry points) are forks too, each behind a small real process that its caller sees as the child (`_PROXY`); one
-whose environment differs at import starts as a new Python.
+whose environment differs at import starts as a new Python. So is a command that bash runs by name (a launch
+script's `nfp …`) under the exported functions of `bash_functions`.
 
 The fork server is one process per test process (`server()`), started on first use and stopped at exit. It forks from
 its one Python thread (the libraries' native threads, OpenBLAS's and jemalloc's, are fork-safe by their own atfork
@@ -24,6 +25,7 @@ import contextlib
 import json
 import os
 import select
+import shlex
 import socket
 import subprocess
 import sys
@@ -316,6 +318,42 @@ def server() -> _Server:
         _server.append(_Server())
         atexit.register(_server[0].stop)
     return _server[0]
+
+
+# A command that bash runs by name (`nfp train …` in a launch script, after it sources the venv) as a fork too: an
+# exported bash function of that name (bash prefers a function to a program on PATH) runs this, which checks the
+# environment as `warm_args` does (one that differs at import starts a new Python, as the console script would)
+# and is otherwise the proxy.
+_SHIM = textwrap.dedent(
+    """
+    import json, os, sys
+    settings, args = json.load(open(sys.argv[1])), sys.argv[2:]
+    read, started = tuple(settings["read_at_import"]), settings["started"]
+    if any(os.environ.get(key) != started.get(key) for key in set(os.environ) | set(started)
+           if key.startswith(read) and key not in settings["kept"]):
+        os.execv(settings["python"], [settings["python"], *args])
+    sys.argv = [sys.argv[0], settings["socket"], *args]
+    exec(settings["proxy"])
+    """
+)
+
+
+def bash_functions(commands: dict[str, list[str]]) -> dict[str, str]:
+    """Environment variables under which bash runs each command name as a fork of the warm Python with those Python
+    arguments after its own: {"nfp": ["-m", "nfp"]} makes a script's `nfp doctor …` `python -m nfp doctor …`."""
+    warm = server()
+    shim, settings = os.path.join(warm.dir, "shim.py"), os.path.join(warm.dir, "shim.json")
+    if not os.path.exists(shim):
+        with open(settings, "w") as out:
+            json.dump({"python": sys.executable, "socket": warm.path, "proxy": _PROXY, "started": _STARTING_ENV,
+                       "read_at_import": READ_AT_IMPORT, "kept": KEPT}, out)  # fmt: skip
+        with open(shim, "w") as out:
+            out.write(_SHIM)
+    python = " ".join(map(shlex.quote, [sys.executable, "-I", "-S", shim, settings]))
+    return {
+        f"BASH_FUNC_{name}%%": f'() {{ {python} {" ".join(map(shlex.quote, args))} "$@"; }}'
+        for name, args in commands.items()
+    }
 
 
 def _refuse_import_time_changes(env: dict, started: dict) -> None:
