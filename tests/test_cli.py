@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import warm
 
 from nfp.cli import main
 
@@ -148,11 +149,11 @@ def test_a_warning_is_one_line_without_pythons_source_line(tmp_path):
     folder = tmp_path / "videos"
     write_video(folder / "good.mp4", moving_shapes(12, 16, 16))
     (folder / "bad.mp4").write_bytes(b"not a video" * 100)
-    proc = subprocess.run(
-        [sys.executable, "-m", "nfp", "prepare", "data.source=video", f"data.path={folder}", f"data.dir={tmp_path}/d",
+    proc = warm.run(
+        ["-m", "nfp", "prepare", "data.source=video", f"data.path={folder}", f"data.dir={tmp_path}/d",
          "data.frames=6", "data.image_size=16", "data.on_bad_file=skip", "data.split={train: 1.0, val: 0.0, test: 0.0}",
          "evaluate.context_frames=3", "evaluate.predict_frames=3"],
-        capture_output=True, text=True, timeout=180,
+        timeout=180,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     (line,) = [x.rpartition("warning: ")[2] for x in proc.stderr.splitlines() if "bad.mp4" in x]  # past tqdm's \r
