@@ -328,7 +328,6 @@ def test_the_inactive_backend_logs_nothing_and_names_no_run(tmp_path):
     run.log_metrics({"loss": 1.0}, step=1)
     run.log_artifact(tmp_path / "absent.txt", "logs")
     run.log_image(np.zeros((4, 4, 3), np.uint8), "predictions/clip_0", step=0)
-    run.log_figure(None, "plots/history.png")
     run.log_model(None, np.zeros((1, 2, 8, 8, 1), np.float32))
     run.keras_callback().on_epoch_end(0, {"loss": 1.0})
     assert list(tmp_path.iterdir()) == []  # no backlog, no run id, not even a store
@@ -394,9 +393,7 @@ def test_a_write_refused_while_the_server_answers_is_tried_once_more_and_trackin
     assert len(calls) == 1 and [r["kind"] for r in _backlog(tmp_path)] == ["dataset"]
 
 
-def test_offline_records_keep_copies_so_temp_files_images_figures_and_models_arrive_on_replay(
-    cfg, tmp_path, monkeypatch
-):
+def test_offline_records_keep_copies_so_temp_files_images_plots_and_models_arrive_on_replay(cfg, tmp_path, monkeypatch):
     import keras
     from matplotlib.figure import Figure
     from PIL import Image
@@ -416,11 +413,12 @@ def test_offline_records_keep_copies_so_temp_files_images_figures_and_models_arr
             with pytest.warns(UserWarning, match=r"MLflow logging failed \(artifact: connection refused\)"):
                 run.log_artifact(Path(tmp, "resolved.yaml"), "config")
             run.log_artifact(Path(tmp, "tb"), "tensorboard")
+            fig.savefig(Path(tmp, "history.png"))  # as training's results log their loss curves
+            run.log_artifact(Path(tmp, "history.png"), "plots")
         assert not Path(tmp).exists()  # what was logged is gone before the replay
         run.log_image(image, "predictions/clip_0", step=3)
-        run.log_figure(fig, "plots/history.png")
         run.log_model(model, input_example=example, horizon=2)  # the default horizon replays too
-    assert [r["kind"] for r in _backlog(state)] == ["artifact", "artifact", "image", "artifact", "model"]
+    assert [r["kind"] for r in _backlog(state)] == ["artifact", "artifact", "artifact", "image", "model"]
 
     with tracking.start_run(cfg, is_chief=True, state_dir=state, model_flavor=serving) as again:
         assert again.offline is None

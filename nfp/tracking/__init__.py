@@ -7,7 +7,7 @@ Tracking is one small interface, `RunLogger` (logger.py), with a class per backe
   later one go to an `Offline` backlog, and training goes on.
 - `Offline` (backlog.py): the backlog `<state_dir>/tracking_backlog/`, numbered records (`000007.json`, its files in
   `000007/`) written through nfp.storage (local or gs://), each with durable copies of what it logs: an artifact's
-  files, an image as .npy, a figure as PNG, a model saved as .keras with its input example.
+  files, an image as .npy, a model saved as .keras with its input example.
 The job's next `start_run` (lifecycle.py) replays the backlog into the same run, in order, deleting each record once
 it is logged.
 

@@ -86,14 +86,6 @@ class Offline(RunLogger):
         self._write({"kind": "image", "key": key, "step": step}, {"image.npy": _npy(np.asarray(image, np.uint8))})
 
     @_lost_with_a_warning
-    def log_figure(self, fig, artifact_file: str) -> None:
-        """Kept as the PNG that mlflow.log_figure would upload, replayed as the artifact `artifact_file`."""
-        folder, _, name = artifact_file.rpartition("/")
-        png = io.BytesIO()
-        fig.savefig(png, format="png")
-        self._write({"kind": "artifact", "name": name, "artifact_path": folder or None}, {name: png.getvalue()})
-
-    @_lost_with_a_warning
     def log_dataset(self, name: str, digest: str, source: str, clip_shape: list, counts: dict) -> None:
         self._write({"kind": "dataset", "dataset": [name, digest, source, list(clip_shape), dict(counts)]})
 

@@ -31,9 +31,6 @@ class RunLogger:
     def log_image(self, image: np.ndarray, key: str, step: int) -> None:
         """A stepped image series `(H, W, 3)` uint8 (mlflow.log_image with key/step): the UI shows a step slider."""
 
-    def log_figure(self, fig, artifact_file: str) -> None:
-        """A matplotlib figure as the PNG artifact `artifact_file` (e.g. plots/history.png)."""
-
     def log_model(
         self,
         model,

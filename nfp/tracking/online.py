@@ -143,10 +143,6 @@ class Online(RunLogger):
         mlflow.log_image(np.asarray(image, np.uint8), key=key, step=step, synchronous=True)
         self._logged_images.add((key, step))
 
-    @_offline_on_failure("figure")
-    def log_figure(self, fig, artifact_file: str) -> None:
-        mlflow.log_figure(fig, artifact_file)
-
     @_offline_on_failure("dataset")
     def log_dataset(self, name: str, digest: str, source: str, clip_shape: list, counts: dict) -> None:
         try:

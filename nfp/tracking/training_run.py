@@ -109,10 +109,10 @@ def log_results(run, cfg, out, *, model, gif, example) -> None:
             run.log_artifact(csv_local, "logs")
         history = read_csv_history(out.csv)
         if history:
-            fig = visualize.history_figure(history)
-            fig.savefig(os.path.join(tmp, "history.png"))
-            storage.write_bytes(out.file("history.png"), Path(tmp, "history.png").read_bytes())
-            run.log_figure(fig, "plots/history.png")
+            png = Path(tmp, "history.png")  # drawn once: the run's copy and the output dir's
+            visualize.history_figure(history).savefig(png)
+            storage.write_bytes(out.file("history.png"), png.read_bytes())
+            run.log_artifact(png, "plots")
         if gif is not None:
             run.log_artifact(str(gif), "predictions")
         if cfg.train.tensorboard and storage.is_local(out.tensorboard) and storage.exists(out.tensorboard):
