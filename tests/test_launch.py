@@ -518,6 +518,10 @@ def test_multi_node_task_trains_two_workers_on_one_machine_into_one_mlflow_run(t
     from conftest import free_port
 
     mlflow.MlflowClient().search_experiments()  # create the sqlite schema once, as a tracking server would have
+    # the venv's own `nfp`, which a node's bash runs by name (below, a fork of the warm Python stands in for it)
+    console = subprocess.run([Path(sys.executable).with_name("nfp"), "tf-config", "--help"], capture_output=True,
+                             text=True, timeout=60)  # fmt: skip
+    assert console.returncode == 0 and console.stdout.startswith("usage: nfp tf-config"), console.stderr
     cfg = task("multi_node.yaml")
     bucket = tmp_path / "bucket"
     overrides = [
