@@ -17,6 +17,13 @@ def test_sklearn_bank_is_uint8_digits_of_digit_size(bank):
     assert bank.max() > 200 and bank[:, 0, :].max() == 0  # bright strokes, empty MNIST-style margin
 
 
+def test_a_bank_is_made_once_per_process_and_read_only(bank):
+    """prepare, predict's sample clip and the demo videos share one bank of a size; none can change it."""
+    assert mm.load_digit_bank("sklearn", 8) is bank and not bank.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        bank[0, 0, 0] = 1
+
+
 def test_clips_have_shape_dtype_and_range(bank):
     clips = mm.generate(5, seed=0, bank=bank, frames=6, image_size=16)
     assert clips.shape == (5, 6, 16, 16) and clips.dtype == np.uint8

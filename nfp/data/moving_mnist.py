@@ -13,6 +13,7 @@ same way; backgrounds draw from their own streams, so the grey digits do not cha
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,8 +23,17 @@ from nfp.errors import DataError, first_line
 SPLITS = ("train", "val", "test")
 
 
+@functools.lru_cache(maxsize=4)
 def load_digit_bank(bank: str, digit_size: int) -> np.ndarray:
-    """Handwritten digits (n, digit_size, digit_size) uint8 in [0, 255]: "sklearn" (offline) or "mnist" (download)."""
+    """Handwritten digits (n, digit_size, digit_size) uint8 in [0, 255]: "sklearn" (offline) or "mnist" (download).
+    Made once per process for each bank and size (prepare, predict's sample clip and the demo videos share it), and
+    read-only for that reason."""
+    digits = _digit_bank(bank, digit_size)
+    digits.setflags(write=False)
+    return digits
+
+
+def _digit_bank(bank: str, digit_size: int) -> np.ndarray:
     if bank == "sklearn":
         from sklearn.datasets import load_digits
 
