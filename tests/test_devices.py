@@ -184,20 +184,26 @@ def test_a_model_xla_cannot_compile_is_one_line_and_exit_2_under_on(tiny_overrid
 
 
 def test_the_suites_xla_programs_are_compiled_once_a_run_and_read_back_by_another_process():
-    """The tests' persistent XLA cache (conftest: TensorFlow's own, one directory per run): a program one test
-    process compiled, the next reads back instead of compiling it again; the same result either way."""
+    """The tests' persistent XLA cache (conftest: TensorFlow's own, one directory per run, which the other worker's
+    tests fill meanwhile): a program one test process compiled, the next reads back instead of compiling it again;
+    the same result either way."""
     flags = dict(flag.split("=", 1) for flag in os.environ["TF_XLA_FLAGS"].split() if "=" in flag)
     cache = Path(flags["--tf_xla_persistent_cache_directory"])
-    code = "import tensorflow as tf; print(tf.function(lambda x: x * 3 + 1, jit_compile=True)(tf.ones([5, 13])).numpy().sum())"  # fmt: skip
+    code = (
+        "import tensorflow as tf\n"
+        "def nfp_cache_probe(x):\n    return x * 3 + 1\n"
+        "print(tf.function(nfp_cache_probe, jit_compile=True)(tf.ones([5, 13])).numpy().sum())"
+    )
 
-    def entries():
-        return {p.name: p.stat().st_mtime_ns for p in cache.glob("*.pb")} if cache.is_dir() else {}
+    def entries():  # this program's: its function's name is in them
+        found = cache.glob("*.pb") if cache.is_dir() else []
+        return {p.name: p.stat().st_mtime_ns for p in found if b"nfp_cache_probe" in p.read_bytes()}
 
-    before = entries()
+    assert entries() == {}  # a program no other test compiles
     first = warm.run(["-c", code], timeout=120)
     compiled = entries()
     again = warm.run(["-c", code], timeout=120)
     assert first.returncode == again.returncode == 0, first.stderr[-2000:] + again.stderr[-2000:]
     assert first.stdout.split() == again.stdout.split() == ["260.0"]
-    assert len(compiled.keys() - before.keys()) == 1  # the program, written once compiled
-    assert entries() == compiled  # read back: no entry written or rewritten
+    assert len(compiled) == 1  # the program, written once compiled
+    assert entries() == compiled  # read back: not written again
