@@ -20,7 +20,7 @@ os.environ["XLA_FLAGS"] = " ".join(
 # TensorFlow's persistent XLA cache, one per run of the suite (made here in pytest's first process, which its xdist
 # workers inherit): a program compiled again (a killed training's rerun, evaluate's rollout after training's, the same
 # tiny model in another test) is read back, not compiled. Keyed by the program and its shapes; each run starts it empty,
-# as CI does. About 5% of the CPU of the tests that force a GPU's XLA.
+# as CI does. The GPU-path and rerunning files side by side: 535 → 508 CPU-s.
 os.environ["TF_XLA_FLAGS"] = os.environ.get("TF_XLA_FLAGS", "") + (
     "" if "--tf_xla_persistent_cache_directory" in os.environ.get("TF_XLA_FLAGS", "")
     else f" --tf_xla_persistent_cache_directory={tempfile.gettempdir()}/nfp-tests-xla-{os.getpid()}"

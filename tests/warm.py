@@ -321,16 +321,15 @@ def server() -> _Server:
 
 
 # A command that bash runs by name (`nfp train …` in a launch script, after it sources the venv) as a fork too: an
-# exported bash function of that name (bash prefers a function to a program on PATH) runs this, which checks the
-# environment as `warm_args` does (one that differs at import starts a new Python, as the console script would)
-# and is otherwise the proxy.
+# exported bash function of that name (bash prefers a function to a program on PATH) runs this, which is the proxy,
+# or a new Python where the environment differs at import (as the console script would be)
 _SHIM = textwrap.dedent(
     """
     import json, os, sys
     settings, args = json.load(open(sys.argv[1])), sys.argv[2:]
-    read, started = tuple(settings["read_at_import"]), settings["started"]
-    if any(os.environ.get(key) != started.get(key) for key in set(os.environ) | set(started)
-           if key.startswith(read) and key not in settings["kept"]):
+    sys.path.insert(0, settings["warm"])
+    from warm import differs_at_import
+    if differs_at_import(os.environ, settings["started"]):
         os.execv(settings["python"], [settings["python"], *args])
     sys.argv = [sys.argv[0], settings["socket"], *args]
     exec(settings["proxy"])
@@ -346,7 +345,7 @@ def bash_functions(commands: dict[str, list[str]]) -> dict[str, str]:
     if not os.path.exists(shim):
         with open(settings, "w") as out:
             json.dump({"python": sys.executable, "socket": warm.path, "proxy": _PROXY, "started": _STARTING_ENV,
-                       "read_at_import": READ_AT_IMPORT, "kept": KEPT}, out)  # fmt: skip
+                       "warm": os.path.dirname(os.path.abspath(__file__))}, out)  # fmt: skip
         with open(shim, "w") as out:
             out.write(_SHIM)
     python = " ".join(map(shlex.quote, [sys.executable, "-I", "-S", shim, settings]))
@@ -356,10 +355,16 @@ def bash_functions(commands: dict[str, list[str]]) -> dict[str, str]:
     }
 
 
+def differs_at_import(env, started: dict) -> list[str]:
+    """The variables read at import whose value in `env` is not the one the warm Python `started` with."""
+    return [key for key in sorted(set(env) | set(started))
+            if key.startswith(READ_AT_IMPORT) and key not in KEPT and env.get(key) != started.get(key)]  # fmt: skip
+
+
 def _refuse_import_time_changes(env: dict, started: dict) -> None:
-    for key in sorted(set(env) | set(started)):
-        if key.startswith(READ_AT_IMPORT) and key not in KEPT and env.get(key) != started.get(key):
-            raise ValueError(f"warm: {key} differs from the warm Python's ({started.get(key)!r}): run with subprocess")
+    if differing := differs_at_import(env, started):
+        key = differing[0]
+        raise ValueError(f"warm: {key} differs from the warm Python's ({started.get(key)!r}): run with subprocess")
 
 
 class Process:
